@@ -1,0 +1,93 @@
+// The admin port (loopback by default): probes for the kubelet and the Prometheus scrape.
+//   GET /live     200 while the event loop answers at all
+//   GET /started  200 once the proxy's own listener is bound (the app starts after the sidecar)
+//   GET /ready    200 when no readiness latch is held and every backend with weight > 0 answers
+//                 HTTP; 503 with a JSON body naming what holds it otherwise
+//   GET /metrics  Prometheus text format
+import http from 'node:http'
+import type { AddressInfo } from 'node:net'
+import type { Registry } from 'prom-client'
+import type { Logger } from '../log.js'
+import type { ProbeResult } from '../upstream/client.js'
+import type { Readiness } from './readiness.js'
+
+export interface AdminDeps {
+  readiness: Readiness
+  registry: Registry
+  logger: Logger
+  /** Backends that must answer before the pod is ready: name -> probe. */
+  probes: ReadonlyArray<{ backend: string; probe: () => Promise<ProbeResult> }>
+}
+
+export class AdminServer {
+  readonly server: http.Server
+
+  constructor(
+    private readonly address: { host: string; port: number },
+    private readonly deps: AdminDeps,
+  ) {
+    this.server = http.createServer({ headersTimeout: 5_000, requestTimeout: 10_000 }, (req, res) => {
+      this.route(req, res).catch((err: unknown) => {
+        deps.logger.error({ err, path: req.url }, 'admin request failed')
+        if (!res.headersSent) send(res, 500, { error: 'internal' })
+        else res.destroy()
+      })
+    })
+  }
+
+  listen(): Promise<AddressInfo> {
+    return new Promise((resolve, reject) => {
+      this.server.once('error', reject)
+      this.server.listen(this.address.port, this.address.host, () => {
+        this.server.off('error', reject)
+        resolve(this.server.address() as AddressInfo)
+      })
+    })
+  }
+
+  close(): Promise<void> {
+    return new Promise((resolve) => {
+      this.server.close(() => resolve())
+      this.server.closeAllConnections()
+    })
+  }
+
+  private async route(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    const path = (req.url ?? '/').split('?')[0]
+    const routes: Record<string, () => Promise<void> | void> = {
+      '/live': () => send(res, 200, { live: true }),
+      '/started': () => {
+        const started = !this.deps.readiness.isHeld('listener')
+        send(res, started ? 200 : 503, { started })
+      },
+      '/ready': () => this.ready(res),
+      '/metrics': async () => {
+        const text = await this.deps.registry.metrics()
+        res.writeHead(200, { 'content-type': this.deps.registry.contentType }).end(text)
+      },
+    }
+    const handler = path === undefined ? undefined : routes[path]
+    if (!handler) return send(res, 404, { error: 'not_found', paths: Object.keys(routes) })
+    if (req.method !== 'GET' && req.method !== 'HEAD') {
+      res.setHeader('allow', 'GET, HEAD')
+      return send(res, 405, { error: 'method_not_allowed' })
+    }
+    await handler()
+  }
+
+  private async ready(res: http.ServerResponse): Promise<void> {
+    const holding = this.deps.readiness.holding()
+    const results = await Promise.all(this.deps.probes.map(async (p) => [p.backend, await p.probe()] as const))
+    const backends = Object.fromEntries(results)
+    for (const [name, result] of results) {
+      if (!result.ok) holding[`backend:${name}`] = `${result.error}: ${result.detail}`
+    }
+    const ready = Object.keys(holding).length === 0
+    send(res, ready ? 200 : 503, { ready, holding, backends })
+  }
+}
+
+function send(res: http.ServerResponse, status: number, body: unknown): void {
+  const text = JSON.stringify(body) + '\n'
+  res.writeHead(status, { 'content-type': 'application/json', 'cache-control': 'no-store' }).end(text)
+}

@@ -1,0 +1,108 @@
+// Reading a config file, applying command-line overrides and validating it once. A failure lists
+// every problem with the path of the bad key, e.g. `backends[0].url: must be an http:// URL`.
+import { readFile } from 'node:fs/promises'
+import { parse as parseYaml } from 'yaml'
+import { configSchema, type Config } from './schema.js'
+
+export class ConfigError extends Error {
+  readonly code = 'CONFIG_INVALID'
+  constructor(
+    readonly source: string,
+    readonly problems: readonly string[],
+  ) {
+    super(`invalid config (${source}):\n${problems.map((p) => `  - ${p}`).join('\n')}`)
+    this.name = 'ConfigError'
+  }
+}
+
+/** Values given on the command line; each replaces one key of the file. */
+export interface ConfigOverrides {
+  listen?: string
+  upstream?: string
+  admin?: string
+  plaintext?: boolean
+  tlsCert?: string
+  tlsKey?: string
+}
+
+/** Reads YAML or JSON (JSON is YAML). A missing, unreadable or unparsable file is a ConfigError. */
+export async function readConfigFile(file: string): Promise<unknown> {
+  let text: string
+  try {
+    text = await readFile(file, 'utf8')
+  } catch (err) {
+    throw new ConfigError(file, [`cannot read the file: ${(err as Error).message}`])
+  }
+  try {
+    return parseYaml(text, { prettyErrors: true }) ?? {}
+  } catch (err) {
+    throw new ConfigError(file, [`not valid YAML or JSON: ${(err as Error).message.split('\n')[0]}`])
+  }
+}
+
+export function applyOverrides(raw: unknown, o: ConfigOverrides): unknown {
+  const cfg = isRecord(raw) ? structuredClone(raw) : raw
+  if (!isRecord(cfg)) return cfg // validation reports "expected object"
+  const section = (key: string): Record<string, unknown> => {
+    if (!isRecord(cfg[key])) cfg[key] = {}
+    return cfg[key] as Record<string, unknown>
+  }
+  if (o.listen !== undefined) section('listener').address = o.listen
+  if (o.admin !== undefined) section('admin').address = o.admin
+  if (o.plaintext) section('listener').tls = false
+  if (o.tlsCert !== undefined || o.tlsKey !== undefined) {
+    const listener = section('listener')
+    const tls = isRecord(listener.tls) ? listener.tls : {}
+    listener.tls = { ...tls, certFile: o.tlsCert ?? tls.certFile, keyFile: o.tlsKey ?? tls.keyFile }
+  }
+  if (o.upstream !== undefined) {
+    // --upstream replaces the URL of the first backend: the app next to the sidecar.
+    const backends = Array.isArray(cfg.backends) ? cfg.backends : []
+    const first = isRecord(backends[0]) ? backends[0] : { name: 'app' }
+    cfg.backends = [{ ...first, url: o.upstream }, ...backends.slice(1)]
+  }
+  return cfg
+}
+
+/** Validates and defaults; throws ConfigError listing every problem. The result is frozen. */
+export function validateConfig(raw: unknown, source = 'config'): Config {
+  const result = configSchema.safeParse(raw)
+  if (!result.success) {
+    throw new ConfigError(
+      source,
+      result.error.issues.flatMap((issue) =>
+        issue.code === 'unrecognized_keys'
+          ? issue.keys.map((k) => `${formatPath([...issue.path, k])}: unknown key`)
+          : [`${formatPath(issue.path) || '(top level)'}: ${issue.message}`],
+      ),
+    )
+  }
+  return deepFreeze(result.data)
+}
+
+export async function loadConfig(file: string | undefined, overrides: ConfigOverrides = {}): Promise<Config> {
+  const raw = file === undefined ? {} : await readConfigFile(file)
+  return validateConfig(applyOverrides(raw, overrides), file ?? 'defaults and flags')
+}
+
+/** `backends[0].url` from ['backends', 0, 'url']. */
+export function formatPath(path: readonly PropertyKey[]): string {
+  return path.reduce<string>((out, key) => (typeof key === 'number' ? `${out}[${key}]` : out ? `${out}.${String(key)}` : String(key)), '')
+}
+
+/** Branch on the code, not the class: true for every invalid-config error. */
+export function isConfigError(err: unknown): err is ConfigError {
+  return (err as { code?: unknown } | null)?.code === 'CONFIG_INVALID'
+}
+
+function isRecord(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v)
+}
+
+function deepFreeze<T>(value: T): T {
+  if (typeof value === 'object' && value !== null) {
+    for (const v of Object.values(value)) deepFreeze(v)
+    Object.freeze(value)
+  }
+  return value
+}

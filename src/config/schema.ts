@@ -1,0 +1,118 @@
+// The one source of truth for configuration: keys, defaults and the TypeScript types (inferred).
+// Every default is visible here. Unknown keys are errors, so a typo never silently does nothing.
+import { z } from 'zod'
+
+const ms = (def: number) => z.number().int().min(1).max(86_400_000).default(def)
+
+/** `host:port`, `[v6]:port`; port 0 means "any free port" (tests). */
+export const addressSchema = z.string().refine((s) => parseAddress(s) !== null, {
+  message: 'must be host:port (e.g. 0.0.0.0:8443 or [::1]:8443)',
+})
+
+export function parseAddress(address: string): { host: string; port: number } | null {
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^\s:[\]]+)):(\d{1,5})$/.exec(address)
+  if (!m) return null
+  const port = Number(m[3])
+  if (port > 65535) return null
+  return { host: (m[1] ?? m[2]) as string, port }
+}
+
+const backendUrl = z.string().refine(
+  (s) => {
+    try {
+      const u = new URL(s)
+      return (u.protocol === 'http:' || u.protocol === 'https:') && u.pathname === '/' && !u.search && !u.username
+    } catch {
+      return false
+    }
+  },
+  { message: 'must be an http:// URL with no path, e.g. http://127.0.0.1:8080' },
+)
+
+const backendSchema = z.strictObject({
+  name: z.string().regex(/^[a-z0-9][a-z0-9_-]{0,62}$/, 'must be 1-63 of a-z, 0-9, - and _'),
+  url: backendUrl,
+  /** Share of requests, relative to the other backends' weights. 0 = never picked. */
+  weight: z.number().int().min(0).max(1_000_000).default(100),
+  /** Upper bound on open connections to this backend (undici Pool `connections`). */
+  maxConnections: z.number().int().min(1).max(10_000).default(128),
+  connectTimeoutMs: ms(2_000),
+  /** Idle keep-alive sockets are closed after this; keep it below the app's own keep-alive
+   *  timeout (Node's default is 5 s) or a request may land on a socket the app just closed. */
+  idleTimeoutMs: ms(4_000),
+  healthCheck: z
+    .strictObject({
+      path: z.string().startsWith('/', 'must start with /').default('/'),
+      timeoutMs: ms(1_000),
+    })
+    .prefault({}),
+})
+
+const DEFAULT_BACKEND_URL = 'http://127.0.0.1:8080'
+
+export const configSchema = z
+  .strictObject({
+    listener: z
+      .strictObject({
+        address: addressSchema.default('0.0.0.0:8443'),
+        /** false serves plain HTTP (also `--plaintext`). */
+        tls: z
+          .union([
+            z.literal(false),
+            z.strictObject({ certFile: z.string().min(1), keyFile: z.string().min(1) }),
+          ])
+          .optional(),
+        /** Trust client-sent x-forwarded-* (only behind a proxy you control). */
+        trustForwardedHeaders: z.boolean().default(false),
+        /** The client must send the whole header block within this. */
+        headersTimeoutMs: ms(10_000),
+        /** The client must send the whole request (headers and body) within this. */
+        receiveTimeoutMs: ms(300_000),
+        /** Idle client keep-alive connections are closed after this. */
+        keepAliveTimeoutMs: ms(65_000),
+      })
+      .prefault({}),
+    admin: z.strictObject({ address: addressSchema.default('127.0.0.1:9901') }).prefault({}),
+    backends: z
+      .array(backendSchema)
+      .min(1, 'needs at least one backend')
+      .prefault([{ name: 'app', url: DEFAULT_BACKEND_URL }])
+      .superRefine((backends, ctx) => {
+        const seen = new Set<string>()
+        backends.forEach((b, i) => {
+          if (seen.has(b.name)) ctx.addIssue({ code: 'custom', path: [i, 'name'], message: `duplicate backend name "${b.name}"` })
+          seen.add(b.name)
+        })
+        if (backends.length > 0 && backends.every((b) => b.weight === 0)) {
+          ctx.addIssue({ code: 'custom', message: 'at least one backend needs a weight above 0' })
+        }
+      }),
+    limits: z
+      .strictObject({
+        /** Time for the upstream to answer with response headers (504 upstream_timeout). */
+        requestTimeoutMs: ms(15_000),
+        /** Longest silence allowed inside a streamed upstream response body. */
+        responseIdleTimeoutMs: ms(60_000),
+        maxHeaderBytes: z.number().int().min(1024).max(1_048_576).default(16_384),
+        maxHeaderCount: z.number().int().min(8).max(1000).default(100),
+        maxBodyBytes: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER).default(100 * 1024 * 1024),
+      })
+      .prefault({}),
+    log: z
+      .strictObject({
+        level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+        accessLog: z.boolean().default(true),
+      })
+      .prefault({}),
+    drain: z
+      .strictObject({
+        /** On SIGTERM, in-flight requests get this long to finish before they are cut. */
+        timeoutMs: ms(25_000),
+      })
+      .prefault({}),
+  })
+  .prefault({})
+
+/** The validated, defaulted configuration. Frozen once loaded. */
+export type Config = z.output<typeof configSchema>
+export type BackendConfig = Config['backends'][number]

@@ -1,0 +1,84 @@
+// Header rules shared by both directions (RFC 9110 section 7.6.1): hop-by-hop headers belong to
+// one connection and are never forwarded, and neither is any header the sender named in
+// `Connection`. They are removed BEFORE the proxy adds its own headers, so a client sending
+// `Connection: close, x-forwarded-for` cannot make the proxy drop the X-Forwarded-For it sets.
+import { randomUUID } from 'node:crypto'
+import type { HeaderMap } from './pipeline/types.js'
+
+export const HOP_BY_HOP = new Set([
+  'connection',
+  'keep-alive',
+  'proxy-connection',
+  'te',
+  'trailer',
+  'transfer-encoding',
+  'upgrade',
+  'proxy-authorization',
+  'proxy-authenticate',
+  // Not hop-by-hop by the RFC, but answered by the listener itself (100 Continue) and rejected
+  // by undici if forwarded: the expectation is between the client and the proxy.
+  'expect',
+  // HTTP/2 only, never valid on an HTTP/1.1 hop.
+  'http2-settings',
+])
+
+/** A copy of `headers` without hop-by-hop headers and without the headers named in Connection. */
+export function endToEnd(headers: Readonly<Record<string, string | string[] | undefined>>): HeaderMap {
+  const named = connectionNamed(headers.connection)
+  const out: HeaderMap = {}
+  for (const name in headers) {
+    const value = headers[name]
+    if (value === undefined || HOP_BY_HOP.has(name) || named?.has(name)) continue
+    out[name] = value
+  }
+  return out
+}
+
+function connectionNamed(value: string | string[] | undefined): Set<string> | null {
+  if (value === undefined) return null
+  const set = new Set<string>()
+  for (const part of (Array.isArray(value) ? value.join(',') : value).split(',')) {
+    const token = part.trim().toLowerCase()
+    if (token) set.add(token)
+  }
+  return set
+}
+
+export interface ForwardingInfo {
+  clientAddress: string
+  protocol: 'http' | 'https'
+  trustForwardedHeaders: boolean
+}
+
+const FORWARDED = ['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'forwarded'] as const
+
+/**
+ * The headers the app receives: end-to-end headers, then the proxy's own. Client-sent
+ * X-Forwarded-* (and `Forwarded`) are dropped unless `trustForwardedHeaders`; when trusted, the
+ * client address is appended to the chain and the client's proto/host are kept.
+ */
+export function upstreamRequestHeaders(
+  incoming: Readonly<Record<string, string | string[] | undefined>>,
+  requestId: string,
+  info: ForwardingInfo,
+): HeaderMap {
+  const headers = endToEnd(incoming)
+  const priorFor = info.trustForwardedHeaders ? single(headers['x-forwarded-for']) : undefined
+  if (!info.trustForwardedHeaders) for (const name of FORWARDED) delete headers[name]
+  headers['x-forwarded-for'] = priorFor ? `${priorFor}, ${info.clientAddress}` : info.clientAddress
+  headers['x-forwarded-proto'] ??= info.protocol
+  const host = single(headers.host)
+  if (host !== undefined) headers['x-forwarded-host'] ??= host
+  headers['x-request-id'] = requestId
+  return headers
+}
+
+/** The client's x-request-id when it is a sane token (1-128 visible ASCII chars), else a new one. */
+export function requestIdFrom(value: string | string[] | undefined): string {
+  const v = single(value)
+  return v !== undefined && /^[\x21-\x7e]{1,128}$/.test(v) ? v : randomUUID()
+}
+
+function single(v: string | string[] | undefined): string | undefined {
+  return Array.isArray(v) ? v.join(', ') : v
+}

@@ -1,0 +1,56 @@
+// Request limits the listener's parser does not enforce itself: the header count (431; Node
+// would silently drop the extra headers) and the body size (413). A declared Content-Length over
+// the cap is refused before anything is forwarded; a chunked body is counted as it streams and,
+// past the cap, the upstream request is aborted (the app never sees a complete request) and the
+// client gets 413 if no response has started.
+import { Transform, type TransformCallback } from 'node:stream'
+import { SidecarError } from '../errors.js'
+import type { Metrics } from '../metrics.js'
+import type { Layer } from '../pipeline/types.js'
+
+export interface LimitsOptions {
+  maxHeaderCount: number
+  maxBodyBytes: number
+}
+
+export function createLimitsLayer(opts: LimitsOptions, deps: { metrics: Metrics }): Layer {
+  const reject = (code: 'headers_too_large' | 'body_too_large', detail: string): never => {
+    deps.metrics.rejected.labels(code).inc()
+    throw new SidecarError(code, { detail })
+  }
+  return (next) => (req, ctx) => {
+    if (req.headerCount > opts.maxHeaderCount) {
+      reject('headers_too_large', `${req.headerCount} headers, at most ${opts.maxHeaderCount}`)
+    }
+    if (req.body === null) return next(req, ctx)
+    if (req.contentLength !== null) {
+      if (req.contentLength > opts.maxBodyBytes) {
+        reject('body_too_large', `Content-Length ${req.contentLength}, at most ${opts.maxBodyBytes}`)
+      }
+      return next(req, ctx)
+    }
+    const counted = new BodyCap(opts.maxBodyBytes, () => deps.metrics.rejected.labels('body_too_large').inc())
+    req.body.on('error', (err) => counted.destroy(err))
+    return next({ ...req, body: req.body.pipe(counted) }, ctx)
+  }
+}
+
+class BodyCap extends Transform {
+  private seen = 0
+  constructor(
+    private readonly max: number,
+    private readonly onExceeded: () => void,
+  ) {
+    super()
+  }
+
+  override _transform(chunk: Buffer, _enc: BufferEncoding, done: TransformCallback): void {
+    this.seen += chunk.length
+    if (this.seen > this.max) {
+      this.onExceeded()
+      done(new SidecarError('body_too_large', { detail: `chunked body passed ${this.max} bytes` }))
+    } else {
+      done(null, chunk)
+    }
+  }
+}

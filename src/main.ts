@@ -1,0 +1,56 @@
+#!/usr/bin/env node
+// CLI entry: parse the arguments, dispatch to a subcommand, turn the outcome into an exit code
+// (0 clean stop, 1 runtime failure, 2 bad usage or invalid config).
+import { pathToFileURL } from 'node:url'
+import { realpathSync } from 'node:fs'
+import { runCommand } from './cli/run.js'
+import { validateCommand } from './cli/validate.js'
+import { USAGE, UsageError } from './cli/usage.js'
+
+export interface Io {
+  out: (line: string) => void
+  err: (line: string) => void
+}
+
+const stdio: Io = {
+  out: (line) => process.stdout.write(line + '\n'),
+  err: (line) => process.stderr.write(line + '\n'),
+}
+
+/** Runs one command line. `run` resolves only once the proxy has stopped. */
+export async function main(argv: readonly string[], io: Io = stdio): Promise<number> {
+  const [first, ...rest] = argv
+  try {
+    switch (first) {
+      case 'validate':
+        return await validateCommand(rest, io)
+      case 'help':
+      case '--help':
+      case '-h':
+        io.out(USAGE)
+        return 0
+      default:
+        if (first !== undefined && !first.startsWith('-')) throw new UsageError(`unknown command "${first}"`)
+        return await runCommand(argv, io)
+    }
+  } catch (err) {
+    if ((err as { code?: string }).code === 'USAGE') {
+      io.err(`sidecar-proxy: ${(err as Error).message}\n\n${USAGE}`)
+      return 2
+    }
+    throw err
+  }
+}
+
+const invokedDirectly = process.argv[1] !== undefined && import.meta.url === pathToFileURL(realpathSync(process.argv[1])).href
+if (invokedDirectly) {
+  main(process.argv.slice(2)).then(
+    (code) => {
+      process.exitCode = code
+    },
+    (err: unknown) => {
+      process.stderr.write(`sidecar-proxy: ${(err as Error).stack ?? String(err)}\n`)
+      process.exitCode = 1
+    },
+  )
+}

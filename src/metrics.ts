@@ -1,0 +1,69 @@
+// The one prom-client registry. Every metric is defined here, once, with the names DESIGN.md
+// promises; the only module that imports prom-client.
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
+
+/** Methods outside this set are counted as "OTHER" so a client cannot explode label cardinality. */
+const KNOWN_METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS', 'CONNECT', 'TRACE'])
+
+export function createMetrics() {
+  const registry = new Registry()
+  collectDefaultMetrics({ register: registry })
+  const registers = [registry]
+
+  const requests = new Counter({
+    name: 'sidecar_requests_total',
+    help: 'Requests answered, by backend ("none" when the proxy answered itself), method and status code.',
+    labelNames: ['backend', 'method', 'code'] as const,
+    registers,
+  })
+  const duration = new Histogram({
+    name: 'sidecar_request_duration_seconds',
+    help: 'Time from the request arriving to the last response byte written, by backend.',
+    labelNames: ['backend'] as const,
+    buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+    registers,
+  })
+  const attempts = new Counter({
+    name: 'sidecar_upstream_attempts_total',
+    help: 'Calls made to a backend, by result: the status class (2xx..5xx) or the error code.',
+    labelNames: ['backend', 'result'] as const,
+    registers,
+  })
+  const rejected = new Counter({
+    name: 'sidecar_rejected_requests_total',
+    help: 'Requests refused by the proxy before reaching a backend, by reason (error code).',
+    labelNames: ['reason'] as const,
+    registers,
+  })
+  const openConnections = new Gauge({
+    name: 'sidecar_open_connections',
+    help: 'Client connections currently open on the listener.',
+    registers,
+  })
+
+  // Label children are cached: prom-client hashes the label object on every inc() otherwise.
+  const requestChildren = new Map<string, Counter.Internal>()
+  const durationChildren = new Map<string, Histogram.Internal<'backend'>>()
+
+  return {
+    registry,
+    requests,
+    duration,
+    attempts,
+    rejected,
+    openConnections,
+    /** Counts one finished request: requests_total and request_duration_seconds. */
+    observeRequest(backend: string, method: string, code: number, seconds: number): void {
+      const m = KNOWN_METHODS.has(method) ? method : 'OTHER'
+      const key = `${backend} ${m} ${code}`
+      let counter = requestChildren.get(key)
+      if (!counter) requestChildren.set(key, (counter = requests.labels(backend, m, String(code))))
+      counter.inc()
+      let histogram = durationChildren.get(backend)
+      if (!histogram) durationChildren.set(backend, (histogram = duration.labels(backend)))
+      histogram.observe(seconds)
+    },
+  }
+}
+
+export type Metrics = ReturnType<typeof createMetrics>

@@ -1,0 +1,58 @@
+// The shapes every layer speaks. A layer is `(next) => handler`; the request path is one ordered
+// list of layers in src/stack.ts. Nothing here knows about sockets, undici or config.
+import type { Readable } from 'node:stream'
+import type { ErrorCode } from '../errors.js'
+
+/** Header names are lower-case; a repeated header is an array. */
+export type HeaderMap = Record<string, string | string[]>
+
+export interface ProxyRequest {
+  readonly method: string
+  /** Path and query exactly as the client sent them. */
+  readonly path: string
+  /** End-to-end headers plus the proxy's own (x-forwarded-*, x-request-id): what the app gets. */
+  readonly headers: Readonly<HeaderMap>
+  /** The request body, streamed; null when the request has none. */
+  readonly body: Readable | null
+  /** The declared body length (Content-Length), or null when chunked or absent. */
+  readonly contentLength: number | null
+  /** How many header lines the client sent (repeats included), for the header-count cap. */
+  readonly headerCount: number
+}
+
+export interface ProxyResponse {
+  status: number
+  headers: HeaderMap
+  /** Streamed from the upstream, or a small buffer the proxy made up. */
+  body: Readable | Buffer | null
+}
+
+/** How a request ended, known only once the last byte went out (or the client left). */
+export interface RequestOutcome {
+  status: number
+  /** Bytes read from and written to the client for this exchange, headers included (like nginx). */
+  bytesIn: number
+  bytesOut: number
+  /** False when the response was cut short (client left, upstream broke mid-body). */
+  complete: boolean
+  durationSeconds: number
+}
+
+export interface RequestContext {
+  readonly id: string
+  readonly clientAddress: string
+  readonly protocol: 'http' | 'https'
+  /** process.hrtime.bigint() when the request arrived. */
+  readonly startedAt: bigint
+  /** Aborted when the client goes away: every upstream call passes it on. */
+  readonly signal: AbortSignal
+  /** The backend chosen for this request (set by the pick layer). */
+  backend: string | undefined
+  /** The catalogue code when the proxy, not the app, decided the response (or cut it short). */
+  error: ErrorCode | undefined
+  /** Callbacks run once with the outcome when the exchange is over. */
+  readonly onEnd: Array<(outcome: RequestOutcome) => void>
+}
+
+export type Handler = (req: ProxyRequest, ctx: RequestContext) => Promise<ProxyResponse>
+export type Layer = (next: Handler) => Handler
