@@ -20,7 +20,6 @@ export interface ListenerOptions {
   receiveTimeoutMs: number
   keepAliveTimeoutMs: number
   maxHeaderBytes: number
-  maxHeaderCount: number
 }
 
 interface SocketMarks {
@@ -51,8 +50,9 @@ export class Listener {
       (req, res) => this.onRequest(req, res),
     )
     this.server.keepAliveTimeout = opts.keepAliveTimeoutMs
-    // one more than the cap, so the limits layer sees the overflow instead of Node dropping it
-    this.server.maxHeadersCount = opts.maxHeaderCount + 1
+    // Node would silently drop headers past its count (Host among them); take them all (the
+    // header block is bounded by maxHeaderSize) and let the limits layer answer 431.
+    this.server.maxHeadersCount = 0
     this.server.on('connection', (socket: Socket) => {
       deps.metrics.openConnections.inc()
       this.marks.set(socket, { read: 0, written: 0 })

@@ -104,6 +104,7 @@ export function upstreamErrorCode(err: unknown): ErrorCode {
   const code = e?.code
   if (isErrorCode(code)) return code // ours, e.g. body_too_large from the request body
   if (e?.name === 'TimeoutError') return 'upstream_timeout' // AbortSignal.timeout
+  if (e?.name === 'HTTPParserError') return 'upstream_bad_response' // may carry no code
   switch (code) {
     case 'ECONNREFUSED':
       return 'upstream_refused'
@@ -131,6 +132,6 @@ export function upstreamErrorCode(err: unknown): ErrorCode {
     case 'EPIPE':
       return 'upstream_reset'
     default:
-      return typeof code === 'string' && code.startsWith('HPE_') ? 'upstream_bad_response' : 'internal'
+      return 'internal'
   }
 }
