@@ -2,6 +2,7 @@
 // every problem with the path of the bad key, e.g. `backends[0].url: must be an http:// URL`.
 import { readFile } from 'node:fs/promises'
 import { parse as parseYaml } from 'yaml'
+import type { z } from 'zod'
 import { configSchema, type Config } from './schema.js'
 
 export class ConfigError extends Error {
@@ -68,16 +69,26 @@ export function applyOverrides(raw: unknown, o: ConfigOverrides): unknown {
 export function validateConfig(raw: unknown, source = 'config'): Config {
   const result = configSchema.safeParse(raw)
   if (!result.success) {
-    throw new ConfigError(
-      source,
-      result.error.issues.flatMap((issue) =>
-        issue.code === 'unrecognized_keys'
-          ? issue.keys.map((k) => `${formatPath([...issue.path, k])}: unknown key`)
-          : [`${formatPath(issue.path) || '(top level)'}: ${issue.message}`],
-      ),
-    )
+    throw new ConfigError(source, result.error.issues.flatMap((issue) => describe(issue, [])))
   }
   return deepFreeze(result.data)
+}
+
+function describe(issue: z.core.$ZodIssue, base: readonly PropertyKey[]): string[] {
+  const path = [...base, ...issue.path]
+  switch (issue.code) {
+    case 'unrecognized_keys':
+      return issue.keys.map((k) => `${formatPath([...path, k])}: unknown key`)
+    case 'invalid_union': {
+      // e.g. listener.tls is `false` or an object: report against the branch the value was
+      // closest to (the one whose problems lie deepest), not a bare "invalid input".
+      const depth = (branch: z.core.$ZodIssue[]) => Math.max(...branch.map((i) => i.path.length))
+      const closest = [...issue.errors].sort((a, b) => depth(b) - depth(a))[0]
+      if (closest && depth(closest) > 0) return closest.flatMap((i) => describe(i, path))
+      break
+    }
+  }
+  return [`${formatPath(path) || '(top level)'}: ${issue.message}`]
 }
 
 export async function loadConfig(file: string | undefined, overrides: ConfigOverrides = {}): Promise<Config> {

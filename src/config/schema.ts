@@ -71,6 +71,10 @@ export const configSchema = z
         /** Idle client keep-alive connections are closed after this. */
         keepAliveTimeoutMs: ms(65_000),
       })
+      .refine((l) => l.headersTimeoutMs <= l.receiveTimeoutMs, {
+        path: ['headersTimeoutMs'],
+        message: 'must not exceed listener.receiveTimeoutMs',
+      })
       .prefault({}),
     admin: z.strictObject({ address: addressSchema.default('127.0.0.1:9901') }).prefault({}),
     backends: z

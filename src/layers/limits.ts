@@ -18,7 +18,7 @@ export function createLimitsLayer(opts: LimitsOptions, deps: { metrics: Metrics 
     deps.metrics.rejected.labels(code).inc()
     throw new SidecarError(code, { detail })
   }
-  return (next) => (req, ctx) => {
+  return (next) => async (req, ctx) => {
     if (req.headerCount > opts.maxHeaderCount) {
       reject('headers_too_large', `${req.headerCount} headers, at most ${opts.maxHeaderCount}`)
     }

@@ -1,0 +1,103 @@
+import { writeFileSync } from 'node:fs'
+import t from 'tap'
+import { ConfigError, applyOverrides, formatPath, isConfigError, loadConfig, validateConfig } from '../../src/config/load.js'
+
+function problems(raw: unknown): string[] {
+  try {
+    validateConfig(raw)
+  } catch (err) {
+    if (isConfigError(err)) return [...err.problems]
+    throw err
+  }
+  return []
+}
+
+t.test('defaults match the contract', async (t) => {
+  const c = validateConfig({})
+  t.equal(c.listener.address, '0.0.0.0:8443')
+  t.equal(c.listener.tls, undefined, 'TLS unless told otherwise')
+  t.equal(c.listener.trustForwardedHeaders, false)
+  t.equal(c.admin.address, '127.0.0.1:9901')
+  t.match(c.backends, [{ name: 'app', url: 'http://127.0.0.1:8080', weight: 100, healthCheck: { path: '/' } }])
+  t.equal(c.backends.length, 1)
+  t.ok(c.backends[0]!.idleTimeoutMs < 5000, "upstream idle timeout below Node's default keep-alive (5 s)")
+  t.ok(Object.isFrozen(c) && Object.isFrozen(c.backends[0]), 'frozen all the way down')
+})
+
+t.test('every problem is reported with its path', async (t) => {
+  const found = problems({
+    listener: { address: 'nope', headersTimeoutMs: -1, tls: { certFile: 'a' } },
+    backends: [
+      { name: 'app', url: 'ftp://x' },
+      { name: 'app', url: 'http://127.0.0.1:9000/path', weight: 1.5 },
+    ],
+    limits: { maxBodyBytes: 'big' },
+    typo: true,
+    log: { level: 'loud', colour: 1 },
+  })
+  const expected = [
+    /^listener\.address: must be host:port/,
+    /^listener\.headersTimeoutMs: /,
+    /^listener\.tls\.keyFile: /,
+    /^backends\[0\]\.url: must be an http:\/\/ URL/,
+    /^backends\[1\]\.url: must be an http:\/\/ URL/,
+    /^backends\[1\]\.weight: /,
+    /^limits\.maxBodyBytes: /,
+    /^typo: unknown key$/,
+    /^log\.level: /,
+    /^log\.colour: unknown key$/,
+  ]
+  for (const re of expected) t.ok(found.some((p) => re.test(p)), `reports ${re}`)
+})
+
+t.test('backends: at least one, unique names, and at least one with weight above 0', async (t) => {
+  t.match(problems({ backends: [{ name: 'app', url: 'http://a:1' }, { name: 'app', url: 'http://b:1' }] }), [
+    /^backends\[1\]\.name: duplicate backend name "app"/,
+  ])
+  t.match(problems({ backends: [] }), [/^backends: needs at least one backend/])
+  t.match(problems({ backends: [{ name: 'a', url: 'http://a:1', weight: 0 }] }), [/^backends: at least one backend needs a weight above 0/])
+})
+
+t.test('listener timeouts must be consistent, and addresses parse', async (t) => {
+  t.match(problems({ listener: { headersTimeoutMs: 5000, receiveTimeoutMs: 1000 } }), [/^listener\.headersTimeoutMs: must not exceed listener\.receiveTimeoutMs/])
+  t.same(problems({ listener: { address: '[::1]:0' }, admin: { address: 'localhost:65535' } }), [])
+  t.match(problems({ admin: { address: 'localhost:65536' } }), [/^admin\.address: must be host:port/])
+  t.match(problems('just a string'), [/^\(top level\): /])
+})
+
+t.test('overrides from flags replace single keys and keep the rest', async (t) => {
+  const raw = { listener: { address: '1.2.3.4:1', tls: { certFile: 'c', keyFile: 'k' } }, backends: [{ name: 'main', url: 'http://a:1', weight: 90 }, { name: 'canary', url: 'http://b:1', weight: 10 }] }
+  const c = validateConfig(applyOverrides(raw, { listen: '127.0.0.1:2', upstream: 'http://127.0.0.1:3', admin: '127.0.0.1:4' }))
+  t.equal(c.listener.address, '127.0.0.1:2')
+  t.equal(c.admin.address, '127.0.0.1:4')
+  t.match(c.backends, [{ name: 'main', url: 'http://127.0.0.1:3', weight: 90 }, { name: 'canary', url: 'http://b:1' }])
+  t.same(c.listener.tls, { certFile: 'c', keyFile: 'k' })
+  t.equal(validateConfig(applyOverrides(raw, { plaintext: true })).listener.tls, false)
+  t.same(validateConfig(applyOverrides({}, { tlsCert: 'x.pem', tlsKey: 'y.pem' })).listener.tls, { certFile: 'x.pem', keyFile: 'y.pem' })
+  t.equal(raw.listener.address, '1.2.3.4:1', 'the input is not mutated')
+  t.match(problems(applyOverrides({}, { upstream: 'not a url' })), [/^backends\[0\]\.url: /], 'a bad flag is named by the key it sets')
+})
+
+t.test('files: YAML and JSON load; unreadable, unparsable and empty files', async (t) => {
+  const dir = t.testdir({
+    'good.yaml': 'listener:\n  address: 127.0.0.1:1\nbackends:\n  - name: app\n    url: http://127.0.0.1:2\n',
+    'good.json': JSON.stringify({ admin: { address: '127.0.0.1:3' } }),
+    'broken.yaml': 'listener: [unclosed\n',
+    'empty.yaml': '',
+    'bad.yaml': 'backends:\n  - name: app\n    url: nope\n',
+  })
+  t.equal((await loadConfig(`${dir}/good.yaml`)).listener.address, '127.0.0.1:1')
+  t.equal((await loadConfig(`${dir}/good.json`)).admin.address, '127.0.0.1:3')
+  t.equal((await loadConfig(`${dir}/empty.yaml`)).listener.address, '0.0.0.0:8443')
+  t.equal((await loadConfig(undefined, { listen: '127.0.0.1:9' })).listener.address, '127.0.0.1:9')
+  await t.rejects(loadConfig(`${dir}/missing.yaml`), { code: 'CONFIG_INVALID', problems: [/^cannot read the file: /] })
+  await t.rejects(loadConfig(`${dir}/broken.yaml`), { problems: [/^not valid YAML or JSON: /] })
+  await t.rejects(loadConfig(`${dir}/bad.yaml`), { message: /bad\.yaml[\s\S]*backends\[0\]\.url: must be an http:\/\/ URL/ })
+  writeFileSync(`${dir}/good.yaml`, 'typo: 1\n')
+  await t.rejects(loadConfig(`${dir}/good.yaml`), new ConfigError(`${dir}/good.yaml`, ['typo: unknown key']))
+})
+
+t.test('formatPath', async (t) => {
+  t.equal(formatPath(['backends', 0, 'healthCheck', 'path']), 'backends[0].healthCheck.path')
+  t.equal(formatPath([]), '')
+})

@@ -1,0 +1,63 @@
+import t from 'tap'
+import { endToEnd, requestIdFrom, upstreamRequestHeaders } from '../src/headers.js'
+
+const info = { clientAddress: '10.1.2.3', protocol: 'https' as const, trustForwardedHeaders: false }
+
+t.test('endToEnd drops hop-by-hop headers and the ones Connection names, in any case and spacing', async (t) => {
+  const out = endToEnd({
+    connection: 'Keep-Alive,  X-Foo ,x-bar',
+    'keep-alive': 'timeout=5',
+    'transfer-encoding': 'chunked',
+    te: 'trailers',
+    trailer: 'x-t',
+    upgrade: 'h2c',
+    'proxy-authorization': 'Basic x',
+    'proxy-connection': 'keep-alive',
+    expect: '100-continue',
+    'x-foo': '1',
+    'x-bar': '2',
+    'x-baz': '3',
+    'set-cookie': ['a=1', 'b=2'],
+    'x-undefined': undefined,
+  })
+  t.same(out, { 'x-baz': '3', 'set-cookie': ['a=1', 'b=2'] })
+})
+
+t.test('endToEnd reads a Connection header given as a list', async (t) => {
+  t.same(endToEnd({ connection: ['x-a', 'x-b'], 'x-a': '1', 'x-b': '2', 'x-c': '3' }), { 'x-c': '3' })
+})
+
+t.test('the proxy sets X-Forwarded-* after removal, even when Connection names them', async (t) => {
+  const out = upstreamRequestHeaders(
+    { host: 'h.example', connection: 'x-forwarded-for, x-request-id', 'x-forwarded-for': '6.6.6.6', 'x-request-id': 'old' },
+    'rid',
+    info,
+  )
+  t.same(out, {
+    host: 'h.example',
+    'x-forwarded-for': '10.1.2.3',
+    'x-forwarded-proto': 'https',
+    'x-forwarded-host': 'h.example',
+    'x-request-id': 'rid',
+  })
+})
+
+t.test('untrusted: every client-sent forwarding header is dropped; trusted: chained and kept', async (t) => {
+  const sent = { 'x-forwarded-for': '1.1.1.1, 2.2.2.2', 'x-forwarded-proto': 'http', 'x-forwarded-host': 'f', forwarded: 'for=1.1.1.1' }
+  const untrusted = upstreamRequestHeaders(sent, 'id', info)
+  t.same(untrusted, { 'x-forwarded-for': '10.1.2.3', 'x-forwarded-proto': 'https', 'x-request-id': 'id' })
+  const trusted = upstreamRequestHeaders(sent, 'id', { ...info, trustForwardedHeaders: true })
+  t.equal(trusted['x-forwarded-for'], '1.1.1.1, 2.2.2.2, 10.1.2.3')
+  t.equal(trusted['x-forwarded-proto'], 'http')
+  t.equal(trusted['x-forwarded-host'], 'f')
+  t.equal(trusted.forwarded, 'for=1.1.1.1')
+})
+
+t.test('request ids: sane client ids are kept, others replaced', async (t) => {
+  t.equal(requestIdFrom('abc-123_X.y'), 'abc-123_X.y')
+  t.equal(requestIdFrom('x'.repeat(128)), 'x'.repeat(128))
+  for (const bad of [undefined, '', 'has space', 'x'.repeat(129), 'tab\there', 'ünïcode', ['a', 'b']]) {
+    t.match(requestIdFrom(bad), /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/, JSON.stringify(bad))
+  }
+  t.not(requestIdFrom(undefined), requestIdFrom(undefined), 'each generated id is new')
+})

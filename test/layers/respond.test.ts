@@ -1,0 +1,31 @@
+import t from 'tap'
+import { SidecarError } from '../../src/errors.js'
+import { createRespondLayer } from '../../src/layers/respond.js'
+import { context, proxyRequest, response, scripted } from '../fixtures/pipeline.js'
+
+t.test('responses pass through untouched', async (t) => {
+  const ok = response(200)
+  const ctx = context()
+  t.equal(await createRespondLayer()(scripted(ok))(proxyRequest(), ctx), ok)
+  t.equal(ctx.error, undefined)
+})
+
+t.test('a SidecarError becomes its status, x-sidecar-error and a JSON body; the code goes on the context', async (t) => {
+  const ctx = context({ id: 'abc' })
+  const res = await createRespondLayer()(scripted(new SidecarError('upstream_timeout', { detail: 'after 1 ms' })))(proxyRequest(), ctx)
+  t.equal(res.status, 504)
+  t.equal(res.headers['x-sidecar-error'], 'upstream_timeout')
+  t.equal(res.headers['content-type'], 'application/json')
+  const body = res.body as Buffer
+  t.equal(res.headers['content-length'], String(body.length))
+  t.match(JSON.parse(body.toString()), { error: 'upstream_timeout', requestId: 'abc', message: /after 1 ms/ })
+  t.equal(ctx.error, 'upstream_timeout')
+})
+
+t.test('anything else thrown becomes 500 internal, never a crash', async (t) => {
+  const ctx = context()
+  const res = await createRespondLayer()(scripted(new TypeError('bug')))(proxyRequest(), ctx)
+  t.equal(res.status, 500)
+  t.equal(res.headers['x-sidecar-error'], 'internal')
+  t.equal(ctx.error, 'internal')
+})
