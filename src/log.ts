@@ -8,11 +8,12 @@ export interface LogOptions {
 }
 
 /**
- * `SIDECAR_LOG_LEVEL` overrides the configured level. Output is buffered (async) for the hot
- * path; pino flushes it synchronously when the process exits. Tests pass their own destination.
+ * `SIDECAR_LOG_LEVEL` overrides the configured level. Writes are asynchronous (no blocking
+ * write per line on the hot path, lines still go out as soon as the loop is free); pino flushes
+ * what is pending synchronously when the process exits. Tests pass their own destination.
  */
 export function createLogger(opts: LogOptions, destination?: DestinationStream): Logger {
-  const dest = destination ?? pino.destination({ dest: 1, sync: false, minLength: 4096 })
+  const dest = destination ?? pino.destination({ dest: 1, sync: false })
   return pino(
     {
       level: process.env.SIDECAR_LOG_LEVEL || opts.level,

@@ -1,0 +1,118 @@
+// The CLI as a user meets it: in-process for argument and config handling, and the built
+// binary (dist/main.js, made by `npm test`'s build step) for the real run, signals and exit codes.
+import { spawn } from 'node:child_process'
+import { existsSync } from 'node:fs'
+import net from 'node:net'
+import { fileURLToPath } from 'node:url'
+import t from 'tap'
+import { main, type Io } from '../../src/main.js'
+import { request } from '../fixtures/client.js'
+import { fakeUpstream } from '../fixtures/upstream.js'
+
+const BIN = fileURLToPath(new URL('../../dist/main.js', import.meta.url))
+
+function io() {
+  const out: string[] = []
+  const err: string[] = []
+  const sink: Io = { out: (l) => out.push(l), err: (l) => err.push(l) }
+  return { sink, out, err, text: () => [...out, ...err].join('\n') }
+}
+
+t.test('validate: a good file exits 0, a broken one exits 2 naming every bad field', async (t) => {
+  const dir = t.testdir({
+    'good.yaml': 'backends:\n  - name: app\n    url: http://127.0.0.1:8080\n    weight: 90\n  - name: canary\n    url: http://10.0.0.2:8080\n    weight: 10\n',
+    'broken.yaml': 'listener:\n  address: everywhere\nbackends:\n  - name: app\n    url: ftp://x\n    weight: -1\nretries: 3\n',
+  })
+  const good = io()
+  t.equal(await main(['validate', '--config', `${dir}/good.yaml`], good.sink), 0)
+  t.match(good.text(), /good\.yaml: valid \(2 backends\)/)
+  const bad = io()
+  t.equal(await main(['validate', '--config', `${dir}/broken.yaml`], bad.sink), 2)
+  t.match(bad.text(), /listener\.address: must be host:port/)
+  t.match(bad.text(), /backends\[0\]\.url: must be an http:\/\/ URL/)
+  t.match(bad.text(), /backends\[0\]\.weight: /)
+  t.match(bad.text(), /retries: unknown key/)
+  const missing = io()
+  t.equal(await main(['validate', '--config', `${dir}/nope.yaml`], missing.sink), 2)
+  t.match(missing.text(), /cannot read the file/)
+})
+
+t.test('bad usage exits 2 with the usage text', async (t) => {
+  for (const argv of [['--lisen', '127.0.0.1:1'], ['frobnicate'], ['validate'], ['validate', '--config', 'a', '--extra'], ['--plaintext', 'stray']]) {
+    const r = io()
+    t.equal(await main(argv, r.sink), 2, argv.join(' '))
+    t.match(r.err.join('\n'), /^sidecar-proxy: .+\n\nUsage:/, `${argv.join(' ')}: says what is wrong, then how to use it`)
+  }
+  const help = io()
+  t.equal(await main(['--help'], help.sink), 0)
+  t.match(help.out[0], /^Usage:/)
+})
+
+t.test('run: an invalid config or flag never starts the proxy, exit 2', async (t) => {
+  const r = io()
+  t.equal(await main(['--plaintext', '--upstream', 'localhost:8080'], r.sink), 2)
+  t.match(r.text(), /backends\[0\]\.url: must be an http:\/\/ URL/)
+  const tls = io()
+  t.equal(await main(['--listen', '127.0.0.1:0'], tls.sink), 2)
+  t.match(tls.text(), /listener\.tls: TLS termination is not available in this version; pass --plaintext/)
+})
+
+interface Child {
+  lines: Array<Record<string, unknown>>
+  stderr: () => string
+  exited: Promise<number | null>
+  kill: (signal: NodeJS.Signals) => void
+}
+
+function runBinary(args: string[], env: NodeJS.ProcessEnv = {}): Child {
+  const child = spawn(process.execPath, [BIN, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] })
+  const lines: Array<Record<string, unknown>> = []
+  let stderr = ''
+  let buffered = ''
+  child.stdout.on('data', (c: Buffer) => {
+    buffered += c.toString()
+    const parts = buffered.split('\n')
+    buffered = parts.pop()!
+    for (const p of parts) if (p) lines.push(JSON.parse(p))
+  })
+  child.stderr.on('data', (c: Buffer) => (stderr += c.toString()))
+  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)))
+  return { lines, stderr: () => stderr, exited, kill: (s) => child.kill(s) }
+}
+
+async function waitForLine(child: Child, msg: string): Promise<Record<string, unknown>> {
+  for (let i = 0; i < 300; i++) {
+    const line = child.lines.find((l) => l.msg === msg)
+    if (line) return line
+    await new Promise((resolve) => setTimeout(resolve, 20))
+  }
+  throw new Error(`no "${msg}" line; stderr: ${child.stderr()}`)
+}
+
+t.test('the built binary forwards, serves metrics and stops with exit 0 on SIGTERM', async (t) => {
+  t.ok(existsSync(BIN), 'dist/main.js exists (npm test builds it first)')
+  const up = await fakeUpstream().listen()
+  t.teardown(() => up.close())
+  const child = runBinary(['--plaintext', '--listen', '127.0.0.1:0', '--admin', '127.0.0.1:0', '--upstream', up.url])
+  t.teardown(() => child.kill('SIGKILL'))
+  const started = await waitForLine(child, 'sidecar-proxy started')
+  const reply = await request(`${started.listener as string}/hello`)
+  t.equal(reply.status, 200)
+  const metrics = (await request(`${started.admin as string}/metrics`)).body.toString()
+  t.match(metrics, /sidecar_requests_total\{backend="app",method="GET",code="200"\} 1/)
+  child.kill('SIGTERM')
+  t.equal(await child.exited, 0)
+  t.ok(child.lines.some((l) => l.msg === 'request' && l.path === '/hello'), 'the access line was flushed before exit')
+  t.ok(child.lines.some((l) => l.msg === 'sidecar-proxy stopped'))
+})
+
+t.test('the binary reads SIDECAR_CONFIG and exits 1 when its port is taken', async (t) => {
+  const taken = net.createServer()
+  await new Promise<void>((resolve) => taken.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => new Promise((resolve) => taken.close(resolve)))
+  const port = (taken.address() as net.AddressInfo).port
+  const dir = t.testdir({ 'c.yaml': `listener:\n  address: 127.0.0.1:${port}\n  tls: false\nadmin:\n  address: 127.0.0.1:0\n` })
+  const child = runBinary([], { SIDECAR_CONFIG: `${dir}/c.yaml` })
+  t.equal(await child.exited, 1)
+  t.match(await waitForLine(child, 'sidecar-proxy could not start'), { level: 'fatal', err: { code: 'EADDRINUSE' } })
+})

@@ -1,0 +1,63 @@
+// Graceful stop: stop accepting, let in-flight requests finish, cut what outlives the deadline.
+import http from 'node:http'
+import t from 'tap'
+import { request } from '../fixtures/client.js'
+import { startProxy } from '../fixtures/proxy.js'
+import { fakeUpstream } from '../fixtures/upstream.js'
+
+function slowUpstream() {
+  const releases: Array<() => void> = []
+  const builder = fakeUpstream().route('/slow', (_req, res) => {
+    releases.push(() => res.end('finished'))
+  })
+  return { builder, releases }
+}
+
+async function until(cond: () => boolean): Promise<void> {
+  for (let i = 0; i < 200 && !cond(); i++) await new Promise((resolve) => setTimeout(resolve, 10))
+  if (!cond()) throw new Error('condition not reached')
+}
+
+t.test('in-flight requests finish during a graceful stop; new connections are refused', async (t) => {
+  const { builder, releases } = slowUpstream()
+  const up = await builder.listen()
+  t.teardown(() => up.close())
+  const proxy = await startProxy(up.url, { drain: { timeoutMs: 5000 } })
+  const inFlight = request(`${proxy.url}/slow`)
+  await until(() => releases.length === 1)
+  const stopped = proxy.close()
+  t.ok(proxy.app.readiness.isHeld('stopping'), 'readiness fails as soon as the stop begins')
+  await t.rejects(request(`${proxy.url}/new`), { code: 'ECONNREFUSED' }, 'no new connections once stopping')
+  releases[0]!()
+  const reply = await inFlight
+  t.equal(reply.status, 200)
+  t.equal(reply.body.toString(), 'finished')
+  t.equal(reply.headers.connection, 'close', 'the response tells the client the connection ends')
+  t.equal(await stopped, 0, 'nothing had to be cut')
+})
+
+t.test('idle keep-alive connections are closed at once, not after their idle timeout', async (t) => {
+  const up = await fakeUpstream().listen()
+  t.teardown(() => up.close())
+  const proxy = await startProxy(up.url)
+  const agent = new http.Agent({ keepAlive: true })
+  t.teardown(() => agent.destroy())
+  await new Promise<void>((resolve) => http.get(`${proxy.url}/`, { agent }, (res) => res.resume().on('end', resolve)))
+  const started = Date.now()
+  await proxy.close()
+  t.ok(Date.now() - started < 2000, 'close did not wait for the 65 s keep-alive timeout')
+})
+
+t.test('requests outliving drain.timeoutMs are cut and counted', async (t) => {
+  const { builder, releases } = slowUpstream()
+  const up = await builder.listen()
+  t.teardown(() => up.close())
+  const proxy = await startProxy(up.url, { drain: { timeoutMs: 200 } })
+  const inFlight = request(`${proxy.url}/slow`).then(
+    () => 'completed',
+    (err: NodeJS.ErrnoException) => err.code,
+  )
+  await until(() => releases.length === 1)
+  t.equal(await proxy.close(), 1, 'one request was cut')
+  t.equal(await inFlight, 'ECONNRESET', 'the client saw the connection cut, not a made-up response')
+})

@@ -1,0 +1,63 @@
+import t from 'tap'
+import { Upstreams, upstreamErrorCode } from '../../src/upstream/client.js'
+import { SidecarError } from '../../src/errors.js'
+import { fakeUpstream } from '../fixtures/upstream.js'
+
+t.test('undici and socket errors map onto the catalogue', async (t) => {
+  const table: Array<[unknown, string]> = [
+    [{ code: 'ECONNREFUSED' }, 'upstream_refused'],
+    [{ code: 'ENOTFOUND' }, 'upstream_unreachable'],
+    [{ code: 'EAI_AGAIN' }, 'upstream_unreachable'],
+    [{ code: 'EHOSTUNREACH' }, 'upstream_unreachable'],
+    [{ code: 'ENETUNREACH' }, 'upstream_unreachable'],
+    [{ code: 'EADDRNOTAVAIL' }, 'upstream_unreachable'],
+    [{ code: 'UND_ERR_CONNECT_TIMEOUT' }, 'upstream_connect_timeout'],
+    [{ code: 'UND_ERR_HEADERS_TIMEOUT' }, 'upstream_timeout'],
+    [{ code: 'UND_ERR_BODY_TIMEOUT' }, 'upstream_timeout'],
+    [{ name: 'TimeoutError' }, 'upstream_timeout'],
+    [{ code: 'UND_ERR_ABORTED' }, 'client_closed'],
+    [{ code: 'UND_ERR_ABORT' }, 'client_closed'],
+    [{ code: 'ABORT_ERR' }, 'client_closed'],
+    [{ code: 'UND_ERR_HEADERS_OVERFLOW' }, 'upstream_bad_response'],
+    [{ code: 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH' }, 'upstream_bad_response'],
+    [{ code: 'UND_ERR_INFO' }, 'upstream_bad_response'],
+    [{ name: 'HTTPParserError' }, 'upstream_bad_response'],
+    [{ code: 'UND_ERR_SOCKET' }, 'upstream_reset'],
+    [{ code: 'ECONNRESET' }, 'upstream_reset'],
+    [{ code: 'EPIPE' }, 'upstream_reset'],
+    [new SidecarError('body_too_large'), 'body_too_large'],
+    [{ code: 'SOMETHING_NEW' }, 'internal'],
+    [null, 'internal'],
+  ]
+  for (const [err, code] of table) t.equal(upstreamErrorCode(err), code, JSON.stringify(err))
+})
+
+t.test('probe: answers from a live app, catalogue codes from a dead or slow one', async (t) => {
+  const up = await fakeUpstream()
+    .seq('/health', 503)
+    .route('/slow', () => {})
+    .listen()
+  const upstreams = new Upstreams([{ name: 'app', url: up.url, maxConnections: 2, connectTimeoutMs: 500, idleTimeoutMs: 1000 }])
+  t.teardown(async () => {
+    await upstreams.close()
+    await up.close()
+  })
+  t.same(await upstreams.probe('app', '/', 1000), { ok: true, status: 200 })
+  t.same(await upstreams.probe('app', '/health', 1000), { ok: true, status: 503 }, 'any HTTP answer means reachable')
+  t.match(await upstreams.probe('app', '/slow', 100), { ok: false, error: 'upstream_timeout' })
+  t.match(await upstreams.probe('nope', '/', 100), { ok: false, error: 'internal' })
+  t.equal(up.seen.at(-1)?.headers['user-agent'], 'sidecar-proxy-probe')
+})
+
+t.test('keep-alive within the connection bound: requests share the pooled connection', async (t) => {
+  const up = await fakeUpstream().listen()
+  const upstreams = new Upstreams([{ name: 'app', url: up.url, maxConnections: 1, connectTimeoutMs: 500, idleTimeoutMs: 1000 }])
+  t.teardown(async () => {
+    await upstreams.close()
+    await up.close()
+  })
+  const results = await Promise.all(Array.from({ length: 5 }, () => upstreams.probe('app', '/', 1000)))
+  t.ok(results.every((r) => r.ok), 'five concurrent requests queue on the one connection')
+  t.equal(up.seen.length, 5)
+  t.equal(new Set(up.seen.map((s) => s.remotePort)).size, 1, 'all five came over one connection')
+})
