@@ -88,7 +88,8 @@ function describe(issue: z.core.$ZodIssue, base: readonly PropertyKey[]): string
       break
     }
   }
-  return [`${formatPath(path) || '(top level)'}: ${issue.message}`]
+  const missing = issue.code === 'invalid_type' && issue.message.endsWith('received undefined')
+  return [`${formatPath(path) || '(top level)'}: ${missing ? `required (${issue.expected})` : issue.message}`]
 }
 
 export async function loadConfig(file: string | undefined, overrides: ConfigOverrides = {}): Promise<Config> {

@@ -50,6 +50,10 @@ t.test('every problem is reported with its path', async (t) => {
   for (const re of expected) t.ok(found.some((p) => re.test(p)), `reports ${re}`)
 })
 
+t.test('a missing required key says so', async (t) => {
+  t.same(problems({ backends: [{ url: 'http://a:1' }] }), ['backends[0].name: required (string)'])
+})
+
 t.test('backends: at least one, unique names, and at least one with weight above 0', async (t) => {
   t.match(problems({ backends: [{ name: 'app', url: 'http://a:1' }, { name: 'app', url: 'http://b:1' }] }), [
     /^backends\[1\]\.name: duplicate backend name "app"/,
