@@ -25,7 +25,7 @@ export async function startApp(config: Config, deps: { logger: Logger }): Promis
   const readiness = new Readiness()
   readiness.hold('listener', 'the listener is not bound yet')
 
-  const upstreams = new Upstreams(config.backends)
+  const upstreams = new Upstreams(config.backends, config.limits)
   const handler = buildStack(config, { logger, metrics, upstreams })
   const listen = parseAddress(config.listener.address)!
   const listener = new Listener({ ...listen, ...config.listener, ...config.limits }, handler, { logger, metrics })

@@ -24,5 +24,5 @@ export function buildStack(config: Config, deps: StackDeps): Handler {
     createLimitsLayer(config.limits, deps), //      header count 431, body size 413
     createPickLayer(config.backends), //            weighted backend choice per request
   ]
-  return compose(layers, deps.upstreams.handler(config.limits, deps)) // undici Pool per backend
+  return compose(layers, deps.upstreams.handler(deps)) // undici Pool per backend
 }

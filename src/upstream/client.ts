@@ -27,13 +27,16 @@ export type ProbeResult = { ok: true; status: number } | { ok: false; error: Err
 export class Upstreams {
   private readonly pools = new Map<string, Pool>()
 
-  constructor(backends: readonly BackendOptions[]) {
+  constructor(backends: readonly BackendOptions[], opts: UpstreamOptions) {
     for (const b of backends) {
       this.pools.set(
         b.name,
         new Pool(b.url, {
           connections: b.maxConnections,
           connect: { timeout: b.connectTimeoutMs },
+          // set once per pool rather than per request: the same deadline for every request
+          headersTimeout: opts.requestTimeoutMs,
+          bodyTimeout: opts.responseIdleTimeoutMs,
           keepAliveTimeout: b.idleTimeoutMs,
           // an app's `Keep-Alive: timeout=N` may shorten, never lengthen, our idle timeout
           keepAliveMaxTimeout: b.idleTimeoutMs,
@@ -43,7 +46,7 @@ export class Upstreams {
   }
 
   /** The terminal handler of the pipeline: forwards to `ctx.backend`. */
-  handler(opts: UpstreamOptions, deps: { metrics: Metrics }): Handler {
+  handler(deps: { metrics: Metrics }): Handler {
     return async (req, ctx) => {
       const backend = ctx.backend
       const pool = backend === undefined ? undefined : this.pools.get(backend)
@@ -55,8 +58,6 @@ export class Upstreams {
           headers: req.headers,
           body: req.body,
           signal: ctx.signal,
-          headersTimeout: opts.requestTimeoutMs,
-          bodyTimeout: opts.responseIdleTimeoutMs,
         })
         deps.metrics.attempts.labels(backend, `${Math.floor(res.statusCode / 100)}xx`).inc()
         // A failure mid-body surfaces on the stream (the listener then cuts the client

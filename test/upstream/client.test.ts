@@ -3,6 +3,8 @@ import { Upstreams, upstreamErrorCode } from '../../src/upstream/client.js'
 import { SidecarError } from '../../src/errors.js'
 import { fakeUpstream } from '../fixtures/upstream.js'
 
+const LIMITS = { requestTimeoutMs: 5000, responseIdleTimeoutMs: 5000 }
+
 t.test('undici and socket errors map onto the catalogue', async (t) => {
   const table: Array<[unknown, string]> = [
     [{ code: 'ECONNREFUSED' }, 'upstream_refused'],
@@ -37,7 +39,7 @@ t.test('probe: answers from a live app, catalogue codes from a dead or slow one'
     .seq('/health', 503)
     .route('/slow', () => {})
     .listen()
-  const upstreams = new Upstreams([{ name: 'app', url: up.url, maxConnections: 2, connectTimeoutMs: 500, idleTimeoutMs: 1000 }])
+  const upstreams = new Upstreams([{ name: 'app', url: up.url, maxConnections: 2, connectTimeoutMs: 500, idleTimeoutMs: 1000 }], LIMITS)
   t.teardown(async () => {
     await upstreams.close()
     await up.close()
@@ -51,7 +53,7 @@ t.test('probe: answers from a live app, catalogue codes from a dead or slow one'
 
 t.test('keep-alive within the connection bound: requests share the pooled connection', async (t) => {
   const up = await fakeUpstream().listen()
-  const upstreams = new Upstreams([{ name: 'app', url: up.url, maxConnections: 1, connectTimeoutMs: 500, idleTimeoutMs: 1000 }])
+  const upstreams = new Upstreams([{ name: 'app', url: up.url, maxConnections: 1, connectTimeoutMs: 500, idleTimeoutMs: 1000 }], LIMITS)
   t.teardown(async () => {
     await upstreams.close()
     await up.close()

@@ -1,0 +1,72 @@
+// The listener on its own, with a handler written by the test: the seams between Node's
+// server objects and the pipeline.
+import http from 'node:http'
+import { Readable } from 'node:stream'
+import t from 'tap'
+import { Listener } from '../../src/server/listener.js'
+import type { Handler } from '../../src/pipeline/types.js'
+import { deps } from '../fixtures/pipeline.js'
+
+const OPTS = {
+  host: '127.0.0.1',
+  port: 0,
+  trustForwardedHeaders: false,
+  headersTimeoutMs: 5000,
+  receiveTimeoutMs: 10000,
+  keepAliveTimeoutMs: 5000,
+  maxHeaderBytes: 16384,
+}
+
+async function start(t: Parameters<Parameters<typeof t.test>[1]>[0], handler: Handler) {
+  const d = deps()
+  const listener = new Listener(OPTS, handler, d)
+  const { port } = await listener.listen()
+  t.teardown(() => listener.close(1000))
+  return { port, d }
+}
+
+t.test('a response ready only after the client left is released without crashing the process', async (t) => {
+  let destroyed!: () => void
+  const bodyDestroyed = new Promise<void>((resolve) => (destroyed = resolve))
+  const { port } = await start(t, async (_req, ctx) => {
+    await new Promise((resolve) => ctx.signal.addEventListener('abort', resolve))
+    const body = new Readable({
+      read() {},
+      destroy(_err, cb) {
+        destroyed()
+        cb(new Error('destroyed while nobody listened')) // emits 'error' on the body
+      },
+    })
+    return { status: 200, headers: {}, body }
+  })
+  const req = http.get(`http://127.0.0.1:${port}/`, { agent: false })
+  req.on('error', () => {})
+  setTimeout(() => req.destroy(), 50)
+  await bodyDestroyed
+  await new Promise((resolve) => setTimeout(resolve, 50))
+  t.pass('the process is still here')
+})
+
+t.test('a handler that rejects (a bug) cuts the connection and is logged, never a hang', async (t) => {
+  const { port, d } = await start(t, async () => {
+    throw new Error('bug')
+  })
+  const outcome = await new Promise<string>((resolve) => {
+    http.get(`http://127.0.0.1:${port}/`, { agent: false }, () => resolve('response')).on('error', (err) => resolve((err as NodeJS.ErrnoException).code ?? 'error'))
+  })
+  t.equal(outcome, 'ECONNRESET')
+  t.match(d.lines, [{ level: 'error', msg: 'pipeline rejected', err: { message: 'bug' } }])
+})
+
+t.test('a failing end hook is logged and does not affect the response', async (t) => {
+  const { port, d } = await start(t, async (_req, ctx) => {
+    ctx.onEnd.push(() => {
+      throw new Error('hook bug')
+    })
+    return { status: 204, headers: {}, body: null }
+  })
+  const status = await new Promise<number>((resolve) => http.get(`http://127.0.0.1:${port}/`, { agent: false }, (res) => resolve(res.statusCode!)))
+  t.equal(status, 204)
+  for (let i = 0; i < 50 && d.lines.length === 0; i++) await new Promise((resolve) => setTimeout(resolve, 10))
+  t.match(d.lines, [{ level: 'error', msg: 'request end hook failed' }])
+})
