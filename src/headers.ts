@@ -35,7 +35,8 @@ export function endToEnd(headers: Readonly<Record<string, string | string[] | un
 }
 
 function connectionNamed(value: string | string[] | undefined): Set<string> | null {
-  if (value === undefined) return null
+  // the common values name nothing beyond the hop-by-hop set: skip the parse on the hot path
+  if (value === undefined || value === 'keep-alive' || value === 'close') return null
   const set = new Set<string>()
   for (const part of (Array.isArray(value) ? value.join(',') : value).split(',')) {
     const token = part.trim().toLowerCase()
