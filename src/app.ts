@@ -39,9 +39,10 @@ export async function startApp(config: Config, deps: { logger: Logger }): Promis
   })
 
   // Admin first: the startupProbe can then see the proxy come up.
-  const adminAddress = await admin.listen()
+  let adminAddress: AddressInfo
   let listenerAddress: AddressInfo
   try {
+    adminAddress = await admin.listen()
     listenerAddress = await listener.listen()
   } catch (err) {
     await Promise.all([admin.close(), upstreams.close()])

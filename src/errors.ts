@@ -45,7 +45,7 @@ export function isErrorCode(code: unknown): code is ErrorCode {
 export function toSidecarError(err: unknown): SidecarError {
   const code = (err as { code?: unknown } | null)?.code
   if (isErrorCode(code)) {
-    return err instanceof SidecarError ? err : new SidecarError(code, { cause: err })
+    return (err as Error).name === 'SidecarError' ? (err as SidecarError) : new SidecarError(code, { cause: err })
   }
   return new SidecarError('internal', { cause: err })
 }

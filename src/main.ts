@@ -44,13 +44,13 @@ export async function main(argv: readonly string[], io: Io = stdio): Promise<num
 
 const invokedDirectly = process.argv[1] !== undefined && import.meta.url === pathToFileURL(realpathSync(process.argv[1])).href
 if (invokedDirectly) {
+  // Exit explicitly: after a forced stop, connections may still hold the event loop open.
+  // pino flushes pending log lines on 'exit'.
   main(process.argv.slice(2)).then(
-    (code) => {
-      process.exitCode = code
-    },
+    (code) => process.exit(code),
     (err: unknown) => {
       process.stderr.write(`sidecar-proxy: ${(err as Error).stack ?? String(err)}\n`)
-      process.exitCode = 1
+      process.exit(1)
     },
   )
 }

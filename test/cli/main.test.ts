@@ -106,6 +106,25 @@ t.test('the built binary forwards, serves metrics and stops with exit 0 on SIGTE
   t.ok(child.lines.some((l) => l.msg === 'sidecar-proxy stopped'))
 })
 
+t.test('a second signal stops the binary at once with exit 1, in-flight requests cut', async (t) => {
+  const up = await fakeUpstream()
+    .route('/hang', () => {})
+    .listen()
+  t.teardown(() => up.close())
+  const dir = t.testdir({ 'c.yaml': `listener:\n  tls: false\ndrain:\n  timeoutMs: 60000\n` })
+  const child = runBinary(['--config', `${dir}/c.yaml`, '--listen', '127.0.0.1:0', '--admin', '127.0.0.1:0', '--upstream', up.url])
+  t.teardown(() => child.kill('SIGKILL'))
+  const started = await waitForLine(child, 'sidecar-proxy started')
+  const inFlight = request(`${started.listener as string}/hang`).catch((err: NodeJS.ErrnoException) => err.code)
+  for (let i = 0; i < 100 && up.seen.length === 0; i++) await new Promise((resolve) => setTimeout(resolve, 10))
+  child.kill('SIGTERM')
+  await waitForLine(child, 'stopping: finishing in-flight requests')
+  child.kill('SIGTERM')
+  t.equal(await child.exited, 1)
+  t.ok(child.lines.some((l) => l.msg === 'second signal: stopping now'))
+  t.equal(await inFlight, 'ECONNRESET')
+})
+
 t.test('the binary reads SIDECAR_CONFIG and exits 1 when its port is taken', async (t) => {
   const taken = net.createServer()
   await new Promise<void>((resolve) => taken.listen(0, '127.0.0.1', resolve))
