@@ -8,6 +8,7 @@ import http from 'node:http'
 import type { AddressInfo } from 'node:net'
 import type { Registry } from 'prom-client'
 import type { Logger } from '../log.js'
+import { listenOn } from '../server/listen.js'
 import type { ProbeResult } from '../upstream/client.js'
 import type { Readiness } from './readiness.js'
 
@@ -36,13 +37,7 @@ export class AdminServer {
   }
 
   listen(): Promise<AddressInfo> {
-    return new Promise((resolve, reject) => {
-      this.server.once('error', reject)
-      this.server.listen(this.address.port, this.address.host, () => {
-        this.server.off('error', reject)
-        resolve(this.server.address() as AddressInfo)
-      })
-    })
+    return listenOn(this.server, this.address.host, this.address.port)
   }
 
   close(): Promise<void> {

@@ -7,6 +7,7 @@ import http from 'node:http'
 import type { AddressInfo, Socket } from 'node:net'
 import { ERRORS, SidecarError, type ErrorCode } from '../errors.js'
 import { requestIdFrom, upstreamRequestHeaders } from '../headers.js'
+import { listenOn } from './listen.js'
 import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
 import type { Handler, ProxyRequest, ProxyResponse, RequestContext, RequestOutcome } from '../pipeline/types.js'
@@ -61,13 +62,7 @@ export class Listener {
   }
 
   listen(): Promise<AddressInfo> {
-    return new Promise((resolve, reject) => {
-      this.server.once('error', reject)
-      this.server.listen(this.opts.port, this.opts.host, () => {
-        this.server.off('error', reject)
-        resolve(this.server.address() as AddressInfo)
-      })
-    })
+    return listenOn(this.server, this.opts.host, this.opts.port)
   }
 
   /**

@@ -95,7 +95,7 @@ t.test('files: YAML and JSON load; unreadable, unparsable and empty files', asyn
   t.equal((await loadConfig(`${dir}/empty.yaml`)).listener.address, '0.0.0.0:8443')
   t.equal((await loadConfig(undefined, { listen: '127.0.0.1:9' })).listener.address, '127.0.0.1:9')
   await t.rejects(loadConfig(`${dir}/missing.yaml`), { code: 'CONFIG_INVALID', problems: [/^cannot read the file: /] })
-  await t.rejects(loadConfig(`${dir}/broken.yaml`), { problems: [/^not valid YAML or JSON: /] })
+  await t.rejects(loadConfig(`${dir}/broken.yaml`), { code: 'CONFIG_INVALID', problems: [/^not valid YAML or JSON: /] })
   await t.rejects(loadConfig(`${dir}/bad.yaml`), { message: /bad\.yaml[\s\S]*backends\[0\]\.url: must be an http:\/\/ URL/ })
   writeFileSync(`${dir}/good.yaml`, 'typo: 1\n')
   await t.rejects(loadConfig(`${dir}/good.yaml`), new ConfigError(`${dir}/good.yaml`, ['typo: unknown key']))

@@ -25,7 +25,7 @@ t.test('one access line and one count per request, written when the exchange end
   t.notOk('error' in d.lines[0]! || 'incomplete' in d.lines[0]!)
   t.equal(await metricValue(d, 'sidecar_requests_total', { backend: 'app', method: 'POST', code: '201' }), 1)
   const hist = await d.metrics.registry.getSingleMetric('sidecar_request_duration_seconds')!.get()
-  t.equal(hist.values.find((v) => v.metricName === 'sidecar_request_duration_seconds_count')?.value, 1)
+  t.equal(hist.values.find((v) => (v as { metricName?: string }).metricName === 'sidecar_request_duration_seconds_count')?.value, 1)
 })
 
 t.test('errors and cut-short responses are marked; odd methods do not explode label cardinality', async (t) => {

@@ -4,11 +4,11 @@ import net from 'node:net'
 import http from 'node:http'
 import t, { type Test } from 'tap'
 import { raw, request } from '../fixtures/client.js'
-import { startProxy } from '../fixtures/proxy.js'
+import { proxied, startProxy } from '../fixtures/proxy.js'
 import { fakeUpstream } from '../fixtures/upstream.js'
 
 async function setup(t: Test, config: Record<string, unknown> = {}) {
-  const up = await fakeUpstream()
+  const { up, proxy } = await proxied(t, fakeUpstream()
     .route('/hang', () => {}) // never answers
     .route('/reset', (req) => req.socket.destroy())
     .route('/cut-body', (_req, res) => {
@@ -16,12 +16,7 @@ async function setup(t: Test, config: Record<string, unknown> = {}) {
       res.write('x'.repeat(10))
       setTimeout(() => res.socket?.destroy(), 20)
     })
-    .listen()
-  const proxy = await startProxy(up.url, config)
-  t.teardown(async () => {
-    await proxy.close()
-    await up.close()
-  })
+    , config)
   return { up, proxy }
 }
 

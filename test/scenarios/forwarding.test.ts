@@ -3,18 +3,13 @@ import { Readable } from 'node:stream'
 import t from 'tap'
 import { request as undiciRequest } from 'undici'
 import { json, request } from '../fixtures/client.js'
-import { startProxy } from '../fixtures/proxy.js'
+import { proxied, startProxy } from '../fixtures/proxy.js'
 import { fakeUpstream, pseudoRandomChunks, sha256Of, type Echo } from '../fixtures/upstream.js'
 
 const MiB = 1024 * 1024
 
 t.test('request bodies arrive byte-exact: 0 B, 1 MiB and 50 MiB, for GET/POST/PUT', async (t) => {
-  const up = await fakeUpstream().listen()
-  const proxy = await startProxy(up.url)
-  t.teardown(async () => {
-    await proxy.close()
-    await up.close()
-  })
+  const { up, proxy } = await proxied(t, fakeUpstream())
   for (const [method, size] of [['GET', 0], ['POST', 0], ['POST', MiB], ['PUT', MiB], ['PUT', 50 * MiB], ['POST', 50 * MiB]] as const) {
     const body = size === 0 ? undefined : Readable.from(pseudoRandomChunks(size))
     const { reply, body: echoed } = await json<Echo>(`${proxy.url}/upload`, {
@@ -30,12 +25,7 @@ t.test('request bodies arrive byte-exact: 0 B, 1 MiB and 50 MiB, for GET/POST/PU
 })
 
 t.test('a chunked upload is forwarded chunked and byte-exact', async (t) => {
-  const up = await fakeUpstream().listen()
-  const proxy = await startProxy(up.url)
-  t.teardown(async () => {
-    await proxy.close()
-    await up.close()
-  })
+  const { up, proxy } = await proxied(t, fakeUpstream())
   const size = 3 * MiB + 17
   const { reply, body } = await json<Echo>(`${proxy.url}/chunked`, {
     method: 'POST',
@@ -49,17 +39,12 @@ t.test('a chunked upload is forwarded chunked and byte-exact', async (t) => {
 
 t.test('response bodies arrive byte-exact, 50 MiB streamed', async (t) => {
   const size = 50 * MiB
-  const up = await fakeUpstream()
+  const { up, proxy } = await proxied(t, fakeUpstream()
     .route('/download', (_req, res) => {
       res.writeHead(200, { 'content-length': size })
       Readable.from(pseudoRandomChunks(size)).pipe(res)
     })
-    .listen()
-  const proxy = await startProxy(up.url)
-  t.teardown(async () => {
-    await proxy.close()
-    await up.close()
-  })
+    )
   const res = await undiciRequest(`${proxy.url}/download`)
   t.equal(res.statusCode, 200)
   t.equal(res.headers['content-length'], String(size))
@@ -77,18 +62,13 @@ t.test('response bodies arrive byte-exact, 50 MiB streamed', async (t) => {
 t.test('a streaming response reaches the client before the upstream has finished', async (t) => {
   let finish!: () => void
   const finished = new Promise<void>((resolve) => (finish = resolve))
-  const up = await fakeUpstream()
+  const { up, proxy } = await proxied(t, fakeUpstream()
     .route('/stream', (_req, res) => {
       res.writeHead(200, { 'content-type': 'text/plain' })
       res.write('first chunk\n')
       void finished.then(() => res.end('last chunk\n'))
     })
-    .listen()
-  const proxy = await startProxy(up.url)
-  t.teardown(async () => {
-    await proxy.close()
-    await up.close()
-  })
+    )
   const res = await undiciRequest(`${proxy.url}/stream`)
   const it = res.body[Symbol.asyncIterator]()
   const first = await it.next()
@@ -100,17 +80,12 @@ t.test('a streaming response reaches the client before the upstream has finished
 })
 
 t.test('status, headers and query pass through untouched', async (t) => {
-  const up = await fakeUpstream()
+  const { up, proxy } = await proxied(t, fakeUpstream()
     .route('/created', (_req, res) => {
       res.setHeader('set-cookie', ['a=1', 'b=2'])
       res.writeHead(201, { location: '/things/1', 'x-app': 'yes' }).end('made')
     })
-    .listen()
-  const proxy = await startProxy(up.url)
-  t.teardown(async () => {
-    await proxy.close()
-    await up.close()
-  })
+    )
   const reply = await request(`${proxy.url}/created?q=%20a&b=2`, { method: 'POST', body: 'x' })
   t.equal(reply.status, 201)
   t.equal(reply.headers.location, '/things/1')

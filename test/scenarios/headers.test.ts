@@ -1,11 +1,11 @@
 // Header handling through the real proxy: hop-by-hop removal both ways, X-Forwarded-*, request id.
 import t, { type Test } from 'tap'
 import { json, raw, request } from '../fixtures/client.js'
-import { startProxy } from '../fixtures/proxy.js'
+import { proxied, startProxy } from '../fixtures/proxy.js'
 import { fakeUpstream, type Echo } from '../fixtures/upstream.js'
 
 async function setup(t: Test, config: Record<string, unknown> = {}) {
-  const up = await fakeUpstream()
+  const { up, proxy } = await proxied(t, fakeUpstream()
     .route('/hop-response', (_req, res) => {
       res.writeHead(200, {
         connection: 'x-internal',
@@ -18,12 +18,7 @@ async function setup(t: Test, config: Record<string, unknown> = {}) {
       })
       res.end('ok')
     })
-    .listen()
-  const proxy = await startProxy(up.url, config)
-  t.teardown(async () => {
-    await proxy.close()
-    await up.close()
-  })
+    , config)
   return { up, proxy }
 }
 

@@ -2,7 +2,7 @@
 // server objects and the pipeline.
 import http from 'node:http'
 import { Readable } from 'node:stream'
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { Listener } from '../../src/server/listener.js'
 import type { Handler } from '../../src/pipeline/types.js'
 import { deps } from '../fixtures/pipeline.js'
@@ -17,7 +17,7 @@ const OPTS = {
   maxHeaderBytes: 16384,
 }
 
-async function start(t: Parameters<Parameters<typeof t.test>[1]>[0], handler: Handler) {
+async function start(t: Test, handler: Handler) {
   const d = deps()
   const listener = new Listener(OPTS, handler, d)
   const { port } = await listener.listen()
