@@ -3,6 +3,7 @@
 // (0 clean stop, 1 runtime failure, 2 bad usage or invalid config).
 import { pathToFileURL } from 'node:url'
 import { realpathSync } from 'node:fs'
+import { certsCommand } from './cli/certs.js'
 import { runCommand } from './cli/run.js'
 import { validateCommand } from './cli/validate.js'
 import { USAGE, UsageError } from './cli/usage.js'
@@ -24,6 +25,8 @@ export async function main(argv: readonly string[], io: Io = stdio): Promise<num
     switch (first) {
       case 'validate':
         return await validateCommand(rest, io)
+      case 'certs':
+        return await certsCommand(rest, io)
       case 'help':
       case '--help':
       case '-h':

@@ -1,0 +1,51 @@
+// `sidecar-proxy certs --out DIR [--hosts a,b,c] [--days N]`: a development CA and a server
+// certificate signed by it, for trying the proxy over TLS. Not for production: the CA key sits
+// next to the certificates.
+import { mkdir, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { parseArgs } from 'node:util'
+import { createCa, issueCertificate } from '../certs/generate.js'
+import type { Io } from '../main.js'
+import { UsageError } from './usage.js'
+
+export const DEFAULT_HOSTS = ['localhost', '127.0.0.1', '::1']
+const DEFAULT_DAYS = 30
+
+export async function certsCommand(argv: readonly string[], io: Io): Promise<number> {
+  let values
+  try {
+    values = parseArgs({
+      args: [...argv],
+      options: { out: { type: 'string' }, hosts: { type: 'string' }, days: { type: 'string' } },
+      strict: true,
+    }).values
+  } catch (err) {
+    throw new UsageError((err as Error).message)
+  }
+  if (values.out === undefined) throw new UsageError('certs needs --out DIR')
+  const hosts = values.hosts === undefined ? DEFAULT_HOSTS : values.hosts.split(',').map((h) => h.trim()).filter(Boolean)
+  if (hosts.length === 0) throw new UsageError('--hosts needs at least one name or address')
+  const days = values.days === undefined ? DEFAULT_DAYS : Number(values.days)
+  if (!Number.isInteger(days) || days < 1 || days > 825) throw new UsageError('--days must be a whole number from 1 to 825')
+
+  const ca = createCa('sidecar-proxy development CA (not for production)', days)
+  const server = issueCertificate(ca, { commonName: hosts[0]!, hosts, usage: 'server', days })
+  const out = values.out
+  await mkdir(out, { recursive: true })
+  const files: Array<[string, string, number]> = [
+    ['ca.crt', ca.cert, 0o644],
+    ['ca.key', ca.key, 0o600],
+    ['tls.crt', server.cert, 0o644],
+    ['tls.key', server.key, 0o600],
+  ]
+  for (const [name, pem, mode] of files) await writeFile(join(out, name), pem, { mode })
+  io.out(
+    [
+      `wrote ${files.map(([name]) => join(out, name)).join(', ')}`,
+      `server certificate for ${hosts.join(', ')}, valid ${days} days; development only (the CA key is next to it)`,
+      `run:  sidecar-proxy --tls-cert ${join(out, 'tls.crt')} --tls-key ${join(out, 'tls.key')}`,
+      `try:  curl --cacert ${join(out, 'ca.crt')} https://localhost:8443/`,
+    ].join('\n'),
+  )
+  return 0
+}
