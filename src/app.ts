@@ -1,12 +1,16 @@
 // Wiring only: builds the upstream pools, the pipeline, the listener and the admin server from
 // one Config, and takes them down in order.
+import { readFile } from 'node:fs/promises'
 import type { AddressInfo } from 'node:net'
+import { hostname } from 'node:os'
 import { AdminServer } from './admin/server.js'
 import { Readiness } from './admin/readiness.js'
 import { parseAddress, type Config } from './config/schema.js'
 import type { Logger } from './log.js'
 import { createMetrics, type Metrics } from './metrics.js'
-import { Listener } from './server/listener.js'
+import { selfSigned } from './certs/generate.js'
+import { Listener, type ListenerTlsOptions } from './server/listener.js'
+import { TlsMaterialError, TlsReloader, checkTlsMaterial, loadTlsMaterial, type TlsFiles, type TlsMaterial } from './server/tls.js'
 import { buildStack } from './stack.js'
 import { Upstreams } from './upstream/client.js'
 
@@ -25,10 +29,15 @@ export async function startApp(config: Config, deps: { logger: Logger }): Promis
   const readiness = new Readiness()
   readiness.hold('listener', 'the listener is not bound yet')
 
+  const tls = await prepareTls(config.listener, { logger, metrics })
   const upstreams = new Upstreams(config.backends, config.limits)
   const handler = buildStack(config, { logger, metrics, upstreams })
   const listen = parseAddress(config.listener.address)!
-  const listener = new Listener({ ...listen, ...config.listener, ...config.limits }, handler, { logger, metrics })
+  const listener = new Listener({ ...listen, ...config.listener, ...config.limits, tls: tls.options }, handler, { logger, metrics })
+  const reloader =
+    tls.files && tls.options
+      ? new TlsReloader(tls.files, tls.options.material, { logger, metrics, apply: (m) => listener.setCertificate(m) })
+      : undefined
   const admin = new AdminServer(parseAddress(config.admin.address)!, {
     readiness,
     registry: metrics.registry,
@@ -48,10 +57,11 @@ export async function startApp(config: Config, deps: { logger: Logger }): Promis
     await Promise.all([admin.close(), upstreams.close()])
     throw err
   }
+  reloader?.start()
   readiness.release('listener')
   logger.info(
     {
-      listener: `http://${formatAddress(listenerAddress)}`,
+      listener: `${listener.protocol}://${formatAddress(listenerAddress)}`,
       admin: `http://${formatAddress(adminAddress)}`,
       backends: config.backends.map((b) => ({ name: b.name, url: b.url, weight: b.weight })),
     },
@@ -67,6 +77,7 @@ export async function startApp(config: Config, deps: { logger: Logger }): Promis
     close() {
       closing ??= (async () => {
         readiness.hold('stopping', 'the proxy is shutting down')
+        reloader?.close()
         const cut = await listener.close(config.drain.timeoutMs)
         await Promise.all([admin.close(), upstreams.close()])
         logger.info({ cut }, 'sidecar-proxy stopped')
@@ -74,6 +85,46 @@ export async function startApp(config: Config, deps: { logger: Logger }): Promis
       })()
       return closing
     },
+  }
+}
+
+/**
+ * The listener's TLS setup: certificate files (checked now, reloaded on change), or an ephemeral
+ * self-signed certificate made in memory when none is configured, or none with `tls: false`.
+ * A certificate that cannot be used is a TlsMaterialError naming the file.
+ */
+async function prepareTls(
+  listener: Config['listener'],
+  deps: { logger: Logger; metrics: Metrics },
+): Promise<{ options: ListenerTlsOptions | false; files?: TlsFiles }> {
+  const tls = listener.tls
+  if (tls === false) return { options: false }
+  let material: TlsMaterial
+  let files: TlsFiles | undefined
+  if (tls.certFile !== undefined && tls.keyFile !== undefined) {
+    files = { certFile: tls.certFile, keyFile: tls.keyFile }
+    material = await loadTlsMaterial(files)
+  } else {
+    const hosts = ['localhost', '127.0.0.1', '::1', hostname()]
+    const pem = selfSigned({ commonName: 'sidecar-proxy ephemeral', hosts, days: 365 })
+    material = checkTlsMaterial(pem.cert, pem.key)
+    deps.logger.warn(
+      { subject: material.subject, hosts },
+      'no certificate configured (listener.tls.certFile/keyFile): serving an ephemeral self-signed certificate made in memory; clients cannot verify it',
+    )
+  }
+  deps.metrics.certExpiry.set(material.notAfter.getTime() / 1000)
+  let clientCa: string | undefined
+  if (tls.clientCaFile !== undefined) {
+    try {
+      clientCa = await readFile(tls.clientCaFile, 'utf8')
+    } catch (err) {
+      throw new TlsMaterialError(`cannot read the client CA bundle ${tls.clientCaFile}: ${(err as Error).message}`)
+    }
+  }
+  return {
+    options: { ...tls, material, http2: listener.http2, clientCa },
+    ...(files && { files }),
   }
 }
 

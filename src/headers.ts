@@ -28,7 +28,8 @@ export function endToEnd(headers: Readonly<Record<string, string | string[] | un
   const out: HeaderMap = {}
   for (const name in headers) {
     const value = headers[name]
-    if (value === undefined || HOP_BY_HOP.has(name) || named?.has(name)) continue
+    // HTTP/2 pseudo-headers (:method, :path, :authority, :scheme) never reach an HTTP/1.1 hop
+    if (value === undefined || HOP_BY_HOP.has(name) || named?.has(name) || name.charCodeAt(0) === 58) continue
     out[name] = value
   }
   return out
@@ -49,6 +50,10 @@ export interface ForwardingInfo {
   clientAddress: string
   protocol: 'http' | 'https'
   trustForwardedHeaders: boolean
+  /** mTLS: the header that carries the verified client subject. A client-sent header of that
+   *  name is always dropped; it is set only when the handshake verified a certificate. */
+  clientSubjectHeader?: string
+  clientSubject?: string | undefined
 }
 
 const FORWARDED = ['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'forwarded'] as const
@@ -64,6 +69,12 @@ export function upstreamRequestHeaders(
   info: ForwardingInfo,
 ): HeaderMap {
   const headers = endToEnd(incoming)
+  // HTTP/2 carries the host in :authority; the app, on HTTP/1.1, needs Host
+  if (headers.host === undefined && typeof incoming[':authority'] === 'string') headers.host = incoming[':authority']
+  if (info.clientSubjectHeader !== undefined) {
+    delete headers[info.clientSubjectHeader]
+    if (info.clientSubject !== undefined) headers[info.clientSubjectHeader] = info.clientSubject
+  }
   const priorFor = info.trustForwardedHeaders ? single(headers['x-forwarded-for']) : undefined
   if (!info.trustForwardedHeaders) for (const name of FORWARDED) delete headers[name]
   headers['x-forwarded-for'] = priorFor ? `${priorFor}, ${info.clientAddress}` : info.clientAddress

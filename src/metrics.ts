@@ -41,6 +41,18 @@ export function createMetrics() {
     registers,
   })
 
+  const configReloads = new Counter({
+    name: 'sidecar_config_reloads_total',
+    help: 'Reloads of the config file or the TLS certificate, by kind (config, tls) and result (success, failure).',
+    labelNames: ['kind', 'result'] as const,
+    registers,
+  })
+  const certExpiry = new Gauge({
+    name: 'sidecar_tls_cert_expiry_timestamp_seconds',
+    help: 'notAfter of the certificate the listener serves, as a Unix timestamp.',
+    registers,
+  })
+
   // Label children are cached: prom-client hashes the label object on every inc() otherwise.
   const requestChildren = new Map<string, Counter.Internal>()
   const durationChildren = new Map<string, Histogram.Internal<'backend'>>()
@@ -52,6 +64,8 @@ export function createMetrics() {
     attempts,
     rejected,
     openConnections,
+    configReloads,
+    certExpiry,
     /** Counts one finished request: requests_total and request_duration_seconds. */
     observeRequest(backend: string, method: string, code: number, seconds: number): void {
       const m = KNOWN_METHODS.has(method) ? method : 'OTHER'

@@ -1,7 +1,7 @@
 // `sidecar-proxy [flags]`: load the config, start the proxy, stop gracefully on SIGTERM/SIGINT.
 import { parseArgs } from 'node:util'
 import { startApp } from '../app.js'
-import { ConfigError, isConfigError, loadConfig } from '../config/load.js'
+import { isConfigError, loadConfig } from '../config/load.js'
 import { createLogger, type Logger } from '../log.js'
 import type { Io } from '../main.js'
 import { UsageError } from './usage.js'
@@ -29,11 +29,6 @@ export async function runCommand(argv: readonly string[], io: Io): Promise<numbe
       tlsCert: values['tls-cert'],
       tlsKey: values['tls-key'],
     })
-    if (config.listener.tls !== false) {
-      throw new ConfigError(file ?? 'defaults and flags', [
-        'listener.tls: TLS termination is not available in this version; pass --plaintext or set listener.tls: false',
-      ])
-    }
   } catch (err) {
     if (isConfigError(err)) {
       io.err(`sidecar-proxy: ${err.message}`)
@@ -47,6 +42,11 @@ export async function runCommand(argv: readonly string[], io: Io): Promise<numbe
   try {
     app = await startApp(config, { logger })
   } catch (err) {
+    if ((err as { code?: string }).code === 'TLS_MATERIAL_INVALID') {
+      // a certificate the config points at cannot be used: a config problem, said plainly
+      io.err(`sidecar-proxy: listener.tls: ${(err as Error).message}`)
+      return 2
+    }
     logger.fatal({ err }, 'sidecar-proxy could not start')
     return 1
   }

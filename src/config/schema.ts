@@ -55,13 +55,41 @@ export const configSchema = z
     listener: z
       .strictObject({
         address: addressSchema.default('0.0.0.0:8443'),
-        /** false serves plain HTTP (also `--plaintext`). */
+        /** false serves plain HTTP (also `--plaintext`). Without certFile/keyFile the proxy
+         *  makes an ephemeral self-signed certificate in memory and warns. */
         tls: z
           .union([
             z.literal(false),
-            z.strictObject({ certFile: z.string().min(1), keyFile: z.string().min(1) }),
+            z
+              .strictObject({
+                certFile: z.string().min(1).optional(),
+                keyFile: z.string().min(1).optional(),
+                minVersion: z.enum(['TLSv1.2', 'TLSv1.3']).default('TLSv1.2'),
+                handshakeTimeoutMs: ms(5_000),
+                /** PEM bundle of CAs whose client certificates are accepted (mTLS). */
+                clientCaFile: z.string().min(1).optional(),
+                /** With clientCaFile: refuse handshakes without a valid client certificate. */
+                requireClientCert: z.boolean().default(true),
+                /** Send the verified client certificate's subject to the app in this header
+                 *  (a client-sent header of that name is always dropped). */
+                clientSubjectHeader: z
+                  .string()
+                  .regex(/^[a-z0-9-]+$/, 'must be a lower-case header name')
+                  .optional(),
+              })
+              .superRefine((tls, ctx) => {
+                if ((tls.certFile === undefined) !== (tls.keyFile === undefined)) {
+                  const missing = tls.certFile === undefined ? 'certFile' : 'keyFile'
+                  ctx.addIssue({ code: 'custom', path: [missing], message: 'required: certFile and keyFile go together' })
+                }
+                if (tls.clientSubjectHeader !== undefined && tls.clientCaFile === undefined) {
+                  ctx.addIssue({ code: 'custom', path: ['clientSubjectHeader'], message: 'needs listener.tls.clientCaFile' })
+                }
+              }),
           ])
-          .optional(),
+          .prefault({}),
+        /** Offer HTTP/2 (ALPN h2) next to HTTP/1.1 on the TLS listener. */
+        http2: z.boolean().default(true),
         /** Trust client-sent x-forwarded-* (only behind a proxy you control). */
         trustForwardedHeaders: z.boolean().default(false),
         /** The client must send the whole header block within this. */
@@ -100,6 +128,8 @@ export const configSchema = z
         maxHeaderBytes: z.number().int().min(1024).max(1_048_576).default(16_384),
         maxHeaderCount: z.number().int().min(8).max(1000).default(100),
         maxBodyBytes: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER).default(100 * 1024 * 1024),
+        /** HTTP/2: streams one client connection may have open at once. */
+        maxConcurrentStreams: z.number().int().min(1).max(10_000).default(100),
       })
       .prefault({}),
     log: z

@@ -1,16 +1,31 @@
-// The client-facing listener: Node's HTTP server with explicit timeouts and size limits, the
-// translation between Node's request/response objects and the pipeline's, and the socket
-// bookkeeping that graceful stop needs. What the parser refuses (malformed requests, header
-// blocks over the byte cap, timeouts) never reaches the pipeline and is answered here, with the
-// same `x-sidecar-error` codes.
+// The client-facing listener: plain HTTP/1.1, or TLS with HTTP/1.1 and (by ALPN) HTTP/2 on the
+// same port. It sets the timeouts and size limits, translates Node's request/response objects to
+// and from the pipeline's, and tracks connections for graceful stop. What the HTTP/1 parser
+// refuses (malformed requests, header blocks over the byte cap, timeouts) never reaches the
+// pipeline and is answered here, with the same `x-sidecar-error` codes.
 import http from 'node:http'
+import http2 from 'node:http2'
+import https from 'node:https'
 import type { AddressInfo, Socket } from 'node:net'
+import type { TLSSocket } from 'node:tls'
 import { ERRORS, SidecarError, type ErrorCode } from '../errors.js'
 import { requestIdFrom, upstreamRequestHeaders } from '../headers.js'
-import { listenOn } from './listen.js'
 import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
 import type { Handler, ProxyRequest, ProxyResponse, RequestContext, RequestOutcome } from '../pipeline/types.js'
+import { listenOn } from './listen.js'
+import { policy, type TlsMaterial } from './tls.js'
+
+export interface ListenerTlsOptions {
+  material: TlsMaterial
+  minVersion: 'TLSv1.2' | 'TLSv1.3'
+  handshakeTimeoutMs: number
+  http2: boolean
+  /** PEM CA bundle for client certificates (mTLS), and whether one is required. */
+  clientCa?: string
+  requireClientCert: boolean
+  clientSubjectHeader?: string
+}
 
 export interface ListenerOptions {
   host: string
@@ -20,16 +35,24 @@ export interface ListenerOptions {
   receiveTimeoutMs: number
   keepAliveTimeoutMs: number
   maxHeaderBytes: number
+  maxHeaderCount: number
+  maxConcurrentStreams: number
+  tls: ListenerTlsOptions | false
 }
 
-interface SocketMarks {
-  read: number
-  written: number
-}
+type Request = http.IncomingMessage | http2.Http2ServerRequest
+type Response = http.ServerResponse | http2.Http2ServerResponse
+type AnyServer = http.Server | https.Server | http2.Http2SecureServer
 
 export class Listener {
-  readonly server: http.Server
-  private readonly marks = new WeakMap<Socket, SocketMarks>()
+  readonly server: AnyServer
+  readonly protocol: 'http' | 'https'
+  /** Every TCP connection, for the final cut. */
+  private readonly connections = new Set<Socket>()
+  /** HTTP/2 sessions, closed with GOAWAY on stop. */
+  private readonly sessions = new Set<http2.ServerHttp2Session>()
+  /** Per HTTP/1 socket: requests in flight and the byte counters at the last request's end. */
+  private readonly http1 = new Map<Socket, { busy: number; read: number; written: number }>()
   private inFlight = 0
   private closing = false
   private drained: (() => void) | null = null
@@ -39,41 +62,45 @@ export class Listener {
     private readonly handler: Handler,
     private readonly deps: { logger: Logger; metrics: Metrics },
   ) {
-    this.server = http.createServer(
-      {
-        headersTimeout: opts.headersTimeoutMs,
-        requestTimeout: opts.receiveTimeoutMs,
-        maxHeaderSize: opts.maxHeaderBytes,
-        // how often Node checks the two timeouts above; its default (30 s) lets them overrun
-        connectionsCheckingInterval: Math.min(1000, opts.headersTimeoutMs),
-      },
-      (req, res) => this.onRequest(req, res),
-    )
-    this.server.keepAliveTimeout = opts.keepAliveTimeoutMs
-    // Node would silently drop headers past its count (Host among them); take them all (the
-    // header block is bounded by maxHeaderSize) and let the limits layer answer 431.
-    this.server.maxHeadersCount = 0
+    this.protocol = opts.tls ? 'https' : 'http'
+    this.server = createServer(opts, (req: Request, res: Response) => this.onRequest(req, res))
     this.server.on('connection', (socket: Socket) => {
       deps.metrics.openConnections.inc()
-      this.marks.set(socket, { read: 0, written: 0 })
-      socket.once('close', () => deps.metrics.openConnections.dec())
+      this.connections.add(socket)
+      socket.once('close', () => {
+        deps.metrics.openConnections.dec()
+        this.connections.delete(socket)
+      })
     })
     this.server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => this.onClientError(err, socket))
+    if (opts.tls) {
+      this.server.on('tlsClientError', (err: Error & { code?: string }) => {
+        deps.logger.debug({ reason: err.code ?? err.message }, 'TLS handshake failed')
+      })
+      this.server.on('session', (session: http2.ServerHttp2Session) => this.onSession(session))
+    }
   }
 
   listen(): Promise<AddressInfo> {
     return listenOn(this.server, this.opts.host, this.opts.port)
   }
 
+  /** New handshakes get `material`; established connections keep what they have. */
+  setCertificate(material: TlsMaterial): void {
+    ;(this.server as https.Server).setSecureContext(secureContext(this.opts.tls as ListenerTlsOptions, material))
+  }
+
   /**
-   * Graceful stop: no new connections, idle keep-alive connections closed, in-flight requests
-   * finish (their responses say `Connection: close`) for up to `timeoutMs`, then whatever is
-   * left is cut. Resolves with the number of requests that were cut.
+   * Graceful stop: no new connections; idle HTTP/1 connections closed at once and busy ones
+   * after their response (which says `Connection: close`); HTTP/2 sessions get GOAWAY and
+   * finish their open streams. Whatever is still running after `timeoutMs` is cut. Resolves
+   * with the number of requests that were cut.
    */
   async close(timeoutMs: number): Promise<number> {
     this.closing = true
     const stopped = new Promise<void>((resolve) => this.server.close(() => resolve()))
-    this.server.closeIdleConnections()
+    for (const session of this.sessions) session.close()
+    for (const [socket, state] of this.http1) if (state.busy === 0) socket.destroy()
     if (this.inFlight > 0) {
       let timer: NodeJS.Timeout | undefined
       await Promise.race([
@@ -83,28 +110,47 @@ export class Listener {
       clearTimeout(timer)
     }
     const cut = this.inFlight
-    this.server.closeAllConnections()
+    for (const session of this.sessions) session.destroy()
+    for (const socket of this.connections) socket.destroy()
     await stopped
     return cut
   }
 
-  private onRequest(req: http.IncomingMessage, res: http.ServerResponse): void {
+  private onSession(session: http2.ServerHttp2Session): void {
+    this.sessions.add(session)
+    session.once('close', () => this.sessions.delete(session))
+    session.on('error', (err) => this.deps.logger.debug({ err: { message: err.message } }, 'HTTP/2 session error'))
+    // An idle HTTP/2 connection is closed like an idle HTTP/1 keep-alive connection.
+    session.setTimeout(this.opts.keepAliveTimeoutMs, () => session.close())
+    if (this.closing) session.close()
+  }
+
+  private onRequest(req: Request, res: Response): void {
     const startedAt = process.hrtime.bigint()
-    const socket = req.socket
+    const h2 = req.httpVersionMajor === 2
+    const socket = req.socket as Socket
     const abort = new AbortController()
     const id = requestIdFrom(req.headers['x-request-id'])
     const clientAddress = stripV4Mapped(socket.remoteAddress ?? '')
     const ctx: RequestContext = {
       id,
       clientAddress,
-      protocol: 'http',
+      protocol: this.protocol,
       startedAt,
       signal: abort.signal,
       backend: undefined,
       error: undefined,
       onEnd: [],
     }
+    const conn = h2 ? undefined : this.http1Socket(socket)
+    if (conn) conn.busy++
     this.inFlight++
+
+    const cl = req.headers['content-length']
+    const chunked = req.headers['transfer-encoding'] !== undefined
+    const hasBody = h2 ? !(req as http2.Http2ServerRequest).stream.endAfterHeaders : chunked || (cl !== undefined && cl !== '0')
+    const contentLength = cl !== undefined && !chunked ? Number(cl) : null
+
     res.once('close', () => {
       const complete = res.writableFinished
       if (!complete) {
@@ -112,33 +158,48 @@ export class Listener {
         abort.abort(new SidecarError('client_closed'))
       }
       this.inFlight--
-      this.finish(ctx, socket, {
+      let bytesIn: number
+      let bytesOut: number
+      if (conn) {
+        conn.busy--
+        bytesIn = socket.bytesRead - conn.read
+        bytesOut = socket.bytesWritten - conn.written
+        conn.read = socket.bytesRead
+        conn.written = socket.bytesWritten
+      } else {
+        // HTTP/2 multiplexes one connection: report the declared body lengths.
+        bytesIn = contentLength ?? 0
+        bytesOut = Number(res.getHeader('content-length') ?? 0)
+      }
+      this.finish(ctx, {
         status: res.headersSent ? res.statusCode : ERRORS.client_closed.status,
         complete,
+        bytesIn,
+        bytesOut,
         durationSeconds: Number(process.hrtime.bigint() - startedAt) / 1e9,
       })
       if (this.closing) {
-        this.server.closeIdleConnections()
+        if (conn?.busy === 0) socket.destroy()
         if (this.inFlight === 0) this.drained?.()
       }
     })
 
-    const cl = req.headers['content-length']
-    const hasBody = req.headers['transfer-encoding'] !== undefined || (cl !== undefined && cl !== '0')
+    const tls = this.opts.tls
     const proxyReq: ProxyRequest = {
       method: req.method ?? 'GET',
       path: req.url ?? '/',
       headers: upstreamRequestHeaders(req.headers, id, {
         clientAddress,
-        protocol: 'http',
+        protocol: this.protocol,
         trustForwardedHeaders: this.opts.trustForwardedHeaders,
+        ...(tls && tls.clientSubjectHeader && { clientSubjectHeader: tls.clientSubjectHeader, clientSubject: verifiedSubject(socket as TLSSocket) }),
       }),
       body: hasBody ? req : null,
-      contentLength: cl !== undefined && req.headers['transfer-encoding'] === undefined ? Number(cl) : null,
-      headerCount: req.rawHeaders.length / 2,
+      contentLength,
+      headerCount: h2 ? countRegularHeaders(req.rawHeaders) : req.rawHeaders.length / 2,
     }
     this.handler(proxyReq, ctx).then(
-      (response) => this.respond(res, response, ctx),
+      (response) => this.respond(res, response, ctx, h2),
       (err: unknown) => {
         // The respond layer turns every error into a response; reaching here is a bug.
         this.deps.logger.error({ err, requestId: id }, 'pipeline rejected')
@@ -147,41 +208,47 @@ export class Listener {
     )
   }
 
-  private respond(res: http.ServerResponse, response: ProxyResponse, ctx: RequestContext): void {
+  private http1Socket(socket: Socket) {
+    let state = this.http1.get(socket)
+    if (!state) {
+      state = { busy: 0, read: 0, written: 0 }
+      this.http1.set(socket, state)
+      socket.once('close', () => this.http1.delete(socket))
+    }
+    return state
+  }
+
+  private respond(res: Response, response: ProxyResponse, ctx: RequestContext, h2: boolean): void {
     const body = response.body
-    if (res.destroyed) {
+    if (h2 ? (res as http2.Http2ServerResponse).stream.destroyed : (res as http.ServerResponse).destroyed) {
       // The client left while the pipeline worked: release the upstream body. Destroying it may
       // emit 'error'; with no listener that would crash the process.
       if (body !== null && !Buffer.isBuffer(body)) body.on('error', noop).destroy()
       return
     }
     response.headers['x-request-id'] = ctx.id
-    if (this.closing) response.headers.connection = 'close'
+    // HTTP/2 has no Connection header; its sessions get GOAWAY instead.
+    if (this.closing && !h2) response.headers.connection = 'close'
     res.writeHead(response.status, response.headers)
-    if (body === null || Buffer.isBuffer(body)) {
+    if (body === null) {
+      res.end()
+    } else if (Buffer.isBuffer(body)) {
       res.end(body)
     } else {
       // Not stream.pipeline: it makes and aborts an AbortController per call, a measurable
       // share of the per-request cost. An upstream failure mid-body destroys `res` and with it
-      // the connection, so the client sees a truncated response, never a short "complete" one.
-      // A client gone mid-body releases the upstream body.
+      // the connection (HTTP/1) or the stream (HTTP/2, RST_STREAM), so the client sees a
+      // truncated response, never a short "complete" one. A client gone mid-body releases the
+      // upstream body.
       body.once('error', (err) => res.destroy(err))
       res.once('close', () => {
         if (!body.readableEnded) body.on('error', noop).destroy()
       })
-      body.pipe(res)
+      body.pipe(res as NodeJS.WritableStream)
     }
   }
 
-  private finish(ctx: RequestContext, socket: Socket, o: Omit<RequestOutcome, 'bytesIn' | 'bytesOut'>): void {
-    const marks = this.marks.get(socket) ?? { read: 0, written: 0 }
-    const outcome: RequestOutcome = {
-      ...o,
-      bytesIn: socket.bytesRead - marks.read,
-      bytesOut: socket.bytesWritten - marks.written,
-    }
-    marks.read = socket.bytesRead
-    marks.written = socket.bytesWritten
+  private finish(ctx: RequestContext, outcome: RequestOutcome): void {
     for (const fn of ctx.onEnd) {
       try {
         fn(outcome)
@@ -191,7 +258,7 @@ export class Listener {
     }
   }
 
-  /** Requests Node's parser refused: answer with the catalogue code, then close. */
+  /** Requests Node's HTTP/1 parser refused: answer with the catalogue code, then close. */
   private onClientError(err: NodeJS.ErrnoException, socket: Socket): void {
     const code = clientErrorCode(err)
     const inResponse = (socket as Socket & { _httpMessage?: http.ServerResponse })._httpMessage?.headersSent
@@ -208,6 +275,58 @@ export class Listener {
         `x-sidecar-error: ${code}\r\nconnection: close\r\n\r\n${body}`,
     )
   }
+}
+
+function createServer(opts: ListenerOptions, onRequest: (req: Request, res: Response) => void): AnyServer {
+  const http1 = {
+    headersTimeout: opts.headersTimeoutMs,
+    requestTimeout: opts.receiveTimeoutMs,
+    keepAliveTimeout: opts.keepAliveTimeoutMs,
+    maxHeaderSize: opts.maxHeaderBytes,
+    // how often Node checks the two timeouts above; its default (30 s) lets them overrun
+    connectionsCheckingInterval: Math.min(1000, opts.headersTimeoutMs),
+    // Node would silently drop headers past its count (Host among them); take them all (the
+    // header block is bounded by maxHeaderSize) and let the limits layer answer 431.
+    maxHeadersCount: 0,
+  }
+  const tls = opts.tls
+  if (!tls) return Object.assign(http.createServer(http1, onRequest), http1)
+  const secure = { ...secureContext(tls, tls.material), handshakeTimeout: tls.handshakeTimeoutMs, ...clientAuth(tls) }
+  if (!tls.http2) return Object.assign(https.createServer({ ...http1, ...secure }, onRequest), http1)
+  // HTTP/2 with HTTP/1.1 fallback. The HTTP/1 side of this server reads its limits from the
+  // same properties http.Server uses, so they are set on it after creation.
+  const server = http2.createSecureServer(
+    {
+      ...secure,
+      allowHTTP1: true,
+      maxSessionMemory: 32, // MiB of buffered frames per connection before new streams are refused
+      maxHeaderListPairs: opts.maxHeaderCount + 8, // pseudo-headers count too; the limits layer counts exactly
+      settings: { maxConcurrentStreams: opts.maxConcurrentStreams, maxHeaderListSize: opts.maxHeaderBytes, enablePush: false },
+    },
+    onRequest,
+  )
+  return Object.assign(server, http1)
+}
+
+function secureContext(tls: ListenerTlsOptions, material: TlsMaterial) {
+  return { ...policy(tls), cert: material.cert, key: material.key, ALPNProtocols: tls.http2 ? ['h2', 'http/1.1'] : ['http/1.1'] }
+}
+
+function clientAuth(tls: ListenerTlsOptions) {
+  if (tls.clientCa === undefined) return {}
+  return { ca: tls.clientCa, requestCert: true, rejectUnauthorized: tls.requireClientCert }
+}
+
+/** The client certificate's subject when the handshake verified it, e.g. `CN=billing,O=Acme`. */
+function verifiedSubject(socket: TLSSocket): string | undefined {
+  if (!socket.authorized) return undefined
+  return socket.getPeerX509Certificate()?.subject.split('\n').join(',')
+}
+
+function countRegularHeaders(raw: string[]): number {
+  let n = 0
+  for (let i = 0; i < raw.length; i += 2) if (raw[i]!.charCodeAt(0) !== 58 /* ':' */) n++
+  return n
 }
 
 function clientErrorCode(err: NodeJS.ErrnoException): ErrorCode {

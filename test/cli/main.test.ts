@@ -52,9 +52,10 @@ t.test('run: an invalid config or flag never starts the proxy, exit 2', async (t
   const r = io()
   t.equal(await main(['--plaintext', '--upstream', 'localhost:8080'], r.sink), 2)
   t.match(r.text(), /backends\[0\]\.url: must be an http:\/\/ URL/)
+  const dir = t.testdir({ 'bad.crt': 'not a certificate', 'k.pem': 'not a key' })
   const tls = io()
-  t.equal(await main(['--listen', '127.0.0.1:0'], tls.sink), 2)
-  t.match(tls.text(), /listener\.tls: TLS termination is not available in this version; pass --plaintext/)
+  t.equal(await main(['--listen', '127.0.0.1:0', '--admin', '127.0.0.1:0', '--tls-cert', `${dir}/bad.crt`, '--tls-key', `${dir}/k.pem`], tls.sink), 2)
+  t.match(tls.text(), /listener\.tls: .*bad\.crt is not a PEM certificate/)
 })
 
 interface Child {

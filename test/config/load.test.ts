@@ -15,7 +15,9 @@ function problems(raw: unknown): string[] {
 t.test('defaults match the contract', async (t) => {
   const c = validateConfig({})
   t.equal(c.listener.address, '0.0.0.0:8443')
-  t.equal(c.listener.tls, undefined, 'TLS unless told otherwise')
+  t.match(c.listener.tls, { minVersion: 'TLSv1.2', handshakeTimeoutMs: 5000 }, 'TLS unless told otherwise')
+  t.equal((c.listener.tls as { certFile?: string }).certFile, undefined, 'no certificate: an ephemeral one')
+  t.equal(c.listener.http2, true)
   t.equal(c.listener.trustForwardedHeaders, false)
   t.equal(c.admin.address, '127.0.0.1:9901')
   t.match(c.backends, [{ name: 'app', url: 'http://127.0.0.1:8080', weight: 100, healthCheck: { path: '/' } }])
@@ -38,7 +40,7 @@ t.test('every problem is reported with its path', async (t) => {
   const expected = [
     /^listener\.address: must be host:port/,
     /^listener\.headersTimeoutMs: /,
-    /^listener\.tls\.keyFile: /,
+    /^listener\.tls\.keyFile: required: certFile and keyFile go together/,
     /^backends\[0\]\.url: must be an http:\/\/ URL/,
     /^backends\[1\]\.url: must be an http:\/\/ URL/,
     /^backends\[1\]\.weight: /,
@@ -48,6 +50,12 @@ t.test('every problem is reported with its path', async (t) => {
     /^log\.colour: unknown key$/,
   ]
   for (const re of expected) t.ok(found.some((p) => re.test(p)), `reports ${re}`)
+})
+
+t.test('tls: client subject header needs a client CA; versions are 1.2 or 1.3', async (t) => {
+  t.match(problems({ listener: { tls: { clientSubjectHeader: 'x-client' } } }), [/^listener\.tls\.clientSubjectHeader: needs listener\.tls\.clientCaFile/])
+  t.match(problems({ listener: { tls: { minVersion: 'TLSv1.1' } } }), [/^listener\.tls\.minVersion: /])
+  t.match(problems({ listener: { tls: true } }), [/^listener\.tls: /])
 })
 
 t.test('a missing required key says so', async (t) => {
@@ -75,9 +83,9 @@ t.test('overrides from flags replace single keys and keep the rest', async (t) =
   t.equal(c.listener.address, '127.0.0.1:2')
   t.equal(c.admin.address, '127.0.0.1:4')
   t.match(c.backends, [{ name: 'main', url: 'http://127.0.0.1:3', weight: 90 }, { name: 'canary', url: 'http://b:1' }])
-  t.same(c.listener.tls, { certFile: 'c', keyFile: 'k' })
+  t.match(c.listener.tls, { certFile: 'c', keyFile: 'k' })
   t.equal(validateConfig(applyOverrides(raw, { plaintext: true })).listener.tls, false)
-  t.same(validateConfig(applyOverrides({}, { tlsCert: 'x.pem', tlsKey: 'y.pem' })).listener.tls, { certFile: 'x.pem', keyFile: 'y.pem' })
+  t.match(validateConfig(applyOverrides({}, { tlsCert: 'x.pem', tlsKey: 'y.pem' })).listener.tls, { certFile: 'x.pem', keyFile: 'y.pem' })
   t.equal(raw.listener.address, '1.2.3.4:1', 'the input is not mutated')
   t.match(problems(applyOverrides({}, { upstream: 'not a url' })), [/^backends\[0\]\.url: /], 'a bad flag is named by the key it sets')
 })

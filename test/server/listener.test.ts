@@ -15,6 +15,9 @@ const OPTS = {
   receiveTimeoutMs: 10000,
   keepAliveTimeoutMs: 5000,
   maxHeaderBytes: 16384,
+  maxHeaderCount: 100,
+  maxConcurrentStreams: 100,
+  tls: false as const,
 }
 
 async function start(t: Test, handler: Handler) {

@@ -1,0 +1,178 @@
+// TLS for the listener: the cipher policy, loading and checking a certificate/key pair, and hot
+// reload when the files change.
+//
+// Policy: Mozilla's "intermediate" profile, AEAD only. TLS 1.2 with ECDHE key exchange and
+// AES-GCM or ChaCha20-Poly1305; the three TLS 1.3 suites; curves X25519, P-256, P-384; no
+// renegotiation; a short handshake timeout.
+//
+// Reload: Kubernetes mounts a Secret as `dir/tls.crt -> ..data/tls.crt` and rotates it by
+// swapping the `..data` symlink, so a watch on the file path never fires. The directory is
+// watched instead; after a short quiet period both files are read again, checked (parses, key
+// matches, loads into a context) and only then handed to `setSecureContext`. New handshakes get
+// the new certificate; open connections keep theirs. Anything wrong keeps the last good pair.
+import { X509Certificate, constants, createPrivateKey } from 'node:crypto'
+import { watch, type FSWatcher } from 'node:fs'
+import { readFile } from 'node:fs/promises'
+import { dirname } from 'node:path'
+import { createSecureContext, type SecureContextOptions } from 'node:tls'
+import type { Logger } from '../log.js'
+import type { Metrics } from '../metrics.js'
+
+export const TLS_CIPHERS = [
+  // TLS 1.3 (OpenSSL's names; order is the client's choice)
+  'TLS_AES_128_GCM_SHA256',
+  'TLS_AES_256_GCM_SHA384',
+  'TLS_CHACHA20_POLY1305_SHA256',
+  // TLS 1.2: forward secrecy (ECDHE) and AEAD only
+  'ECDHE-ECDSA-AES128-GCM-SHA256',
+  'ECDHE-RSA-AES128-GCM-SHA256',
+  'ECDHE-ECDSA-AES256-GCM-SHA384',
+  'ECDHE-RSA-AES256-GCM-SHA384',
+  'ECDHE-ECDSA-CHACHA20-POLY1305',
+  'ECDHE-RSA-CHACHA20-POLY1305',
+].join(':')
+
+export const TLS_CURVES = 'X25519:P-256:P-384'
+
+export interface TlsPolicyOptions {
+  minVersion: 'TLSv1.2' | 'TLSv1.3'
+}
+
+/** Options shared by every context the listener uses (the first one and every reload). */
+export function policy(opts: TlsPolicyOptions): SecureContextOptions {
+  return {
+    minVersion: opts.minVersion,
+    maxVersion: 'TLSv1.3',
+    ciphers: TLS_CIPHERS,
+    ecdhCurve: TLS_CURVES,
+    honorCipherOrder: false, // all suites are strong; let clients without AES hardware pick ChaCha20
+    secureOptions: constants.SSL_OP_NO_RENEGOTIATION,
+  }
+}
+
+/** A certificate and key that have been checked to belong together. */
+export interface TlsMaterial {
+  cert: string
+  key: string
+  serial: string
+  subject: string
+  notAfter: Date
+}
+
+export interface TlsFiles {
+  certFile: string
+  keyFile: string
+}
+
+/** The problem, in words an operator can act on. */
+export class TlsMaterialError extends Error {
+  readonly code = 'TLS_MATERIAL_INVALID'
+}
+
+/** Reads and checks a pair of PEM files; throws TlsMaterialError naming the file at fault. */
+export async function loadTlsMaterial(files: TlsFiles): Promise<TlsMaterial> {
+  const read = async (file: string, what: string) => {
+    try {
+      return await readFile(file, 'utf8')
+    } catch (err) {
+      throw new TlsMaterialError(`cannot read the ${what} ${file}: ${(err as Error).message}`)
+    }
+  }
+  const [cert, key] = await Promise.all([read(files.certFile, 'certificate'), read(files.keyFile, 'key')])
+  return checkTlsMaterial(cert, key, files)
+}
+
+export function checkTlsMaterial(cert: string, key: string, files: TlsFiles = { certFile: 'certificate', keyFile: 'key' }): TlsMaterial {
+  let x509: X509Certificate
+  try {
+    x509 = new X509Certificate(cert)
+  } catch (err) {
+    throw new TlsMaterialError(`${files.certFile} is not a PEM certificate: ${(err as Error).message}`)
+  }
+  let privateKey
+  try {
+    privateKey = createPrivateKey(key)
+  } catch (err) {
+    throw new TlsMaterialError(`${files.keyFile} is not a PEM private key: ${(err as Error).message}`)
+  }
+  if (!x509.checkPrivateKey(privateKey)) {
+    throw new TlsMaterialError(`${files.keyFile} does not match the certificate in ${files.certFile}`)
+  }
+  return { cert, key, serial: x509.serialNumber, subject: x509.subject.replace(/\n/g, ', '), notAfter: new Date(x509.validTo) }
+}
+
+export interface ReloaderDeps {
+  logger: Logger
+  metrics: Metrics
+  /** Installs a new certificate for new handshakes (tls.Server#setSecureContext). */
+  apply: (material: TlsMaterial) => void
+  /** Quiet period after the last file event before reading (a rotation touches several files). */
+  debounceMs?: number
+}
+
+/** Watches the certificate's and key's directories and applies good pairs as they appear. */
+export class TlsReloader {
+  private readonly watchers: FSWatcher[] = []
+  private timer: NodeJS.Timeout | undefined
+  private current: TlsMaterial
+  private reloading: Promise<void> = Promise.resolve()
+
+  constructor(
+    private readonly files: TlsFiles,
+    initial: TlsMaterial,
+    private readonly deps: ReloaderDeps,
+  ) {
+    this.current = initial
+    deps.metrics.certExpiry.set(initial.notAfter.getTime() / 1000)
+  }
+
+  get material(): TlsMaterial {
+    return this.current
+  }
+
+  start(): void {
+    for (const dir of new Set([dirname(this.files.certFile), dirname(this.files.keyFile)])) {
+      const watcher = watch(dir, () => this.schedule())
+      watcher.on('error', (err) => this.deps.logger.error({ err, dir }, 'certificate directory watch failed'))
+      this.watchers.push(watcher)
+    }
+  }
+
+  close(): void {
+    clearTimeout(this.timer)
+    for (const w of this.watchers) w.close()
+  }
+
+  /** Reads the files now; resolves once the result is applied or rejected. */
+  reload(): Promise<void> {
+    this.reloading = this.reloading.then(() => this.reloadOnce())
+    return this.reloading
+  }
+
+  private schedule(): void {
+    clearTimeout(this.timer)
+    this.timer = setTimeout(() => void this.reload(), this.deps.debounceMs ?? 250)
+  }
+
+  private async reloadOnce(): Promise<void> {
+    const { logger, metrics } = this.deps
+    let next: TlsMaterial
+    try {
+      next = await loadTlsMaterial(this.files)
+      createSecureContext({ cert: next.cert, key: next.key }) // what the server will do; throws on what Node rejects
+    } catch (err) {
+      metrics.configReloads.labels('tls', 'failure').inc()
+      logger.error(
+        { err: { message: (err as Error).message }, certFile: this.files.certFile, serving: this.current.serial },
+        'certificate reload failed; still serving the last good certificate',
+      )
+      return
+    }
+    if (next.cert === this.current.cert && next.key === this.current.key) return // a touch, not a change
+    this.deps.apply(next)
+    this.current = next
+    metrics.configReloads.labels('tls', 'success').inc()
+    metrics.certExpiry.set(next.notAfter.getTime() / 1000)
+    logger.info({ serial: next.serial, subject: next.subject, notAfter: next.notAfter.toISOString() }, 'certificate reloaded')
+  }
+}
