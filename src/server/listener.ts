@@ -152,7 +152,11 @@ export class Listener {
     const contentLength = cl !== undefined && !chunked ? Number(cl) : null
 
     res.once('close', () => {
-      const complete = res.writableFinished
+      // HTTP/2's compat response reports writableFinished even for a stream the client reset:
+      // there, complete means "we ended it and the stream closed without an error code".
+      const complete = h2
+        ? res.writableEnded && (req as http2.Http2ServerRequest).stream.rstCode === http2.constants.NGHTTP2_NO_ERROR
+        : res.writableFinished
       if (!complete) {
         ctx.error ??= 'client_closed'
         abort.abort(new SidecarError('client_closed'))

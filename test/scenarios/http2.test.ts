@@ -1,0 +1,112 @@
+// HTTP/2 clients: aborts, limits, upstream failures and graceful stop, per stream.
+import http2 from 'node:http2'
+import t, { type Test } from 'tap'
+import { proxied } from '../fixtures/proxy.js'
+import { fakeUpstream } from '../fixtures/upstream.js'
+import { devCerts } from '../fixtures/tls.js'
+
+const { ca, server } = devCerts()
+
+async function h2Proxy(t: Test, config: Record<string, unknown> = {}) {
+  const dir = t.testdir({ 'tls.crt': server.cert, 'tls.key': server.key })
+  const releases: Array<() => void> = []
+  const setup = await proxied(
+    t,
+    fakeUpstream()
+      .route('/hang', () => {})
+      .route('/slow', (_req, res) => releases.push(() => res.end('finished')))
+      .route('/cut-body', (_req, res) => {
+        res.writeHead(200, { 'content-length': 1000 })
+        res.write('x'.repeat(10))
+        setTimeout(() => res.socket?.destroy(), 20)
+      }),
+    { ...config, listener: { tls: { certFile: `${dir}/tls.crt`, keyFile: `${dir}/tls.key` } } },
+  )
+  const session = http2.connect(`https://127.0.0.1:${setup.proxy.port}`, { ca: ca.cert, servername: 'localhost' })
+  session.on('error', () => {})
+  t.teardown(() => session.destroy())
+  return { ...setup, session, releases }
+}
+
+interface StreamResult {
+  status?: number
+  headers?: http2.IncomingHttpHeaders
+  body: string
+  error?: string
+  rstCode?: number
+}
+
+function exchange(session: http2.ClientHttp2Session, headers: http2.OutgoingHttpHeaders, body?: Buffer): Promise<StreamResult> {
+  return new Promise((resolve) => {
+    const stream = session.request(headers)
+    const result: StreamResult = { body: '' }
+    stream.on('response', (h) => {
+      result.headers = h
+      result.status = h[':status']
+    })
+    stream.on('data', (c: Buffer) => (result.body += c.toString()))
+    stream.on('error', (err) => (result.error = (err as NodeJS.ErrnoException).code))
+    stream.on('close', () => {
+      result.rstCode = stream.rstCode
+      resolve(result)
+    })
+    stream.end(body)
+  })
+}
+
+async function until(cond: () => boolean): Promise<void> {
+  for (let i = 0; i < 200 && !cond(); i++) await new Promise((resolve) => setTimeout(resolve, 10))
+  if (!cond()) throw new Error('condition not reached')
+}
+
+t.test('an HTTP/2 stream reset by the client cancels its upstream request', async (t) => {
+  const { up, session, proxy } = await h2Proxy(t)
+  const stream = session.request({ ':path': '/hang' })
+  stream.on('error', () => {})
+  await until(() => up.seen.length === 1)
+  stream.close(http2.constants.NGHTTP2_CANCEL)
+  const closed = await Promise.race([up.seen[0]!.closed.then(() => true), new Promise((r) => setTimeout(() => r(false), 1000))])
+  t.ok(closed, 'the app saw the close within a second')
+  await until(() => proxy.logs.some((l) => l.path === '/hang'))
+  t.match(proxy.logs.find((l) => l.path === '/hang'), { status: 499, error: 'client_closed' })
+})
+
+t.test('the header-count and body limits apply to HTTP/2 requests', async (t) => {
+  const { up, session } = await h2Proxy(t, { limits: { maxHeaderCount: 10, maxBodyBytes: 100 } })
+  const many = Object.fromEntries(Array.from({ length: 11 }, (_, i) => [`x-h${i}`, 'v']))
+  const tooMany = await exchange(session, { ':path': '/many', ...many })
+  t.equal(tooMany.status, 431)
+  t.equal(tooMany.headers?.['x-sidecar-error'], 'headers_too_large')
+  const ten = Object.fromEntries(Array.from({ length: 10 }, (_, i) => [`x-h${i}`, 'v']))
+  t.equal((await exchange(session, { ':path': '/ten', ...ten })).status, 200, 'pseudo-headers do not count against the cap')
+  const big = await exchange(session, { ':method': 'POST', ':path': '/big', 'content-length': '101' }, Buffer.alloc(101))
+  t.equal(big.status, 413)
+  const undeclared = await exchange(session, { ':method': 'POST', ':path': '/undeclared' }, Buffer.alloc(101))
+  t.equal(undeclared.status, 413, 'a body without content-length is counted')
+  t.equal(up.seen.filter((s) => s.url === '/big').length, 0)
+})
+
+t.test('an upstream dying mid-body resets the HTTP/2 stream; the connection lives on', async (t) => {
+  const { session } = await h2Proxy(t)
+  const cut = await exchange(session, { ':path': '/cut-body' })
+  t.equal(cut.status, 200)
+  t.not(cut.rstCode, http2.constants.NGHTTP2_NO_ERROR, `the stream was reset (code ${cut.rstCode}), not ended cleanly`)
+  t.equal(cut.body.length, 10)
+  t.equal((await exchange(session, { ':path': '/after' })).status, 200, 'other streams on the same connection still work')
+})
+
+t.test('graceful stop: HTTP/2 gets GOAWAY, open streams finish, new connections are refused', async (t) => {
+  const { session, releases, proxy } = await h2Proxy(t)
+  const goaway = new Promise<void>((resolve) => session.once('goaway', () => resolve()))
+  const inFlight = exchange(session, { ':path': '/slow' })
+  await until(() => releases.length === 1)
+  const stopped = proxy.close()
+  await goaway
+  t.pass('the client got GOAWAY')
+  releases[0]!()
+  const result = await inFlight
+  t.equal(result.status, 200)
+  t.equal(result.body, 'finished')
+  t.equal(await stopped, 0)
+})
+
