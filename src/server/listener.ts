@@ -295,7 +295,7 @@ function createServer(opts: ListenerOptions, onRequest: (req: Request, res: Resp
   }
   const tls = opts.tls
   if (!tls) return Object.assign(http.createServer(http1, onRequest), http1)
-  const secure = { ...secureContext(tls, tls.material), handshakeTimeout: tls.handshakeTimeoutMs, ...clientAuth(tls) }
+  const secure = { ...secureContext(tls, tls.material), handshakeTimeout: tls.handshakeTimeoutMs, noDelay: true, ...clientAuth(tls) }
   if (!tls.http2) return Object.assign(https.createServer({ ...http1, ...secure }, onRequest), http1)
   // HTTP/2 with HTTP/1.1 fallback. The HTTP/1 side of this server reads its limits from the
   // same properties http.Server uses, so they are set on it after creation.
