@@ -9,6 +9,8 @@ import { parseAddress, type Config } from './config/schema.js'
 import type { Logger } from './log.js'
 import { createMetrics, type Metrics } from './metrics.js'
 import { selfSigned } from './certs/generate.js'
+import { systemClock } from './clock.js'
+import { Breakers } from './layers/breaker.js'
 import { Listener, type ListenerTlsOptions } from './server/listener.js'
 import { TlsMaterialError, TlsReloader, checkTlsMaterial, loadTlsMaterial, type TlsFiles, type TlsMaterial } from './server/tls.js'
 import { buildStack } from './stack.js'
@@ -31,7 +33,12 @@ export async function startApp(config: Config, deps: { logger: Logger }): Promis
 
   const tls = await prepareTls(config.listener, { logger, metrics })
   const upstreams = new Upstreams(config.backends, config.limits)
-  const handler = buildStack(config, { logger, metrics, upstreams })
+  const breakers = new Breakers(
+    config.backends.map((b) => b.name),
+    config.circuitBreaker,
+    { logger, metrics },
+  )
+  const handler = buildStack(config, { logger, metrics, clock: systemClock, upstreams, breakers })
   const listen = parseAddress(config.listener.address)!
   const listener = new Listener({ ...listen, ...config.listener, ...config.limits, tls: tls.options }, handler, { logger, metrics })
   const reloader =
@@ -55,6 +62,7 @@ export async function startApp(config: Config, deps: { logger: Logger }): Promis
     listenerAddress = await listener.listen()
   } catch (err) {
     await Promise.all([admin.close(), upstreams.close()])
+    breakers.shutdown()
     throw err
   }
   reloader?.start()
@@ -80,6 +88,7 @@ export async function startApp(config: Config, deps: { logger: Logger }): Promis
         reloader?.close()
         const cut = await listener.close(config.drain.timeoutMs)
         await Promise.all([admin.close(), upstreams.close()])
+        breakers.shutdown()
         logger.info({ cut }, 'sidecar-proxy stopped')
         return cut
       })()

@@ -19,7 +19,9 @@ export const ERRORS = {
   upstream_reset: { status: 502, message: 'the upstream closed the connection before the response was complete' },
   upstream_bad_response: { status: 502, message: 'the upstream sent a malformed response' },
   upstream_connect_timeout: { status: 504, message: 'the upstream did not accept the connection in time' },
-  upstream_timeout: { status: 504, message: 'the upstream did not respond within limits.requestTimeoutMs' },
+  upstream_timeout: { status: 504, message: 'the upstream did not respond in time (retry.perTryTimeoutMs or limits.requestTimeoutMs)' },
+  circuit_open: { status: 503, message: 'the circuit breaker for the backend is open: it failed too often and is resting' },
+  overloaded: { status: 503, message: 'the backend has limits.maxConcurrentRequests in flight and limits.maxPendingRequests waiting' },
 } as const satisfies Record<string, { status: number; message: string }>
 
 export type ErrorCode = keyof typeof ERRORS
@@ -27,13 +29,16 @@ export type ErrorCode = keyof typeof ERRORS
 export class SidecarError extends Error {
   readonly code: ErrorCode
   readonly status: number
+  /** Sent as Retry-After when set: when trying again makes sense. */
+  readonly retryAfterSeconds: number | undefined
 
-  constructor(code: ErrorCode, options?: { cause?: unknown; detail?: string }) {
+  constructor(code: ErrorCode, options?: { cause?: unknown; detail?: string; retryAfterSeconds?: number }) {
     const entry = ERRORS[code]
     super(options?.detail ? `${entry.message}: ${options.detail}` : entry.message, { cause: options?.cause })
     this.name = 'SidecarError'
     this.code = code
     this.status = entry.status
+    this.retryAfterSeconds = options?.retryAfterSeconds
   }
 }
 

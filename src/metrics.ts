@@ -41,6 +41,23 @@ export function createMetrics() {
     registers,
   })
 
+  const retries = new Counter({
+    name: 'sidecar_retries_total',
+    help: 'Retries made, by the backend of the failed attempt and the reason (retryOn condition).',
+    labelNames: ['backend', 'reason'] as const,
+    registers,
+  })
+  const retryBudgetExhausted = new Counter({
+    name: 'sidecar_retry_budget_exhausted_total',
+    help: 'Retries not made because the retry budget was spent.',
+    registers,
+  })
+  const circuitState = new Gauge({
+    name: 'sidecar_circuit_state',
+    help: 'Circuit breaker state per backend: 0 closed, 1 half-open, 2 open.',
+    labelNames: ['backend'] as const,
+    registers,
+  })
   const configReloads = new Counter({
     name: 'sidecar_config_reloads_total',
     help: 'Reloads of the config file or the TLS certificate, by kind (config, tls) and result (success, failure).',
@@ -64,6 +81,9 @@ export function createMetrics() {
     attempts,
     rejected,
     openConnections,
+    retries,
+    retryBudgetExhausted,
+    circuitState,
     configReloads,
     certExpiry,
     /** Counts one finished request: requests_total and request_duration_seconds. */

@@ -1,10 +1,14 @@
 // The request path, top to bottom: the one ordered list of layers. Nothing is inserted by name
 // anywhere else; a new policy is a new line here and a new file in layers/.
 import type { Config } from './config/schema.js'
+import type { Clock } from './clock.js'
 import { createAccessLogLayer } from './layers/access-log.js'
+import { createBreakerLayer, type Breakers } from './layers/breaker.js'
 import { createLimitsLayer } from './layers/limits.js'
+import { createOverloadLayer } from './layers/overload.js'
 import { createPickLayer } from './layers/pick.js'
 import { createRespondLayer } from './layers/respond.js'
+import { createRetryLayer } from './layers/retry.js'
 import type { Logger } from './log.js'
 import type { Metrics } from './metrics.js'
 import { compose } from './pipeline/compose.js'
@@ -14,15 +18,22 @@ import type { Upstreams } from './upstream/client.js'
 export interface StackDeps {
   logger: Logger
   metrics: Metrics
+  clock: Clock
   upstreams: Upstreams
+  breakers: Breakers
 }
 
 export function buildStack(config: Config, deps: StackDeps): Handler {
+  const { retry, limits } = config
   const layers: Layer[] = [
-    createRespondLayer(), //                        errors -> HTTP status + x-sidecar-error
-    createAccessLogLayer(config.log, deps), //      one JSON line and the request metrics
-    createLimitsLayer(config.limits, deps), //      header count 431, body size 413
-    createPickLayer(config.backends), //            weighted backend choice per request
+    createRespondLayer(), //                                   errors -> HTTP status + x-sidecar-error
+    createAccessLogLayer(config.log, deps), //                 one JSON line and the request metrics
+    createLimitsLayer(limits, deps), //                        header count 431, body size 413
+    createRetryLayer({ ...retry, requestTimeoutMs: limits.requestTimeoutMs }, deps), // budgeted tries
+    // ---- below here: once per attempt ----
+    createPickLayer(config.backends, { isAvailable: deps.breakers.isAvailable }), // weighted, skips open breakers
+    createOverloadLayer(limits, deps), //                      per backend: in flight + waiting, else 503
+    createBreakerLayer(deps.breakers), //                      per backend: opossum, counts attempts
   ]
-  return compose(layers, deps.upstreams.handler(deps)) // undici Pool per backend
+  return compose(layers, deps.upstreams.handler(deps)) //     undici Pool per backend
 }

@@ -15,6 +15,8 @@ t.test('the catalogue: every code has a status and a message, and statuses follo
     upstream_bad_response: 502,
     upstream_connect_timeout: 504,
     upstream_timeout: 504,
+    circuit_open: 503,
+    overloaded: 503,
   }
   t.same(Object.fromEntries(Object.entries(ERRORS).map(([code, e]) => [code, e.status])), expected)
   for (const [code, entry] of Object.entries(ERRORS)) {

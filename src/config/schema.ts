@@ -119,9 +119,52 @@ export const configSchema = z
           ctx.addIssue({ code: 'custom', message: 'at least one backend needs a weight above 0' })
         }
       }),
+    retry: z
+      .strictObject({
+        /** Total tries per request, the first included. 1 turns retries off. */
+        attempts: z.number().int().min(1).max(5).default(2),
+        /** Deadline for each try's response headers; without it each try gets what is left of
+         *  limits.requestTimeoutMs. */
+        perTryTimeoutMs: z.number().int().min(1).max(86_400_000).optional(),
+        retryOn: z
+          .array(z.enum(['connect-failure', 'refused', 'reset', 'gateway-error', 'retriable-status-codes']))
+          .default(['connect-failure', 'refused', 'reset', 'gateway-error']),
+        /** Extra statuses to retry, with retryOn: retriable-status-codes. */
+        statusCodes: z.array(z.number().int().min(400).max(599)).default([]),
+        /** Methods retried on any retryOn condition. Others (POST, PATCH) only when the request
+         *  carries an Idempotency-Key header, or when the connection was refused (nothing sent). */
+        methods: z.array(z.string().regex(/^[A-Z]+$/, 'must be an upper-case method')).default(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE']),
+        backoff: z
+          .strictObject({ baseMs: ms(25), maxMs: ms(250) })
+          .refine((b) => b.baseMs <= b.maxMs, { path: ['baseMs'], message: 'must not exceed retry.backoff.maxMs' })
+          .prefault({}),
+        /** Retries allowed: ratio x requests over the last windowMs, plus minPerSecond. */
+        budget: z
+          .strictObject({
+            ratio: z.number().min(0).max(1).default(0.2),
+            minPerSecond: z.number().int().min(0).max(10_000).default(10),
+            windowMs: z.number().int().min(1000).max(600_000).default(10_000),
+          })
+          .prefault({}),
+        /** Request bodies up to this size are kept for a retry; larger ones stream, never retried. */
+        maxReplayBytes: z.number().int().min(0).max(16 * 1024 * 1024).default(64 * 1024),
+      })
+      .prefault({}),
+    circuitBreaker: z
+      .strictObject({
+        /** Open when more than this share of attempts failed in the rolling window... */
+        errorThresholdPercentage: z.number().min(1).max(100).default(50),
+        /** ...and at least this many attempts were made in it (opossum's own default, 0, would
+         *  open on the very first failure). */
+        volumeThreshold: z.number().int().min(1).max(100_000).default(20),
+        rollingWindowMs: z.number().int().min(1000).max(600_000).default(10_000),
+        /** How long an open breaker rests before one probe may pass (half-open). */
+        resetTimeoutMs: ms(5_000),
+      })
+      .prefault({}),
     limits: z
       .strictObject({
-        /** Time for the upstream to answer with response headers (504 upstream_timeout). */
+        /** Deadline for the response headers, all tries and backoff included (504 upstream_timeout). */
         requestTimeoutMs: ms(15_000),
         /** Longest silence allowed inside a streamed upstream response body. */
         responseIdleTimeoutMs: ms(60_000),
@@ -130,6 +173,10 @@ export const configSchema = z
         maxBodyBytes: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER).default(100 * 1024 * 1024),
         /** HTTP/2: streams one client connection may have open at once. */
         maxConcurrentStreams: z.number().int().min(1).max(10_000).default(100),
+        /** Per backend: requests in flight at once (until their response body is done)... */
+        maxConcurrentRequests: z.number().int().min(1).max(1_000_000).default(1024),
+        /** ...and requests waiting for one of those slots; past both, 503 overloaded at once. */
+        maxPendingRequests: z.number().int().min(0).max(1_000_000).default(1024),
       })
       .prefault({}),
     log: z

@@ -28,6 +28,7 @@ export function createAccessLogLayer(opts: AccessLogOptions, deps: { logger: Log
           durationMs: Math.round(outcome.durationSeconds * 1e6) / 1e3,
           bytesIn: outcome.bytesIn,
           bytesOut: outcome.bytesOut,
+          ...(ctx.attempt > 1 && { attempts: ctx.attempt }),
           ...(ctx.error && { error: ctx.error }),
           ...(!outcome.complete && { incomplete: true }),
         },

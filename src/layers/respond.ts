@@ -25,6 +25,7 @@ export function errorResponse(error: SidecarError, requestId: string): ProxyResp
       'content-length': String(body.length),
       'x-sidecar-error': error.code,
       'cache-control': 'no-store',
+      ...(error.retryAfterSeconds !== undefined && { 'retry-after': String(Math.max(1, Math.ceil(error.retryAfterSeconds))) }),
     },
     body,
   }

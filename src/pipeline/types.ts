@@ -46,8 +46,12 @@ export interface RequestContext {
   readonly startedAt: bigint
   /** Aborted when the client goes away: every upstream call passes it on. */
   readonly signal: AbortSignal
-  /** The backend chosen for this request (set by the pick layer). */
+  /** The backend chosen for the current attempt (set by the pick layer). */
   backend: string | undefined
+  /** The current attempt, 1-based, and how long it may wait for response headers (set by the
+   *  retry layer; attempts are sequential, so one mutable slot suffices). */
+  attempt: number
+  attemptTimeoutMs: number | undefined
   /** The catalogue code when the proxy, not the app, decided the response (or cut it short). */
   error: ErrorCode | undefined
   /** Callbacks run once with the outcome when the exchange is over. */

@@ -139,6 +139,8 @@ export class Listener {
       startedAt,
       signal: abort.signal,
       backend: undefined,
+      attempt: 1,
+      attemptTimeoutMs: undefined,
       error: undefined,
       onEnd: [],
     }

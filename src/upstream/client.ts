@@ -58,6 +58,8 @@ export class Upstreams {
           headers: req.headers,
           body: req.body,
           signal: ctx.signal,
+          // the retry layer's per-try deadline; the pool's headersTimeout otherwise
+          ...(ctx.attemptTimeoutMs !== undefined && { headersTimeout: ctx.attemptTimeoutMs }),
         })
         deps.metrics.attempts.labels(backend, `${Math.floor(res.statusCode / 100)}xx`).inc()
         // A failure mid-body surfaces on the stream (the listener then cuts the client

@@ -42,8 +42,9 @@ t.test('upstream refusing connections: 502 upstream_refused', async (t) => {
   t.equal(reply.headers['x-sidecar-error'], 'upstream_refused')
   t.match(JSON.parse(reply.body.toString()), { error: 'upstream_refused', requestId: reply.headers['x-request-id'] })
   const line = await proxy.accessLine(reply.headers['x-request-id'] as string)
-  t.match(line, { status: 502, error: 'upstream_refused', backend: 'app' })
-  t.equal(await metric(proxy.adminUrl, 'sidecar_upstream_attempts_total{backend="app",result="upstream_refused"}'), 1)
+  t.match(line, { status: 502, error: 'upstream_refused', backend: 'app', attempts: 2 })
+  t.equal(await metric(proxy.adminUrl, 'sidecar_upstream_attempts_total{backend="app",result="upstream_refused"}'), 2, 'a refused connection is retried once (default retry.attempts: 2)')
+  t.equal(await metric(proxy.adminUrl, 'sidecar_retries_total{backend="app",reason="refused"}'), 1)
 })
 
 t.test('upstream resetting the connection before answering: 502 upstream_reset', async (t) => {

@@ -1,0 +1,83 @@
+// Overload: per backend, at most maxConcurrentRequests attempts in flight (until the response
+// body is done) and at most maxPendingRequests waiting for a slot. Past both, the attempt fails
+// at once with 503 overloaded: never an unbounded queue. A waiting attempt gives up when the
+// client leaves or its deadline (ctx.attemptTimeoutMs) passes.
+import { SidecarError } from '../errors.js'
+import type { Metrics } from '../metrics.js'
+import type { Layer, ProxyResponse } from '../pipeline/types.js'
+
+export interface OverloadOptions {
+  maxConcurrentRequests: number
+  maxPendingRequests: number
+}
+
+class Gate {
+  active = 0
+  readonly waiting: Array<() => void> = []
+}
+
+export function createOverloadLayer(opts: OverloadOptions, deps: { metrics: Metrics }): Layer {
+  const gates = new Map<string, Gate>()
+  const reject = (detail: string): never => {
+    deps.metrics.rejected.labels('overloaded').inc()
+    throw new SidecarError('overloaded', { detail, retryAfterSeconds: 1 })
+  }
+  const release = (gate: Gate) => {
+    const waiter = gate.waiting.shift()
+    if (waiter) waiter() // the slot passes straight to the next in line
+    else gate.active--
+  }
+
+  return (next) => async (req, ctx) => {
+    const backend = ctx.backend ?? 'none'
+    let gate = gates.get(backend)
+    if (!gate) gates.set(backend, (gate = new Gate()))
+    if (gate.active < opts.maxConcurrentRequests) gate.active++
+    else if (gate.waiting.length < opts.maxPendingRequests) await waitForSlot(gate, ctx.signal, ctx.attemptTimeoutMs, reject)
+    else reject(`${gate.active} in flight and ${gate.waiting.length} waiting for backend ${backend}`)
+
+    let response: ProxyResponse
+    try {
+      response = await next(req, ctx)
+    } catch (err) {
+      release(gate)
+      throw err
+    }
+    const body = response.body
+    if (body === null || Buffer.isBuffer(body)) release(gate)
+    else body.once('close', () => release(gate!))
+    return response
+  }
+}
+
+function waitForSlot(gate: Gate, signal: AbortSignal, timeoutMs: number | undefined, reject: (detail: string) => never): Promise<void> {
+  return new Promise((resolve, fail) => {
+    const leave = () => {
+      const i = gate.waiting.indexOf(take)
+      if (i >= 0) gate.waiting.splice(i, 1)
+      clearTimeout(timer)
+      signal.removeEventListener('abort', onAbort)
+    }
+    const take = () => {
+      leave()
+      resolve()
+    }
+    const onAbort = () => {
+      leave()
+      fail(new SidecarError('client_closed'))
+    }
+    const timer =
+      timeoutMs === undefined
+        ? undefined
+        : setTimeout(() => {
+            leave()
+            try {
+              reject(`no slot within ${timeoutMs} ms`)
+            } catch (err) {
+              fail(err)
+            }
+          }, timeoutMs)
+    signal.addEventListener('abort', onAbort, { once: true })
+    gate.waiting.push(take)
+  })
+}

@@ -1,0 +1,195 @@
+// Retry: another try when a try failed in a way that is safe and likely to help, within a
+// budget that keeps retries from multiplying an outage.
+//
+// - Only before any response byte went to the client: a response is retried only while it is
+//   still in this layer's hands; once returned, it is the client's.
+// - Only what can be sent again: bodies up to maxReplayBytes are kept in memory; a larger body
+//   streams through and its request is never retried.
+// - Only idempotent requests (retry.methods, or any method with an Idempotency-Key header), except
+//   when the connection was refused or never made: then nothing reached the app.
+// - Exponential backoff with full jitter; a Retry-After up to backoff.maxMs is honoured, a longer
+//   one ends the retrying. The whole exchange keeps to limits.requestTimeoutMs.
+import { Readable } from 'node:stream'
+import type { Clock } from '../clock.js'
+import { SidecarError, isErrorCode, toSidecarError, type ErrorCode } from '../errors.js'
+import type { Metrics } from '../metrics.js'
+import type { Layer, ProxyRequest, ProxyResponse, RequestContext } from '../pipeline/types.js'
+import { RetryBudget, type RetryBudgetOptions } from './retry-budget.js'
+
+export type RetryOn = 'connect-failure' | 'refused' | 'reset' | 'gateway-error' | 'retriable-status-codes'
+
+export interface RetryOptions {
+  attempts: number
+  perTryTimeoutMs?: number | undefined
+  retryOn: readonly RetryOn[]
+  statusCodes: readonly number[]
+  methods: readonly string[]
+  backoff: { baseMs: number; maxMs: number }
+  budget: RetryBudgetOptions
+  maxReplayBytes: number
+  /** limits.requestTimeoutMs: the deadline for the response headers over all tries. */
+  requestTimeoutMs: number
+}
+
+export interface RetryDeps {
+  metrics: Metrics
+  clock: Clock
+  /** [0, 1); jitter. Tests pass () => 0. */
+  random?: () => number
+}
+
+export const ATTEMPT_HEADER = 'x-sidecar-attempt'
+
+/** Errors that mean the request never reached the app. */
+const NOT_SENT: ReadonlySet<ErrorCode> = new Set(['upstream_refused', 'upstream_connect_timeout', 'upstream_unreachable'])
+
+export function createRetryLayer(opts: RetryOptions, deps: RetryDeps): Layer {
+  const budget = new RetryBudget(opts.budget, deps.clock)
+  const random = deps.random ?? Math.random
+  const retryOn = new Set(opts.retryOn)
+  const statusCodes = new Set(opts.statusCodes)
+  const methods = new Set(opts.methods)
+
+  /** The retryOn condition an outcome meets, or null when it must not be retried. */
+  const reasonFor = (outcome: Outcome): RetryOn | null => {
+    if (outcome.response) {
+      const status = outcome.response.status
+      if ((status === 502 || status === 503 || status === 504) && retryOn.has('gateway-error')) return 'gateway-error'
+      if (statusCodes.has(status) && retryOn.has('retriable-status-codes')) return 'retriable-status-codes'
+      return null
+    }
+    switch (outcome.error.code) {
+      case 'upstream_refused':
+        return retryOn.has('refused') ? 'refused' : retryOn.has('connect-failure') ? 'connect-failure' : null
+      case 'upstream_connect_timeout':
+      case 'upstream_unreachable':
+        return retryOn.has('connect-failure') ? 'connect-failure' : null
+      case 'upstream_reset':
+        return retryOn.has('reset') ? 'reset' : null
+      case 'upstream_timeout': // a per-try timeout: the 504 the app did not send
+        return retryOn.has('gateway-error') ? 'gateway-error' : null
+      default:
+        return null
+    }
+  }
+
+  return (next) => async (req, ctx) => {
+    budget.deposit()
+    const deadline = deps.clock.now() + opts.requestTimeoutMs
+    const idempotent = methods.has(req.method) || req.headers['idempotency-key'] !== undefined
+    // Keep the body for a replay only when a retry could use it.
+    const body = opts.attempts > 1 && idempotent ? await replayable(req, opts.maxReplayBytes) : { replay: null, stream: req.body }
+    const resendable = req.body === null || body.replay !== null
+    let streamed = body.stream
+
+    for (let attempt = 1; ; attempt++) {
+      const remaining = deadline - deps.clock.now()
+      if (remaining <= 0) throw new SidecarError('upstream_timeout', { detail: `no response within limits.requestTimeoutMs (${opts.requestTimeoutMs} ms)` })
+      ctx.attempt = attempt
+      ctx.attemptTimeoutMs = Math.min(opts.perTryTimeoutMs ?? remaining, remaining)
+      const attemptReq: ProxyRequest = {
+        ...req,
+        headers: { ...req.headers, [ATTEMPT_HEADER]: String(attempt) },
+        body: body.replay ? Readable.from(body.replay) : streamed,
+      }
+      streamed = null // a streamed body can be sent once
+      const outcome = await tryOnce(next, attemptReq, ctx)
+      const reason = attempt < opts.attempts ? reasonFor(outcome) : null
+      const allowed = reason !== null && resendable && (idempotent || (outcome.error !== undefined && NOT_SENT.has(outcome.error.code)))
+      const wait = allowed ? backoffMs(attempt, outcome.response) : null
+      if (!allowed || wait === null || deps.clock.now() + wait >= deadline) return settle(outcome)
+      if (!budget.tryWithdraw()) {
+        deps.metrics.retryBudgetExhausted.inc()
+        return settle(outcome)
+      }
+      deps.metrics.retries.labels(ctx.backend ?? 'none', reason).inc()
+      discard(outcome)
+      if (wait > 0) await deps.clock.sleep(wait, ctx.signal).catch(() => Promise.reject(new SidecarError('client_closed')))
+    }
+  }
+
+  /** Full jitter, or the server's Retry-After if it is no longer than backoff.maxMs; null: do not retry. */
+  function backoffMs(attempt: number, response: ProxyResponse | undefined): number | null {
+    const retryAfter = response ? retryAfterMs(response.headers['retry-after'], deps.clock.now()) : undefined
+    if (retryAfter !== undefined) return retryAfter <= opts.backoff.maxMs ? retryAfter : null
+    return random() * Math.min(opts.backoff.maxMs, opts.backoff.baseMs * 2 ** (attempt - 1))
+  }
+}
+
+type Outcome = { response: ProxyResponse; error?: undefined } | { error: SidecarError; response?: undefined }
+
+async function tryOnce(next: (req: ProxyRequest, ctx: RequestContext) => Promise<ProxyResponse>, req: ProxyRequest, ctx: RequestContext): Promise<Outcome> {
+  try {
+    return { response: await next(req, ctx) }
+  } catch (err) {
+    return { error: toSidecarError(err) }
+  }
+}
+
+function settle(outcome: Outcome): ProxyResponse {
+  if (outcome.error) throw outcome.error
+  return outcome.response
+}
+
+function discard(outcome: Outcome): void {
+  const body = outcome.response?.body
+  if (body && !Buffer.isBuffer(body)) body.on('error', () => {}).destroy()
+}
+
+/**
+ * Reads the body into memory when it fits in `max` bytes (replay); otherwise returns a stream
+ * that yields what was read and then the rest, untouched, and the request is not retried.
+ */
+async function replayable(req: ProxyRequest, max: number): Promise<{ replay: Buffer[] | null; stream: Readable | null }> {
+  const body = req.body
+  if (body === null) return { replay: null, stream: null }
+  if (req.contentLength !== null && req.contentLength > max) return { replay: null, stream: body }
+  const { chunks, complete } = await readUpTo(body, max).catch((err: unknown) => {
+    // the client went away mid-body, or the limits layer cut it (body_too_large)
+    throw isErrorCode((err as { code?: unknown }).code) ? err : new SidecarError('client_closed', { cause: err })
+  })
+  if (complete) return { replay: chunks, stream: null }
+  return {
+    replay: null,
+    stream: Readable.from(
+      (async function* () {
+        yield* chunks
+        yield* body
+      })(),
+    ),
+  }
+}
+
+function readUpTo(body: Readable, max: number): Promise<{ chunks: Buffer[]; complete: boolean }> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = []
+    let size = 0
+    const done = (complete: boolean) => {
+      body.off('data', onData).off('end', onEnd).off('error', onError)
+      resolve({ chunks, complete })
+    }
+    const onData = (chunk: Buffer) => {
+      chunks.push(chunk)
+      size += chunk.length
+      if (size > max) {
+        body.pause()
+        done(false)
+      }
+    }
+    const onEnd = () => done(true)
+    const onError = (err: Error) => {
+      body.off('data', onData).off('end', onEnd)
+      reject(err)
+    }
+    body.on('data', onData).on('end', onEnd).on('error', onError)
+  })
+}
+
+/** Retry-After as milliseconds from now: delta-seconds or an HTTP date. */
+export function retryAfterMs(value: string | string[] | undefined, now: number): number | undefined {
+  const v = Array.isArray(value) ? value[0] : value
+  if (v === undefined) return undefined
+  if (/^\d+$/.test(v.trim())) return Number(v.trim()) * 1000
+  const date = Date.parse(v)
+  return Number.isNaN(date) ? undefined : Math.max(0, date - now)
+}
