@@ -6,10 +6,16 @@ export interface Clock {
   now(): number
   /** Resolves after `ms`; rejects with `signal.reason` if the signal aborts first. */
   sleep(ms: number, signal?: AbortSignal): Promise<void>
+  /** Calls `fn` after `ms` unless cancelled; returns the cancel function. */
+  timeout(ms: number, fn: () => void): () => void
 }
 
 export const systemClock: Clock = {
   now: () => Date.now(),
+  timeout(ms, fn) {
+    const timer = setTimeout(fn, ms)
+    return () => clearTimeout(timer)
+  },
   sleep: (ms, signal) =>
     new Promise((resolve, reject) => {
       if (signal?.aborted) return reject(signal.reason)

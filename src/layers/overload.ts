@@ -1,7 +1,7 @@
 // Overload: per backend, at most maxConcurrentRequests attempts in flight (until the response
 // body is done) and at most maxPendingRequests waiting for a slot. Past both, the attempt fails
-// at once with 503 overloaded: never an unbounded queue. A waiting attempt gives up when the
-// client leaves or its deadline (ctx.attemptTimeoutMs) passes.
+// at once with 503 overloaded: never an unbounded queue. A waiting attempt gives up when its
+// signal aborts: the client left or the attempt's deadline passed.
 import { SidecarError } from '../errors.js'
 import type { Metrics } from '../metrics.js'
 import type { Layer, ProxyResponse } from '../pipeline/types.js'
@@ -33,7 +33,7 @@ export function createOverloadLayer(opts: OverloadOptions, deps: { metrics: Metr
     let gate = gates.get(backend)
     if (!gate) gates.set(backend, (gate = new Gate()))
     if (gate.active < opts.maxConcurrentRequests) gate.active++
-    else if (gate.waiting.length < opts.maxPendingRequests) await waitForSlot(gate, ctx.signal, ctx.attemptTimeoutMs, reject)
+    else if (gate.waiting.length < opts.maxPendingRequests) await waitForSlot(gate, ctx.attemptSignal)
     else reject(`${gate.active} in flight and ${gate.waiting.length} waiting for backend ${backend}`)
 
     let response: ProxyResponse
@@ -50,33 +50,18 @@ export function createOverloadLayer(opts: OverloadOptions, deps: { metrics: Metr
   }
 }
 
-function waitForSlot(gate: Gate, signal: AbortSignal, timeoutMs: number | undefined, reject: (detail: string) => never): Promise<void> {
-  return new Promise((resolve, fail) => {
-    const leave = () => {
-      const i = gate.waiting.indexOf(take)
-      if (i >= 0) gate.waiting.splice(i, 1)
-      clearTimeout(timer)
-      signal.removeEventListener('abort', onAbort)
-    }
+/** Queues for a slot; gives up when the attempt's signal aborts (client gone, or deadline). */
+function waitForSlot(gate: Gate, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal.aborted) return reject(signal.reason)
     const take = () => {
-      leave()
+      signal.removeEventListener('abort', onAbort)
       resolve()
     }
     const onAbort = () => {
-      leave()
-      fail(new SidecarError('client_closed'))
+      gate.waiting.splice(gate.waiting.indexOf(take), 1)
+      reject(signal.reason)
     }
-    const timer =
-      timeoutMs === undefined
-        ? undefined
-        : setTimeout(() => {
-            leave()
-            try {
-              reject(`no slot within ${timeoutMs} ms`)
-            } catch (err) {
-              fail(err)
-            }
-          }, timeoutMs)
     signal.addEventListener('abort', onAbort, { once: true })
     gate.waiting.push(take)
   })

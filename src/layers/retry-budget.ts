@@ -36,7 +36,6 @@ export class RetryBudget {
 
   /** Takes one retry from the budget if there is one. */
   tryWithdraw(): boolean {
-    this.advance()
     if (this.balance() < 1) return false
     this.withdrawals[this.current]!++
     return true
@@ -44,6 +43,7 @@ export class RetryBudget {
 
   /** Retries available now. */
   balance(): number {
+    this.advance()
     const sum = (a: number[]) => a.reduce((x, y) => x + y, 0)
     const floor = (this.opts.minPerSecond * this.opts.windowMs) / 1000
     return floor + this.opts.ratio * sum(this.deposits) - sum(this.withdrawals)

@@ -86,14 +86,13 @@ export function createRetryLayer(opts: RetryOptions, deps: RetryDeps): Layer {
       const remaining = deadline - deps.clock.now()
       if (remaining <= 0) throw new SidecarError('upstream_timeout', { detail: `no response within limits.requestTimeoutMs (${opts.requestTimeoutMs} ms)` })
       ctx.attempt = attempt
-      ctx.attemptTimeoutMs = Math.min(opts.perTryTimeoutMs ?? remaining, remaining)
       const attemptReq: ProxyRequest = {
         ...req,
         headers: { ...req.headers, [ATTEMPT_HEADER]: String(attempt) },
         body: body.replay ? Readable.from(body.replay) : streamed,
       }
       streamed = null // a streamed body can be sent once
-      const outcome = await tryOnce(next, attemptReq, ctx)
+      const outcome = await tryOnce(next, attemptReq, ctx, Math.min(opts.perTryTimeoutMs ?? remaining, remaining), deps.clock)
       const reason = attempt < opts.attempts ? reasonFor(outcome) : null
       const allowed = reason !== null && resendable && (idempotent || (outcome.error !== undefined && NOT_SENT.has(outcome.error.code)))
       const wait = allowed ? backoffMs(attempt, outcome.response) : null
@@ -118,11 +117,33 @@ export function createRetryLayer(opts: RetryOptions, deps: RetryDeps): Layer {
 
 type Outcome = { response: ProxyResponse; error?: undefined } | { error: SidecarError; response?: undefined }
 
-async function tryOnce(next: (req: ProxyRequest, ctx: RequestContext) => Promise<ProxyResponse>, req: ProxyRequest, ctx: RequestContext): Promise<Outcome> {
+/**
+ * One attempt with its own AbortController: aborted when the client leaves, or with
+ * upstream_timeout when no response headers came within `timeoutMs`. (One controller per
+ * attempt: a shared one would cancel every attempt in flight at the first timeout.)
+ */
+async function tryOnce(
+  next: (req: ProxyRequest, ctx: RequestContext) => Promise<ProxyResponse>,
+  req: ProxyRequest,
+  ctx: RequestContext,
+  timeoutMs: number,
+  clock: Clock,
+): Promise<Outcome> {
+  const attempt = new AbortController()
+  const onClientGone = () => attempt.abort(ctx.signal.reason)
+  ctx.signal.addEventListener('abort', onClientGone, { once: true })
+  const cancelTimer = clock.timeout(timeoutMs, () =>
+    attempt.abort(new SidecarError('upstream_timeout', { detail: `no response headers within ${timeoutMs} ms` })),
+  )
+  ctx.attemptSignal = attempt.signal
   try {
     return { response: await next(req, ctx) }
   } catch (err) {
     return { error: toSidecarError(err) }
+  } finally {
+    // From here the response body is the listener's: it destroys the body if the client leaves.
+    cancelTimer()
+    ctx.signal.removeEventListener('abort', onClientGone)
   }
 }
 

@@ -48,10 +48,11 @@ export interface RequestContext {
   readonly signal: AbortSignal
   /** The backend chosen for the current attempt (set by the pick layer). */
   backend: string | undefined
-  /** The current attempt, 1-based, and how long it may wait for response headers (set by the
-   *  retry layer; attempts are sequential, so one mutable slot suffices). */
+  /** The current attempt, 1-based, and its signal: aborted when the client leaves or the
+   *  attempt's deadline passes (set by the retry layer; attempts are sequential, so one mutable
+   *  slot suffices). Upstream calls use attemptSignal. */
   attempt: number
-  attemptTimeoutMs: number | undefined
+  attemptSignal: AbortSignal
   /** The catalogue code when the proxy, not the app, decided the response (or cut it short). */
   error: ErrorCode | undefined
   /** Callbacks run once with the outcome when the exchange is over. */

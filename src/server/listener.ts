@@ -140,7 +140,7 @@ export class Listener {
       signal: abort.signal,
       backend: undefined,
       attempt: 1,
-      attemptTimeoutMs: undefined,
+      attemptSignal: abort.signal,
       error: undefined,
       onEnd: [],
     }

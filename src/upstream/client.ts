@@ -57,9 +57,8 @@ export class Upstreams {
           path: req.path,
           headers: req.headers,
           body: req.body,
-          signal: ctx.signal,
-          // the retry layer's per-try deadline; the pool's headersTimeout otherwise
-          ...(ctx.attemptTimeoutMs !== undefined && { headersTimeout: ctx.attemptTimeoutMs }),
+          // the client leaving or the attempt's deadline (the pool's headersTimeout is a backstop)
+          signal: ctx.attemptSignal,
         })
         deps.metrics.attempts.labels(backend, `${Math.floor(res.statusCode / 100)}xx`).inc()
         // A failure mid-body surfaces on the stream (the listener then cuts the client

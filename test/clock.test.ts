@@ -1,0 +1,17 @@
+import t from 'tap'
+import { systemClock } from '../src/clock.js'
+
+t.test('systemClock: sleep resolves, an abort rejects it with the reason, timeouts can be cancelled', async (t) => {
+  await systemClock.sleep(1)
+  const ac = new AbortController()
+  const sleeping = systemClock.sleep(60_000, ac.signal)
+  ac.abort(new Error('gone'))
+  await t.rejects(sleeping, { message: 'gone' })
+  await t.rejects(systemClock.sleep(1, ac.signal), { message: 'gone' }, 'an aborted signal rejects at once')
+  let fired = 0
+  systemClock.timeout(1, () => fired++)
+  systemClock.timeout(1, () => fired++)()
+  await systemClock.sleep(20)
+  t.equal(fired, 1, 'the cancelled one never fired')
+  t.ok(Math.abs(systemClock.now() - Date.now()) < 5)
+})

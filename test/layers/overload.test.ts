@@ -1,0 +1,101 @@
+import { Readable } from 'node:stream'
+import t from 'tap'
+import { SidecarError } from '../../src/errors.js'
+import { createOverloadLayer } from '../../src/layers/overload.js'
+import type { Handler, ProxyResponse } from '../../src/pipeline/types.js'
+import { context, deps, metricValue, proxyRequest } from '../fixtures/pipeline.js'
+
+/** A next whose calls wait until the test answers them. */
+function held() {
+  const pending: Array<(res: ProxyResponse) => void> = []
+  const failing: Array<(err: Error) => void> = []
+  const next: Handler = () =>
+    new Promise((resolve, reject) => {
+      pending.push(resolve)
+      failing.push(reject)
+    })
+  return { next, pending, failing }
+}
+
+const tick = () => new Promise((resolve) => setImmediate(resolve))
+
+t.test('past in-flight and waiting limits: 503 overloaded at once; the rest are served in turn', async (t) => {
+  const d = deps()
+  const { next, pending } = held()
+  const handler = createOverloadLayer({ maxConcurrentRequests: 2, maxPendingRequests: 1 }, d)(next)
+  const results = Array.from({ length: 5 }, () => handler(proxyRequest(), context({ backend: 'app' })).then((r) => r.status, (e: { code: string }) => e.code))
+  await tick()
+  t.equal(pending.length, 2, 'two in flight')
+  t.equal(await results[3], 'overloaded', 'the fourth is refused at once')
+  t.equal(await results[4], 'overloaded')
+  t.equal(await metricValue(d, 'sidecar_rejected_requests_total', { reason: 'overloaded' }), 2)
+  pending[0]!({ status: 200, headers: {}, body: null })
+  await tick()
+  t.equal(pending.length, 3, 'the waiting one got the freed slot')
+  pending[1]!({ status: 200, headers: {}, body: null })
+  pending[2]!({ status: 200, headers: {}, body: null })
+  t.same(await Promise.all(results.slice(0, 3)), [200, 200, 200])
+})
+
+t.test('a streamed response holds its slot until the body is done', async (t) => {
+  const d = deps()
+  const { next, pending } = held()
+  const handler = createOverloadLayer({ maxConcurrentRequests: 1, maxPendingRequests: 0 }, d)(next)
+  const first = handler(proxyRequest(), context({ backend: 'app' }))
+  await tick()
+  const body = new Readable({ read() {} })
+  pending[0]!({ status: 200, headers: {}, body })
+  await first
+  await t.rejects(handler(proxyRequest(), context({ backend: 'app' })), { code: 'overloaded' }, 'still busy while the body streams')
+  const canary = handler(proxyRequest(), context({ backend: 'canary' }))
+  await tick()
+  t.equal(pending.length, 2, 'limits are per backend: canary has its own slot')
+  pending[1]!({ status: 200, headers: {}, body: null })
+  await canary
+  body.push(null)
+  body.resume()
+  await new Promise((resolve) => body.once('close', resolve))
+  const again = handler(proxyRequest(), context({ backend: 'app' }))
+  await tick()
+  t.equal(pending.length, 3, 'the slot is free again')
+  pending[2]!({ status: 204, headers: {}, body: null })
+  t.equal((await again).status, 204)
+})
+
+t.test('a failed attempt frees its slot', async (t) => {
+  const { next, failing, pending } = held()
+  const handler = createOverloadLayer({ maxConcurrentRequests: 1, maxPendingRequests: 0 }, deps())(next)
+  const first = handler(proxyRequest(), context({ backend: 'app' }))
+  await tick()
+  failing[0]!(new Error('boom'))
+  await t.rejects(first)
+  const second = handler(proxyRequest(), context({ backend: 'app' }))
+  await tick()
+  t.equal(pending.length, 2)
+  pending[1]!({ status: 200, headers: {}, body: null })
+  t.equal((await second).status, 200)
+})
+
+t.test('a waiting attempt leaves the queue when its client leaves or its deadline passes', async (t) => {
+  const { next, pending } = held()
+  const handler = createOverloadLayer({ maxConcurrentRequests: 1, maxPendingRequests: 5 }, deps())(next)
+  const busy = handler(proxyRequest(), context({ backend: 'app' }))
+  const ac = new AbortController()
+  const leaving = handler(proxyRequest(), context({ backend: 'app', signal: ac.signal }))
+  const deadline = new AbortController()
+  const timingOut = handler(proxyRequest(), context({ backend: 'app', attemptSignal: deadline.signal }))
+  ac.abort(new SidecarError('client_closed'))
+  deadline.abort(new SidecarError('upstream_timeout'))
+  await t.rejects(leaving, { code: 'client_closed' })
+  await t.rejects(timingOut, { code: 'upstream_timeout' })
+  const gone = new AbortController()
+  gone.abort(new SidecarError('client_closed'))
+  await t.rejects(handler(proxyRequest(), context({ backend: 'app', signal: gone.signal })), { code: 'client_closed' }, 'already gone: not queued at all')
+  const later = handler(proxyRequest(), context({ backend: 'app' }))
+  pending[0]!({ status: 200, headers: {}, body: null })
+  await busy
+  await tick()
+  t.equal(pending.length, 2, 'the slot went to the one still waiting, not to those that left')
+  pending[1]!({ status: 200, headers: {}, body: null })
+  t.equal((await later).status, 200)
+})
