@@ -1,11 +1,12 @@
 // Time, injectable: layers that wait or count per second take a Clock so tests can run them
 // without real delays.
+import type { Cancel } from './pipeline/cancel.js'
 
 export interface Clock {
   /** Milliseconds, monotonic enough for intervals (Date.now in production). */
   now(): number
   /** Resolves after `ms`; rejects with `signal.reason` if the signal aborts first. */
-  sleep(ms: number, signal?: AbortSignal): Promise<void>
+  sleep(ms: number, signal?: Cancel): Promise<void>
   /** Calls `fn` after `ms` unless cancelled; returns the cancel function. */
   timeout(ms: number, fn: () => void): () => void
 }
@@ -19,14 +20,13 @@ export const systemClock: Clock = {
   sleep: (ms, signal) =>
     new Promise((resolve, reject) => {
       if (signal?.aborted) return reject(signal.reason)
-      const onAbort = () => {
-        clearTimeout(timer)
-        reject(signal!.reason)
-      }
       const timer = setTimeout(() => {
-        signal?.removeEventListener('abort', onAbort)
+        unregister?.()
         resolve()
       }, ms)
-      signal?.addEventListener('abort', onAbort, { once: true })
+      const unregister = signal?.onAbort((reason) => {
+        clearTimeout(timer)
+        reject(reason)
+      })
     }),
 }

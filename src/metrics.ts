@@ -73,6 +73,7 @@ export function createMetrics() {
   // Label children are cached: prom-client hashes the label object on every inc() otherwise.
   const requestChildren = new Map<string, Counter.Internal>()
   const durationChildren = new Map<string, Histogram.Internal<'backend'>>()
+  const attemptChildren = new Map<string, Counter.Internal>()
 
   return {
     registry,
@@ -86,6 +87,13 @@ export function createMetrics() {
     circuitState,
     configReloads,
     certExpiry,
+    /** Counts one call to a backend: upstream_attempts_total. */
+    countAttempt(backend: string, result: string): void {
+      const key = `${backend} ${result}`
+      let counter = attemptChildren.get(key)
+      if (!counter) attemptChildren.set(key, (counter = attempts.labels(backend, result)))
+      counter.inc()
+    },
     /** Counts one finished request: requests_total and request_duration_seconds. */
     observeRequest(backend: string, method: string, code: number, seconds: number): void {
       const m = KNOWN_METHODS.has(method) ? method : 'OTHER'

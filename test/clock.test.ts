@@ -1,13 +1,14 @@
 import t from 'tap'
 import { systemClock } from '../src/clock.js'
+import { Cancel } from '../src/pipeline/cancel.js'
 
 t.test('systemClock: sleep resolves, an abort rejects it with the reason, timeouts can be cancelled', async (t) => {
   await systemClock.sleep(1)
-  const ac = new AbortController()
-  const sleeping = systemClock.sleep(60_000, ac.signal)
+  const ac = new Cancel()
+  const sleeping = systemClock.sleep(60_000, ac)
   ac.abort(new Error('gone'))
   await t.rejects(sleeping, { message: 'gone' })
-  await t.rejects(systemClock.sleep(1, ac.signal), { message: 'gone' }, 'an aborted signal rejects at once')
+  await t.rejects(systemClock.sleep(1, ac), { message: 'gone' }, 'an aborted signal rejects at once')
   let fired = 0
   systemClock.timeout(1, () => fired++)
   systemClock.timeout(1, () => fired++)()

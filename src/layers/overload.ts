@@ -4,6 +4,7 @@
 // signal aborts: the client left or the attempt's deadline passed.
 import { SidecarError } from '../errors.js'
 import type { Metrics } from '../metrics.js'
+import type { Cancel } from '../pipeline/cancel.js'
 import type { Layer, ProxyResponse } from '../pipeline/types.js'
 
 export interface OverloadOptions {
@@ -51,18 +52,17 @@ export function createOverloadLayer(opts: OverloadOptions, deps: { metrics: Metr
 }
 
 /** Queues for a slot; gives up when the attempt's signal aborts (client gone, or deadline). */
-function waitForSlot(gate: Gate, signal: AbortSignal): Promise<void> {
+function waitForSlot(gate: Gate, signal: Cancel): Promise<void> {
   return new Promise((resolve, reject) => {
     if (signal.aborted) return reject(signal.reason)
     const take = () => {
-      signal.removeEventListener('abort', onAbort)
+      unregister()
       resolve()
     }
-    const onAbort = () => {
+    const unregister = signal.onAbort((reason) => {
       gate.waiting.splice(gate.waiting.indexOf(take), 1)
-      reject(signal.reason)
-    }
-    signal.addEventListener('abort', onAbort, { once: true })
+      reject(reason)
+    })
     gate.waiting.push(take)
   })
 }

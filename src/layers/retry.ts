@@ -13,6 +13,7 @@ import { Readable } from 'node:stream'
 import type { Clock } from '../clock.js'
 import { SidecarError, isErrorCode, toSidecarError, type ErrorCode } from '../errors.js'
 import type { Metrics } from '../metrics.js'
+import { Cancel } from '../pipeline/cancel.js'
 import type { Layer, ProxyRequest, ProxyResponse, RequestContext } from '../pipeline/types.js'
 import { RetryBudget, type RetryBudgetOptions } from './retry-budget.js'
 
@@ -118,9 +119,9 @@ export function createRetryLayer(opts: RetryOptions, deps: RetryDeps): Layer {
 type Outcome = { response: ProxyResponse; error?: undefined } | { error: SidecarError; response?: undefined }
 
 /**
- * One attempt with its own AbortController: aborted when the client leaves, or with
- * upstream_timeout when no response headers came within `timeoutMs`. (One controller per
- * attempt: a shared one would cancel every attempt in flight at the first timeout.)
+ * One attempt with its own cancellation: aborted when the client leaves, or with
+ * upstream_timeout when no response headers came within `timeoutMs`. (One per attempt: a shared
+ * one would cancel every attempt in flight at the first timeout.)
  */
 async function tryOnce(
   next: (req: ProxyRequest, ctx: RequestContext) => Promise<ProxyResponse>,
@@ -129,13 +130,12 @@ async function tryOnce(
   timeoutMs: number,
   clock: Clock,
 ): Promise<Outcome> {
-  const attempt = new AbortController()
-  const onClientGone = () => attempt.abort(ctx.signal.reason)
-  ctx.signal.addEventListener('abort', onClientGone, { once: true })
+  const attempt = new Cancel()
+  const unlink = ctx.signal.onAbort((reason) => attempt.abort(reason))
   const cancelTimer = clock.timeout(timeoutMs, () =>
     attempt.abort(new SidecarError('upstream_timeout', { detail: `no response headers within ${timeoutMs} ms` })),
   )
-  ctx.attemptSignal = attempt.signal
+  ctx.attemptSignal = attempt
   try {
     return { response: await next(req, ctx) }
   } catch (err) {
@@ -143,7 +143,7 @@ async function tryOnce(
   } finally {
     // From here the response body is the listener's: it destroys the body if the client leaves.
     cancelTimer()
-    ctx.signal.removeEventListener('abort', onClientGone)
+    unlink()
   }
 }
 

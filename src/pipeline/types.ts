@@ -2,6 +2,7 @@
 // list of layers in src/stack.ts. Nothing here knows about sockets, undici or config.
 import type { Readable } from 'node:stream'
 import type { ErrorCode } from '../errors.js'
+import type { Cancel } from './cancel.js'
 
 /** Header names are lower-case; a repeated header is an array. */
 export type HeaderMap = Record<string, string | string[]>
@@ -44,15 +45,15 @@ export interface RequestContext {
   readonly protocol: 'http' | 'https'
   /** process.hrtime.bigint() when the request arrived. */
   readonly startedAt: bigint
-  /** Aborted when the client goes away: every upstream call passes it on. */
-  readonly signal: AbortSignal
+  /** Aborted when the client goes away. */
+  readonly signal: Cancel
   /** The backend chosen for the current attempt (set by the pick layer). */
   backend: string | undefined
   /** The current attempt, 1-based, and its signal: aborted when the client leaves or the
    *  attempt's deadline passes (set by the retry layer; attempts are sequential, so one mutable
    *  slot suffices). Upstream calls use attemptSignal. */
   attempt: number
-  attemptSignal: AbortSignal
+  attemptSignal: Cancel
   /** The catalogue code when the proxy, not the app, decided the response (or cut it short). */
   error: ErrorCode | undefined
   /** Callbacks run once with the outcome when the exchange is over. */

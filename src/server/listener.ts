@@ -12,6 +12,7 @@ import { ERRORS, SidecarError, type ErrorCode } from '../errors.js'
 import { requestIdFrom, upstreamRequestHeaders } from '../headers.js'
 import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
+import { Cancel } from '../pipeline/cancel.js'
 import type { Handler, ProxyRequest, ProxyResponse, RequestContext, RequestOutcome } from '../pipeline/types.js'
 import { listenOn } from './listen.js'
 import { policy, type TlsMaterial } from './tls.js'
@@ -129,7 +130,7 @@ export class Listener {
     const startedAt = process.hrtime.bigint()
     const h2 = req.httpVersionMajor === 2
     const socket = req.socket as Socket
-    const abort = new AbortController()
+    const cancel = new Cancel()
     const id = requestIdFrom(req.headers['x-request-id'])
     const clientAddress = stripV4Mapped(socket.remoteAddress ?? '')
     const ctx: RequestContext = {
@@ -137,10 +138,10 @@ export class Listener {
       clientAddress,
       protocol: this.protocol,
       startedAt,
-      signal: abort.signal,
+      signal: cancel,
       backend: undefined,
       attempt: 1,
-      attemptSignal: abort.signal,
+      attemptSignal: cancel,
       error: undefined,
       onEnd: [],
     }
@@ -161,7 +162,7 @@ export class Listener {
         : res.writableFinished
       if (!complete) {
         ctx.error ??= 'client_closed'
-        abort.abort(new SidecarError('client_closed'))
+        cancel.abort(new SidecarError('client_closed'))
       }
       this.inFlight--
       let bytesIn: number

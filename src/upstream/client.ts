@@ -22,6 +22,8 @@ export interface UpstreamOptions {
   responseIdleTimeoutMs: number
 }
 
+const STATUS_CLASS = ['0xx', '1xx', '2xx', '3xx', '4xx', '5xx']
+
 export type ProbeResult = { ok: true; status: number } | { ok: false; error: ErrorCode; detail: string }
 
 export class Upstreams {
@@ -60,7 +62,7 @@ export class Upstreams {
           // the client leaving or the attempt's deadline (the pool's headersTimeout is a backstop)
           signal: ctx.attemptSignal,
         })
-        deps.metrics.attempts.labels(backend, `${Math.floor(res.statusCode / 100)}xx`).inc()
+        deps.metrics.countAttempt(backend, STATUS_CLASS[Math.floor(res.statusCode / 100)] ?? 'other')
         // A failure mid-body surfaces on the stream (the listener then cuts the client
         // connection, so a truncated response never passes for a complete one); name it for the log.
         res.body.once('error', (err) => {
@@ -69,7 +71,7 @@ export class Upstreams {
         return { status: res.statusCode, headers: endToEnd(res.headers) as HeaderMap, body: res.body }
       } catch (err) {
         const code = upstreamErrorCode(err)
-        deps.metrics.attempts.labels(backend, code).inc()
+        deps.metrics.countAttempt(backend, code)
         throw new SidecarError(code, { cause: err, detail: (err as Error).message })
       }
     }

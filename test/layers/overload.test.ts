@@ -4,6 +4,7 @@ import { SidecarError } from '../../src/errors.js'
 import { createOverloadLayer } from '../../src/layers/overload.js'
 import type { Handler, ProxyResponse } from '../../src/pipeline/types.js'
 import { context, deps, metricValue, proxyRequest } from '../fixtures/pipeline.js'
+import { Cancel } from '../../src/pipeline/cancel.js'
 
 /** A next whose calls wait until the test answers them. */
 function held() {
@@ -80,17 +81,17 @@ t.test('a waiting attempt leaves the queue when its client leaves or its deadlin
   const { next, pending } = held()
   const handler = createOverloadLayer({ maxConcurrentRequests: 1, maxPendingRequests: 5 }, deps())(next)
   const busy = handler(proxyRequest(), context({ backend: 'app' }))
-  const ac = new AbortController()
-  const leaving = handler(proxyRequest(), context({ backend: 'app', signal: ac.signal }))
-  const deadline = new AbortController()
-  const timingOut = handler(proxyRequest(), context({ backend: 'app', attemptSignal: deadline.signal }))
+  const ac = new Cancel()
+  const leaving = handler(proxyRequest(), context({ backend: 'app', signal: ac }))
+  const deadline = new Cancel()
+  const timingOut = handler(proxyRequest(), context({ backend: 'app', attemptSignal: deadline }))
   ac.abort(new SidecarError('client_closed'))
   deadline.abort(new SidecarError('upstream_timeout'))
   await t.rejects(leaving, { code: 'client_closed' })
   await t.rejects(timingOut, { code: 'upstream_timeout' })
-  const gone = new AbortController()
+  const gone = new Cancel()
   gone.abort(new SidecarError('client_closed'))
-  await t.rejects(handler(proxyRequest(), context({ backend: 'app', signal: gone.signal })), { code: 'client_closed' }, 'already gone: not queued at all')
+  await t.rejects(handler(proxyRequest(), context({ backend: 'app', signal: gone })), { code: 'client_closed' }, 'already gone: not queued at all')
   const later = handler(proxyRequest(), context({ backend: 'app' }))
   pending[0]!({ status: 200, headers: {}, body: null })
   await busy

@@ -5,6 +5,7 @@ import { createRetryLayer, retryAfterMs, type RetryOptions } from '../../src/lay
 import type { ProxyRequest } from '../../src/pipeline/types.js'
 import { fakeClock } from '../fixtures/clock.js'
 import { context, deps, metricValue, proxyRequest, response, scripted, type Step } from '../fixtures/pipeline.js'
+import { Cancel } from '../../src/pipeline/cancel.js'
 
 const OPTS: RetryOptions = {
   attempts: 3,
@@ -193,8 +194,8 @@ t.test('one deadline over all tries: each try gets the rest of it, or perTryTime
 })
 
 t.test('each attempt has its own signal; the client leaving aborts the current one', async (t) => {
-  const ac = new AbortController()
-  const signals: AbortSignal[] = []
+  const ac = new Cancel()
+  const signals: Cancel[] = []
   const next = async (_req: ProxyRequest, ctx: ReturnType<typeof context>) => {
     signals.push(ctx.attemptSignal)
     if (signals.length === 1) return response(503)
@@ -202,7 +203,7 @@ t.test('each attempt has its own signal; the client leaving aborts the current o
     throw ctx.attemptSignal.reason
   }
   const handler = createRetryLayer(OPTS, { metrics: deps().metrics, clock: fakeClock(), random: () => 0 })(next)
-  await t.rejects(handler(proxyRequest(), context({ signal: ac.signal })), { code: 'client_closed' })
+  await t.rejects(handler(proxyRequest(), context({ signal: ac })), { code: 'client_closed' })
   t.equal(signals.length, 2)
   t.not(signals[0], signals[1], 'a new controller per attempt')
   t.notOk(signals[0]!.aborted, 'a finished attempt is not aborted by what happens later')
@@ -224,8 +225,8 @@ t.test('the budget caps retries under a failing upstream and counts what it refu
 })
 
 t.test('a client leaving during the backoff ends the request', async (t) => {
-  const ac = new AbortController()
-  ac.abort()
+  const ac = new Cancel()
+  ac.abort(new SidecarError('client_closed'))
   const { handler } = setup([response(503), response(200)], {}, () => 0.5)
-  await t.rejects(handler(proxyRequest(), context({ signal: ac.signal })), { code: 'client_closed' })
+  await t.rejects(handler(proxyRequest(), context({ signal: ac })), { code: 'client_closed' })
 })
