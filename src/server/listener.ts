@@ -101,7 +101,7 @@ export class Listener {
     this.closing = true
     const stopped = new Promise<void>((resolve) => this.server.close(() => resolve()))
     for (const session of this.sessions) session.close()
-    for (const [socket, state] of this.http1) if (state.busy === 0) socket.destroy()
+    for (const [socket, state] of this.http1) if (state.busy === 0) socket.end()
     if (this.inFlight > 0) {
       let timer: NodeJS.Timeout | undefined
       await Promise.race([
@@ -186,7 +186,8 @@ export class Listener {
         durationSeconds: Number(process.hrtime.bigint() - startedAt) / 1e9,
       })
       if (this.closing) {
-        if (conn?.busy === 0) socket.destroy()
+        // end, not destroy: the response may still sit in the socket's buffer
+        if (conn?.busy === 0) socket.end()
         if (this.inFlight === 0) this.drained?.()
       }
     })
