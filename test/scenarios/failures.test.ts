@@ -3,7 +3,7 @@
 import net from 'node:net'
 import http from 'node:http'
 import t, { type Test } from 'tap'
-import { raw, request } from '../fixtures/client.js'
+import { metric, raw, request } from '../fixtures/client.js'
 import { proxied, startProxy } from '../fixtures/proxy.js'
 import { fakeUpstream } from '../fixtures/upstream.js'
 
@@ -18,12 +18,6 @@ async function setup(t: Test, config: Record<string, unknown> = {}) {
     })
     , config)
   return { up, proxy }
-}
-
-async function metric(adminUrl: string, line: string): Promise<number> {
-  const text = (await request(`${adminUrl}/metrics`)).body.toString()
-  const found = text.split('\n').find((l) => l.startsWith(line + ' '))
-  return found ? Number(found.slice(line.length + 1)) : 0
 }
 
 function within<T>(p: Promise<T>, ms: number): Promise<T | 'timeout'> {

@@ -1,6 +1,7 @@
 // HTTP/2 clients: aborts, limits, upstream failures and graceful stop, per stream.
 import http2 from 'node:http2'
 import t, { type Test } from 'tap'
+import { until } from '../fixtures/client.js'
 import { proxied } from '../fixtures/proxy.js'
 import { fakeUpstream } from '../fixtures/upstream.js'
 import { devCerts } from '../fixtures/tls.js'
@@ -52,11 +53,6 @@ function exchange(session: http2.ClientHttp2Session, headers: http2.OutgoingHttp
     })
     stream.end(body)
   })
-}
-
-async function until(cond: () => boolean): Promise<void> {
-  for (let i = 0; i < 200 && !cond(); i++) await new Promise((resolve) => setTimeout(resolve, 10))
-  if (!cond()) throw new Error('condition not reached')
 }
 
 t.test('an HTTP/2 stream reset by the client cancels its upstream request', async (t) => {

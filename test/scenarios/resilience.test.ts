@@ -1,15 +1,9 @@
 // Retries, circuit breaking and overload through the real proxy, against a scripted app.
 import { createHash } from 'node:crypto'
 import t from 'tap'
-import { json, request } from '../fixtures/client.js'
+import { json, metric, request } from '../fixtures/client.js'
 import { proxied } from '../fixtures/proxy.js'
 import { echo, fakeUpstream } from '../fixtures/upstream.js'
-
-async function metric(adminUrl: string, line: string): Promise<number> {
-  const text = (await request(`${adminUrl}/metrics`)).body.toString()
-  const found = text.split('\n').find((l) => l.startsWith(line + ' '))
-  return found ? Number(found.slice(line.length + 1)) : 0
-}
 
 const fast = { backoff: { baseMs: 1, maxMs: 5 } }
 

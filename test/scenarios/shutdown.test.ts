@@ -1,7 +1,7 @@
 // Graceful stop: stop accepting, let in-flight requests finish, cut what outlives the deadline.
 import http from 'node:http'
 import t from 'tap'
-import { request } from '../fixtures/client.js'
+import { request, until } from '../fixtures/client.js'
 import { startProxy } from '../fixtures/proxy.js'
 import { fakeUpstream } from '../fixtures/upstream.js'
 
@@ -11,11 +11,6 @@ function slowUpstream() {
     releases.push(() => res.end('finished'))
   })
   return { builder, releases }
-}
-
-async function until(cond: () => boolean): Promise<void> {
-  for (let i = 0; i < 200 && !cond(); i++) await new Promise((resolve) => setTimeout(resolve, 10))
-  if (!cond()) throw new Error('condition not reached')
 }
 
 t.test('in-flight requests finish during a graceful stop; new connections are refused', async (t) => {
