@@ -15,12 +15,15 @@ import { Listener, type ListenerTlsOptions } from './server/listener.js'
 import { TlsMaterialError, TlsReloader, checkTlsMaterial, loadTlsMaterial, type TlsFiles, type TlsMaterial } from './server/tls.js'
 import { buildStack } from './stack.js'
 import { Upstreams } from './upstream/client.js'
+import { HealthChecker, type BackendHealth } from './upstream/health.js'
 
 export interface App {
   readonly listenerAddress: AddressInfo
   readonly adminAddress: AddressInfo
   readonly metrics: Metrics
   readonly readiness: Readiness
+  /** Each backend's health-check verdict. */
+  backends(): Record<string, BackendHealth | undefined>
   /** Graceful stop; resolves with the number of in-flight requests that had to be cut. */
   close(): Promise<number>
 }
@@ -38,7 +41,22 @@ export async function startApp(config: Config, deps: { logger: Logger }): Promis
     config.circuitBreaker,
     { logger, metrics },
   )
-  const handler = buildStack(config, { logger, metrics, clock: systemClock, upstreams, breakers })
+  const health = new HealthChecker(config.backends, {
+    clock: systemClock,
+    logger,
+    metrics,
+    probe: (backend, path, timeoutMs) => upstreams.probe(backend, path, timeoutMs),
+    onChange: (backend, h) => {
+      if (!gating.has(backend)) return
+      if (h.healthy) readiness.release(`backend:${backend}`)
+      else readiness.hold(`backend:${backend}`, `unhealthy: ${h.reason}`)
+    },
+  })
+  // Only backends that get traffic gate readiness; a canary at weight 0 may be down.
+  const backendHealth = () => Object.fromEntries(config.backends.map((b) => [b.name, health.health(b.name)]))
+  const gating = new Set(config.backends.filter((b) => b.weight > 0).map((b) => b.name))
+  for (const name of gating) readiness.hold(`backend:${name}`, 'no health check has passed yet')
+  const handler = buildStack(config, { logger, metrics, clock: systemClock, upstreams, breakers, isHealthy: health.isHealthy })
   const listen = parseAddress(config.listener.address)!
   const listener = new Listener({ ...listen, ...config.listener, ...config.limits, tls: tls.options }, handler, { logger, metrics })
   const reloader =
@@ -49,9 +67,7 @@ export async function startApp(config: Config, deps: { logger: Logger }): Promis
     readiness,
     registry: metrics.registry,
     logger,
-    probes: config.backends
-      .filter((b) => b.weight > 0)
-      .map((b) => ({ backend: b.name, probe: () => upstreams.probe(b.name, b.healthCheck.path, b.healthCheck.timeoutMs) })),
+    backends: () => backendHealth(),
   })
 
   // Admin first: the startupProbe can then see the proxy come up.
@@ -66,6 +82,7 @@ export async function startApp(config: Config, deps: { logger: Logger }): Promis
     throw err
   }
   reloader?.start()
+  health.start()
   readiness.release('listener')
   logger.info(
     {
@@ -82,10 +99,12 @@ export async function startApp(config: Config, deps: { logger: Logger }): Promis
     adminAddress,
     metrics,
     readiness,
+    backends: backendHealth,
     close() {
       closing ??= (async () => {
-        readiness.hold('stopping', 'the proxy is shutting down')
+        readiness.hold('draining', 'the proxy is shutting down')
         reloader?.close()
+        health.stop()
         const cut = await listener.close(config.drain.timeoutMs)
         await Promise.all([admin.close(), upstreams.close()])
         breakers.shutdown()

@@ -20,6 +20,7 @@ export const ERRORS = {
   upstream_bad_response: { status: 502, message: 'the upstream sent a malformed response' },
   upstream_connect_timeout: { status: 504, message: 'the upstream did not accept the connection in time' },
   upstream_timeout: { status: 504, message: 'the upstream did not respond in time (retry.perTryTimeoutMs or limits.requestTimeoutMs)' },
+  upstream_unhealthy: { status: 503, message: 'the backend fails its health checks and did not answer this request either' },
   circuit_open: { status: 503, message: 'the circuit breaker for the backend is open: it failed too often and is resting' },
   overloaded: { status: 503, message: 'the backend has limits.maxConcurrentRequests in flight and limits.maxPendingRequests waiting' },
 } as const satisfies Record<string, { status: number; message: string }>

@@ -58,6 +58,12 @@ export function createMetrics() {
     labelNames: ['backend'] as const,
     registers,
   })
+  const backendHealthy = new Gauge({
+    name: 'sidecar_backend_healthy',
+    help: 'Active health check verdict per backend: 1 healthy, 0 not (or not checked yet).',
+    labelNames: ['backend'] as const,
+    registers,
+  })
   const configReloads = new Counter({
     name: 'sidecar_config_reloads_total',
     help: 'Reloads of the config file or the TLS certificate, by kind (config, tls) and result (success, failure).',
@@ -85,6 +91,7 @@ export function createMetrics() {
     retries,
     retryBudgetExhausted,
     circuitState,
+    backendHealthy,
     configReloads,
     certExpiry,
     /** Counts one call to a backend: upstream_attempts_total. */

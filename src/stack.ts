@@ -21,6 +21,8 @@ export interface StackDeps {
   clock: Clock
   upstreams: Upstreams
   breakers: Breakers
+  /** The health checker's verdict per backend. */
+  isHealthy: (backend: string) => boolean
 }
 
 export function buildStack(config: Config, deps: StackDeps): Handler {

@@ -15,6 +15,7 @@ t.test('the catalogue: every code has a status and a message, and statuses follo
     upstream_bad_response: 502,
     upstream_connect_timeout: 504,
     upstream_timeout: 504,
+    upstream_unhealthy: 503,
     circuit_open: 503,
     overloaded: 503,
   }

@@ -1,23 +1,23 @@
 // The admin port (loopback by default): probes for the kubelet and the Prometheus scrape.
 //   GET /live     200 while the event loop answers at all
 //   GET /started  200 once the proxy's own listener is bound (the app starts after the sidecar)
-//   GET /ready    200 when no readiness latch is held and every backend with weight > 0 answers
-//                 HTTP; 503 with a JSON body naming what holds it otherwise
+//   GET /ready    200 when no readiness latch is held (listener bound, every backend with
+//                 weight > 0 healthy, not draining); 503 with a JSON body naming what holds it
 //   GET /metrics  Prometheus text format
 import http from 'node:http'
 import type { AddressInfo } from 'node:net'
 import type { Registry } from 'prom-client'
 import type { Logger } from '../log.js'
 import { listenOn } from '../server/listen.js'
-import type { ProbeResult } from '../upstream/client.js'
+import type { BackendHealth } from '../upstream/health.js'
 import type { Readiness } from './readiness.js'
 
 export interface AdminDeps {
   readiness: Readiness
   registry: Registry
   logger: Logger
-  /** Backends that must answer before the pod is ready: name -> probe. */
-  probes: ReadonlyArray<{ backend: string; probe: () => Promise<ProbeResult> }>
+  /** Each backend's health, shown by /ready. */
+  backends: () => Record<string, BackendHealth | undefined>
 }
 
 export class AdminServer {
@@ -70,15 +70,10 @@ export class AdminServer {
     await handler()
   }
 
-  private async ready(res: http.ServerResponse): Promise<void> {
+  private ready(res: http.ServerResponse): void {
     const holding = this.deps.readiness.holding()
-    const results = await Promise.all(this.deps.probes.map(async (p) => [p.backend, await p.probe()] as const))
-    const backends = Object.fromEntries(results)
-    for (const [name, result] of results) {
-      if (!result.ok) holding[`backend:${name}`] = `${result.error}: ${result.detail}`
-    }
     const ready = Object.keys(holding).length === 0
-    send(res, ready ? 200 : 503, { ready, holding, backends })
+    send(res, ready ? 200 : 503, { ready, holding, backends: this.deps.backends() })
   }
 }
 

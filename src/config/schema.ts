@@ -40,11 +40,24 @@ const backendSchema = z.strictObject({
   /** Idle keep-alive sockets are closed after this; keep it below the app's own keep-alive
    *  timeout (Node's default is 5 s) or a request may land on a socket the app just closed. */
   idleTimeoutMs: ms(4_000),
+  /** Active health checks (like Envoy's): a GET every intervalMs decides whether the backend
+   *  is healthy; the pod is ready only while every backend with weight > 0 is. */
   healthCheck: z
     .strictObject({
       path: z.string().startsWith('/', 'must start with /').default('/'),
+      intervalMs: ms(2_000),
       timeoutMs: ms(1_000),
+      /** Consecutive passes that make an unhealthy backend healthy. */
+      healthyThreshold: z.number().int().min(1).max(100).default(1),
+      /** Consecutive failures that make a healthy backend unhealthy. */
+      unhealthyThreshold: z.number().int().min(1).max(100).default(3),
+      /** Statuses that pass, as codes or ranges: [200, "300-399"]. */
+      expectedStatuses: z
+        .array(z.union([z.number().int().min(100).max(599), z.string().regex(/^[1-5]\d\d-[1-5]\d\d$/, 'must be a status or a range like "200-399"')]))
+        .min(1)
+        .default(['200-399']),
     })
+    .refine((h) => h.timeoutMs <= h.intervalMs, { path: ['timeoutMs'], message: 'must not exceed healthCheck.intervalMs' })
     .prefault({}),
 })
 

@@ -48,7 +48,9 @@ export class Upstreams {
   }
 
   /** The terminal handler of the pipeline: forwards to `ctx.backend`. */
-  handler(deps: { metrics: Metrics }): Handler {
+  /** `isHealthy`: the health checker's verdict; a failure of an unhealthy backend is answered
+   *  as upstream_unhealthy (503), the app being known to be down, not as a one-off 502. */
+  handler(deps: { metrics: Metrics; isHealthy: (backend: string) => boolean }): Handler {
     return async (req, ctx) => {
       const backend = ctx.backend
       const pool = backend === undefined ? undefined : this.pools.get(backend)
@@ -72,7 +74,8 @@ export class Upstreams {
       } catch (err) {
         const code = upstreamErrorCode(err)
         deps.metrics.countAttempt(backend, code)
-        throw new SidecarError(code, { cause: err, detail: (err as Error).message })
+        const down = code.startsWith('upstream_') && !deps.isHealthy(backend)
+        throw new SidecarError(down ? 'upstream_unhealthy' : code, { cause: err, detail: down ? `${code}: ${(err as Error).message}` : (err as Error).message })
       }
     }
   }

@@ -1,37 +1,79 @@
 import t from 'tap'
-import { json, request } from '../fixtures/client.js'
+import { json, metric, request, until } from '../fixtures/client.js'
 import { startProxy } from '../fixtures/proxy.js'
-import { fakeUpstream } from '../fixtures/upstream.js'
+import { fakeUpstream, freePort } from '../fixtures/upstream.js'
 
-t.test('probes: /live, /started, /ready follow the listener and the backend', async (t) => {
+t.test('probes: /live and /started do not wait for the app; /ready follows its health checks', async (t) => {
   const up = await fakeUpstream().listen()
-  const proxy = await startProxy(up.url)
+  const proxy = await startProxy(up.url, { backends: [{ name: 'app', url: up.url, healthCheck: { intervalMs: 100, timeoutMs: 100, unhealthyThreshold: 2 } }] })
   t.teardown(() => proxy.close())
   t.same((await json(`${proxy.adminUrl}/live`)).body, { live: true })
   t.equal((await request(`${proxy.adminUrl}/started`)).status, 200)
+  await until(() => proxy.logs.some((l) => l.msg === 'backend healthy'))
   const ready = await json<{ ready: boolean; backends: unknown }>(`${proxy.adminUrl}/ready`)
   t.equal(ready.reply.status, 200)
-  t.match(ready.body, { ready: true, holding: {}, backends: { app: { ok: true, status: 200 } } })
+  t.match(ready.body, { ready: true, holding: {}, backends: { app: { healthy: true, reason: 'GET / answered 200' } } })
+  t.equal(await metric(proxy.adminUrl, 'sidecar_backend_healthy{backend="app"}'), 1)
 
   await up.close()
+  await until(() => proxy.logs.some((l) => l.msg === 'backend unhealthy'))
   const down = await json<{ ready: boolean; holding: Record<string, string> }>(`${proxy.adminUrl}/ready`)
   t.equal(down.reply.status, 503)
   t.equal(down.body.ready, false)
-  t.match(down.body.holding, { 'backend:app': /^upstream_refused: / }, 'the body says which latch holds and why')
+  t.match(down.body.holding, { 'backend:app': /^unhealthy: GET \/ failed: upstream_refused: / }, 'the body says which latch holds and why')
+  t.equal(await metric(proxy.adminUrl, 'sidecar_backend_healthy{backend="app"}'), 0)
   t.equal((await request(`${proxy.adminUrl}/started`)).status, 200, '/started does not wait for the app')
   t.equal((await request(`${proxy.adminUrl}/live`)).status, 200, '/live does not depend on the app')
+  const reply = await request(`${proxy.url}/`)
+  t.equal(reply.status, 503, 'a request to an app known to be down fails fast with 503')
+  t.equal(reply.headers['x-sidecar-error'], 'upstream_unhealthy')
 })
 
-t.test('/ready names held latches, e.g. while stopping', async (t) => {
+t.test('upstream down at start: /ready says why, then turns 200 within an interval of the app coming up', async (t) => {
+  const port = await freePort()
+  const url = `http://127.0.0.1:${port}`
+  const proxy = await startProxy(url, { backends: [{ name: 'app', url, healthCheck: { intervalMs: 200, timeoutMs: 100 } }] })
+  t.teardown(() => proxy.close())
+  const before = await json<{ holding: Record<string, string> }>(`${proxy.adminUrl}/ready`)
+  t.equal(before.reply.status, 503)
+  t.match(before.body.holding, { 'backend:app': /no health check has passed yet|unhealthy/ })
+  const up = await fakeUpstream().listen(port)
+  t.teardown(() => up.close())
+  const cameUp = Date.now()
+  await until(() => proxy.logs.some((l) => l.msg === 'backend healthy'))
+  t.equal((await request(`${proxy.adminUrl}/ready`)).status, 200)
+  t.ok(Date.now() - cameUp <= 200 + 150, `ready ${Date.now() - cameUp} ms after the app came up (interval 200 ms)`)
+})
+
+t.test('a canary at weight 0 does not gate readiness', async (t) => {
+  const up = await fakeUpstream().listen()
+  const proxy = await startProxy(up.url, {
+    backends: [
+      { name: 'app', url: up.url, healthCheck: { intervalMs: 100, timeoutMs: 100 } },
+      { name: 'canary', url: 'http://127.0.0.1:1', weight: 0, healthCheck: { intervalMs: 100, timeoutMs: 100 } },
+    ],
+  })
+  t.teardown(async () => {
+    await proxy.close()
+    await up.close()
+  })
+  await until(() => proxy.logs.some((l) => l.msg === 'backend healthy'))
+  const ready = await json<{ backends: Record<string, { healthy: boolean }> }>(`${proxy.adminUrl}/ready`)
+  t.equal(ready.reply.status, 200)
+  t.equal(ready.body.backends.canary?.healthy, false)
+})
+
+t.test('/ready names held latches, e.g. while draining', async (t) => {
   const up = await fakeUpstream().listen()
   t.teardown(() => up.close())
   const proxy = await startProxy(up.url)
   t.teardown(() => proxy.close())
-  proxy.app.readiness.hold('stopping', 'the proxy is shutting down')
+  await until(() => !proxy.app.readiness.isHeld('backend:app'))
+  proxy.app.readiness.hold('draining', 'the proxy is shutting down')
   const res = await json<{ holding: Record<string, string> }>(`${proxy.adminUrl}/ready`)
   t.equal(res.reply.status, 503)
-  t.same(res.body.holding, { stopping: 'the proxy is shutting down' })
-  proxy.app.readiness.release('stopping')
+  t.same(res.body.holding, { draining: 'the proxy is shutting down' })
+  proxy.app.readiness.release('draining')
   t.equal((await request(`${proxy.adminUrl}/ready`)).status, 200)
 })
 

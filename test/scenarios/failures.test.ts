@@ -24,13 +24,12 @@ function within<T>(p: Promise<T>, ms: number): Promise<T | 'timeout'> {
   return Promise.race([p, new Promise<'timeout'>((resolve) => setTimeout(() => resolve('timeout'), ms).unref())])
 }
 
-t.test('upstream refusing connections: 502 upstream_refused', async (t) => {
-  const closed = net.createServer()
-  await new Promise<void>((resolve) => closed.listen(0, '127.0.0.1', resolve))
-  const port = (closed.address() as net.AddressInfo).port
-  await new Promise((resolve) => closed.close(resolve))
-  const proxy = await startProxy(`http://127.0.0.1:${port}`)
+t.test('a healthy upstream refusing connections: 502 upstream_refused', async (t) => {
+  const up = await fakeUpstream().listen()
+  const proxy = await startProxy(up.url)
   t.teardown(() => proxy.close())
+  t.equal(proxy.app.backends().app?.healthy, true)
+  await up.close() // gone, but not yet found out by the health checks (3 failures, 2 s apart)
   const reply = await request(`${proxy.url}/`)
   t.equal(reply.status, 502)
   t.equal(reply.headers['x-sidecar-error'], 'upstream_refused')
@@ -57,12 +56,17 @@ t.test('upstream too slow: 504 upstream_timeout, and the upstream request is can
 })
 
 t.test('upstream sending garbage: 502 upstream_bad_response', async (t) => {
-  const garbage = net.createServer((s) => s.once('data', () => s.end('NOT HTTP AT ALL\r\n\r\n')))
+  // healthy for the health check (GET /), garbage for everything else
+  const garbage = net.createServer((s) =>
+    s.once('data', (d: Buffer) =>
+      s.end(d.toString().startsWith('GET / ') ? 'HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n' : 'NOT HTTP AT ALL\r\n\r\n'),
+    ),
+  )
   await new Promise<void>((resolve) => garbage.listen(0, '127.0.0.1', resolve))
   t.teardown(() => new Promise((resolve) => garbage.close(resolve)))
   const proxy = await startProxy(`http://127.0.0.1:${(garbage.address() as net.AddressInfo).port}`)
   t.teardown(() => proxy.close())
-  const reply = await request(`${proxy.url}/`)
+  const reply = await request(`${proxy.url}/garbage`)
   t.equal(reply.status, 502)
   t.equal(reply.headers['x-sidecar-error'], 'upstream_bad_response')
 })

@@ -21,7 +21,7 @@ t.test('in-flight requests finish during a graceful stop; new connections are re
   const inFlight = request(`${proxy.url}/slow`)
   await until(() => releases.length === 1)
   const stopped = proxy.close()
-  t.ok(proxy.app.readiness.isHeld('stopping'), 'readiness fails as soon as the stop begins')
+  t.ok(proxy.app.readiness.isHeld('draining'), 'readiness fails as soon as the stop begins')
   await t.rejects(request(`${proxy.url}/new`), { code: 'ECONNREFUSED' }, 'no new connections once stopping')
   releases[0]!()
   const reply = await inFlight

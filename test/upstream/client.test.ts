@@ -1,7 +1,9 @@
 import t from 'tap'
 import { Upstreams, upstreamErrorCode } from '../../src/upstream/client.js'
 import { SidecarError } from '../../src/errors.js'
-import { fakeUpstream } from '../fixtures/upstream.js'
+import type { Readable } from 'node:stream'
+import { context, deps, metricValue, proxyRequest } from '../fixtures/pipeline.js'
+import { fakeUpstream, freePort } from '../fixtures/upstream.js'
 
 const LIMITS = { requestTimeoutMs: 5000, responseIdleTimeoutMs: 5000 }
 
@@ -48,18 +50,35 @@ t.test('probe: answers from a live app, catalogue codes from a dead or slow one'
   t.same(await upstreams.probe('app', '/health', 1000), { ok: true, status: 503 }, 'any HTTP answer means reachable')
   t.match(await upstreams.probe('app', '/slow', 100), { ok: false, error: 'upstream_timeout' })
   t.match(await upstreams.probe('nope', '/', 100), { ok: false, error: 'internal' })
-  t.equal(up.seen.at(-1)?.headers['user-agent'], 'sidecar-proxy-probe')
+  t.equal(up.healthChecks(), 3, 'probes identify themselves (user-agent sidecar-proxy-probe)')
 })
 
-t.test('keep-alive within the connection bound: requests share the pooled connection', async (t) => {
+t.test('keep-alive within the connection bound: forwarded requests share the pooled connection', async (t) => {
   const up = await fakeUpstream().listen()
   const upstreams = new Upstreams([{ name: 'app', url: up.url, maxConnections: 1, connectTimeoutMs: 500, idleTimeoutMs: 1000 }], LIMITS)
   t.teardown(async () => {
     await upstreams.close()
     await up.close()
   })
-  const results = await Promise.all(Array.from({ length: 5 }, () => upstreams.probe('app', '/', 1000)))
-  t.ok(results.every((r) => r.ok), 'five concurrent requests queue on the one connection')
+  const d = deps()
+  const handler = upstreams.handler({ metrics: d.metrics, isHealthy: () => true })
+  const responses = await Promise.all(Array.from({ length: 5 }, () => handler(proxyRequest({ path: '/k' }), context({ backend: 'app' }))))
+  for (const r of responses) await (r.body as Readable & { text(): Promise<string> }).text()
+  t.same(responses.map((r) => r.status), [200, 200, 200, 200, 200], 'five concurrent requests queue on the one connection')
   t.equal(up.seen.length, 5)
   t.equal(new Set(up.seen.map((s) => s.remotePort)).size, 1, 'all five came over one connection')
+  t.equal(await metricValue(d, 'sidecar_upstream_attempts_total', { backend: 'app', result: '2xx' }), 5)
+})
+
+t.test('an unhealthy backend that fails a request answers upstream_unhealthy (503)', async (t) => {
+  const port = await freePort()
+  const upstreams = new Upstreams([{ name: 'app', url: `http://127.0.0.1:${port}`, maxConnections: 1, connectTimeoutMs: 500, idleTimeoutMs: 1000 }], LIMITS)
+  t.teardown(() => upstreams.close())
+  const d = deps()
+  let healthy = true
+  const handler = upstreams.handler({ metrics: d.metrics, isHealthy: () => healthy })
+  await t.rejects(handler(proxyRequest(), context({ backend: 'app' })), { code: 'upstream_refused', status: 502 })
+  healthy = false
+  await t.rejects(handler(proxyRequest(), context({ backend: 'app' })), { code: 'upstream_unhealthy', status: 503, message: /upstream_refused/ })
+  await t.rejects(handler(proxyRequest(), context({ backend: 'nope' })), { code: 'internal' })
 })

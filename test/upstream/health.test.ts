@@ -1,0 +1,85 @@
+import t from 'tap'
+import { HealthChecker, statusExpected, type BackendHealth } from '../../src/upstream/health.js'
+import type { ProbeResult } from '../../src/upstream/client.js'
+import { fakeClock } from '../fixtures/clock.js'
+import { deps, metricValue } from '../fixtures/pipeline.js'
+
+const CHECK = { path: '/healthz', intervalMs: 1000, timeoutMs: 500, healthyThreshold: 2, unhealthyThreshold: 3, expectedStatuses: [200, '300-399'] }
+
+function setup(results: ProbeResult[]) {
+  const d = deps()
+  const clock = fakeClock()
+  const changes: Array<[string, BackendHealth]> = []
+  const probes: Array<[string, string, number]> = []
+  const checker = new HealthChecker([{ name: 'app', healthCheck: CHECK }], {
+    clock,
+    logger: d.logger,
+    metrics: d.metrics,
+    probe: async (backend, path, timeoutMs) => {
+      probes.push([backend, path, timeoutMs])
+      return results.shift() ?? { ok: false, error: 'internal', detail: 'script ran out' }
+    },
+    onChange: (backend, h) => changes.push([backend, h]),
+  })
+  return { d, clock, checker, changes, probes }
+}
+
+const ok = (status = 200): ProbeResult => ({ ok: true, status })
+const refused: ProbeResult = { ok: false, error: 'upstream_refused', detail: 'connect ECONNREFUSED' }
+
+t.test('a backend starts unhealthy and turns healthy after healthyThreshold passes', async (t) => {
+  const { checker, changes, d, probes } = setup([ok(), ok(302)])
+  t.equal(checker.isHealthy('app'), false, 'unhealthy until checked')
+  t.same(checker.health('app'), { healthy: false, reason: 'not checked yet', checks: 0 })
+  t.equal(await metricValue(d, 'sidecar_backend_healthy', { backend: 'app' }), 0)
+  await checker.check('app', CHECK)
+  t.equal(checker.isHealthy('app'), false, 'one pass of two')
+  await checker.check('app', CHECK)
+  t.equal(checker.isHealthy('app'), true)
+  t.same(changes, [['app', { healthy: true, reason: 'GET /healthz answered 302', checks: 2 }]])
+  t.equal(await metricValue(d, 'sidecar_backend_healthy', { backend: 'app' }), 1)
+  t.same(probes[0], ['app', '/healthz', 500])
+  t.match(d.lines, [{ level: 'info', msg: 'backend healthy', backend: 'app', reason: 'GET /healthz answered 302' }])
+})
+
+t.test('flaps honour the thresholds: unhealthy only after unhealthyThreshold failures in a row', async (t) => {
+  const { checker, changes } = setup([ok(), ok(), refused, ok(503), ok(), refused, ok(500), refused, ok(), ok()])
+  for (let i = 0; i < 2; i++) await checker.check('app', CHECK)
+  t.equal(checker.isHealthy('app'), true)
+  for (let i = 0; i < 3; i++) await checker.check('app', CHECK) // refused, 503, 200: the run is broken
+  t.equal(checker.isHealthy('app'), true, 'two failures then a pass: still healthy')
+  for (let i = 0; i < 3; i++) await checker.check('app', CHECK) // refused, 500, refused
+  t.equal(checker.isHealthy('app'), false, 'three in a row: unhealthy')
+  t.match(checker.health('app'), { healthy: false, reason: /failed: upstream_refused: connect ECONNREFUSED/ })
+  await checker.check('app', CHECK)
+  t.equal(checker.isHealthy('app'), false, 'one pass of the two needed')
+  await checker.check('app', CHECK)
+  t.equal(checker.isHealthy('app'), true)
+  t.same(changes.map(([, h]) => h.healthy), [true, false, true], 'exactly three changes')
+})
+
+t.test('the loop checks every intervalMs until stopped', async (t) => {
+  const { checker, clock, probes } = setup([ok(), ok(), ok(), ok()])
+  checker.start()
+  await new Promise((resolve) => setImmediate(resolve))
+  t.equal(probes.length, 1, 'the first check runs at once')
+  clock.advance(999)
+  await new Promise((resolve) => setImmediate(resolve))
+  t.equal(probes.length, 1)
+  clock.advance(1)
+  await new Promise((resolve) => setImmediate(resolve))
+  t.equal(probes.length, 2, 'the next one an interval later')
+  checker.stop()
+  clock.advance(10_000)
+  await new Promise((resolve) => setImmediate(resolve))
+  t.equal(probes.length, 2, 'none after stop')
+  t.equal(checker.isHealthy('elsewhere'), true, 'an unchecked name is not held against anyone')
+})
+
+t.test('expected statuses: codes and ranges', async (t) => {
+  t.ok(statusExpected(200, ['200-399']))
+  t.ok(statusExpected(399, ['200-399']))
+  t.notOk(statusExpected(400, ['200-399']))
+  t.ok(statusExpected(418, [200, 418]))
+  t.notOk(statusExpected(500, [200, '300-399']))
+})
