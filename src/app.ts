@@ -24,11 +24,22 @@ export interface App {
   readonly readiness: Readiness
   /** Each backend's health-check verdict. */
   backends(): Record<string, BackendHealth | undefined>
-  /** Graceful stop; resolves with the number of in-flight requests that had to be cut. */
-  close(): Promise<number>
+  /**
+   * The drain protocol: readiness fails at once; for `delayMs` requests are still served (with
+   * Connection: close / GOAWAY); then the listener closes and in-flight requests get until
+   * drain.timeoutMs (counted from the start) before they are cut. Resolves with the number cut.
+   * Called again, it returns the drain already under way.
+   */
+  close(reason?: string, delayMs?: number): Promise<number>
 }
 
-export async function startApp(config: Config, deps: { logger: Logger }): Promise<App> {
+export interface AppDeps {
+  logger: Logger
+  /** Asked for by the admin port (POST /drain, POST /quitquitquit); the caller drains and exits. */
+  requestStop?: (reason: string, immediate: boolean) => void
+}
+
+export async function startApp(config: Config, deps: AppDeps): Promise<App> {
   const { logger } = deps
   const metrics = createMetrics()
   const readiness = new Readiness()
@@ -68,6 +79,7 @@ export async function startApp(config: Config, deps: { logger: Logger }): Promis
     registry: metrics.registry,
     logger,
     backends: () => backendHealth(),
+    requestStop: deps.requestStop ?? (() => {}),
   })
 
   // Admin first: the startupProbe can then see the proxy come up.
@@ -100,15 +112,20 @@ export async function startApp(config: Config, deps: { logger: Logger }): Promis
     metrics,
     readiness,
     backends: backendHealth,
-    close() {
+    close(reason = 'stop', delayMs = 0) {
       closing ??= (async () => {
-        readiness.hold('draining', 'the proxy is shutting down')
+        const started = Date.now()
+        readiness.hold('draining', `draining since ${new Date(started).toISOString()} (${reason})`)
+        logger.info({ reason, delayMs, timeoutMs: config.drain.timeoutMs }, 'draining: readiness fails, requests still served')
+        listener.drain()
+        if (delayMs > 0) await new Promise((resolve) => setTimeout(resolve, delayMs))
+        logger.info({ inFlight: listener.inFlightCount }, 'draining: listener closed, finishing in-flight requests')
         reloader?.close()
         health.stop()
-        const cut = await listener.close(config.drain.timeoutMs)
+        const cut = await listener.close(Math.max(0, config.drain.timeoutMs - (Date.now() - started)))
         await Promise.all([admin.close(), upstreams.close()])
         breakers.shutdown()
-        logger.info({ cut }, 'sidecar-proxy stopped')
+        logger.info({ cut, tookMs: Date.now() - started }, 'sidecar-proxy stopped')
         return cut
       })()
       return closing

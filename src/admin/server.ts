@@ -4,6 +4,10 @@
 //   GET /ready    200 when no readiness latch is held (listener bound, every backend with
 //                 weight > 0 healthy, not draining); 503 with a JSON body naming what holds it
 //   GET /metrics  Prometheus text format
+//   POST /drain         drain (readiness fails, drain.delayMs of service, then stop) and exit
+//   POST /quitquitquit  stop now, gracefully, and exit: for a Job whose app has finished
+// The two POSTs are answered only for clients on loopback: the admin port may be bound wider
+// for the kubelet's probes, and nobody else may stop the pod's proxy.
 import http from 'node:http'
 import type { AddressInfo } from 'node:net'
 import type { Registry } from 'prom-client'
@@ -18,6 +22,8 @@ export interface AdminDeps {
   logger: Logger
   /** Each backend's health, shown by /ready. */
   backends: () => Record<string, BackendHealth | undefined>
+  /** POST /drain (immediate: false) and POST /quitquitquit (immediate: true). */
+  requestStop: (reason: string, immediate: boolean) => void
 }
 
 export class AdminServer {
@@ -49,6 +55,25 @@ export class AdminServer {
 
   private async route(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     const path = (req.url ?? '/').split('?')[0]
+    const post: Record<string, () => void> = {
+      '/drain': () => {
+        this.deps.requestStop('POST /drain', false)
+        send(res, 202, { draining: true })
+      },
+      '/quitquitquit': () => {
+        this.deps.requestStop('POST /quitquitquit', true)
+        send(res, 202, { stopping: true })
+      },
+    }
+    const action = path === undefined ? undefined : post[path]
+    if (action) {
+      if (req.method !== 'POST') {
+        res.setHeader('allow', 'POST')
+        return send(res, 405, { error: 'method_not_allowed' })
+      }
+      if (!isLoopback(req.socket.remoteAddress)) return send(res, 403, { error: 'forbidden', reason: 'only from loopback' })
+      return action()
+    }
     const routes: Record<string, () => Promise<void> | void> = {
       '/live': () => send(res, 200, { live: true }),
       '/started': () => {
@@ -62,7 +87,7 @@ export class AdminServer {
       },
     }
     const handler = path === undefined ? undefined : routes[path]
-    if (!handler) return send(res, 404, { error: 'not_found', paths: Object.keys(routes) })
+    if (!handler) return send(res, 404, { error: 'not_found', paths: [...Object.keys(routes), ...Object.keys(post)] })
     if (req.method !== 'GET' && req.method !== 'HEAD') {
       res.setHeader('allow', 'GET, HEAD')
       return send(res, 405, { error: 'method_not_allowed' })
@@ -75,6 +100,10 @@ export class AdminServer {
     const ready = Object.keys(holding).length === 0
     send(res, ready ? 200 : 503, { ready, holding, backends: this.deps.backends() })
   }
+}
+
+export function isLoopback(address: string | undefined): boolean {
+  return address !== undefined && (address.startsWith('127.') || address === '::1' || address.startsWith('::ffff:127.'))
 }
 
 function send(res: http.ServerResponse, status: number, body: unknown): void {

@@ -1,8 +1,9 @@
-// `sidecar-proxy [flags]`: load the config, start the proxy, stop gracefully on SIGTERM/SIGINT.
+// `sidecar-proxy [flags]`: load the config, start the proxy, and drain on SIGTERM/SIGINT or
+// when the admin port is asked to (POST /drain, POST /quitquitquit); then exit.
 import { parseArgs } from 'node:util'
 import { startApp } from '../app.js'
 import { isConfigError, loadConfig } from '../config/load.js'
-import { createLogger, type Logger } from '../log.js'
+import { createLogger } from '../log.js'
 import type { Io } from '../main.js'
 import { UsageError } from './usage.js'
 
@@ -38,10 +39,15 @@ export async function runCommand(argv: readonly string[], io: Io): Promise<numbe
   }
 
   const logger = createLogger(config.log)
+  let requestStop!: (stop: { reason: string; immediate: boolean }) => void
+  const stopRequested = new Promise<{ reason: string; immediate: boolean }>((resolve) => (requestStop = resolve))
+  const onSignal = (signal: NodeJS.Signals) => requestStop({ reason: signal, immediate: false })
+  process.on('SIGTERM', onSignal).on('SIGINT', onSignal)
   let app
   try {
-    app = await startApp(config, { logger })
+    app = await startApp(config, { logger, requestStop: (reason, immediate) => requestStop({ reason, immediate }) })
   } catch (err) {
+    process.off('SIGTERM', onSignal).off('SIGINT', onSignal)
     if ((err as { code?: string }).code === 'TLS_MATERIAL_INVALID') {
       // a certificate the config points at cannot be used: a config problem, said plainly
       io.err(`sidecar-proxy: listener.tls: ${(err as Error).message}`)
@@ -50,8 +56,9 @@ export async function runCommand(argv: readonly string[], io: Io): Promise<numbe
     logger.fatal({ err }, 'sidecar-proxy could not start')
     return 1
   }
-  const stopped = await untilSignal(logger)
-  logger.info({ signal: stopped }, 'stopping: finishing in-flight requests')
+  const { reason, immediate } = await stopRequested
+  process.off('SIGTERM', onSignal).off('SIGINT', onSignal)
+  // A second signal during the drain stops at once.
   const forced = new Promise<number>((resolve) => {
     const force = (signal: string) => {
       logger.warn({ signal }, 'second signal: stopping now')
@@ -59,7 +66,7 @@ export async function runCommand(argv: readonly string[], io: Io): Promise<numbe
     }
     process.once('SIGTERM', force).once('SIGINT', force)
   })
-  return Promise.race([app.close().then(() => 0), forced])
+  return Promise.race([app.close(reason, immediate ? 0 : config.drain.delayMs).then(() => 0), forced])
 }
 
 function parseFlags(argv: readonly string[]) {
@@ -68,15 +75,4 @@ function parseFlags(argv: readonly string[]) {
   } catch (err) {
     throw new UsageError((err as Error).message)
   }
-}
-
-function untilSignal(logger: Logger): Promise<string> {
-  return new Promise((resolve) => {
-    const on = (signal: NodeJS.Signals) => {
-      process.off('SIGTERM', on).off('SIGINT', on)
-      resolve(signal)
-    }
-    process.on('SIGTERM', on).on('SIGINT', on)
-    logger.debug('waiting for SIGTERM or SIGINT')
-  })
 }

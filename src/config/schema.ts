@@ -200,9 +200,15 @@ export const configSchema = z
       .prefault({}),
     drain: z
       .strictObject({
-        /** On SIGTERM, in-flight requests get this long to finish before they are cut. */
+        /** On SIGTERM or POST /drain: readiness fails at once, but requests are still served for
+         *  this long (HTTP/1.1 answers say Connection: close, HTTP/2 gets GOAWAY), so that the
+         *  endpoint is gone from every load balancer before the listener closes. */
+        delayMs: z.number().int().min(0).max(600_000).default(5_000),
+        /** From the start of the drain: in-flight requests are cut after this and the process
+         *  exits. Keep terminationGracePeriodSeconds above it. */
         timeoutMs: ms(25_000),
       })
+      .refine((d) => d.delayMs < d.timeoutMs, { path: ['delayMs'], message: 'must be below drain.timeoutMs' })
       .prefault({}),
   })
   .prefault({})

@@ -41,6 +41,9 @@ export interface ListenerOptions {
   tls: ListenerTlsOptions | false
 }
 
+/** How long a stop waits for connections that were accepted but have sent nothing yet. */
+const FRESH_GRACE_MS = 1000
+
 type Request = http.IncomingMessage | http2.Http2ServerRequest
 type Response = http.ServerResponse | http2.Http2ServerResponse
 type AnyServer = http.Server | https.Server | http2.Http2SecureServer
@@ -52,9 +55,14 @@ export class Listener {
   private readonly connections = new Set<Socket>()
   /** HTTP/2 sessions, closed with GOAWAY on stop. */
   private readonly sessions = new Set<http2.ServerHttp2Session>()
+  /** HTTP/1 connections accepted that have not sent a request yet. */
+  private readonly fresh = new Set<Socket>()
   /** Per HTTP/1 socket: requests in flight and the byte counters at the last request's end. */
   private readonly http1 = new Map<Socket, { busy: number; read: number; written: number }>()
   private inFlight = 0
+  /** Draining: still serving, but HTTP/1.1 answers say Connection: close. */
+  private draining = false
+  /** Closing: the listening socket is closed; what is left finishes or is cut. */
   private closing = false
   private drained: (() => void) | null = null
 
@@ -73,6 +81,11 @@ export class Listener {
         this.connections.delete(socket)
       })
     })
+    this.server.on(opts.tls ? 'secureConnection' : 'connection', (socket: Socket & { alpnProtocol?: string | false }) => {
+      if (socket.alpnProtocol === 'h2') return // HTTP/2 sessions are drained with GOAWAY
+      this.fresh.add(socket)
+      socket.once('close', () => this.fresh.delete(socket))
+    })
     this.server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => this.onClientError(err, socket))
     if (opts.tls) {
       this.server.on('tlsClientError', (err: Error & { code?: string }) => {
@@ -86,9 +99,23 @@ export class Listener {
     return listenOn(this.server, this.opts.host, this.opts.port)
   }
 
+  get inFlightCount(): number {
+    return this.inFlight
+  }
+
   /** New handshakes get `material`; established connections keep what they have. */
   setCertificate(material: TlsMaterial): void {
     ;(this.server as https.Server).setSecureContext(secureContext(this.opts.tls as ListenerTlsOptions, material))
+  }
+
+  /**
+   * First step of a drain: keep accepting and serving, but ask clients to go elsewhere.
+   * HTTP/1.1 responses say `Connection: close`; HTTP/2 sessions get GOAWAY (their open streams
+   * finish, new streams go to a new connection, which is still accepted).
+   */
+  drain(): void {
+    this.draining = true
+    for (const session of this.sessions) session.close()
   }
 
   /**
@@ -102,15 +129,32 @@ export class Listener {
     const stopped = new Promise<void>((resolve) => this.server.close(() => resolve()))
     for (const session of this.sessions) session.close()
     for (const [socket, state] of this.http1) if (state.busy === 0) socket.end()
-    if (this.inFlight > 0) {
-      let timer: NodeJS.Timeout | undefined
-      await Promise.race([
-        new Promise<void>((resolve) => (this.drained = resolve)),
-        new Promise<void>((resolve) => (timer = setTimeout(resolve, timeoutMs))),
-      ])
-      clearTimeout(timer)
+    const deadline = Date.now() + timeoutMs
+    // A connection accepted just before the listener closed may not have sent its request yet:
+    // give such connections up to FRESH_GRACE_MS to do so, then finish what is in flight.
+    const freshUntil = Math.min(deadline, Date.now() + FRESH_GRACE_MS)
+    for (;;) {
+      const now = Date.now()
+      if (this.inFlight > 0 && now < deadline) {
+        let timer: NodeJS.Timeout | undefined
+        await Promise.race([
+          new Promise<void>((resolve) => (this.drained = resolve)),
+          new Promise<void>((resolve) => (timer = setTimeout(resolve, deadline - now))),
+        ])
+        clearTimeout(timer)
+      } else if (this.fresh.size > 0 && now < freshUntil) {
+        await new Promise((resolve) => setTimeout(resolve, 10))
+      } else {
+        break
+      }
     }
     const cut = this.inFlight
+    if (cut === 0) {
+      // Nothing is running: let the last responses leave the socket buffers (a destroy could
+      // reset a connection whose final bytes are still queued), then cut what lingers.
+      for (const socket of this.connections) socket.end()
+      await Promise.race([stopped, new Promise((resolve) => setTimeout(resolve, Math.max(0, Math.min(1000, deadline - Date.now()))))])
+    }
     for (const session of this.sessions) session.destroy()
     for (const socket of this.connections) socket.destroy()
     await stopped
@@ -146,6 +190,7 @@ export class Listener {
       onEnd: [],
     }
     const conn = h2 ? undefined : this.http1Socket(socket)
+    if (!h2) this.fresh.delete(socket)
     if (conn) conn.busy++
     this.inFlight++
 
@@ -236,7 +281,7 @@ export class Listener {
     }
     response.headers['x-request-id'] = ctx.id
     // HTTP/2 has no Connection header; its sessions get GOAWAY instead.
-    if (this.closing && !h2) response.headers.connection = 'close'
+    if ((this.draining || this.closing) && !h2) response.headers.connection = 'close'
     res.writeHead(response.status, response.headers)
     if (body === null) {
       res.end()

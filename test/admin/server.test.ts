@@ -1,4 +1,5 @@
 import t from 'tap'
+import { isLoopback } from '../../src/admin/server.js'
 import { json, metric, request, until } from '../fixtures/client.js'
 import { startProxy } from '../fixtures/proxy.js'
 import { fakeUpstream, freePort } from '../fixtures/upstream.js'
@@ -103,9 +104,32 @@ t.test('unknown paths 404, wrong methods 405', async (t) => {
   t.teardown(() => proxy.close())
   const missing = await json<{ paths: string[] }>(`${proxy.adminUrl}/nope`)
   t.equal(missing.reply.status, 404)
-  t.same(missing.body.paths, ['/live', '/started', '/ready', '/metrics'])
+  t.same(missing.body.paths, ['/live', '/started', '/ready', '/metrics', '/drain', '/quitquitquit'])
   const post = await request(`${proxy.adminUrl}/live`, { method: 'POST' })
   t.equal(post.status, 405)
   t.equal(post.headers.allow, 'GET, HEAD')
   t.equal((await request(`${proxy.adminUrl}/live?x=1`, { method: 'HEAD' })).status, 200)
+})
+
+t.test('POST /drain and POST /quitquitquit ask for a stop; other methods are refused', async (t) => {
+  const up = await fakeUpstream().listen()
+  t.teardown(() => up.close())
+  const asked: Array<[string, boolean]> = []
+  const proxy = await startProxy(up.url, {}, { requestStop: (reason, immediate) => asked.push([reason, immediate]) })
+  t.teardown(() => proxy.close())
+  const get = await request(`${proxy.adminUrl}/drain`)
+  t.equal(get.status, 405)
+  t.equal(get.headers.allow, 'POST')
+  t.same(asked, [], 'a GET changes nothing')
+  t.equal((await request(`${proxy.adminUrl}/drain`, { method: 'POST' })).status, 202)
+  t.equal((await request(`${proxy.adminUrl}/quitquitquit`, { method: 'POST' })).status, 202)
+  t.same(asked, [
+    ['POST /drain', false],
+    ['POST /quitquitquit', true],
+  ])
+})
+
+t.test('only loopback clients may stop the proxy', async (t) => {
+  for (const a of ['127.0.0.1', '127.1.2.3', '::1', '::ffff:127.0.0.1']) t.ok(isLoopback(a), a)
+  for (const a of ['10.0.0.5', '::ffff:10.0.0.5', 'fe80::1', undefined]) t.notOk(isLoopback(a), String(a))
 })

@@ -17,7 +17,7 @@ t.test('in-flight requests finish during a graceful stop; new connections are re
   const { builder, releases } = slowUpstream()
   const up = await builder.listen()
   t.teardown(() => up.close())
-  const proxy = await startProxy(up.url, { drain: { timeoutMs: 5000 } })
+  const proxy = await startProxy(up.url, { drain: { delayMs: 0, timeoutMs: 5000 } })
   const inFlight = request(`${proxy.url}/slow`)
   await until(() => releases.length === 1)
   const stopped = proxy.close()
@@ -47,7 +47,7 @@ t.test('requests outliving drain.timeoutMs are cut and counted', async (t) => {
   const { builder, releases } = slowUpstream()
   const up = await builder.listen()
   t.teardown(() => up.close())
-  const proxy = await startProxy(up.url, { drain: { timeoutMs: 200 } })
+  const proxy = await startProxy(up.url, { drain: { delayMs: 0, timeoutMs: 200 } })
   const inFlight = request(`${proxy.url}/slow`).then(
     () => 'completed',
     (err: NodeJS.ErrnoException) => err.code,
