@@ -3,6 +3,7 @@
 // (0 clean stop, 1 runtime failure, 2 bad usage or invalid config).
 import { pathToFileURL } from 'node:url'
 import { realpathSync } from 'node:fs'
+import { awaitCommand } from './cli/await.js'
 import { certsCommand } from './cli/certs.js'
 import { runCommand } from './cli/run.js'
 import { validateCommand } from './cli/validate.js'
@@ -27,6 +28,8 @@ export async function main(argv: readonly string[], io: Io = stdio): Promise<num
         return await validateCommand(rest, io)
       case 'certs':
         return await certsCommand(rest, io)
+      case 'await':
+        return await awaitCommand(rest, io)
       case 'help':
       case '--help':
       case '-h':

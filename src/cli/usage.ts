@@ -3,6 +3,10 @@ export const USAGE = `Usage:
   sidecar-proxy validate --config FILE      check a config file, print every problem, exit 2 if any
   sidecar-proxy certs --out DIR [--hosts a,b,c] [--days N]
                                             write a development CA and a server certificate
+  sidecar-proxy await [--admin URL] [--timeout S] [--shutdown] -- CMD [ARGS...]
+                                            wait until the proxy is ready (default admin
+                                            http://127.0.0.1:9901, 120 s), then run CMD and exit
+                                            with its code; --shutdown stops the proxy afterwards
 
 Flags (each overrides one key of the config file):
   --config FILE       YAML or JSON config (default: $SIDECAR_CONFIG, else built-in defaults)
