@@ -42,7 +42,9 @@ export interface AppDeps {
 export async function startApp(config: Config, deps: AppDeps): Promise<App> {
   const { logger } = deps
   const metrics = createMetrics()
-  const readiness = new Readiness()
+  const readiness = new Readiness((ready, holding) =>
+    ready ? logger.info('ready: every readiness latch released') : logger.info({ holding }, 'not ready'),
+  )
   readiness.hold('listener', 'the listener is not bound yet')
 
   const tls = await prepareTls(config.listener, { logger, metrics })

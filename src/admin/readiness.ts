@@ -3,13 +3,18 @@
 export class Readiness {
   private readonly held = new Map<string, string>()
 
+  /** `onChange` hears every flip between ready and not ready, with what holds it. */
+  constructor(private readonly onChange?: (ready: boolean, holding: Record<string, string>) => void) {}
+
   /** Hold `name` with a human reason; the pod is unready while any latch is held. */
   hold(name: string, reason: string): void {
+    const wasReady = this.held.size === 0
     this.held.set(name, reason)
+    if (wasReady) this.onChange?.(false, this.holding())
   }
 
   release(name: string): void {
-    this.held.delete(name)
+    if (this.held.delete(name) && this.held.size === 0) this.onChange?.(true, {})
   }
 
   isHeld(name: string): boolean {
