@@ -175,6 +175,6 @@ async function prepareTls(
   }
 }
 
-export function formatAddress(a: AddressInfo): string {
+function formatAddress(a: AddressInfo): string {
   return a.family === 'IPv6' ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`
 }

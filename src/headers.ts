@@ -5,7 +5,7 @@
 import { randomUUID } from 'node:crypto'
 import type { HeaderMap } from './pipeline/types.js'
 
-export const HOP_BY_HOP = new Set([
+const HOP_BY_HOP = new Set([
   'connection',
   'keep-alive',
   'proxy-connection',

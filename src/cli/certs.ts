@@ -8,7 +8,7 @@ import { createCa, issueCertificate } from '../certs/generate.js'
 import type { Io } from '../main.js'
 import { UsageError } from './usage.js'
 
-export const DEFAULT_HOSTS = ['localhost', '127.0.0.1', '::1']
+const DEFAULT_HOSTS = ['localhost', '127.0.0.1', '::1']
 const DEFAULT_DAYS = 30
 
 export async function certsCommand(argv: readonly string[], io: Io): Promise<number> {

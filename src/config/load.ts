@@ -27,7 +27,7 @@ export interface ConfigOverrides {
 }
 
 /** Reads YAML or JSON (JSON is YAML). A missing, unreadable or unparsable file is a ConfigError. */
-export async function readConfigFile(file: string): Promise<unknown> {
+async function readConfigFile(file: string): Promise<unknown> {
   let text: string
   try {
     text = await readFile(file, 'utf8')

@@ -5,7 +5,7 @@ import { z } from 'zod'
 const ms = (def: number) => z.number().int().min(1).max(86_400_000).default(def)
 
 /** `host:port`, `[v6]:port`; port 0 means "any free port" (tests). */
-export const addressSchema = z.string().refine((s) => parseAddress(s) !== null, {
+const addressSchema = z.string().refine((s) => parseAddress(s) !== null, {
   message: 'must be host:port (e.g. 0.0.0.0:8443 or [::1]:8443)',
 })
 
@@ -215,4 +215,3 @@ export const configSchema = z
 
 /** The validated, defaulted configuration. Frozen once loaded. */
 export type Config = z.output<typeof configSchema>
-export type BackendConfig = Config['backends'][number]

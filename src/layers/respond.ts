@@ -16,7 +16,7 @@ export function createRespondLayer(): Layer {
   }
 }
 
-export function errorResponse(error: SidecarError, requestId: string): ProxyResponse {
+function errorResponse(error: SidecarError, requestId: string): ProxyResponse {
   const body = Buffer.from(JSON.stringify({ error: error.code, message: error.message, requestId }) + '\n')
   return {
     status: error.status,

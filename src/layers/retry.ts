@@ -39,7 +39,7 @@ export interface RetryDeps {
   random?: () => number
 }
 
-export const ATTEMPT_HEADER = 'x-sidecar-attempt'
+const ATTEMPT_HEADER = 'x-sidecar-attempt'
 
 /** Errors that mean the request never reached the app. */
 const NOT_SENT: ReadonlySet<ErrorCode> = new Set(['upstream_refused', 'upstream_connect_timeout', 'upstream_unreachable'])

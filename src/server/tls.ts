@@ -18,7 +18,7 @@ import { createSecureContext, type SecureContextOptions } from 'node:tls'
 import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
 
-export const TLS_CIPHERS = [
+const TLS_CIPHERS = [
   // TLS 1.3 (OpenSSL's names; order is the client's choice)
   'TLS_AES_128_GCM_SHA256',
   'TLS_AES_256_GCM_SHA384',
@@ -32,7 +32,7 @@ export const TLS_CIPHERS = [
   'ECDHE-RSA-CHACHA20-POLY1305',
 ].join(':')
 
-export const TLS_CURVES = 'X25519:P-256:P-384'
+const TLS_CURVES = 'X25519:P-256:P-384'
 
 export interface TlsPolicyOptions {
   minVersion: 'TLSv1.2' | 'TLSv1.3'
