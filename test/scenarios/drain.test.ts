@@ -1,6 +1,8 @@
 // The drain protocol through the real proxy: readiness fails at once, requests are still served
 // during drain.delayMs (told to close their connections), then the listener closes, in-flight
 // requests finish, and nothing sent before the close is lost.
+import { execFile } from 'node:child_process'
+import { createRequire } from 'node:module'
 import t from 'tap'
 import { request, until } from '../fixtures/client.js'
 import { proxied } from '../fixtures/proxy.js'
@@ -35,4 +37,23 @@ t.test('drain: not ready at once, served during the delay with Connection: close
   t.equal(reply.body.toString(), 'finished')
   t.equal(await stopped, 0, 'nothing was cut')
   t.ok(Date.now() - started < 5000, 'done before the deadline')
+})
+
+t.test('under autocannon load through the drain delay: every request succeeds', async (t) => {
+  const { proxy } = await proxied(t, fakeUpstream(), { drain: { delayMs: 2500, timeoutMs: 10_000 } })
+  const bin = createRequire(import.meta.url).resolve('autocannon/autocannon.js')
+  // A separate process, 8 keep-alive connections for 2 s; the drain starts 0.5 s in, so 1.5 s of
+  // the load meets "Connection: close" answers and reconnects; the listener closes after it.
+  const child = execFile(process.execPath, [bin, '-c', '8', '-d', '2', '-j', `${proxy.url}/load`], { encoding: 'utf8' })
+  const output = new Promise<string>((resolve, reject) => {
+    let stdout = ''
+    child.stdout!.on('data', (c: string) => (stdout += c))
+    child.once('exit', (code) => (code === 0 ? resolve(stdout) : reject(new Error(`autocannon exited ${code}`))))
+  })
+  await new Promise((resolve) => setTimeout(resolve, 500))
+  const stopped = proxy.app.close('autocannon test', 2500)
+  const result = JSON.parse(await output) as { requests: { total: number }; errors: number; timeouts: number; non2xx: number; resets: number }
+  t.ok(result.requests.total > 500, `${result.requests.total} requests`)
+  t.same({ errors: result.errors, timeouts: result.timeouts, non2xx: result.non2xx }, { errors: 0, timeouts: 0, non2xx: 0 }, `0 failed of ${result.requests.total}`)
+  t.equal(await stopped, 0)
 })
