@@ -59,7 +59,7 @@ export async function startApp(config: Config, deps: AppDeps): Promise<App> {
     logger,
     metrics,
     probe: (backend, path, timeoutMs) => upstreams.probe(backend, path, timeoutMs),
-    onChange: (backend, h) => {
+    onCheck: (backend, h) => {
       if (!gating.has(backend)) return
       if (h.healthy) readiness.release(`backend:${backend}`)
       else readiness.hold(`backend:${backend}`, `unhealthy: ${h.reason}`)

@@ -28,8 +28,8 @@ export interface HealthDeps {
   logger: Logger
   metrics: Metrics
   probe: (backend: string, path: string, timeoutMs: number) => Promise<ProbeResult>
-  /** Told of every change of a backend's health. */
-  onChange?: (backend: string, health: BackendHealth) => void
+  /** Told the verdict after every check (so a reason can follow the latest failure). */
+  onCheck?: (backend: string, health: BackendHealth) => void
 }
 
 export class HealthChecker {
@@ -82,11 +82,12 @@ export class HealthChecker {
       s.passes = 0
     }
     const flip = s.healthy ? !passed && s.failures >= opts.unhealthyThreshold : passed && s.passes >= opts.healthyThreshold
-    if (!flip) return
-    s.healthy = !s.healthy
-    this.deps.metrics.backendHealthy.labels(backend).set(s.healthy ? 1 : 0)
-    this.deps.logger[s.healthy ? 'info' : 'warn']({ backend, healthy: s.healthy, reason }, `backend ${s.healthy ? 'healthy' : 'unhealthy'}`)
-    this.deps.onChange?.(backend, { healthy: s.healthy, reason, checks: s.checks })
+    if (flip) {
+      s.healthy = !s.healthy
+      this.deps.metrics.backendHealthy.labels(backend).set(s.healthy ? 1 : 0)
+      this.deps.logger[s.healthy ? 'info' : 'warn']({ backend, healthy: s.healthy, reason }, `backend ${s.healthy ? 'healthy' : 'unhealthy'}`)
+    }
+    this.deps.onCheck?.(backend, { healthy: s.healthy, reason, checks: s.checks })
   }
 
   private async loop(backend: string, opts: HealthCheckOptions): Promise<void> {

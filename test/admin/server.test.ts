@@ -37,7 +37,7 @@ t.test('upstream down at start: /ready says why, then turns 200 within an interv
   t.teardown(() => proxy.close())
   const before = await json<{ holding: Record<string, string> }>(`${proxy.adminUrl}/ready`)
   t.equal(before.reply.status, 503)
-  t.match(before.body.holding, { 'backend:app': /no health check has passed yet|unhealthy/ })
+  t.match(before.body.holding, { 'backend:app': /^unhealthy: GET \/ failed: upstream_refused: /, }, 'the latch says why: the latest failure')
   const up = await fakeUpstream().listen(port)
   t.teardown(() => up.close())
   const cameUp = Date.now()

@@ -19,7 +19,7 @@ function setup(results: ProbeResult[]) {
       probes.push([backend, path, timeoutMs])
       return results.shift() ?? { ok: false, error: 'internal', detail: 'script ran out' }
     },
-    onChange: (backend, h) => changes.push([backend, h]),
+    onCheck: (backend, h) => changes.push([backend, h]),
   })
   return { d, clock, checker, changes, probes }
 }
@@ -36,14 +36,17 @@ t.test('a backend starts unhealthy and turns healthy after healthyThreshold pass
   t.equal(checker.isHealthy('app'), false, 'one pass of two')
   await checker.check('app', CHECK)
   t.equal(checker.isHealthy('app'), true)
-  t.same(changes, [['app', { healthy: true, reason: 'GET /healthz answered 302', checks: 2 }]])
+  t.same(changes, [
+    ['app', { healthy: false, reason: 'GET /healthz answered 200', checks: 1 }],
+    ['app', { healthy: true, reason: 'GET /healthz answered 302', checks: 2 }],
+  ], 'told after every check')
   t.equal(await metricValue(d, 'sidecar_backend_healthy', { backend: 'app' }), 1)
   t.same(probes[0], ['app', '/healthz', 500])
   t.match(d.lines, [{ level: 'info', msg: 'backend healthy', backend: 'app', reason: 'GET /healthz answered 302' }])
 })
 
 t.test('flaps honour the thresholds: unhealthy only after unhealthyThreshold failures in a row', async (t) => {
-  const { checker, changes } = setup([ok(), ok(), refused, ok(503), ok(), refused, ok(500), refused, ok(), ok()])
+  const { checker, changes, d } = setup([ok(), ok(), refused, ok(503), ok(), refused, ok(500), refused, ok(), ok()])
   for (let i = 0; i < 2; i++) await checker.check('app', CHECK)
   t.equal(checker.isHealthy('app'), true)
   for (let i = 0; i < 3; i++) await checker.check('app', CHECK) // refused, 503, 200: the run is broken
@@ -55,7 +58,14 @@ t.test('flaps honour the thresholds: unhealthy only after unhealthyThreshold fai
   t.equal(checker.isHealthy('app'), false, 'one pass of the two needed')
   await checker.check('app', CHECK)
   t.equal(checker.isHealthy('app'), true)
-  t.same(changes.map(([, h]) => h.healthy), [true, false, true], 'exactly three changes')
+  let previous = false // a backend starts unhealthy
+  const flips = changes.map(([, h]) => h.healthy).filter((h) => {
+    const flipped = h !== previous
+    previous = h
+    return flipped
+  })
+  t.same(flips, [true, false, true], 'exactly three changes')
+  t.equal(d.lines.filter((l) => /^backend (un)?healthy$/.test(l.msg as string)).length, 3, 'each change logged once')
 })
 
 t.test('the loop checks every intervalMs until stopped', async (t) => {
