@@ -77,9 +77,12 @@ export function createMetrics() {
   })
 
   // Label children are cached: prom-client hashes the label object on every inc() otherwise.
-  const requestChildren = new Map<string, Counter.Internal>()
-  const durationChildren = new Map<string, Histogram.Internal<'backend'>>()
-  const attemptChildren = new Map<string, Counter.Internal>()
+  const children = new Map<string, unknown>()
+  const child = <T>(key: string, make: () => T): T => {
+    let c = children.get(key) as T | undefined
+    if (!c) children.set(key, (c = make()))
+    return c
+  }
 
   return {
     registry,
@@ -96,21 +99,13 @@ export function createMetrics() {
     certExpiry,
     /** Counts one call to a backend: upstream_attempts_total. */
     countAttempt(backend: string, result: string): void {
-      const key = `${backend} ${result}`
-      let counter = attemptChildren.get(key)
-      if (!counter) attemptChildren.set(key, (counter = attempts.labels(backend, result)))
-      counter.inc()
+      child(`attempt ${backend} ${result}`, () => attempts.labels(backend, result)).inc()
     },
     /** Counts one finished request: requests_total and request_duration_seconds. */
     observeRequest(backend: string, method: string, code: number, seconds: number): void {
       const m = KNOWN_METHODS.has(method) ? method : 'OTHER'
-      const key = `${backend} ${m} ${code}`
-      let counter = requestChildren.get(key)
-      if (!counter) requestChildren.set(key, (counter = requests.labels(backend, m, String(code))))
-      counter.inc()
-      let histogram = durationChildren.get(backend)
-      if (!histogram) durationChildren.set(backend, (histogram = duration.labels(backend)))
-      histogram.observe(seconds)
+      child(`request ${backend} ${m} ${code}`, () => requests.labels(backend, m, String(code))).inc()
+      child(`duration ${backend}`, () => duration.labels(backend)).observe(seconds)
     },
   }
 }
