@@ -3,13 +3,13 @@ import { Readable } from 'node:stream'
 import t from 'tap'
 import { request as undiciRequest } from 'undici'
 import { json, request } from '../fixtures/client.js'
-import { proxied, startProxy } from '../fixtures/proxy.js'
+import { proxied } from '../fixtures/proxy.js'
 import { fakeUpstream, pseudoRandomChunks, sha256Of, type Echo } from '../fixtures/upstream.js'
 
 const MiB = 1024 * 1024
 
 t.test('request bodies arrive byte-exact: 0 B, 1 MiB and 50 MiB, for GET/POST/PUT', async (t) => {
-  const { up, proxy } = await proxied(t, fakeUpstream())
+  const { proxy } = await proxied(t, fakeUpstream())
   for (const [method, size] of [['GET', 0], ['POST', 0], ['POST', MiB], ['PUT', MiB], ['PUT', 50 * MiB], ['POST', 50 * MiB]] as const) {
     const body = size === 0 ? undefined : Readable.from(pseudoRandomChunks(size))
     const { reply, body: echoed } = await json<Echo>(`${proxy.url}/upload`, {
@@ -25,7 +25,7 @@ t.test('request bodies arrive byte-exact: 0 B, 1 MiB and 50 MiB, for GET/POST/PU
 })
 
 t.test('a chunked upload is forwarded chunked and byte-exact', async (t) => {
-  const { up, proxy } = await proxied(t, fakeUpstream())
+  const { proxy } = await proxied(t, fakeUpstream())
   const size = 3 * MiB + 17
   const { reply, body } = await json<Echo>(`${proxy.url}/chunked`, {
     method: 'POST',
@@ -39,7 +39,7 @@ t.test('a chunked upload is forwarded chunked and byte-exact', async (t) => {
 
 t.test('response bodies arrive byte-exact, 50 MiB streamed', async (t) => {
   const size = 50 * MiB
-  const { up, proxy } = await proxied(t, fakeUpstream()
+  const { proxy } = await proxied(t, fakeUpstream()
     .route('/download', (_req, res) => {
       res.writeHead(200, { 'content-length': size })
       Readable.from(pseudoRandomChunks(size)).pipe(res)
@@ -62,7 +62,7 @@ t.test('response bodies arrive byte-exact, 50 MiB streamed', async (t) => {
 t.test('a streaming response reaches the client before the upstream has finished', async (t) => {
   let finish!: () => void
   const finished = new Promise<void>((resolve) => (finish = resolve))
-  const { up, proxy } = await proxied(t, fakeUpstream()
+  const { proxy } = await proxied(t, fakeUpstream()
     .route('/stream', (_req, res) => {
       res.writeHead(200, { 'content-type': 'text/plain' })
       res.write('first chunk\n')

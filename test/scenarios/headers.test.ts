@@ -1,7 +1,7 @@
 // Header handling through the real proxy: hop-by-hop removal both ways, X-Forwarded-*, request id.
 import t, { type Test } from 'tap'
 import { json, raw, request } from '../fixtures/client.js'
-import { proxied, startProxy } from '../fixtures/proxy.js'
+import { proxied } from '../fixtures/proxy.js'
 import { fakeUpstream, type Echo } from '../fixtures/upstream.js'
 
 async function setup(t: Test, config: Record<string, unknown> = {}) {
