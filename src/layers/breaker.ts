@@ -35,45 +35,67 @@ type Attempt = () => Promise<ProxyResponse>
 export class Breakers {
   private readonly breakers = new Map<string, CircuitBreaker<[Attempt], ProxyResponse>>()
   private readonly openedAt = new Map<string, number>()
+  private opts!: BreakerOptions
 
   constructor(
     backends: readonly string[],
-    private readonly opts: BreakerOptions,
+    opts: BreakerOptions,
     private readonly deps: { metrics: Metrics; logger: Logger },
   ) {
-    for (const name of backends) {
-      const breaker = new CircuitBreaker<[Attempt], ProxyResponse>(
-        async (attempt) => {
-          const response = await attempt()
-          if (response.status >= 500) throw new FailedResponse(response)
-          return response
-        },
-        {
-          timeout: false,
-          errorThresholdPercentage: opts.errorThresholdPercentage,
-          volumeThreshold: opts.volumeThreshold,
-          rollingCountTimeout: opts.rollingWindowMs,
-          rollingCountBuckets: 10,
-          resetTimeout: opts.resetTimeoutMs,
-          // Not the upstream's fault: the client left, or the request broke a limit.
-          errorFilter: (err: { code?: unknown }) => err.code !== 'FAILED_RESPONSE' && !String(err.code).startsWith('upstream_'),
-        },
-      )
-      const transition = (state: BreakerState) => () => {
-        deps.metrics.circuitState.labels(name).set(STATE_VALUE[state])
-        if (state === 'open') this.openedAt.set(name, Date.now())
-        const stats = breaker.stats
-        deps.logger[state === 'open' ? 'warn' : 'info'](
-          { backend: name, state, failures: stats.failures, fires: stats.fires },
-          `circuit breaker ${state}`,
-        )
+    this.sync(backends, opts)
+  }
+
+  /**
+   * Makes the breakers match a reloaded config: a new backend gets a closed breaker, a removed
+   * one's breaker is stopped, and new options replace every breaker (closed, counts reset).
+   * An unchanged backend keeps its breaker, state and counts included.
+   */
+  sync(backends: readonly string[], opts: BreakerOptions): void {
+    const changed = this.opts !== undefined && JSON.stringify(opts) !== JSON.stringify(this.opts)
+    this.opts = opts
+    for (const [name, breaker] of this.breakers) {
+      if (changed || !backends.includes(name)) {
+        breaker.shutdown()
+        this.breakers.delete(name)
+        if (!backends.includes(name)) this.deps.metrics.circuitState.remove(name)
       }
-      breaker.on('open', transition('open'))
-      breaker.on('halfOpen', transition('half-open'))
-      breaker.on('close', transition('closed'))
-      deps.metrics.circuitState.labels(name).set(0)
-      this.breakers.set(name, breaker)
     }
+    for (const name of backends) if (!this.breakers.has(name)) this.breakers.set(name, this.create(name))
+  }
+
+  private create(name: string): CircuitBreaker<[Attempt], ProxyResponse> {
+    const { opts, deps } = this
+    const breaker = new CircuitBreaker<[Attempt], ProxyResponse>(
+      async (attempt) => {
+        const response = await attempt()
+        if (response.status >= 500) throw new FailedResponse(response)
+        return response
+      },
+      {
+        timeout: false,
+        errorThresholdPercentage: opts.errorThresholdPercentage,
+        volumeThreshold: opts.volumeThreshold,
+        rollingCountTimeout: opts.rollingWindowMs,
+        rollingCountBuckets: 10,
+        resetTimeout: opts.resetTimeoutMs,
+        // Not the upstream's fault: the client left, or the request broke a limit.
+        errorFilter: (err: { code?: unknown }) => err.code !== 'FAILED_RESPONSE' && !String(err.code).startsWith('upstream_'),
+      },
+    )
+    const transition = (state: BreakerState) => () => {
+      deps.metrics.circuitState.labels(name).set(STATE_VALUE[state])
+      if (state === 'open') this.openedAt.set(name, Date.now())
+      const stats = breaker.stats
+      deps.logger[state === 'open' ? 'warn' : 'info'](
+        { backend: name, state, failures: stats.failures, fires: stats.fires },
+        `circuit breaker ${state}`,
+      )
+    }
+    breaker.on('open', transition('open'))
+    breaker.on('halfOpen', transition('half-open'))
+    breaker.on('close', transition('closed'))
+    deps.metrics.circuitState.labels(name).set(0)
+    return breaker
   }
 
   state(backend: string): BreakerState {

@@ -17,8 +17,25 @@ class Gate {
   readonly waiting: Array<() => void> = []
 }
 
-export function createOverloadLayer(opts: OverloadOptions, deps: { metrics: Metrics }): Layer {
-  const gates = new Map<string, Gate>()
+/** Each backend's in-flight and waiting attempts. Outlives a config reload, so the requests
+ *  still running on the old config count against the new limits too. */
+export class OverloadGates {
+  private readonly gates = new Map<string, Gate>()
+
+  gate(backend: string): Gate {
+    let gate = this.gates.get(backend)
+    if (!gate) this.gates.set(backend, (gate = new Gate()))
+    return gate
+  }
+
+  /** Attempts to `backend` holding a slot (until their response body is done) or waiting for one. */
+  inFlight(backend: string): { active: number; waiting: number } {
+    const gate = this.gates.get(backend)
+    return { active: gate?.active ?? 0, waiting: gate?.waiting.length ?? 0 }
+  }
+}
+
+export function createOverloadLayer(opts: OverloadOptions, deps: { metrics: Metrics; gates: OverloadGates }): Layer {
   const reject = (detail: string): never => {
     deps.metrics.rejected.labels('overloaded').inc()
     throw new SidecarError('overloaded', { detail, retryAfterSeconds: 1 })
@@ -31,8 +48,7 @@ export function createOverloadLayer(opts: OverloadOptions, deps: { metrics: Metr
 
   return (next) => async (req, ctx) => {
     const backend = ctx.backend ?? 'none'
-    let gate = gates.get(backend)
-    if (!gate) gates.set(backend, (gate = new Gate()))
+    const gate = deps.gates.gate(backend)
     if (gate.active < opts.maxConcurrentRequests) gate.active++
     else if (gate.waiting.length < opts.maxPendingRequests) await waitForSlot(gate, ctx.attemptSignal)
     else reject(`${gate.active} in flight and ${gate.waiting.length} waiting for backend ${backend}`)
@@ -46,7 +62,7 @@ export function createOverloadLayer(opts: OverloadOptions, deps: { metrics: Metr
     }
     const body = response.body
     if (body === null || Buffer.isBuffer(body)) release(gate)
-    else body.once('close', () => release(gate!))
+    else body.once('close', () => release(gate))
     return response
   }
 }

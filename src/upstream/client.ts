@@ -27,34 +27,62 @@ const STATUS_CLASS = ['0xx', '1xx', '2xx', '3xx', '4xx', '5xx']
 export type ProbeResult = { ok: true; status: number } | { ok: false; error: ErrorCode; detail: string }
 
 export class Upstreams {
-  private readonly pools = new Map<string, Pool>()
+  private readonly pools = new Map<string, { pool: Pool; settings: string }>()
+  /** Pools replaced or removed by a reload, finishing what they had in flight. */
+  private readonly retiring = new Set<Promise<void>>()
 
   constructor(backends: readonly BackendOptions[], opts: UpstreamOptions) {
+    this.sync(backends, opts)
+  }
+
+  /**
+   * Makes the pools match `backends` (after a config reload): a new backend gets a pool, one
+   * whose settings changed gets a new pool, and a pool no longer wanted is closed gracefully:
+   * requests already sent on it finish, new attempts go to the current pool of that name.
+   */
+  sync(backends: readonly BackendOptions[], opts: UpstreamOptions): void {
+    const wanted = new Set<string>()
     for (const b of backends) {
-      this.pools.set(
-        b.name,
-        new Pool(b.url, {
-          connections: b.maxConnections,
-          connect: { timeout: b.connectTimeoutMs },
-          // set once per pool rather than per request: the same deadline for every request
-          headersTimeout: opts.requestTimeoutMs,
-          bodyTimeout: opts.responseIdleTimeoutMs,
-          keepAliveTimeout: b.idleTimeoutMs,
-          // an app's `Keep-Alive: timeout=N` may shorten, never lengthen, our idle timeout
-          keepAliveMaxTimeout: b.idleTimeoutMs,
-        }),
-      )
+      wanted.add(b.name)
+      const settings = JSON.stringify([b.url, b.maxConnections, b.connectTimeoutMs, b.idleTimeoutMs, opts.requestTimeoutMs, opts.responseIdleTimeoutMs])
+      const existing = this.pools.get(b.name)
+      if (existing?.settings === settings) continue
+      if (existing) this.retire(existing.pool)
+      const pool = new Pool(b.url, {
+        connections: b.maxConnections,
+        connect: { timeout: b.connectTimeoutMs },
+        // set once per pool rather than per request: the same deadline for every request
+        headersTimeout: opts.requestTimeoutMs,
+        bodyTimeout: opts.responseIdleTimeoutMs,
+        keepAliveTimeout: b.idleTimeoutMs,
+        // an app's `Keep-Alive: timeout=N` may shorten, never lengthen, our idle timeout
+        keepAliveMaxTimeout: b.idleTimeoutMs,
+      })
+      this.pools.set(b.name, { pool, settings })
+    }
+    for (const [name, { pool }] of this.pools) {
+      if (wanted.has(name)) continue
+      this.pools.delete(name)
+      this.retire(pool)
     }
   }
 
-  /** The terminal handler of the pipeline: forwards to `ctx.backend`. */
-  /** `isHealthy`: the health checker's verdict; a failure of an unhealthy backend is answered
+  has = (backend: string): boolean => this.pools.has(backend)
+
+  private retire(pool: Pool): void {
+    const closing = pool.close().finally(() => this.retiring.delete(closing))
+    this.retiring.add(closing)
+  }
+
+  /** The terminal handler of the pipeline: forwards to `ctx.backend`.
+   *  `isHealthy`: the health checker's verdict; a failure of an unhealthy backend is answered
    *  as upstream_unhealthy (503), the app being known to be down, not as a one-off 502. */
   handler(deps: { metrics: Metrics; isHealthy: (backend: string) => boolean }): Handler {
     return async (req, ctx) => {
       const backend = ctx.backend
-      const pool = backend === undefined ? undefined : this.pools.get(backend)
-      if (!pool || backend === undefined) throw new SidecarError('internal', { detail: `no pool for backend ${backend}` })
+      const pool = backend === undefined ? undefined : this.pools.get(backend)?.pool
+      // only after a reload removed the backend this request's attempt was picked from
+      if (!pool || backend === undefined) throw new SidecarError('no_backend', { detail: `backend ${backend} was removed from the config` })
       try {
         const res = await pool.request({
           method: req.method,
@@ -82,7 +110,7 @@ export class Upstreams {
 
   /** One GET to `path` on a backend: is it answering HTTP at all? */
   async probe(backend: string, path: string, timeoutMs: number): Promise<ProbeResult> {
-    const pool = this.pools.get(backend)
+    const pool = this.pools.get(backend)?.pool
     if (!pool) return { ok: false, error: 'internal', detail: `unknown backend ${backend}` }
     try {
       const res = await pool.request({
@@ -101,7 +129,7 @@ export class Upstreams {
   }
 
   async close(): Promise<void> {
-    await Promise.all([...this.pools.values()].map((p) => p.close()))
+    await Promise.all([...[...this.pools.values()].map((p) => p.pool.close()), ...this.retiring])
   }
 }
 

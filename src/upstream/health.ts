@@ -32,20 +32,29 @@ export interface HealthDeps {
   onCheck?: (backend: string, health: BackendHealth) => void
 }
 
+interface Checked {
+  url: string
+  healthCheck: HealthCheckOptions
+}
+
+interface State extends BackendHealth {
+  passes: number
+  failures: number
+  /** The backend's url and healthCheck; a loop whose settings are replaced stops. */
+  settings: Checked
+}
+
 export class HealthChecker {
-  private readonly state = new Map<string, BackendHealth & { passes: number; failures: number }>()
+  private readonly state = new Map<string, State>()
   /** The pending next check of each backend. */
   private readonly timers = new Map<string, () => void>()
-  private stopped = false
+  private started = false
 
   constructor(
-    private readonly backends: ReadonlyArray<{ name: string; healthCheck: HealthCheckOptions }>,
+    backends: ReadonlyArray<{ name: string } & Checked>,
     private readonly deps: HealthDeps,
   ) {
-    for (const b of backends) {
-      this.state.set(b.name, { healthy: false, reason: 'not checked yet', checks: 0, passes: 0, failures: 0 })
-      deps.metrics.backendHealthy.labels(b.name).set(0)
-    }
+    this.sync(backends)
   }
 
   isHealthy = (backend: string): boolean => this.state.get(backend)?.healthy ?? true
@@ -55,21 +64,52 @@ export class HealthChecker {
     return s && { healthy: s.healthy, reason: s.reason, checks: s.checks }
   }
 
+  /**
+   * Makes the checked backends match a reloaded config. A new backend, or one whose url changed,
+   * starts unhealthy and is checked at once; new check settings restart the loop but keep the
+   * verdict; a removed backend's loop stops and its verdict is forgotten.
+   */
+  sync(backends: ReadonlyArray<{ name: string } & Checked>): void {
+    const names = new Set(backends.map((b) => b.name))
+    for (const name of this.state.keys()) {
+      if (names.has(name)) continue
+      this.stopLoop(name)
+      this.state.delete(name)
+      this.deps.metrics.backendHealthy.remove(name)
+    }
+    for (const b of backends) {
+      const settings = { url: b.url, healthCheck: b.healthCheck }
+      const s = this.state.get(b.name)
+      if (s && JSON.stringify(s.settings) === JSON.stringify(settings)) continue
+      if (s && s.settings.url === b.url) {
+        s.settings = settings
+      } else {
+        this.state.set(b.name, { healthy: false, reason: 'not checked yet', checks: 0, passes: 0, failures: 0, settings })
+        this.deps.metrics.backendHealthy.labels(b.name).set(0)
+      }
+      if (this.started) this.startLoop(b.name)
+    }
+  }
+
   /** Starts every loop; the first check of each runs at once. */
   start(): void {
-    for (const b of this.backends) void this.loop(b.name, b.healthCheck)
+    this.started = true
+    for (const name of this.state.keys()) this.startLoop(name)
   }
 
   stop(): void {
-    this.stopped = true
-    for (const cancel of this.timers.values()) cancel()
-    this.timers.clear()
+    this.started = false
+    for (const name of [...this.timers.keys()]) this.stopLoop(name)
   }
 
   /** One check of one backend; exported for the loop and for tests. */
-  async check(backend: string, opts: HealthCheckOptions): Promise<void> {
-    const s = this.state.get(backend)!
+  async check(backend: string): Promise<void> {
+    const s = this.state.get(backend)
+    if (!s) return
+    const { settings } = s
+    const opts = settings.healthCheck
     const result = await this.deps.probe(backend, opts.path, opts.timeoutMs)
+    if (this.state.get(backend)?.settings !== settings) return // replaced or removed meanwhile
     const passed = result.ok && statusExpected(result.status, opts.expectedStatuses)
     const reason = result.ok ? `GET ${opts.path} answered ${result.status}` : `GET ${opts.path} failed: ${result.error}: ${result.detail}`
     s.checks++
@@ -90,11 +130,22 @@ export class HealthChecker {
     this.deps.onCheck?.(backend, { healthy: s.healthy, reason, checks: s.checks })
   }
 
-  private async loop(backend: string, opts: HealthCheckOptions): Promise<void> {
-    if (this.stopped) return
-    await this.check(backend, opts)
-    if (this.stopped) return
-    this.timers.set(backend, this.deps.clock.timeout(opts.intervalMs, () => void this.loop(backend, opts)))
+  private startLoop(backend: string): void {
+    this.stopLoop(backend)
+    const settings = this.state.get(backend)!.settings
+    const current = () => this.started && this.state.get(backend)?.settings === settings
+    const loop = async (): Promise<void> => {
+      await this.check(backend)
+      if (current()) this.timers.set(backend, this.deps.clock.timeout(settings.healthCheck.intervalMs, () => void loop()))
+    }
+    // a placeholder until the first check is done, so stopLoop can see the loop is running
+    this.timers.set(backend, () => {})
+    void loop()
+  }
+
+  private stopLoop(backend: string): void {
+    this.timers.get(backend)?.()
+    this.timers.delete(backend)
   }
 }
 

@@ -74,3 +74,16 @@ t.test('a backend without a breaker (not configured) passes straight through', a
   t.equal(res.status, 500)
   t.equal(breakers.state('x'), 'closed')
 })
+
+t.test('sync after a reload: unchanged breakers keep their state, removed ones stop, new options reset', async (t) => {
+  const { breakers, call, d } = setup(Array.from({ length: 4 }, () => response(500)))
+  t.teardown(() => breakers.shutdown())
+  for (let i = 0; i < 4; i++) await call()
+  t.equal(breakers.state('app'), 'open')
+  breakers.sync(['app', 'new'], OPTS)
+  t.equal(breakers.state('app'), 'open', 'same options: the open breaker stays open')
+  t.equal(await metricValue(d, 'sidecar_circuit_state', { backend: 'new' }), 0, 'a new backend gets a closed breaker')
+  t.equal(await metricValue(d, 'sidecar_circuit_state', { backend: 'canary' }), undefined, 'a removed one leaves the metric')
+  breakers.sync(['app', 'new'], { ...OPTS, volumeThreshold: 10 })
+  t.equal(breakers.state('app'), 'closed', 'new options: fresh breakers')
+})

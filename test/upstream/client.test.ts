@@ -80,5 +80,34 @@ t.test('an unhealthy backend that fails a request answers upstream_unhealthy (50
   await t.rejects(handler(proxyRequest(), context({ backend: 'app' })), { code: 'upstream_refused', status: 502 })
   healthy = false
   await t.rejects(handler(proxyRequest(), context({ backend: 'app' })), { code: 'upstream_unhealthy', status: 503, message: /upstream_refused/ })
-  await t.rejects(handler(proxyRequest(), context({ backend: 'nope' })), { code: 'internal' })
+  await t.rejects(handler(proxyRequest(), context({ backend: 'nope' })), { code: 'no_backend', status: 503 })
+})
+
+t.test('sync: an unchanged backend keeps its pool, a changed url gets a new one, a removed one is closed', async (t) => {
+  const a = await fakeUpstream().listen()
+  const b = await fakeUpstream().listen()
+  const opts = { maxConnections: 2, connectTimeoutMs: 500, idleTimeoutMs: 10_000 }
+  const upstreams = new Upstreams([{ name: 'app', url: a.url, ...opts }, { name: 'canary', url: b.url, ...opts }], LIMITS)
+  t.teardown(async () => {
+    await upstreams.close()
+    await Promise.all([a.close(), b.close()])
+  })
+  const handler = upstreams.handler({ metrics: deps().metrics, isHealthy: () => true })
+  const get = async (backend: string) => {
+    const r = await handler(proxyRequest(), context({ backend }))
+    await (r.body as Readable & { text(): Promise<string> }).text()
+  }
+  await get('app')
+  await get('canary')
+  upstreams.sync([{ name: 'app', url: a.url, ...opts }], LIMITS)
+  t.equal(upstreams.has('canary'), false)
+  await Promise.race([b.seen[0]!.closed, new Promise((_, reject) => setTimeout(() => reject(new Error('still open')), 2000))])
+  t.pass("the removed backend's idle connection was closed")
+  await get('app')
+  t.equal(a.seen[1]!.remotePort, a.seen[0]!.remotePort, 'the unchanged pool kept its connection')
+  upstreams.sync([{ name: 'app', url: b.url, ...opts }], LIMITS)
+  await get('app')
+  t.equal(b.seen.length, 2, 'a new url: the new pool goes there')
+  await a.seen[0]!.closed
+  t.pass("the old pool's connection was closed")
 })
