@@ -5,7 +5,7 @@ import type { Clock } from './clock.js'
 import { createAccessLogLayer } from './layers/access-log.js'
 import { createBreakerLayer, type Breakers } from './layers/breaker.js'
 import { createLimitsLayer } from './layers/limits.js'
-import { createOverloadLayer } from './layers/overload.js'
+import { createOverloadLayer, type OverloadGates } from './layers/overload.js'
 import { createPickLayer } from './layers/pick.js'
 import { createRespondLayer } from './layers/respond.js'
 import { createRetryLayer } from './layers/retry.js'
@@ -21,9 +21,15 @@ export interface StackDeps {
   clock: Clock
   upstreams: Upstreams
   breakers: Breakers
+  gates: OverloadGates
   /** The health checker's verdict per backend. */
   isHealthy: (backend: string) => boolean
+  /** False for a backend to avoid: its breaker is open, or a reload removed it. */
+  isAvailable: (backend: string) => boolean
 }
+
+// Built again from each reloaded config; the state that must outlive a reload (pools, breakers,
+// health, in-flight counts) lives in deps and is shared by every generation of the stack.
 
 export function buildStack(config: Config, deps: StackDeps): Handler {
   const { retry, limits } = config
@@ -33,7 +39,7 @@ export function buildStack(config: Config, deps: StackDeps): Handler {
     createLimitsLayer(limits, deps), //                        header count 431, body size 413
     createRetryLayer({ ...retry, requestTimeoutMs: limits.requestTimeoutMs }, deps), // budgeted tries
     // ---- below here: once per attempt ----
-    createPickLayer(config.backends, { isAvailable: deps.breakers.isAvailable }), // weighted, skips open breakers
+    createPickLayer(config.backends, config.routing, deps), //  header, sticky cookie, weights; skips open/unhealthy
     createOverloadLayer(limits, deps), //                      per backend: in flight + waiting, else 503
     createBreakerLayer(deps.breakers), //                      per backend: opossum, counts attempts
   ]

@@ -34,6 +34,11 @@ const backendSchema = z.strictObject({
   url: backendUrl,
   /** Share of requests, relative to the other backends' weights. 0 = never picked. */
   weight: z.number().int().min(0).max(1_000_000).default(100),
+  /** Whether this backend's health gates the pod's readiness (while its weight is above 0).
+   *  Default: true for a backend on a loopback address (the app in the pod), false for a remote
+   *  one (a canary Service): a broken canary must cost its share of traffic, never the pod's
+   *  readiness, or one bad canary would take every pod out of its Service at once. */
+  gatesReadiness: z.boolean().optional(),
   /** Upper bound on open connections to this backend (undici Pool `connections`). */
   maxConnections: z.number().int().min(1).max(10_000).default(128),
   connectTimeoutMs: ms(2_000),
@@ -59,7 +64,13 @@ const backendSchema = z.strictObject({
     })
     .refine((h) => h.timeoutMs <= h.intervalMs, { path: ['timeoutMs'], message: 'must not exceed healthCheck.intervalMs' })
     .prefault({}),
-})
+}).transform((b) => ({ ...b, gatesReadiness: b.gatesReadiness ?? isLoopbackUrl(b.url) }))
+
+/** True for http://127.x.x.x, http://[::1] and http://localhost: the app in the pod. */
+export function isLoopbackUrl(url: string): boolean {
+  const host = new URL(url).hostname
+  return host === 'localhost' || host === '[::1]' || /^127\.\d+\.\d+\.\d+$/.test(host)
+}
 
 const DEFAULT_BACKEND_URL = 'http://127.0.0.1:8080'
 
@@ -132,6 +143,26 @@ export const configSchema = z
           ctx.addIssue({ code: 'custom', message: 'at least one backend needs a weight above 0' })
         }
       }),
+    routing: z
+      .strictObject({
+        /** Request header that overrides the weights: `always` sends the request to the canary,
+         *  `never` to the stable backend (the first one). false turns the override off. Any
+         *  client can send it: turn it off where clients must not choose. */
+        header: z
+          .union([z.literal(false), z.string().regex(/^[a-z0-9-]+$/, 'must be a lower-case header name')])
+          .default('x-canary'),
+        /** The backend `always` means. Default: the second backend. */
+        canary: z.string().optional(),
+        /** Keep each client on the backend it was first sent to, with a cookie naming it.
+         *  Honoured while that backend has a weight above 0 and its breaker is not open. */
+        sticky: z
+          .strictObject({
+            cookie: z.string().regex(/^[A-Za-z0-9_-]+$/, 'must be a cookie name: letters, digits, - and _').default('sidecar-backend'),
+            maxAgeSeconds: z.number().int().min(1).max(31_536_000).default(86_400),
+          })
+          .optional(),
+      })
+      .prefault({}),
     retry: z
       .strictObject({
         /** Total tries per request, the first included. 1 turns retries off. */
@@ -210,6 +241,12 @@ export const configSchema = z
       })
       .refine((d) => d.delayMs < d.timeoutMs, { path: ['delayMs'], message: 'must be below drain.timeoutMs' })
       .prefault({}),
+  })
+  .superRefine((config, ctx) => {
+    const { canary } = config.routing
+    if (canary !== undefined && !config.backends.some((b) => b.name === canary)) {
+      ctx.addIssue({ code: 'custom', path: ['routing', 'canary'], message: `names no backend ("${canary}")` })
+    }
   })
   .prefault({})
 

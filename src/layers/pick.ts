@@ -1,26 +1,52 @@
-// Backend pick: a weighted random choice made per request (not per connection, so one
-// long-lived keep-alive connection is still split). Weight 0 is never picked; a single non-zero
-// weight takes all traffic. The canary work extends this layer (header override, sticky cookie,
-// skipping unhealthy backends). Backends whose circuit breaker is open are skipped while another
-// is available.
-import type { Layer } from '../pipeline/types.js'
+// Backend pick, once per attempt (so a retry may land on the other backend). In order:
+//   1. the override header (`x-canary: always` -> the canary, `never` -> the stable backend),
+//      whatever the weights and the backend's health: it is how a canary is tried by hand;
+//   2. the sticky cookie, when configured, naming a backend that still has a weight and whose
+//      breaker is not open;
+//   3. a weighted random choice, made per request (not per connection, so one long-lived
+//      keep-alive connection is still split). Weight 0 is never picked; a single non-zero weight
+//      takes all traffic.
+// The weighted choice skips backends whose breaker is open or that fail their health checks.
+// When that leaves none, it falls back in steps, like Envoy's panic mode: first to the backends
+// that are only unhealthy (a health check can be wrong, and refusing everything would turn a bad
+// check into an outage), then to all of them (every breaker open: the breaker answers 503).
+// With a sticky cookie, a response from a backend the client was not yet stuck to sets it.
+import type { HeaderMap, Layer } from '../pipeline/types.js'
 
 export interface WeightedBackend {
   name: string
   weight: number
 }
 
-export interface PickDeps {
-  random?: () => number
-  /** False for a backend to avoid (its circuit breaker is open). When every backend is to be
-   *  avoided the pick is made among all of them and the breaker answers for itself. */
-  isAvailable?: (backend: string) => boolean
+export interface RoutingOptions {
+  /** The override header's name, or false for none. */
+  header: string | false
+  /** The backend `always` means; default: the second backend. */
+  canary?: string | undefined
+  sticky?: { cookie: string; maxAgeSeconds: number } | undefined
 }
 
-export function createPickLayer(backends: readonly WeightedBackend[], deps: PickDeps = {}): Layer {
+export interface PickDeps {
+  random?: () => number
+  /** False while the backend's breaker is open (or the backend is gone after a reload). */
+  isAvailable?: (backend: string) => boolean
+  /** The health checker's verdict. */
+  isHealthy?: (backend: string) => boolean
+}
+
+export function createPickLayer(backends: readonly WeightedBackend[], routing: RoutingOptions, deps: PickDeps = {}): Layer {
   const random = deps.random ?? Math.random
   const isAvailable = deps.isAvailable ?? (() => true)
+  const isHealthy = deps.isHealthy ?? (() => true)
   const live = backends.filter((b) => b.weight > 0)
+  const stable = backends[0]!.name
+  const canary = routing.canary ?? backends[1]?.name
+  const override = (value: string | string[] | undefined): string | undefined => {
+    if (value === 'always') return canary
+    if (value === 'never') return stable
+    return undefined // absent, repeated or unknown: the weights decide
+  }
+
   const weighted = (among: readonly WeightedBackend[]): string => {
     if (among.length === 1) return among[0]!.name
     let r = random() * among.reduce((sum, b) => sum + b.weight, 0)
@@ -31,12 +57,43 @@ export function createPickLayer(backends: readonly WeightedBackend[], deps: Pick
     return among[among.length - 1]!.name // r == total only through float rounding
   }
   const pick = (): string => {
-    if (live.every((b) => isAvailable(b.name))) return weighted(live)
+    const usable = (b: WeightedBackend) => isAvailable(b.name) && isHealthy(b.name)
+    if (live.every(usable)) return weighted(live) // the common case, without allocating
+    const healthy = live.filter(usable)
+    if (healthy.length > 0) return weighted(healthy)
     const available = live.filter((b) => isAvailable(b.name))
     return weighted(available.length > 0 ? available : live)
   }
-  return (next) => (req, ctx) => {
-    ctx.backend = pick()
-    return next(req, ctx)
+
+  const sticky = routing.sticky
+  const stuckTo = (headers: Readonly<HeaderMap>): string | undefined => {
+    const name = sticky && readCookie(headers.cookie, sticky.cookie)
+    return name !== undefined && live.some((b) => b.name === name) && isAvailable(name) ? name : undefined
   }
+
+  return (next) => async (req, ctx) => {
+    const forced = routing.header === false ? undefined : override(req.headers[routing.header])
+    const stuck = forced ?? stuckTo(req.headers)
+    const backend = forced ?? stuck ?? pick()
+    ctx.backend = backend
+    const response = await next(req, ctx)
+    if (sticky && forced === undefined && stuck !== backend) {
+      const cookie = `${sticky.cookie}=${backend}; Path=/; Max-Age=${sticky.maxAgeSeconds}; HttpOnly; SameSite=Lax`
+      const set = response.headers['set-cookie']
+      response.headers['set-cookie'] = set === undefined ? cookie : [...(Array.isArray(set) ? set : [set]), cookie]
+    }
+    return response
+  }
+}
+
+/** The value of cookie `name` in a Cookie header (HTTP/2 may send several), if present. */
+function readCookie(header: string | string[] | undefined, name: string): string | undefined {
+  if (header === undefined) return undefined
+  for (const line of Array.isArray(header) ? header : [header]) {
+    for (const pair of line.split(';')) {
+      const eq = pair.indexOf('=')
+      if (eq > 0 && pair.slice(0, eq).trim() === name) return pair.slice(eq + 1).trim()
+    }
+  }
+  return undefined
 }

@@ -113,3 +113,12 @@ t.test('formatPath', async (t) => {
   t.equal(formatPath(['backends', 0, 'healthCheck', 'path']), 'backends[0].healthCheck.path')
   t.equal(formatPath([]), '')
 })
+
+t.test('routing: the canary must name a backend, header and cookie names are checked', async (t) => {
+  const two = [{ name: 'app', url: 'http://127.0.0.1:1' }, { name: 'canary', url: 'http://127.0.0.1:2' }]
+  t.same(problems({ backends: two, routing: { canary: 'nope' } }), ['routing.canary: names no backend ("nope")'])
+  t.equal(validateConfig({ backends: two, routing: { canary: 'app' } }).routing.canary, 'app')
+  t.same(problems({ routing: { header: 'X Bad' } }), ['routing.header: must be a lower-case header name'])
+  t.match(problems({ routing: { sticky: { cookie: 'a;b' } } }), [/^routing\.sticky\.cookie: must be a cookie name/])
+  t.same(validateConfig({ routing: { sticky: {} } }).routing.sticky, { cookie: 'sidecar-backend', maxAgeSeconds: 86400 })
+})
