@@ -5,7 +5,8 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
 /** Methods outside this set are counted as "OTHER" so a client cannot explode label cardinality. */
 const KNOWN_METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS', 'CONNECT', 'TRACE'])
 
-export function createMetrics() {
+export function createMetrics(now: () => number = Date.now) {
+  const recent = new RecentRequests(now)
   const registry = new Registry()
   collectDefaultMetrics({ register: registry })
   const registers = [registry]
@@ -97,6 +98,7 @@ export function createMetrics() {
     backendHealthy,
     configReloads,
     certExpiry,
+    recent,
     /** Counts one call to a backend: upstream_attempts_total. */
     countAttempt(backend: string, result: string): void {
       child(`attempt ${backend} ${result}`, () => attempts.labels(backend, result)).inc()
@@ -106,8 +108,67 @@ export function createMetrics() {
       const m = KNOWN_METHODS.has(method) ? method : 'OTHER'
       child(`request ${backend} ${m} ${code}`, () => requests.labels(backend, m, String(code))).inc()
       child(`duration ${backend}`, () => duration.labels(backend)).observe(seconds)
+      recent.record(backend, code)
     },
   }
 }
 
 export type Metrics = ReturnType<typeof createMetrics>
+
+/** Requests and 5xx answers per backend in 10-second buckets over the last 5 minutes: the split
+ *  and the error rate "right now" for GET /status, which Prometheus counters cannot say alone. */
+export class RecentRequests {
+  static readonly BUCKET_MS = 10_000
+  static readonly BUCKETS = 30
+  /** Oldest first; each bucket's start is a multiple of BUCKET_MS. */
+  private readonly buckets: Array<{ start: number; counts: Map<string, { requests: number; errors: number }> }> = []
+
+  constructor(private readonly now: () => number) {}
+
+  record(backend: string, status: number): void {
+    const start = Math.floor(this.now() / RecentRequests.BUCKET_MS) * RecentRequests.BUCKET_MS
+    let bucket = this.buckets.at(-1)
+    if (bucket?.start !== start) {
+      this.buckets.push((bucket = { start, counts: new Map() }))
+      if (this.buckets.length > RecentRequests.BUCKETS) this.buckets.shift()
+    }
+    let c = bucket.counts.get(backend)
+    if (!c) bucket.counts.set(backend, (c = { requests: 0, errors: 0 }))
+    c.requests++
+    if (status >= 500) c.errors++
+  }
+
+  /** Totals per backend over the last `windowMs` (whole buckets, the current one included). */
+  totals(windowMs = 60_000): Record<string, { requests: number; errors: number }> {
+    const out: Record<string, { requests: number; errors: number }> = {}
+    for (const b of this.since(windowMs)) {
+      for (const [backend, c] of b.counts) {
+        const o = (out[backend] ??= { requests: 0, errors: 0 })
+        o.requests += c.requests
+        o.errors += c.errors
+      }
+    }
+    return out
+  }
+
+  /** Every bucket of the last 5 minutes, oldest first, empty ones included: a chart's points. */
+  series(): Array<{ start: number; requests: number; errors: number }> {
+    const last = Math.floor(this.now() / RecentRequests.BUCKET_MS) * RecentRequests.BUCKET_MS
+    const byStart = new Map(this.buckets.map((b) => [b.start, b]))
+    return Array.from({ length: RecentRequests.BUCKETS }, (_, i) => {
+      const start = last - (RecentRequests.BUCKETS - 1 - i) * RecentRequests.BUCKET_MS
+      let requests = 0
+      let errors = 0
+      for (const c of byStart.get(start)?.counts.values() ?? []) {
+        requests += c.requests
+        errors += c.errors
+      }
+      return { start, requests, errors }
+    })
+  }
+
+  private since(windowMs: number) {
+    const from = this.now() - windowMs
+    return this.buckets.filter((b) => b.start + RecentRequests.BUCKET_MS > from)
+  }
+}

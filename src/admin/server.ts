@@ -4,6 +4,8 @@
 //   GET /ready    200 when no readiness latch is held (listener bound, every backend with
 //                 weight > 0 healthy, not draining); 503 with a JSON body naming what holds it
 //   GET /metrics  Prometheus text format
+//   GET /config   the config in force (defaults filled in) and its version
+//   GET /status   each backend's weight, health, breaker, in-flight and recent share; readiness
 //   POST /drain         drain (readiness fails, drain.delayMs of service, then stop) and exit
 //   POST /quitquitquit  stop now, gracefully, and exit: for a Job whose app has finished
 // The two POSTs are answered only for clients on loopback: the admin port may be bound wider
@@ -22,6 +24,9 @@ export interface AdminDeps {
   logger: Logger
   /** Each backend's health, shown by /ready. */
   backends: () => Record<string, BackendHealth | undefined>
+  /** GET /config and GET /status bodies. */
+  config: () => unknown
+  status: () => unknown
   /** POST /drain (immediate: false) and POST /quitquitquit (immediate: true). */
   requestStop: (reason: string, immediate: boolean) => void
 }
@@ -81,6 +86,8 @@ export class AdminServer {
         send(res, started ? 200 : 503, { started })
       },
       '/ready': () => this.ready(res),
+      '/config': () => send(res, 200, this.deps.config()),
+      '/status': () => send(res, 200, this.deps.status()),
       '/metrics': async () => {
         const text = await this.deps.registry.metrics()
         res.writeHead(200, { 'content-type': this.deps.registry.contentType }).end(text)

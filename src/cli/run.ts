@@ -1,5 +1,6 @@
-// `sidecar-proxy [flags]`: load the config, start the proxy, and drain on SIGTERM/SIGINT or
-// when the admin port is asked to (POST /drain, POST /quitquitquit); then exit.
+// `sidecar-proxy [flags]`: load the config, start the proxy, reload the config file when it
+// changes or on SIGHUP, and drain on SIGTERM/SIGINT or when the admin port is asked to
+// (POST /drain, POST /quitquitquit); then exit.
 import { parseArgs } from 'node:util'
 import { startApp } from '../app.js'
 import { isConfigError, loadConfig } from '../config/load.js'
@@ -20,16 +21,17 @@ const OPTIONS = {
 export async function runCommand(argv: readonly string[], io: Io): Promise<number> {
   const values = parseFlags(argv)
   const file = values.config ?? (process.env.SIDECAR_CONFIG || undefined)
+  const overrides = {
+    listen: values.listen,
+    upstream: values.upstream,
+    admin: values.admin,
+    plaintext: values.plaintext,
+    tlsCert: values['tls-cert'],
+    tlsKey: values['tls-key'],
+  }
   let config
   try {
-    config = await loadConfig(file, {
-      listen: values.listen,
-      upstream: values.upstream,
-      admin: values.admin,
-      plaintext: values.plaintext,
-      tlsCert: values['tls-cert'],
-      tlsKey: values['tls-key'],
-    })
+    config = await loadConfig(file, overrides)
   } catch (err) {
     if (isConfigError(err)) {
       io.err(`sidecar-proxy: ${err.message}`)
@@ -45,7 +47,11 @@ export async function runCommand(argv: readonly string[], io: Io): Promise<numbe
   process.on('SIGTERM', onSignal).on('SIGINT', onSignal)
   let app
   try {
-    app = await startApp(config, { logger, requestStop: (reason, immediate) => requestStop({ reason, immediate }) })
+    app = await startApp(config, {
+      logger,
+      requestStop: (reason, immediate) => requestStop({ reason, immediate }),
+      ...(file !== undefined && { configFile: { path: file, load: () => loadConfig(file, overrides) } }),
+    })
   } catch (err) {
     process.off('SIGTERM', onSignal).off('SIGINT', onSignal)
     if ((err as { code?: string }).code === 'TLS_MATERIAL_INVALID') {
@@ -56,8 +62,10 @@ export async function runCommand(argv: readonly string[], io: Io): Promise<numbe
     logger.fatal({ err }, 'sidecar-proxy could not start')
     return 1
   }
+  const onHangup = () => void app.reload('SIGHUP')
+  process.on('SIGHUP', onHangup)
   const { reason, immediate } = await stopRequested
-  process.off('SIGTERM', onSignal).off('SIGINT', onSignal)
+  process.off('SIGTERM', onSignal).off('SIGINT', onSignal).off('SIGHUP', onHangup)
   // A second signal during the drain stops at once.
   const forced = new Promise<number>((resolve) => {
     const force = (signal: string) => {

@@ -5,18 +5,16 @@
 // AES-GCM or ChaCha20-Poly1305; the three TLS 1.3 suites; curves X25519, P-256, P-384; no
 // renegotiation; a short handshake timeout.
 //
-// Reload: Kubernetes mounts a Secret as `dir/tls.crt -> ..data/tls.crt` and rotates it by
-// swapping the `..data` symlink, so a watch on the file path never fires. The directory is
-// watched instead; after a short quiet period both files are read again, checked (parses, key
-// matches, loads into a context) and only then handed to `setSecureContext`. New handshakes get
+// Reload: the Secret's directory is watched (see watch.ts); after a short quiet period both files
+// are read again, checked (parses, key matches, loads into a context) and only then handed to
+// `setSecureContext`. New handshakes get
 // the new certificate; open connections keep theirs. Anything wrong keeps the last good pair.
 import { X509Certificate, constants, createPrivateKey } from 'node:crypto'
-import { watch, type FSWatcher } from 'node:fs'
 import { readFile } from 'node:fs/promises'
-import { dirname } from 'node:path'
 import { createSecureContext, type SecureContextOptions } from 'node:tls'
 import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
+import { watchFiles } from '../watch.js'
 
 const TLS_CIPHERS = [
   // TLS 1.3 (OpenSSL's names; order is the client's choice)
@@ -112,8 +110,7 @@ export interface ReloaderDeps {
 
 /** Watches the certificate's and key's directories and applies good pairs as they appear. */
 export class TlsReloader {
-  private readonly watchers: FSWatcher[] = []
-  private timer: NodeJS.Timeout | undefined
+  private unwatch: (() => void) | undefined
   private current: TlsMaterial
   private reloading: Promise<void> = Promise.resolve()
 
@@ -131,27 +128,18 @@ export class TlsReloader {
   }
 
   start(): void {
-    for (const dir of new Set([dirname(this.files.certFile), dirname(this.files.keyFile)])) {
-      const watcher = watch(dir, () => this.schedule())
-      watcher.on('error', (err) => this.deps.logger.error({ err, dir }, 'certificate directory watch failed'))
-      this.watchers.push(watcher)
-    }
+    const files = [this.files.certFile, this.files.keyFile]
+    this.unwatch = watchFiles(files, () => void this.reload(), { logger: this.deps.logger, debounceMs: this.deps.debounceMs ?? 250 })
   }
 
   close(): void {
-    clearTimeout(this.timer)
-    for (const w of this.watchers) w.close()
+    this.unwatch?.()
   }
 
   /** Reads the files now; resolves once the result is applied or rejected. */
   reload(): Promise<void> {
     this.reloading = this.reloading.then(() => this.reloadOnce())
     return this.reloading
-  }
-
-  private schedule(): void {
-    clearTimeout(this.timer)
-    this.timer = setTimeout(() => void this.reload(), this.deps.debounceMs ?? 250)
   }
 
   private async reloadOnce(): Promise<void> {

@@ -2,6 +2,7 @@ import t from 'tap'
 import { isLoopback } from '../../src/admin/server.js'
 import { json, metric, request, until } from '../fixtures/client.js'
 import { startProxy } from '../fixtures/proxy.js'
+import { devCerts } from '../fixtures/tls.js'
 import { fakeUpstream, freePort } from '../fixtures/upstream.js'
 
 t.test('probes: /live and /started do not wait for the app; /ready follows its health checks', async (t) => {
@@ -104,7 +105,7 @@ t.test('unknown paths 404, wrong methods 405', async (t) => {
   t.teardown(() => proxy.close())
   const missing = await json<{ paths: string[] }>(`${proxy.adminUrl}/nope`)
   t.equal(missing.reply.status, 404)
-  t.same(missing.body.paths, ['/live', '/started', '/ready', '/metrics', '/drain', '/quitquitquit'])
+  t.same(missing.body.paths, ['/live', '/started', '/ready', '/config', '/status', '/metrics', '/drain', '/quitquitquit'])
   const post = await request(`${proxy.adminUrl}/live`, { method: 'POST' })
   t.equal(post.status, 405)
   t.equal(post.headers.allow, 'GET, HEAD')
@@ -132,4 +133,45 @@ t.test('POST /drain and POST /quitquitquit ask for a stop; other methods are ref
 t.test('only loopback clients may stop the proxy', async (t) => {
   for (const a of ['127.0.0.1', '127.1.2.3', '::1', '::ffff:127.0.0.1']) t.ok(isLoopback(a), a)
   for (const a of ['10.0.0.5', '::ffff:10.0.0.5', 'fe80::1', undefined]) t.notOk(isLoopback(a), String(a))
+})
+
+t.test('GET /config: the config in force with its version, file paths but never key material', async (t) => {
+  const up = await fakeUpstream().listen()
+  t.teardown(() => up.close())
+  const { server } = devCerts()
+  const dir = t.testdir({ 'tls.crt': server.cert, 'tls.key': server.key })
+  const proxy = await startProxy(up.url, { listener: { tls: { certFile: `${dir}/tls.crt`, keyFile: `${dir}/tls.key` } } })
+  t.teardown(() => proxy.close())
+  const reply = await json<{ version: string; pendingRestart: string[]; config: { listener: { tls: { keyFile: string } } } }>(`${proxy.adminUrl}/config`)
+  t.equal(reply.reply.status, 200)
+  t.equal(reply.body.version, proxy.app.config().version)
+  t.same(reply.body.pendingRestart, [])
+  t.equal(reply.body.config.listener.tls.keyFile, `${dir}/tls.key`, 'the path is shown')
+  t.notMatch(reply.body, /PRIVATE KEY/, 'the key itself never is')
+  t.notMatch(reply.reply.body.toString(), server.key.split('\n')[1]!)
+})
+
+t.test('GET /status: weights, health, breaker, in-flight and the share answered in the last minute', async (t) => {
+  const up = await fakeUpstream().listen()
+  t.teardown(() => up.close())
+  const { server } = devCerts()
+  const dir = t.testdir({ 'tls.crt': server.cert, 'tls.key': server.key })
+  const down = `http://127.0.0.1:${await freePort()}`
+  const proxy = await startProxy(up.url, {
+    listener: { tls: { certFile: `${dir}/tls.crt`, keyFile: `${dir}/tls.key` } },
+    backends: [{ name: 'app', url: up.url, weight: 3 }, { name: 'canary', url: down, weight: 1, gatesReadiness: false }],
+  })
+  t.teardown(() => proxy.close())
+  const status = await json<Record<string, unknown>>(`${proxy.adminUrl}/status`)
+  t.equal(status.reply.status, 200)
+  t.match(status.body, {
+    ready: true,
+    config: { version: proxy.app.config().version },
+    backends: [
+      { name: 'app', weight: 3, weightPercent: 75, gatesReadiness: true, breaker: 'closed', inFlight: { active: 0, waiting: 0 }, health: { healthy: true } },
+      { name: 'canary', weight: 1, weightPercent: 25, gatesReadiness: false, breaker: 'closed', health: { healthy: false } },
+    ],
+    certificate: { subject: /CN=localhost/, notAfter: String },
+  })
+  t.equal((status.body.series as unknown[]).length, 30, 'five minutes of 10 s buckets for a chart')
 })

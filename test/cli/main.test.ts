@@ -1,7 +1,7 @@
 // The CLI as a user meets it: in-process for argument and config handling, and the built
 // binary (dist/main.js, made by `npm test`'s build step) for the real run, signals and exit codes.
 import { spawn } from 'node:child_process'
-import { existsSync } from 'node:fs'
+import { existsSync, writeFileSync } from 'node:fs'
 import net from 'node:net'
 import { fileURLToPath } from 'node:url'
 import t from 'tap'
@@ -25,7 +25,9 @@ t.test('validate: a good file exits 0, a broken one exits 2 naming every bad fie
   })
   const good = io()
   t.equal(await main(['validate', '--config', `${dir}/good.yaml`], good.sink), 0)
-  t.match(good.text(), /good\.yaml: valid \(2 backends\)/)
+  t.match(good.text(), /good\.yaml: valid, version [0-9a-f]{12}\n/)
+  t.match(good.text(), /\n {2}app {2}weight 90 \(90%\) {2}http:\/\/127\.0\.0\.1:8080 {2}gates readiness\n/)
+  t.match(good.text(), /\n {2}canary {2}weight 10 \(10%\) {2}http:\/\/10\.0\.0\.2:8080(\n|$)/, 'a remote canary does not gate readiness')
   const bad = io()
   t.equal(await main(['validate', '--config', `${dir}/broken.yaml`], bad.sink), 2)
   t.match(bad.text(), /listener\.address: must be host:port/)
@@ -160,4 +162,24 @@ t.test('SIGTERM drains the binary: the slow request completes, requests during t
   t.equal((await slow).status, 200, 'the slow in-flight request completed')
   t.equal(await child.exited, 0)
   t.ok(Date.now() - signalledAt < 5000, `exited ${Date.now() - signalledAt} ms after SIGTERM, before the 5 s deadline`)
+})
+
+t.test('SIGHUP reloads the config file; without one it is logged and the proxy keeps running', async (t) => {
+  const up = await fakeUpstream().listen()
+  t.teardown(() => up.close())
+  const dir = t.testdir({ 'c.yaml': 'retry:\n  attempts: 2\n' })
+  const flags = ['--plaintext', '--listen', '127.0.0.1:0', '--admin', '127.0.0.1:0', '--upstream', up.url]
+  const child = runBinary(['--config', `${dir}/c.yaml`, ...flags])
+  t.teardown(() => child.kill('SIGKILL'))
+  await waitForLine(child, 'sidecar-proxy started')
+  writeFileSync(`${dir}/c.yaml`, 'retry:\n  attempts: 3\n')
+  child.kill('SIGHUP') // before the file watch's quiet period ends: this reload is the signal's
+  t.match(await waitForLine(child, 'config reloaded'), { reason: 'SIGHUP' })
+
+  const bare = runBinary(flags)
+  t.teardown(() => bare.kill('SIGKILL'))
+  const started = await waitForLine(bare, 'sidecar-proxy started')
+  bare.kill('SIGHUP')
+  await waitForLine(bare, 'no config file to reload: the proxy runs on defaults and flags')
+  t.equal((await request(`${started.admin as string}/live`)).status, 200, 'SIGHUP did not stop it')
 })

@@ -1,0 +1,52 @@
+// GET /status: what an operator asks of a canary rollout. Each backend with its weight (and the
+// share of traffic that weight means), health, breaker state, attempts in flight and the share
+// of requests it actually answered in the last minute; the config version in force; readiness.
+// Assembled from the live objects on every call: nothing here is cached.
+import type { Config } from '../config/schema.js'
+import type { BreakerState } from '../layers/breaker.js'
+import type { RecentRequests } from '../metrics.js'
+import type { BackendHealth } from '../upstream/health.js'
+
+export interface StatusSources {
+  config: Config
+  version: string
+  loadedAt: Date
+  pendingRestart: readonly string[]
+  holding: Record<string, string>
+  health: (backend: string) => BackendHealth | undefined
+  breaker: (backend: string) => BreakerState
+  inFlight: (backend: string) => { active: number; waiting: number }
+  recent: RecentRequests
+  certificate: { subject: string; notAfter: Date } | undefined
+}
+
+export function statusOf(s: StatusSources) {
+  const totalWeight = s.config.backends.reduce((sum, b) => sum + b.weight, 0)
+  const lastMinute = s.recent.totals(60_000)
+  const answered = Object.values(lastMinute).reduce((sum, c) => sum + c.requests, 0)
+  const percent = (part: number, whole: number) => (whole === 0 ? 0 : Math.round((part / whole) * 1000) / 10)
+  return {
+    ready: Object.keys(s.holding).length === 0,
+    holding: s.holding,
+    config: { version: s.version, loadedAt: s.loadedAt.toISOString(), pendingRestart: s.pendingRestart },
+    backends: s.config.backends.map((b) => {
+      const recent = lastMinute[b.name] ?? { requests: 0, errors: 0 }
+      return {
+        name: b.name,
+        url: b.url,
+        weight: b.weight,
+        weightPercent: percent(b.weight, totalWeight),
+        gatesReadiness: b.gatesReadiness && b.weight > 0,
+        health: s.health(b.name) ?? null,
+        breaker: s.breaker(b.name),
+        inFlight: s.inFlight(b.name),
+        lastMinute: { ...recent, percent: percent(recent.requests, answered) },
+      }
+    }),
+    /** Every request of the last minute, by who answered it ("none": the proxy itself). */
+    lastMinute,
+    /** Requests and 5xx per 10 s over the last 5 minutes, oldest first. */
+    series: s.recent.series(),
+    certificate: s.certificate ? { subject: s.certificate.subject, notAfter: s.certificate.notAfter.toISOString() } : null,
+  }
+}
