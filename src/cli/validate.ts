@@ -1,6 +1,8 @@
-// `sidecar-proxy validate --config FILE`: the whole schema, every problem with its path.
+// `sidecar-proxy validate --config FILE`: the whole schema, every problem with its path. A valid
+// file prints its version (the one GET /config shows once it is loaded) and the split it makes.
 import { parseArgs } from 'node:util'
 import { isConfigError, loadConfig } from '../config/load.js'
+import { configVersion } from '../config/reload.js'
 import type { Io } from '../main.js'
 import { UsageError } from './usage.js'
 
@@ -14,7 +16,12 @@ export async function validateCommand(argv: readonly string[], io: Io): Promise<
   if (file === undefined) throw new UsageError('validate needs --config FILE')
   try {
     const config = await loadConfig(file)
-    io.out(`${file}: valid (${config.backends.length} backend${config.backends.length === 1 ? '' : 's'})`)
+    const total = config.backends.reduce((sum, b) => sum + b.weight, 0)
+    io.out(`${file}: valid, version ${configVersion(config)}`)
+    for (const b of config.backends) {
+      const share = `${Math.round((b.weight / total) * 1000) / 10}%`
+      io.out(`  ${b.name}  weight ${b.weight} (${share})  ${b.url}${b.gatesReadiness && b.weight > 0 ? '  gates readiness' : ''}`)
+    }
     return 0
   } catch (err) {
     if (isConfigError(err)) {
