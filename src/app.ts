@@ -143,7 +143,10 @@ export async function startApp(initial: Config, deps: AppDeps): Promise<App> {
     if (pendingRestart.length > 0) {
       logger.warn({ pendingRestart }, 'config changes settings that take effect only at restart; the running values stay')
     }
-    if (version === current.version) return { result: 'unchanged', version, pendingRestart }
+    if (version === current.version) {
+      logger.info({ reason, version }, 'config read again: nothing changed')
+      return { result: 'unchanged', version, pendingRestart }
+    }
     upstreams.sync(config.backends, config.limits)
     breakers.sync(
       config.backends.map((b) => b.name),

@@ -241,6 +241,7 @@ t.test('a reload that changes settings bound at start reports them and keeps the
   t.equal(shown.body.config.limits.requestTimeoutMs, 5000, 'what can change live did')
   t.match(proxy.logs.find((l) => l.msg?.toString().startsWith('config changes settings')), { level: 'warn', pendingRestart: ['limits.maxHeaderBytes'] })
   t.match(await proxy.app.reload('test'), { result: 'unchanged' }, 'the same file again changes nothing')
+  t.ok(proxy.logs.some((l) => l.msg === 'config read again: nothing changed' && l.reason === 'test'), 'and says so')
 })
 
 t.test('a reload that adds a backend on loopback holds readiness until its first check passes', async (t) => {
