@@ -1,6 +1,7 @@
 // `sidecar-proxy await [--admin URL] [--timeout S] [--shutdown] -- CMD ARGS...`: for clusters
-// without native sidecars (like linkerd-await). Waits until the proxy's /ready answers 200, then
-// runs CMD with this process's stdio and exits with its exit code. With --shutdown, asks the
+// without native sidecars (like linkerd-await). Waits until the proxy's /started answers 200 (its
+// listener is bound and forwarding), then runs CMD with this process's stdio and exits with its
+// exit code. Not /ready: that waits for the app's health checks, and the app is CMD itself. With --shutdown, asks the
 // proxy to stop (POST /quitquitquit) once CMD has exited, so a Job's proxy ends with its app.
 import { spawn } from 'node:child_process'
 import http from 'node:http'
@@ -34,11 +35,11 @@ export async function awaitCommand(argv: readonly string[], io: Io): Promise<num
   const deadline = Date.now() + timeoutS * 1000
   let last = 'no answer yet'
   for (;;) {
-    const answer = await get(`${admin}/ready`)
+    const answer = await get(`${admin}/started`)
     if (answer.status === 200) break
     last = answer.status === undefined ? answer.text : `${answer.status} ${answer.text.trim()}`
     if (Date.now() + POLL_MS > deadline) {
-      io.err(`sidecar-proxy await: the proxy at ${admin} was not ready after ${timeoutS} s (last: ${last}); ${cmd} was not started`)
+      io.err(`sidecar-proxy await: the proxy at ${admin} was not started after ${timeoutS} s (last: ${last}); ${cmd} was not started`)
       return 1
     }
     await new Promise((resolve) => setTimeout(resolve, POLL_MS))

@@ -4,7 +4,7 @@ export const USAGE = `Usage:
   sidecar-proxy certs --out DIR [--hosts a,b,c] [--days N]
                                             write a development CA and a server certificate
   sidecar-proxy await [--admin URL] [--timeout S] [--shutdown] -- CMD [ARGS...]
-                                            wait until the proxy is ready (default admin
+                                            wait until the proxy is up (default admin
                                             http://127.0.0.1:9901, 120 s), then run CMD and exit
                                             with its code; --shutdown stops the proxy afterwards
 
