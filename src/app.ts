@@ -243,6 +243,7 @@ export async function startApp(initial: Config, deps: AppDeps): Promise<App> {
         const started = Date.now()
         const { timeoutMs } = current.config.drain
         readiness.hold('draining', `draining since ${new Date(started).toISOString()} (${reason})`)
+        metrics.draining.set(1)
         logger.info({ reason, delayMs, timeoutMs }, 'draining: readiness fails, requests still served')
         listener.drain()
         if (delayMs > 0) await new Promise((resolve) => setTimeout(resolve, delayMs))

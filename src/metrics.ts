@@ -42,6 +42,12 @@ export function createMetrics(now: () => number = Date.now) {
     registers,
   })
 
+  const draining = new Gauge({
+    name: 'sidecar_draining',
+    help: '1 from the start of a drain (SIGTERM, POST /drain) until the process exits, else 0.',
+    registers,
+  })
+
   const retries = new Counter({
     name: 'sidecar_retries_total',
     help: 'Retries made, by the backend of the failed attempt and the reason (retryOn condition).',
@@ -92,6 +98,7 @@ export function createMetrics(now: () => number = Date.now) {
     attempts,
     rejected,
     openConnections,
+    draining,
     retries,
     retryBudgetExhausted,
     circuitState,

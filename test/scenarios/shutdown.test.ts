@@ -22,6 +22,7 @@ t.test('in-flight requests finish during a graceful stop; new connections are re
   await until(() => releases.length === 1)
   const stopped = proxy.close()
   t.ok(proxy.app.readiness.isHeld('draining'), 'readiness fails as soon as the stop begins')
+  t.equal(await proxy.app.metrics.registry.getSingleMetric('sidecar_draining')?.get().then((m) => m.values[0]?.value), 1, 'sidecar_draining says so')
   await t.rejects(request(`${proxy.url}/new`), { code: 'ECONNREFUSED' }, 'no new connections once stopping')
   releases[0]!()
   const reply = await inFlight
