@@ -170,6 +170,7 @@ export async function startApp(initial: Config, deps: AppDeps): Promise<App> {
     return { result: 'success', version, pendingRestart }
   }
 
+  let closing: Promise<number> | undefined
   let reloading: Promise<ReloadResult> = Promise.resolve({ result: 'unchanged', version: current.version })
   const reload = (reason: string): Promise<ReloadResult> => {
     const file = deps.configFile
@@ -178,6 +179,7 @@ export async function startApp(initial: Config, deps: AppDeps): Promise<App> {
         logger.warn({ reason }, 'no config file to reload: the proxy runs on defaults and flags')
         return { result: 'unchanged', version: current.version }
       }
+      if (closing) return { result: 'unchanged', version: current.version } // draining: pools are closing
       let loaded: Config
       try {
         loaded = await file.load()
@@ -228,7 +230,6 @@ export async function startApp(initial: Config, deps: AppDeps): Promise<App> {
     'sidecar-proxy started',
   )
 
-  let closing: Promise<number> | undefined
   return {
     listenerAddress,
     adminAddress,

@@ -259,3 +259,14 @@ t.test('a reload that adds a backend on loopback holds readiness until its first
   await proxy.app.reload('test')
   t.same(proxy.app.readiness.holding(), {}, 'back at weight 0 it gates nothing')
 })
+
+t.test('a reload once the drain has begun changes nothing', async (t) => {
+  const { app, canary } = await pair(t)
+  const { proxy, write } = await mounted(t, yamlFor(app, canary, 100, 0))
+  const version = proxy.app.config().version
+  const stopped = proxy.app.close('test', 300)
+  write(yamlFor(app, canary, 0, 100))
+  t.match(await proxy.app.reload('test'), { result: 'unchanged', version }, 'the pools are closing: nothing new is built')
+  t.equal(proxy.app.config().version, version)
+  await stopped
+})
