@@ -43,7 +43,8 @@ const CLK_TCK = Number(execFileSync('getconf', ['CLK_TCK']).toString()) || 100
 const tmp = mkdtempSync(join(os.tmpdir(), 'sidecar-bench-'))
 const children = []
 
-process.on('exit', () => children.forEach((c) => c.exitCode === null && c.kill('SIGKILL')))
+// nginx's master takes its workers down on SIGTERM (SIGKILL would orphan them); the rest go at once
+process.on('exit', () => children.forEach((c) => c.exitCode === null && c.kill(c.spawnfile.endsWith('nginx') ? 'SIGTERM' : 'SIGKILL')))
 process.on('SIGINT', () => process.exit(130))
 
 async function freePort() {
