@@ -12,6 +12,10 @@ export const ERRORS = {
     message: 'request headers larger than limits.maxHeaderBytes or more than limits.maxHeaderCount',
   },
   // 499 is nginx's "client closed request": logged and counted, never sent (nobody is listening).
+  unsupported_transfer_encoding: {
+    status: 501,
+    message: 'request Transfer-Encoding other than chunked: the proxy would pass a coded body off as plain',
+  },
   client_closed: { status: 499, message: 'the client went away before the response was complete' },
   internal: { status: 500, message: 'internal proxy error' },
   upstream_refused: { status: 502, message: 'the upstream refused the connection' },

@@ -1,5 +1,7 @@
 // Request limits the listener's parser does not enforce itself: the header count (431; Node
-// would silently drop the extra headers) and the body size (413). A declared Content-Length over
+// would silently drop the extra headers), a Transfer-Encoding other than plain `chunked` (501:
+// Node's parser accepts `gzip, chunked` and hands over the body still gzip-coded, which the app
+// would then take for the plain body; RFC 9112 6.1 says answer 501) and the body size (413). A declared Content-Length over
 // the cap is refused before anything is forwarded; a chunked body is counted as it streams and,
 // past the cap, the upstream request is aborted (the app never sees a complete request) and the
 // client gets 413 if no response has started.
@@ -14,13 +16,16 @@ export interface LimitsOptions {
 }
 
 export function createLimitsLayer(opts: LimitsOptions, deps: { metrics: Metrics }): Layer {
-  const reject = (code: 'headers_too_large' | 'body_too_large', detail: string): never => {
+  const reject = (code: 'headers_too_large' | 'unsupported_transfer_encoding' | 'body_too_large', detail: string): never => {
     deps.metrics.rejected.labels(code).inc()
     throw new SidecarError(code, { detail })
   }
   return (next) => async (req, ctx) => {
     if (req.headerCount > opts.maxHeaderCount) {
       reject('headers_too_large', `${req.headerCount} headers, at most ${opts.maxHeaderCount}`)
+    }
+    if (req.transferEncoding !== null && req.transferEncoding.trim().toLowerCase() !== 'chunked') {
+      reject('unsupported_transfer_encoding', `Transfer-Encoding: ${req.transferEncoding}`)
     }
     if (req.body === null) return next(req, ctx)
     if (req.contentLength !== null) {

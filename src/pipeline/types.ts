@@ -19,6 +19,8 @@ export interface ProxyRequest {
   readonly contentLength: number | null
   /** How many header lines the client sent (repeats included), for the header-count cap. */
   readonly headerCount: number
+  /** The client's Transfer-Encoding (hop-by-hop, so not in `headers`), or null. */
+  readonly transferEncoding: string | null
 }
 
 export interface ProxyResponse {

@@ -250,6 +250,7 @@ export class Listener {
       body: hasBody ? req : null,
       contentLength,
       headerCount: h2 ? countRegularHeaders(req.rawHeaders) : req.rawHeaders.length / 2,
+      transferEncoding: req.headers['transfer-encoding'] ?? null,
     }
     this.handler(proxyReq, ctx).then(
       (response) => this.respond(res, response, ctx, h2),

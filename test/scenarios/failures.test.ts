@@ -166,6 +166,24 @@ t.test('a malformed request: 400 bad_request', async (t) => {
   t.equal(await metric(proxy.adminUrl, 'sidecar_rejected_requests_total{reason="bad_request"}'), 1)
 })
 
+t.test('Transfer-Encoding other than plain chunked: 501 and nothing forwarded; chunked itself passes', async (t) => {
+  const { up, proxy } = await setup(t)
+  const send = (te: string) =>
+    raw(proxy.port, `POST /te HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: ${te}\r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n`)
+  // Node's parser accepts these and hands over the body still coded; the app would take it as plain
+  for (const te of ['gzip, chunked', 'deflate,chunked', 'identity, chunked']) {
+    const response = await send(te)
+    t.match(response, /^HTTP\/1\.1 501 /, `${te}: 501`)
+    t.match(response, /x-sidecar-error: unsupported_transfer_encoding/)
+  }
+  t.equal(await metric(proxy.adminUrl, 'sidecar_rejected_requests_total{reason="unsupported_transfer_encoding"}'), 3, 'each counted')
+  // the parser itself refuses a non-final chunked and unknown codings
+  for (const te of ['chunked, gzip', 'xchunked']) t.match(await send(te), /^HTTP\/1\.1 400 /, `${te}: 400`)
+  t.equal(up.seen.length, 0, 'forwarded: 0 of 5')
+  for (const te of ['chunked', 'Chunked', ' chunked']) t.match(await send(te), /^HTTP\/1\.1 200 /, `${JSON.stringify(te)}: forwarded`)
+  t.equal(up.seen.length, 3)
+})
+
 t.test('a client too slow to send its headers: 408 request_timeout', async (t) => {
   const { proxy } = await setup(t, { listener: { headersTimeoutMs: 200, receiveTimeoutMs: 400 } })
   const response = await raw(proxy.port, 'GET / HTTP/1.1\r\nHost: a\r\n', 5000)
