@@ -144,7 +144,8 @@ export async function startApp(initial: Config, deps: AppDeps): Promise<App> {
       logger.warn({ pendingRestart }, 'config changes settings that take effect only at restart; the running values stay')
     }
     if (version === current.version) {
-      logger.info({ reason, version }, 'config read again: nothing changed')
+      // a touch of the file is routine; a SIGHUP that changes nothing deserves an answer
+      logger[reason === 'file changed' ? 'debug' : 'info']({ reason, version }, 'config read again: nothing changed')
       return { result: 'unchanged', version, pendingRestart }
     }
     upstreams.sync(config.backends, config.limits)

@@ -2,16 +2,21 @@
 // writing a new timestamped directory and swapping the `..data` symlink, so a watch on the file
 // path itself never fires. The directory is watched instead, and a burst of events (a swap
 // touches several entries; an editor writes, renames and chmods) becomes one call after a quiet
-// period. The caller then reads the files again and decides whether anything changed.
+// period. The caller then reads the files again and decides whether anything changed. Events for
+// other entries of the directory (a log file written beside the config, say) are ignored.
 import { watch, type FSWatcher } from 'node:fs'
-import { dirname } from 'node:path'
+import { basename, dirname } from 'node:path'
 import type { Logger } from './log.js'
 
 export function watchFiles(files: readonly string[], onChange: () => void, opts: { logger: Logger; debounceMs: number }): () => void {
   let timer: NodeJS.Timeout | undefined
   const watchers: FSWatcher[] = []
+  const names = new Set(files.map((f) => basename(f)))
+  // the file itself (an edit, or an editor's rename onto it), or the kubelet's `..data` swap
+  const relevant = (name: string | null) => name === null || names.has(name) || name.startsWith('..')
   for (const dir of new Set(files.map((f) => dirname(f)))) {
-    const watcher = watch(dir, () => {
+    const watcher = watch(dir, (_event, name) => {
+      if (!relevant(name)) return
       clearTimeout(timer)
       timer = setTimeout(onChange, opts.debounceMs)
     })
