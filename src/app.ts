@@ -8,7 +8,7 @@ import { Readiness } from './admin/readiness.js'
 import { statusOf } from './admin/status.js'
 import { isConfigError } from './config/load.js'
 import { configVersion, effectiveConfig } from './config/reload.js'
-import { parseAddress, type Config } from './config/schema.js'
+import { gatesReadiness, parseAddress, type Config } from './config/schema.js'
 import type { Logger } from './log.js'
 import { createMetrics, type Metrics } from './metrics.js'
 import { selfSigned } from './certs/generate.js'
@@ -66,8 +66,7 @@ export interface AppDeps {
   configFile?: { path: string; load: () => Promise<Config> }
 }
 
-/** Backends whose health holds the pod's readiness: the ones that get traffic and gate it. */
-const gatingBackends = (config: Config) => new Set(config.backends.filter((b) => b.weight > 0 && b.gatesReadiness).map((b) => b.name))
+const gatingBackends = (config: Config) => new Set(config.backends.filter(gatesReadiness).map((b) => b.name))
 
 export async function startApp(initial: Config, deps: AppDeps): Promise<App> {
   const { logger } = deps
@@ -94,14 +93,18 @@ export async function startApp(initial: Config, deps: AppDeps): Promise<App> {
     logger,
     metrics,
     probe: (backend, path, timeoutMs) => upstreams.probe(backend, path, timeoutMs),
-    onCheck: (backend, h) => {
-      if (!gating.has(backend)) return
-      if (h.healthy) readiness.release(`backend:${backend}`)
-      else readiness.hold(`backend:${backend}`, `unhealthy: ${h.reason}`)
+    onCheck: (backend) => {
+      if (gating.has(backend)) gateReadiness(backend)
     },
   })
+  /** A gating backend's latch follows its latest verdict, with the reason. */
+  const gateReadiness = (name: string) => {
+    const h = health.health(name)
+    if (h?.healthy) readiness.release(`backend:${name}`)
+    else readiness.hold(`backend:${name}`, h && h.checks > 0 ? `unhealthy: ${h.reason}` : 'no health check has passed yet')
+  }
   const backendHealth = () => Object.fromEntries(current.config.backends.map((b) => [b.name, health.health(b.name)]))
-  for (const name of gating) readiness.hold(`backend:${name}`, 'no health check has passed yet')
+  for (const name of gating) gateReadiness(name)
   const stackDeps = {
     logger,
     metrics,
@@ -158,11 +161,7 @@ export async function startApp(initial: Config, deps: AppDeps): Promise<App> {
     const was = gating
     gating = gatingBackends(config)
     for (const name of was) if (!gating.has(name)) readiness.release(`backend:${name}`)
-    for (const name of gating) {
-      const h = health.health(name)
-      if (h?.healthy) readiness.release(`backend:${name}`)
-      else readiness.hold(`backend:${name}`, h && h.checks > 0 ? `unhealthy: ${h.reason}` : 'no health check has passed yet')
-    }
+    for (const name of gating) gateReadiness(name)
     logger.level = config.log.level
     const previous = current.version
     current = { config, version, loadedAt: new Date(), pendingRestart }

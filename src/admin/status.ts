@@ -2,7 +2,7 @@
 // share of traffic that weight means), health, breaker state, attempts in flight and the share
 // of requests it actually answered in the last minute; the config version in force; readiness.
 // Assembled from the live objects on every call: nothing here is cached.
-import type { Config } from '../config/schema.js'
+import { gatesReadiness, type Config } from '../config/schema.js'
 import type { BreakerState } from '../layers/breaker.js'
 import type { RecentRequests } from '../metrics.js'
 import type { BackendHealth } from '../upstream/health.js'
@@ -36,7 +36,7 @@ export function statusOf(s: StatusSources) {
         url: b.url,
         weight: b.weight,
         weightPercent: percent(b.weight, totalWeight),
-        gatesReadiness: b.gatesReadiness && b.weight > 0,
+        gatesReadiness: gatesReadiness(b),
         health: s.health(b.name) ?? null,
         breaker: s.breaker(b.name),
         inFlight: s.inFlight(b.name),

@@ -3,6 +3,7 @@
 import { parseArgs } from 'node:util'
 import { isConfigError, loadConfig } from '../config/load.js'
 import { configVersion } from '../config/reload.js'
+import { gatesReadiness } from '../config/schema.js'
 import type { Io } from '../main.js'
 import { UsageError } from './usage.js'
 
@@ -20,7 +21,7 @@ export async function validateCommand(argv: readonly string[], io: Io): Promise<
     io.out(`${file}: valid, version ${configVersion(config)}`)
     for (const b of config.backends) {
       const share = `${Math.round((b.weight / total) * 1000) / 10}%`
-      io.out(`  ${b.name}  weight ${b.weight} (${share})  ${b.url}${b.gatesReadiness && b.weight > 0 ? '  gates readiness' : ''}`)
+      io.out(`  ${b.name}  weight ${b.weight} (${share})  ${b.url}${gatesReadiness(b) ? '  gates readiness' : ''}`)
     }
     return 0
   } catch (err) {

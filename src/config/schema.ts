@@ -72,6 +72,11 @@ export function isLoopbackUrl(url: string): boolean {
   return host === 'localhost' || host === '[::1]' || /^127\.\d+\.\d+\.\d+$/.test(host)
 }
 
+/** Whether a backend's health holds the pod's readiness: it gets traffic and gates it. */
+export function gatesReadiness(b: { weight: number; gatesReadiness: boolean }): boolean {
+  return b.weight > 0 && b.gatesReadiness
+}
+
 const DEFAULT_BACKEND_URL = 'http://127.0.0.1:8080'
 
 export const configSchema = z

@@ -56,8 +56,8 @@ export function createPickLayer(backends: readonly WeightedBackend[], routing: R
     }
     return among[among.length - 1]!.name // r == total only through float rounding
   }
+  const usable = (b: WeightedBackend) => isAvailable(b.name) && isHealthy(b.name)
   const pick = (): string => {
-    const usable = (b: WeightedBackend) => isAvailable(b.name) && isHealthy(b.name)
     if (live.every(usable)) return weighted(live) // the common case, without allocating
     const healthy = live.filter(usable)
     if (healthy.length > 0) return weighted(healthy)

@@ -138,9 +138,7 @@ export class HealthChecker {
       await this.check(backend)
       if (current()) this.timers.set(backend, this.deps.clock.timeout(settings.healthCheck.intervalMs, () => void loop()))
     }
-    // a placeholder until the first check is done, so stopLoop can see the loop is running
-    this.timers.set(backend, () => {})
-    void loop()
+    void loop() // a loop whose settings are replaced, or stopped, ends itself after its check
   }
 
   private stopLoop(backend: string): void {
