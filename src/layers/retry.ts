@@ -79,7 +79,7 @@ export function createRetryLayer(opts: RetryOptions, deps: RetryDeps): Layer {
     const deadline = deps.clock.now() + opts.requestTimeoutMs
     const idempotent = methods.has(req.method) || req.headers['idempotency-key'] !== undefined
     // Keep the body for a replay only when a retry could use it.
-    const body = opts.attempts > 1 && idempotent ? await replayable(req, opts.maxReplayBytes) : { replay: null, stream: req.body }
+    const body = req.body !== null && opts.attempts > 1 && idempotent ? await replayable(req.body, req.contentLength, opts.maxReplayBytes) : { replay: null, stream: req.body }
     const resendable = req.body === null || body.replay !== null
     let streamed = body.stream
 
@@ -161,10 +161,8 @@ function discard(outcome: Outcome): void {
  * Reads the body into memory when it fits in `max` bytes (replay); otherwise returns a stream
  * that yields what was read and then the rest, untouched, and the request is not retried.
  */
-async function replayable(req: ProxyRequest, max: number): Promise<{ replay: Buffer[] | null; stream: Readable | null }> {
-  const body = req.body
-  if (body === null) return { replay: null, stream: null }
-  if (req.contentLength !== null && req.contentLength > max) return { replay: null, stream: body }
+async function replayable(body: Readable, contentLength: number | null, max: number): Promise<{ replay: Buffer[] | null; stream: Readable | null }> {
+  if (contentLength !== null && contentLength > max) return { replay: null, stream: body }
   const { chunks, complete } = await readUpTo(body, max).catch((err: unknown) => {
     // the client went away mid-body, or the limits layer cut it (body_too_large)
     throw isErrorCode((err as { code?: unknown }).code) ? err : new SidecarError('client_closed', { cause: err })
