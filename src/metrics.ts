@@ -11,11 +11,18 @@ export function createMetrics(now: () => number = Date.now) {
   collectDefaultMetrics({ register: registry })
   const registers = [registry]
 
+  // The two counters bumped on every request count in plain numbers and hand the counts to
+  // prom-client when it is scraped: prom-client hashes and validates the label set on each inc().
+  const requestTally = new Tally(3)
+  const attemptTally = new Tally(2)
   const requests = new Counter({
     name: 'sidecar_requests_total',
     help: 'Requests answered, by backend ("none" when the proxy answered itself), method and status code.',
     labelNames: ['backend', 'method', 'code'] as const,
     registers,
+    collect() {
+      requestTally.drain((labels, n) => this.inc({ backend: labels[0]!, method: labels[1]!, code: labels[2]! }, n))
+    },
   })
   const duration = new Histogram({
     name: 'sidecar_request_duration_seconds',
@@ -29,6 +36,9 @@ export function createMetrics(now: () => number = Date.now) {
     help: 'Calls made to a backend, by result: the status class (2xx..5xx) or the error code.',
     labelNames: ['backend', 'result'] as const,
     registers,
+    collect() {
+      attemptTally.drain((labels, n) => this.inc({ backend: labels[0]!, result: labels[1]! }, n))
+    },
   })
   const rejected = new Counter({
     name: 'sidecar_rejected_requests_total',
@@ -83,14 +93,8 @@ export function createMetrics(now: () => number = Date.now) {
     registers,
   })
 
-  // Label children are cached: prom-client hashes the label object on every inc() otherwise.
-  const children = new Map<string, unknown>()
-  const child = <T>(key: string, make: () => T): T => {
-    let c = children.get(key) as T | undefined
-    if (!c) children.set(key, (c = make()))
-    return c
-  }
-
+  // The histogram's label child is cached: labels() builds a new one on every call.
+  const durations = new Map<string, { observe(seconds: number): void }>()
   return {
     registry,
     requests,
@@ -108,15 +112,50 @@ export function createMetrics(now: () => number = Date.now) {
     recent,
     /** Counts one call to a backend: upstream_attempts_total. */
     countAttempt(backend: string, result: string): void {
-      child(`attempt ${backend} ${result}`, () => attempts.labels(backend, result)).inc()
+      attemptTally.add(backend, result)
     },
     /** Counts one finished request: requests_total and request_duration_seconds. */
     observeRequest(backend: string, method: string, code: number, seconds: number): void {
-      const m = KNOWN_METHODS.has(method) ? method : 'OTHER'
-      child(`request ${backend} ${m} ${code}`, () => requests.labels(backend, m, String(code))).inc()
-      child(`duration ${backend}`, () => duration.labels(backend)).observe(seconds)
+      requestTally.add(backend, KNOWN_METHODS.has(method) ? method : 'OTHER', code)
+      let d = durations.get(backend)
+      if (!d) durations.set(backend, (d = duration.labels(backend)))
+      d.observe(seconds)
       recent.record(backend, code)
     },
+  }
+}
+
+/**
+ * Counts per label combination in nested maps (no key string built per count); `drain` hands
+ * each combination's count since the last drain to a callback and starts again from zero.
+ */
+class Tally {
+  private readonly root = new Map<string | number, unknown>()
+
+  constructor(private readonly depth: number) {}
+
+  add(...labels: Array<string | number>): void {
+    let map = this.root
+    for (let i = 0; i < this.depth - 1; i++) {
+      let inner = map.get(labels[i]!) as Map<string | number, unknown> | undefined
+      if (!inner) map.set(labels[i]!, (inner = new Map()))
+      map = inner
+    }
+    const last = labels[this.depth - 1]!
+    map.set(last, ((map.get(last) as number | undefined) ?? 0) + 1)
+  }
+
+  drain(fn: (labels: string[], n: number) => void): void {
+    const walk = (map: Map<string | number, unknown>, path: string[]) => {
+      for (const [key, value] of map) {
+        if (value instanceof Map) walk(value as Map<string | number, unknown>, [...path, String(key)])
+        else if ((value as number) > 0) {
+          fn([...path, String(key)], value as number)
+          map.set(key, 0)
+        }
+      }
+    }
+    walk(this.root, [])
   }
 }
 
