@@ -8,12 +8,17 @@ export interface LogOptions {
 }
 
 /**
- * `SIDECAR_LOG_LEVEL` overrides the configured level. Writes are asynchronous (no blocking
- * write per line on the hot path, lines still go out as soon as the loop is free); pino flushes
- * what is pending synchronously when the process exits. Tests pass their own destination.
+ * Lines are buffered and written when 4 KiB have gathered or every FLUSH_INTERVAL_MS,
+ * whichever comes first (Envoy's access log flushes every second; nginx's `access_log ...
+ * buffer= flush=` does the same). One asynchronous write per line cost about 70 us of CPU per
+ * request at 3,000 req/s, a third of the proxy's whole cost: each write is a round trip through
+ * libuv's thread pool. pino flushes what is pending synchronously when the process exits.
+ * `SIDECAR_LOG_LEVEL` overrides the configured level. Tests pass their own destination.
  */
+const FLUSH_INTERVAL_MS = 100
+
 export function createLogger(opts: LogOptions, destination?: DestinationStream): Logger {
-  const dest = destination ?? pino.destination({ dest: 1, sync: false })
+  const dest = destination ?? pino.destination({ dest: 1, sync: false, minLength: 4096, periodicFlush: FLUSH_INTERVAL_MS })
   return pino(
     {
       level: process.env.SIDECAR_LOG_LEVEL || opts.level,
@@ -23,4 +28,29 @@ export function createLogger(opts: LogOptions, destination?: DestinationStream):
     },
     dest,
   )
+}
+
+/** One access line's fields: flat, strings and numbers only. */
+export type LineFields = Record<string, string | number | boolean | undefined>
+
+/**
+ * Writes one info line with `fields`, in the same shape and to the same destination as
+ * `logger.info`, formatted here: pino's general serializer cost about 15 us per access line, a
+ * flat object of known value types about 3. Keys are trusted names; values are escaped; an
+ * undefined value is left out.
+ */
+export function infoLineWriter(logger: Logger): (msg: string, fields: LineFields) => void {
+  const stream = (logger as unknown as Record<symbol, DestinationStream>)[pino.symbols.streamSym]!
+  const head = `{"level":"info","time":"`
+  const pid = `","pid":${process.pid},"msg":`
+  return (msg, fields) => {
+    if (!logger.isLevelEnabled('info')) return
+    let line = head + new Date().toISOString() + pid + JSON.stringify(msg)
+    for (const key in fields) {
+      const value = fields[key]
+      if (value === undefined) continue
+      line += `,"${key}":${typeof value === 'string' ? JSON.stringify(value) : value}`
+    }
+    stream.write(line + '}\n')
+  }
 }

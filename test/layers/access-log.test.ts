@@ -46,3 +46,32 @@ t.test('accessLog: false keeps the metrics and drops the line', async (t) => {
   t.equal(d.lines.length, 0)
   t.equal(await metricValue(d, 'sidecar_requests_total', { backend: 'app', method: 'GET', code: '200' }), 2)
 })
+
+t.test('the hand-formatted line is valid JSON whatever the client put in the path and request id', async (t) => {
+  const d = deps()
+  const path = '/a"b\\c\n{"status":999}\u2028é?q=<x>'
+  const id = 'id"with\\quotes'
+  const ctx = context({ id, backend: 'app' })
+  await createAccessLogLayer({ accessLog: true }, d)(scripted(response(200)))(proxyRequest({ path }), ctx)
+  end(ctx, { status: 502, complete: false })
+  t.equal(d.lines.length, 1, 'one line, not split by the newline in the path')
+  t.match(d.lines[0], { level: 'info', msg: 'request', path, requestId: id, status: 502, incomplete: true, pid: process.pid })
+  t.match(d.lines[0]!.time, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/, 'an ISO timestamp, like every other line')
+})
+
+t.test('request counts are exact across scrapes (they are handed to the registry when it is read)', async (t) => {
+  const d = deps()
+  const count = () => metricValue(d, 'sidecar_requests_total', { backend: 'app', method: 'GET', code: '200' })
+  const layer = createAccessLogLayer({ accessLog: false }, d)(scripted(response(200), response(200), response(200)))
+  const once = async () => {
+    const ctx = context({ backend: 'app' })
+    await layer(proxyRequest(), ctx)
+    end(ctx)
+  }
+  await once()
+  t.equal(await count(), 1)
+  t.equal(await count(), 1, 'a second scrape counts nothing twice')
+  await once()
+  await once()
+  t.equal(await count(), 3)
+})
