@@ -30,27 +30,3 @@ export function createLogger(opts: LogOptions, destination?: DestinationStream):
   )
 }
 
-/** One access line's fields: flat, strings and numbers only. */
-export type LineFields = Record<string, string | number | boolean | undefined>
-
-/**
- * Writes one info line with `fields`, in the same shape and to the same destination as
- * `logger.info`, formatted here: pino's general serializer cost about 15 us per access line, a
- * flat object of known value types about 3. Keys are trusted names; values are escaped; an
- * undefined value is left out.
- */
-export function infoLineWriter(logger: Logger): (msg: string, fields: LineFields) => void {
-  const stream = (logger as unknown as Record<symbol, DestinationStream>)[pino.symbols.streamSym]!
-  const head = `{"level":"info","time":"`
-  const pid = `","pid":${process.pid},"msg":`
-  return (msg, fields) => {
-    if (!logger.isLevelEnabled('info')) return
-    let line = head + new Date().toISOString() + pid + JSON.stringify(msg)
-    for (const key in fields) {
-      const value = fields[key]
-      if (value === undefined) continue
-      line += `,"${key}":${typeof value === 'string' ? JSON.stringify(value) : value}`
-    }
-    stream.write(line + '}\n')
-  }
-}
