@@ -11,6 +11,8 @@ export const ERRORS = {
     status: 431,
     message: 'request headers larger than limits.maxHeaderBytes or more than limits.maxHeaderCount',
   },
+  method_not_allowed: { status: 405, message: 'method not supported by a reverse proxy' },
+  http_version_not_supported: { status: 505, message: 'the proxy speaks HTTP/1.0, HTTP/1.1 and HTTP/2 (over TLS)' },
   // 499 is nginx's "client closed request": logged and counted, never sent (nobody is listening).
   unsupported_transfer_encoding: {
     status: 501,

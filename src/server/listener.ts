@@ -87,6 +87,11 @@ export class Listener {
       socket.once('close', () => this.fresh.delete(socket))
     })
     this.server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => this.onClientError(err, socket))
+    // CONNECT: a raw socket on HTTP/1, a stream's request and response on HTTP/2
+    this.server.on('connect', (req: Request, socket: Socket | http2.Http2ServerResponse) => {
+      if (req instanceof http2.Http2ServerRequest) this.refuse(socket as http2.Http2ServerResponse, CONNECT_REFUSED, req.socket as Socket, true)
+      else this.onConnect(socket as Socket)
+    })
     if (opts.tls) {
       this.server.on('tlsClientError', (err: Error & { code?: string }) => {
         deps.logger.debug({ reason: err.code ?? err.message }, 'TLS handshake failed')
@@ -172,8 +177,15 @@ export class Listener {
 
   private onRequest(req: Request, res: Response): void {
     const startedAt = process.hrtime.bigint()
-    const h2 = req.httpVersionMajor === 2
+    // The request object's kind, never the version the client wrote: `GET / HTTP/2.0` on the
+    // HTTP/1 parser is an HTTP/1 request (and refused below).
+    const h2 = req instanceof http2.Http2ServerRequest
     const socket = req.socket as Socket
+    const refused = h2 ? null : refusal(req as http.IncomingMessage)
+    if (refused !== null && typeof refused !== 'string') {
+      this.refuse(res, refused, socket, h2)
+      return
+    }
     const cancel = new Cancel()
     const id = requestIdFrom(req.headers['x-request-id'])
     const clientAddress = stripV4Mapped(socket.remoteAddress ?? '')
@@ -240,7 +252,7 @@ export class Listener {
     const tls = this.opts.tls
     const proxyReq: ProxyRequest = {
       method: req.method ?? 'GET',
-      path: req.url ?? '/',
+      path: refused ?? req.url ?? '/',
       headers: upstreamRequestHeaders(req.headers, id, {
         clientAddress,
         protocol: this.protocol,
@@ -281,8 +293,10 @@ export class Listener {
       return
     }
     response.headers['x-request-id'] = ctx.id
-    // HTTP/2 has no Connection header; its sessions get GOAWAY instead.
-    if ((this.draining || this.closing) && !h2) response.headers.connection = 'close'
+    // HTTP/2 has no Connection header; its sessions get GOAWAY instead. After a request the
+    // proxy refused for its framing or size, what is left on the connection cannot be trusted
+    // (nor is it worth reading a refused body to the end): close, like nginx.
+    if (!h2 && (this.draining || this.closing || (ctx.error !== undefined && CLOSE_AFTER.has(ctx.error)))) response.headers.connection = 'close'
     res.writeHead(response.status, response.headers)
     if (body === null) {
       res.end()
@@ -312,6 +326,18 @@ export class Listener {
     }
   }
 
+  /** A request refused before the pipeline (see `refusal`): the catalogue answer, then close. */
+  private refuse(res: Response, refused: Refusal, socket: Socket, h2: boolean): void {
+    const { code, detail } = refused
+    this.deps.metrics.rejected.labels(code).inc()
+    this.deps.logger.warn({ error: code, reason: detail, client: stripV4Mapped(socket.remoteAddress ?? '') }, 'request refused')
+    const body = JSON.stringify({ error: code, message: `${ERRORS[code].message}: ${detail}` }) + '\n'
+    const headers: Record<string, string> = { 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(body)), 'x-sidecar-error': code }
+    if (!h2) headers.connection = 'close'
+    res.writeHead(ERRORS[code].status, headers)
+    res.end(body)
+  }
+
   /** Requests Node's HTTP/1 parser refused: answer with the catalogue code, then close. */
   private onClientError(err: NodeJS.ErrnoException, socket: Socket): void {
     const code = clientErrorCode(err)
@@ -322,13 +348,73 @@ export class Listener {
     }
     this.deps.metrics.rejected.labels(code).inc()
     this.deps.logger.warn({ error: code, reason: err.code, client: stripV4Mapped(socket.remoteAddress ?? '') }, 'request refused by the parser')
-    const body = JSON.stringify({ error: code, message: ERRORS[code].message }) + '\n'
-    socket.end(
-      `HTTP/1.1 ${ERRORS[code].status} ${http.STATUS_CODES[ERRORS[code].status]}\r\n` +
-        `content-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\n` +
-        `x-sidecar-error: ${code}\r\nconnection: close\r\n\r\n${body}`,
-    )
+    endWith(socket, code, ERRORS[code].message)
   }
+
+  /** HTTP/1 CONNECT (Node hands it over as a raw socket): a reverse proxy is not a tunnel. */
+  private onConnect(socket: Socket): void {
+    const { code, detail } = CONNECT_REFUSED
+    this.deps.metrics.rejected.labels(code).inc()
+    this.deps.logger.warn({ error: code, reason: detail, client: stripV4Mapped(socket.remoteAddress ?? '') }, 'request refused')
+    endWith(socket, code, `${ERRORS[code].message}: ${detail}`)
+  }
+}
+
+/** Writes a whole catalogue answer on a raw socket and closes it. */
+function endWith(socket: Socket, code: ErrorCode, message: string): void {
+  const body = JSON.stringify({ error: code, message }) + '\n'
+  socket.end(
+    `HTTP/1.1 ${ERRORS[code].status} ${http.STATUS_CODES[ERRORS[code].status]}\r\n` +
+      `content-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\n` +
+      `x-sidecar-error: ${code}\r\nconnection: close\r\n\r\n${body}`,
+  )
+}
+
+interface Refusal {
+  code: ErrorCode
+  detail: string
+}
+
+const CONNECT_REFUSED: Refusal = { code: 'method_not_allowed', detail: 'CONNECT' }
+
+/** Errors after which the client connection is closed rather than kept alive. */
+const CLOSE_AFTER: ReadonlySet<ErrorCode> = new Set(['bad_request', 'unsupported_transfer_encoding', 'body_too_large', 'headers_too_large'])
+
+/** host [":" port], host a DNS name, IPv4 or [IPv6] literal: no userinfo, path, spaces or controls. */
+const AUTHORITY = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~%-]+)(?::\d{1,5})?$/
+
+/**
+ * What Node's HTTP/1 parser lets through but RFC 9112 says a server must refuse (3.2: exactly
+ * one valid Host on HTTP/1.1; 2.3: versions it does not speak), and the request-target forms a
+ * reverse proxy does not forward (authority-form is CONNECT's, asterisk-form `OPTIONS *` asks
+ * about the proxy, not the app). Returns the refusal, or the origin-form target to forward
+ * (absolute-form `http://host/p` becomes `/p` when its authority is the Host; else null: as is).
+ */
+function refusal(req: http.IncomingMessage): Refusal | string | null {
+  const version = req.httpVersion
+  if (version !== '1.1' && version !== '1.0') return { code: 'http_version_not_supported', detail: `HTTP/${version}` }
+  let host: string | undefined
+  let hosts = 0
+  const raw = req.rawHeaders
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i]!
+    if (name.length === 4 && name.toLowerCase() === 'host') {
+      hosts++
+      host = raw[i + 1]
+    }
+  }
+  if (hosts > 1) return { code: 'bad_request', detail: `${hosts} Host headers` }
+  if (hosts === 0 && version === '1.1') return { code: 'bad_request', detail: 'no Host header' }
+  if (host !== undefined && !AUTHORITY.test(host)) return { code: 'bad_request', detail: `invalid Host ${JSON.stringify(host.slice(0, 100))}` }
+  const target = req.url ?? ''
+  if (target.charCodeAt(0) === 47 /* / */) return null
+  const absolute = /^https?:\/\/([^/?#]*)([^#]*)/i.exec(target)
+  if (!absolute) return { code: 'bad_request', detail: 'request-target is neither a path nor an absolute URL (OPTIONS * included)' }
+  if (host === undefined || absolute[1]!.toLowerCase() !== host.toLowerCase()) {
+    return { code: 'bad_request', detail: 'absolute-form request-target names another authority than Host' }
+  }
+  const rest = absolute[2]!
+  return rest.startsWith('/') ? rest : `/${rest}`
 }
 
 function createServer(opts: ListenerOptions, onRequest: (req: Request, res: Response) => void): AnyServer {
@@ -342,6 +428,10 @@ function createServer(opts: ListenerOptions, onRequest: (req: Request, res: Resp
     // Node would silently drop headers past its count (Host among them); take them all (the
     // header block is bounded by maxHeaderSize) and let the limits layer answer 431.
     maxHeadersCount: 0,
+    // Node's own check answers 400 without our error code; `refusal` checks Host instead.
+    requireHostHeader: false,
+    // Explicit, so that NODE_OPTIONS=--insecure-http-parser cannot reopen request smuggling.
+    insecureHTTPParser: false,
   }
   const tls = opts.tls
   if (!tls) return Object.assign(http.createServer(http1, onRequest), http1)

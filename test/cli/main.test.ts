@@ -6,7 +6,7 @@ import net from 'node:net'
 import { fileURLToPath } from 'node:url'
 import t from 'tap'
 import { main, type Io } from '../../src/main.js'
-import { request } from '../fixtures/client.js'
+import { raw, request } from '../fixtures/client.js'
 import { fakeUpstream } from '../fixtures/upstream.js'
 
 const BIN = fileURLToPath(new URL('../../dist/main.js', import.meta.url))
@@ -182,4 +182,16 @@ t.test('SIGHUP reloads the config file; without one it is logged and the proxy k
   bare.kill('SIGHUP')
   await waitForLine(bare, 'no config file to reload: the proxy runs on defaults and flags')
   t.equal((await request(`${started.admin as string}/live`)).status, 200, 'SIGHUP did not stop it')
+})
+
+t.test('NODE_OPTIONS=--insecure-http-parser cannot loosen the listener\'s parser', async (t) => {
+  const up = await fakeUpstream().listen()
+  t.teardown(() => up.close())
+  const child = runBinary(['--plaintext', '--listen', '127.0.0.1:0', '--admin', '127.0.0.1:0', '--upstream', up.url], { NODE_OPTIONS: '--insecure-http-parser' })
+  t.teardown(() => child.kill('SIGKILL'))
+  const started = await waitForLine(child, 'sidecar-proxy started')
+  const port = Number(new URL(started.listener as string).port)
+  const smuggled = 'POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n'
+  t.match(await raw(port, smuggled), /^HTTP\/1\.1 400 /, 'Content-Length with Transfer-Encoding: 400')
+  t.equal(up.seen.length, 0, 'forwarded: 0 of 1')
 })

@@ -106,3 +106,20 @@ t.test('graceful stop: HTTP/2 gets GOAWAY, open streams finish, new connections 
   t.equal(await stopped, 0)
 })
 
+
+t.test('HTTP/2 CONNECT is refused with 405 on its stream; the session lives on', async (t) => {
+  const { up, session } = await h2Proxy(t)
+  const stream = session.request({ ':method': 'CONNECT', ':authority': 'evil.example:443' })
+  const reply = await new Promise<StreamResult>((resolve) => {
+    const result: StreamResult = { body: '' }
+    stream.on('response', (h) => ((result.headers = h), (result.status = h[':status'])))
+    stream.on('data', (c: Buffer) => (result.body += c.toString()))
+    stream.on('error', () => {})
+    stream.on('close', () => resolve(result))
+  })
+  t.equal(reply.status, 405)
+  t.equal(reply.headers?.['x-sidecar-error'], 'method_not_allowed')
+  t.match(JSON.parse(reply.body), { error: 'method_not_allowed' })
+  t.equal(up.seen.length, 0, 'the app received nothing')
+  t.equal((await exchange(session, { ':path': '/after' })).status, 200, 'the same session still serves')
+})

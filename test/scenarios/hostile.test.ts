@@ -1,0 +1,231 @@
+// Hostile input on the client-facing listener, written as raw bytes (no HTTP client to tidy the
+// request up). Each case checks what the client gets (status and x-sidecar-error, or a close)
+// AND what the app got: smuggling shapes must reach it not at all, or never as a complete
+// request. Node's parser refuses many of these itself; the cases pin that down so that a Node
+// upgrade or a parser option cannot silently reopen them.
+import http from 'node:http'
+import net from 'node:net'
+import t, { type Test } from 'tap'
+import { raw } from '../fixtures/client.js'
+import { startProxy } from '../fixtures/proxy.js'
+
+interface Received {
+  method: string
+  url: string
+  headers: http.IncomingHttpHeaders
+  /** The request's body arrived whole (its end was seen). */
+  complete: boolean
+}
+
+/** An app that records every request the proxy sent it (health checks aside) and answers 200. */
+async function recordingApp(t: Test) {
+  const received: Received[] = []
+  const server = http.createServer((req, res) => {
+    if (req.headers['user-agent'] === 'sidecar-proxy-probe') return res.end('ok')
+    const r: Received = { method: req.method!, url: req.url!, headers: req.headers, complete: false }
+    received.push(r)
+    req.on('error', () => {})
+    req.resume().on('end', () => {
+      r.complete = true
+      res.end('app answered')
+    })
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => new Promise((resolve) => server.close(resolve)))
+  return { url: `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`, received }
+}
+
+async function setup(t: Test, config: Record<string, unknown> = {}) {
+  const app = await recordingApp(t)
+  const proxy = await startProxy(app.url, config)
+  t.teardown(() => proxy.close())
+  return { app, proxy }
+}
+
+const statusOf = (reply: string) => Number(/^HTTP\/1\.1 (\d{3})/.exec(reply)?.[1] ?? 0)
+const codeOf = (reply: string) => /\r\nx-sidecar-error: (\S+)\r\n/i.exec(reply)?.[1]
+
+const H = 'Host: app.local\r\nConnection: close\r\n'
+const post = (headers: string, body: string) => `POST /smuggle HTTP/1.1\r\n${H}${headers}\r\n${body}`
+
+/** [what, bytes, status, x-sidecar-error]: none of these may reach the app as a request. */
+const REFUSED: Array<[string, string, number, string]> = [
+  // request smuggling shapes
+  ['Content-Length with Transfer-Encoding', post('Content-Length: 4\r\nTransfer-Encoding: chunked\r\n', '0\r\n\r\nGET /x HTTP/1.1\r\n\r\n'), 400, 'bad_request'],
+  ['two different Content-Length', post('Content-Length: 4\r\nContent-Length: 5\r\n', 'abcde'), 400, 'bad_request'],
+  ['two equal Content-Length', post('Content-Length: 4\r\nContent-Length: 4\r\n', 'abcd'), 400, 'bad_request'],
+  ['Content-Length as a list', post('Content-Length: 4, 4\r\n', 'abcd'), 400, 'bad_request'],
+  ['Content-Length 4x', post('Content-Length: 4x\r\n', 'abcd'), 400, 'bad_request'],
+  ['Content-Length -1', post('Content-Length: -1\r\n', 'abcd'), 400, 'bad_request'],
+  ['Content-Length +4', post('Content-Length: +4\r\n', 'abcd'), 400, 'bad_request'],
+  ['Content-Length 0x4', post('Content-Length: 0x4\r\n', 'abcd'), 400, 'bad_request'],
+  ['Transfer-Encoding: xchunked', post('Transfer-Encoding: xchunked\r\n', '0\r\n\r\n'), 400, 'bad_request'],
+  ['Transfer-Encoding with a space before the colon', post('Transfer-Encoding : chunked\r\n', '0\r\n\r\n'), 400, 'bad_request'],
+  ['Transfer-Encoding twice (chunked, then gzip)', post('Transfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n', '0\r\n\r\n'), 400, 'bad_request'],
+  ['Transfer-Encoding: chunked, gzip (chunked not last)', post('Transfer-Encoding: chunked, gzip\r\n', '0\r\n\r\n'), 400, 'bad_request'],
+  ['Transfer-Encoding: gzip, chunked (a coding the proxy would drop)', post('Transfer-Encoding: gzip, chunked\r\n', '0\r\n\r\n'), 501, 'unsupported_transfer_encoding'],
+  ['Transfer-Encoding behind a vertical tab', post('Transfer-Encoding:\x0bchunked\r\n', '0\r\n\r\n'), 400, 'bad_request'],
+  ['chunk size zz', post('Transfer-Encoding: chunked\r\n', 'zz\r\nabc\r\n0\r\n\r\n'), 400, 'bad_request'],
+  ['chunk size -1', post('Transfer-Encoding: chunked\r\n', '-1\r\nabc\r\n0\r\n\r\n'), 400, 'bad_request'],
+  ['chunk size past 64 bits', post('Transfer-Encoding: chunked\r\n', 'fffffffffffffffff1\r\nabc\r\n0\r\n\r\n'), 400, 'bad_request'],
+  ['chunk lines ended by bare LF', post('Transfer-Encoding: chunked\r\n', '3\nabc\n0\n\n'), 400, 'bad_request'],
+  ['header lines ended by bare LF', 'GET / HTTP/1.1\nHost: app.local\n\n', 400, 'bad_request'],
+  ['header lines ended by bare CR', 'GET / HTTP/1.1\rHost: app.local\r\r\n', 400, 'bad_request'],
+  ['obs-fold (a header continued on the next line)', `GET / HTTP/1.1\r\n${H}X-Folded: a\r\n b\r\n\r\n`, 400, 'bad_request'],
+  ['whitespace before a header colon', `GET / HTTP/1.1\r\n${H}X-Space : a\r\n\r\n`, 400, 'bad_request'],
+  ['NUL in a header value', `GET / HTTP/1.1\r\n${H}X-Nul: a\x00b\r\n\r\n`, 400, 'bad_request'],
+  // Host and request-target
+  ['two Host headers', `GET / HTTP/1.1\r\n${H}Host: evil.example\r\n\r\n`, 400, 'bad_request'],
+  ['no Host on HTTP/1.1', 'GET / HTTP/1.1\r\nConnection: close\r\n\r\n', 400, 'bad_request'],
+  ['Host with userinfo (@)', 'GET / HTTP/1.1\r\nHost: app.local@evil.example\r\n\r\n', 400, 'bad_request'],
+  ['Host with a path (/)', 'GET / HTTP/1.1\r\nHost: app.local/evil\r\n\r\n', 400, 'bad_request'],
+  ['Host with a space', 'GET / HTTP/1.1\r\nHost: app.local evil\r\n\r\n', 400, 'bad_request'],
+  ['empty Host', 'GET / HTTP/1.1\r\nHost:\r\n\r\n', 400, 'bad_request'],
+  ['absolute-form URL naming another host than Host', `GET http://evil.example/x HTTP/1.1\r\n${H}\r\n`, 400, 'bad_request'],
+  ['request-target without a leading slash', `GET x/y HTTP/1.1\r\n${H}\r\n`, 400, 'bad_request'],
+  ['OPTIONS * (asks about the proxy, not the app)', `OPTIONS * HTTP/1.1\r\n${H}\r\n`, 400, 'bad_request'],
+  ['CONNECT', 'CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\n\r\n', 405, 'method_not_allowed'],
+  ['a lower-case method', `get / HTTP/1.1\r\n${H}\r\n`, 400, 'bad_request'],
+  ['an unknown method', `BREW / HTTP/1.1\r\n${H}\r\n`, 400, 'bad_request'],
+  // versions
+  ['HTTP/0.9 (no version)', 'GET /\r\n\r\n', 505, 'http_version_not_supported'],
+  ['HTTP/1.2', `GET / HTTP/1.2\r\n${H}\r\n`, 400, 'bad_request'],
+  ['HTTP/2.0 written as text on the HTTP/1 port', `GET / HTTP/2.0\r\n${H}\r\n`, 505, 'http_version_not_supported'],
+  ['HTTP/3.0', `GET / HTTP/3.0\r\n${H}\r\n`, 400, 'bad_request'],
+  ['the HTTP/2 preface on the plain port', 'PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 400, 'bad_request'],
+  // sizes (limits.maxHeaderBytes 16 KiB, limits.maxHeaderCount 100)
+  ['a 20 KB request line', `GET /${'a'.repeat(20_000)} HTTP/1.1\r\n${H}\r\n`, 431, 'headers_too_large'],
+  ['a 20 KB header', `GET / HTTP/1.1\r\n${H}X-Big: ${'a'.repeat(20_000)}\r\n\r\n`, 431, 'headers_too_large'],
+  ['150 headers', `GET / HTTP/1.1\r\n${H}${Array.from({ length: 150 }, (_, i) => `X-H${i}: v\r\n`).join('')}\r\n`, 431, 'headers_too_large'],
+  ['a declared body over limits.maxBodyBytes', post('Content-Length: 2000\r\n', 'x'.repeat(2000)), 413, 'body_too_large'],
+]
+
+t.test('malformed, ambiguous and oversized requests: refused, and the app receives nothing', async (t) => {
+  const { app, proxy } = await setup(t, { limits: { maxBodyBytes: 1000 } })
+  let forwarded = 0
+  for (const [what, bytes, status, code] of REFUSED) {
+    const before = app.received.length
+    const reply = await raw(proxy.port, bytes)
+    t.equal(statusOf(reply), status, `${what}: ${status}`)
+    t.equal(codeOf(reply), code, `${what}: x-sidecar-error ${code}`)
+    forwarded += app.received.length - before
+  }
+  t.equal(forwarded, 0, `forwarded to the app: ${forwarded} of ${REFUSED.length}`)
+  t.equal((await raw(proxy.port, `GET /after HTTP/1.1\r\n${H}\r\n`)).split('\r\n')[0], 'HTTP/1.1 200 OK', 'the proxy still serves')
+})
+
+t.test('a body whose chunk framing breaks mid-stream never reaches the app as a complete request', async (t) => {
+  const { app, proxy } = await setup(t)
+  const cases = [
+    post('Transfer-Encoding: chunked\r\n', '3\r\nabcdef\r\n0\r\n\r\n'), // more data than the chunk size
+    post('Transfer-Encoding: chunked\r\n', '5\r\nabc\r\nzz\r\n'), // a bad size after a good chunk
+  ]
+  for (const bytes of cases) {
+    const reply = await raw(proxy.port, bytes)
+    t.ok(statusOf(reply) === 400 || reply === '', `400 or a close, got ${JSON.stringify(reply.split('\r\n')[0])}`)
+  }
+  // The body streams (no buffering of non-idempotent requests), so the app may see the start.
+  await new Promise((resolve) => setTimeout(resolve, 100))
+  const complete = app.received.filter((r) => r.complete).length
+  t.equal(complete, 0, `complete requests at the app: ${complete} of ${cases.length}`)
+})
+
+t.test('a chunked body streamed past limits.maxBodyBytes: 413, and the app never gets it whole', async (t) => {
+  const { app, proxy } = await setup(t, { limits: { maxBodyBytes: 1000 } })
+  const chunk = `400\r\n${'x'.repeat(1024)}\r\n`
+  const reply = await raw(proxy.port, post('Transfer-Encoding: chunked\r\n', chunk + chunk + '0\r\n\r\n'))
+  t.equal(statusOf(reply), 413)
+  t.equal(codeOf(reply), 'body_too_large')
+  await new Promise((resolve) => setTimeout(resolve, 100))
+  t.equal(app.received.filter((r) => r.complete).length, 0, 'complete requests at the app: 0 of 1')
+})
+
+t.test('slowloris and a slow body are closed by the listener timeouts', async (t) => {
+  const { app, proxy } = await setup(t, { listener: { headersTimeoutMs: 300, receiveTimeoutMs: 600 } })
+  /** Sends `head`, then one byte of `drip` every 100 ms; resolves with the reply once closed. */
+  const trickle = (head: string, drip: string) =>
+    new Promise<{ reply: string; ms: number }>((resolve) => {
+      const started = Date.now()
+      const socket = net.connect(proxy.port, '127.0.0.1', () => socket.write(head))
+      let i = 0
+      const timer = setInterval(() => i < drip.length && socket.writable && socket.write(drip[i++]!), 100)
+      const chunks: Buffer[] = []
+      socket.on('data', (c: Buffer) => chunks.push(c))
+      socket.on('error', () => {})
+      socket.on('close', () => {
+        clearInterval(timer)
+        resolve({ reply: Buffer.concat(chunks).toString('latin1'), ms: Date.now() - started })
+      })
+    })
+  const headers = await trickle('GET / HTTP/1.1\r\nHost: app.local\r\n', 'X-A: b\r\n'.repeat(100))
+  t.equal(statusOf(headers.reply), 408, 'headers sent a byte at a time: 408')
+  t.equal(codeOf(headers.reply), 'request_timeout')
+  t.ok(headers.ms < 3000, `closed after ${headers.ms} ms (headersTimeoutMs 300; checked every 300 ms)`)
+  const body = await trickle(post('Content-Length: 100\r\n', ''), 'x'.repeat(100))
+  t.ok(body.ms < 3000, `a body sent a byte at a time: closed after ${body.ms} ms (receiveTimeoutMs 600)`)
+  await new Promise((resolve) => setTimeout(resolve, 100))
+  t.equal(app.received.filter((r) => r.complete).length, 0, 'complete requests at the app: 0 of 2')
+})
+
+t.test('what is forwarded, and exactly how', async (t) => {
+  const { app, proxy } = await setup(t)
+  const forward = async (bytes: string) => {
+    const before = app.received.length
+    const reply = await raw(proxy.port, bytes)
+    t.equal(statusOf(reply), 200, JSON.stringify(bytes.split('\r\n')[0]))
+    return app.received[before]!
+  }
+
+  // Paths reach the app byte for byte: the proxy routes nothing by path, so there is no rule to
+  // get around, and normalising would make the app see another URL than the client sent.
+  for (const path of ['/a/%2e%2e/b', '/a/../b', '//a//b', '/a\\b', '/a;b=c?x=%00&y=..%2f']) {
+    t.equal((await forward(`GET ${path} HTTP/1.1\r\n${H}\r\n`)).url, path, `${path}: as sent`)
+  }
+  // absolute-form naming the Host: forwarded in origin-form
+  t.equal((await forward(`GET http://APP.local/x?y=1 HTTP/1.1\r\n${H}\r\n`)).url, '/x?y=1', 'absolute-form with the Host authority: origin-form')
+  // HTTP/1.0 may omit Host
+  t.equal((await forward('GET /old HTTP/1.0\r\n\r\n')).url, '/old', 'HTTP/1.0 without Host')
+  // Transfer-Encoding spelled in ways RFC 9112 allows
+  t.equal((await forward(post('Transfer-Encoding:\tChunked\r\n', '3\r\nabc\r\n0\r\n\r\n'))).complete, true, 'Transfer-Encoding with a tab and in mixed case')
+
+  // Upgrades are not proxied: the request goes on without them, and the client never gets a 101.
+  for (const [what, headers] of [
+    ['WebSocket', 'Connection: Upgrade, close\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n'],
+    ['h2c', 'Connection: Upgrade, HTTP2-Settings, close\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n'],
+  ] as const) {
+    const got = await forward(`GET /${what} HTTP/1.1\r\nHost: app.local\r\n${headers}\r\n`)
+    t.equal(got.headers.upgrade, undefined, `${what}: no Upgrade reaches the app`)
+    t.equal(got.headers['http2-settings'], undefined)
+  }
+
+  // Spoofed client identity: dropped (listener.trustForwardedHeaders is off), the proxy's own set.
+  const spoofed = await forward(
+    `GET /who HTTP/1.1\r\n${H}X-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: evil.example\r\n` +
+      'X-Forwarded-Port: 443\r\nX-Real-IP: 6.6.6.6\r\nForwarded: for=6.6.6.6;proto=https\r\n\r\n',
+  )
+  t.equal(spoofed.headers['x-forwarded-for'], '127.0.0.1')
+  t.equal(spoofed.headers['x-forwarded-proto'], 'http')
+  t.equal(spoofed.headers['x-forwarded-host'], 'app.local')
+  t.equal(spoofed.headers['x-forwarded-port'], undefined)
+  t.equal(spoofed.headers['x-real-ip'], undefined)
+  t.equal(spoofed.headers.forwarded, undefined)
+
+  // Connection naming the proxy's own headers cannot make it drop them.
+  const hop = await forward(`GET /hop HTTP/1.1\r\nHost: app.local\r\nConnection: close, x-forwarded-for, x-request-id, x-forwarded-proto\r\n\r\n`)
+  t.equal(hop.headers['x-forwarded-for'], '127.0.0.1')
+  t.equal(hop.headers['x-forwarded-proto'], 'http')
+  t.match(hop.headers['x-request-id'], /^[0-9a-f-]{36}$/)
+})
+
+t.test('refusals are counted and logged with the reason', async (t) => {
+  const { proxy } = await setup(t)
+  await raw(proxy.port, `GET / HTTP/1.1\r\n${H}Host: evil.example\r\n\r\n`)
+  await raw(proxy.port, 'CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\n\r\n')
+  t.match(proxy.logs.filter((l) => l.msg === 'request refused'), [
+    { level: 'warn', error: 'bad_request', reason: '2 Host headers', client: '127.0.0.1' },
+    { level: 'warn', error: 'method_not_allowed', reason: 'CONNECT' },
+  ])
+  const metrics = await (await fetch(`${proxy.adminUrl}/metrics`)).text()
+  t.match(metrics, /sidecar_rejected_requests_total\{reason="bad_request"\} 1/)
+  t.match(metrics, /sidecar_rejected_requests_total\{reason="method_not_allowed"\} 1/)
+})
