@@ -58,11 +58,12 @@ export interface ForwardingInfo {
   clientSubject?: string | undefined
 }
 
-const FORWARDED: ReadonlySet<string> = new Set(['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'forwarded'])
+/** What a client could set to pass for another address, scheme or host. */
+const FORWARDED: ReadonlySet<string> = new Set(['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-forwarded-port', 'x-real-ip', 'forwarded'])
 
 /**
  * The headers the app receives: end-to-end headers, then the proxy's own. Client-sent
- * X-Forwarded-* (and `Forwarded`) are dropped unless `trustForwardedHeaders`; when trusted, the
+ * X-Forwarded-*, X-Real-IP and `Forwarded` are dropped unless `trustForwardedHeaders`; when trusted, the
  * client address is appended to the chain and the client's proto/host are kept.
  */
 export function upstreamRequestHeaders(
