@@ -29,4 +29,3 @@ export function createLogger(opts: LogOptions, destination?: DestinationStream):
     dest,
   )
 }
-

@@ -7,6 +7,8 @@ t.test('the catalogue: every code has a status and a message, and statuses follo
     request_timeout: 408,
     body_too_large: 413,
     headers_too_large: 431,
+    method_not_allowed: 405,
+    http_version_not_supported: 505,
     unsupported_transfer_encoding: 501,
     client_closed: 499,
     internal: 500,

@@ -181,9 +181,9 @@ export class Listener {
     // HTTP/1 parser is an HTTP/1 request (and refused below).
     const h2 = req instanceof http2.Http2ServerRequest
     const socket = req.socket as Socket
-    const refused = h2 ? null : refusal(req as http.IncomingMessage)
-    if (refused !== null && typeof refused !== 'string') {
-      this.refuse(res, refused, socket, h2)
+    const target = h2 ? null : checkHttp1Request(req as http.IncomingMessage)
+    if (target !== null && typeof target !== 'string') {
+      this.refuse(res, target, socket, h2)
       return
     }
     const cancel = new Cancel()
@@ -252,7 +252,7 @@ export class Listener {
     const tls = this.opts.tls
     const proxyReq: ProxyRequest = {
       method: req.method ?? 'GET',
-      path: refused ?? req.url ?? '/',
+      path: target ?? req.url ?? '/',
       headers: upstreamRequestHeaders(req.headers, id, {
         clientAddress,
         protocol: this.protocol,
@@ -326,11 +326,9 @@ export class Listener {
     }
   }
 
-  /** A request refused before the pipeline (see `refusal`): the catalogue answer, then close. */
-  private refuse(res: Response, refused: Refusal, socket: Socket, h2: boolean): void {
-    const { code, detail } = refused
-    this.deps.metrics.rejected.labels(code).inc()
-    this.deps.logger.warn({ error: code, reason: detail, client: stripV4Mapped(socket.remoteAddress ?? '') }, 'request refused')
+  /** A request refused before the pipeline (see `checkHttp1Request`): the catalogue answer, then close. */
+  private refuse(res: Response, refusal: Refusal, socket: Socket, h2: boolean): void {
+    const { code, detail } = this.record(refusal, socket)
     const body = JSON.stringify({ error: code, message: `${ERRORS[code].message}: ${detail}` }) + '\n'
     const headers: Record<string, string> = { 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(body)), 'x-sidecar-error': code }
     if (!h2) headers.connection = 'close'
@@ -353,10 +351,15 @@ export class Listener {
 
   /** HTTP/1 CONNECT (Node hands it over as a raw socket): a reverse proxy is not a tunnel. */
   private onConnect(socket: Socket): void {
-    const { code, detail } = CONNECT_REFUSED
-    this.deps.metrics.rejected.labels(code).inc()
-    this.deps.logger.warn({ error: code, reason: detail, client: stripV4Mapped(socket.remoteAddress ?? '') }, 'request refused')
+    const { code, detail } = this.record(CONNECT_REFUSED, socket)
     endWith(socket, code, `${ERRORS[code].message}: ${detail}`)
+  }
+
+  /** Counts and logs a refusal. */
+  private record(refusal: Refusal, socket: Socket): Refusal {
+    this.deps.metrics.rejected.labels(refusal.code).inc()
+    this.deps.logger.warn({ error: refusal.code, reason: refusal.detail, client: stripV4Mapped(socket.remoteAddress ?? '') }, 'request refused')
+    return refusal
   }
 }
 
@@ -390,7 +393,7 @@ const AUTHORITY = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~%-]+)(?::\d{1,5})?$/
  * about the proxy, not the app). Returns the refusal, or the origin-form target to forward
  * (absolute-form `http://host/p` becomes `/p` when its authority is the Host; else null: as is).
  */
-function refusal(req: http.IncomingMessage): Refusal | string | null {
+function checkHttp1Request(req: http.IncomingMessage): Refusal | string | null {
   const version = req.httpVersion
   if (version !== '1.1' && version !== '1.0') return { code: 'http_version_not_supported', detail: `HTTP/${version}` }
   let host: string | undefined
