@@ -93,8 +93,11 @@ export class Listener {
       else this.onConnect(socket as Socket)
     })
     if (opts.tls) {
-      this.server.on('tlsClientError', (err: Error & { code?: string }) => {
+      // A handshake timeout only emits this event: the socket stays open until someone
+      // destroys it, so without the destroy a stalled ClientHello held its connection forever.
+      this.server.on('tlsClientError', (err: Error & { code?: string }, socket: Socket) => {
         deps.logger.debug({ reason: err.code ?? err.message }, 'TLS handshake failed')
+        socket.destroy()
       })
       this.server.on('session', (session: http2.ServerHttp2Session) => this.onSession(session))
     }

@@ -250,6 +250,24 @@ t.test('plain HTTP and random bytes on the TLS port are closed; the proxy keeps 
   t.equal((await request(`${base}/after-junk`, { tls: { ca: ca.cert } })).status, 200)
 })
 
+t.test('a ClientHello that stalls halfway is closed at listener.tls.handshakeTimeoutMs', async (t) => {
+  const { base, proxy } = await tlsProxy(t, { handshakeTimeoutMs: 400 })
+  const closedAfter = await new Promise<number>((resolve) => {
+    const started = Date.now()
+    // a handshake record announcing 512 bytes, then 5 of them, then silence
+    const s = net.connect(proxy.port, '127.0.0.1', () => s.write(Buffer.from([0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03])))
+    const timer = setTimeout(() => s.destroy(), 4000)
+    s.resume()
+    s.on('error', () => {})
+    s.on('close', () => {
+      clearTimeout(timer)
+      resolve(Date.now() - started)
+    })
+  })
+  t.ok(closedAfter >= 350 && closedAfter < 3000, `closed by the server after ${closedAfter} ms (handshakeTimeoutMs 400)`)
+  t.equal((await request(`${base}/after-stall`, { tls: { ca: ca.cert } })).status, 200, 'the proxy keeps serving')
+})
+
 t.test('HTTP/1 limits hold on the TLS listener too (431 from the parser)', async (t) => {
   const { proxy } = await tlsProxy(t, {}, {})
   const response = await new Promise<string>((resolve, reject) => {
