@@ -47,7 +47,7 @@ t.test('accessLog: false keeps the metrics and drops the line', async (t) => {
   t.equal(await metricValue(d, 'sidecar_requests_total', { backend: 'app', method: 'GET', code: '200' }), 2)
 })
 
-t.test('the hand-formatted line is valid JSON whatever the client put in the path and request id', async (t) => {
+t.test('the access line is valid JSON whatever the client put in the path and request id', async (t) => {
   const d = deps()
   const path = '/a"b\\c\n{"status":999}\u2028é?q=<x>'
   const id = 'id"with\\quotes'
