@@ -40,12 +40,6 @@ export function createMetrics(now: () => number = Date.now) {
       attemptTally.drain((labels, n) => this.inc({ backend: labels[0]!, result: labels[1]! }, n))
     },
   })
-  const rejected = new Counter({
-    name: 'sidecar_rejected_requests_total',
-    help: 'Requests refused by the proxy before reaching a backend, by reason (error code).',
-    labelNames: ['reason'] as const,
-    registers,
-  })
   const openConnections = new Gauge({
     name: 'sidecar_open_connections',
     help: 'Client connections currently open on the listener.',
@@ -58,13 +52,29 @@ export function createMetrics(now: () => number = Date.now) {
     registers,
   })
 
-  const retries = new Counter({
+  // Retries and refusals are tallied like requests and attempts, and also kept per 10 s in
+  // `recent` for GET /status.
+  const retryTally = new Tally(2)
+  const rejectionTally = new Tally(1)
+  new Counter({
     name: 'sidecar_retries_total',
     help: 'Retries made, by the backend of the failed attempt and the reason (retryOn condition).',
     labelNames: ['backend', 'reason'] as const,
     registers,
+    collect() {
+      retryTally.drain((labels, n) => this.inc({ backend: labels[0]!, reason: labels[1]! }, n))
+    },
   })
-  const retryBudgetExhausted = new Counter({
+  new Counter({
+    name: 'sidecar_rejected_requests_total',
+    help: 'Requests refused by the proxy before reaching a backend, by reason (error code).',
+    labelNames: ['reason'] as const,
+    registers,
+    collect() {
+      rejectionTally.drain((labels, n) => this.inc({ reason: labels[0]! }, n))
+    },
+  })
+  const budgetExhausted = new Counter({
     name: 'sidecar_retry_budget_exhausted_total',
     help: 'Retries not made because the retry budget was spent.',
     registers,
@@ -100,11 +110,8 @@ export function createMetrics(now: () => number = Date.now) {
     requests,
     duration,
     attempts,
-    rejected,
     openConnections,
     draining,
-    retries,
-    retryBudgetExhausted,
     circuitState,
     backendHealthy,
     configReloads,
@@ -113,6 +120,21 @@ export function createMetrics(now: () => number = Date.now) {
     /** Counts one call to a backend: upstream_attempts_total. */
     countAttempt(backend: string, result: string): void {
       attemptTally.add(backend, result)
+    },
+    /** Counts one retry after a failed try on `backend`: retries_total. */
+    countRetry(backend: string, reason: string): void {
+      retryTally.add(backend, reason)
+      recent.recordRetry(backend, reason)
+    },
+    /** Counts one retry not made for want of budget: retry_budget_exhausted_total. */
+    countBudgetExhausted(): void {
+      budgetExhausted.inc()
+      recent.recordBudgetExhausted()
+    },
+    /** Counts one request refused before reaching a backend: rejected_requests_total. */
+    countRejection(reason: string): void {
+      rejectionTally.add(reason)
+      recent.recordRejection(reason)
     },
     /** Counts one finished request: requests_total and request_duration_seconds. */
     observeRequest(backend: string, method: string, code: number, seconds: number): void {
@@ -162,26 +184,42 @@ class Tally {
 export type Metrics = ReturnType<typeof createMetrics>
 
 /** Requests and 5xx answers per backend in 10-second buckets over the last 5 minutes: the split
- *  and the error rate "right now" for GET /status, which Prometheus counters cannot say alone. */
+ *  and the error rate "right now" for GET /status, which Prometheus counters cannot say alone.
+ *  Retries (per backend and reason), refusals (per reason) and retries the budget stopped are
+ *  kept in the same buckets. */
 export class RecentRequests {
   static readonly BUCKET_MS = 10_000
   static readonly BUCKETS = 30
   /** Oldest first; each bucket's start is a multiple of BUCKET_MS. */
-  private readonly buckets: Array<{ start: number; counts: Map<string, { requests: number; errors: number }> }> = []
+  private readonly buckets: Bucket[] = []
 
   constructor(private readonly now: () => number) {}
 
   record(backend: string, status: number): void {
-    const start = Math.floor(this.now() / RecentRequests.BUCKET_MS) * RecentRequests.BUCKET_MS
-    let bucket = this.buckets.at(-1)
-    if (bucket?.start !== start) {
-      this.buckets.push((bucket = { start, counts: new Map() }))
-      if (this.buckets.length > RecentRequests.BUCKETS) this.buckets.shift()
-    }
-    let c = bucket.counts.get(backend)
-    if (!c) bucket.counts.set(backend, (c = { requests: 0, errors: 0 }))
+    const counts = this.current().counts
+    let c = counts.get(backend)
+    if (!c) counts.set(backend, (c = { requests: 0, errors: 0 }))
     c.requests++
     if (status >= 500) c.errors++
+  }
+
+  /** A retry after a failed try on `backend`, for `reason` (the retryOn condition). */
+  recordRetry(backend: string, reason: string): void {
+    const retries = this.current().retries
+    let byReason = retries.get(backend)
+    if (!byReason) retries.set(backend, (byReason = new Map()))
+    byReason.set(reason, (byReason.get(reason) ?? 0) + 1)
+  }
+
+  /** A request refused before reaching a backend, for `reason` (its error code). */
+  recordRejection(reason: string): void {
+    const rejections = this.current().rejections
+    rejections.set(reason, (rejections.get(reason) ?? 0) + 1)
+  }
+
+  /** A retry not made because the retry budget was spent. */
+  recordBudgetExhausted(): void {
+    this.current().budgetExhausted++
   }
 
   /** Totals per backend over the last `windowMs` (whole buckets, the current one included). */
@@ -195,6 +233,29 @@ export class RecentRequests {
       }
     }
     return out
+  }
+
+  /** Retries over the last `windowMs` per backend and reason, and those the budget stopped. */
+  retries(windowMs = 60_000): { byBackend: Record<string, Record<string, number>>; budgetExhausted: number } {
+    const byBackend: Record<string, Record<string, number>> = {}
+    let budgetExhausted = 0
+    for (const b of this.since(windowMs)) {
+      budgetExhausted += b.budgetExhausted
+      for (const [backend, byReason] of b.retries) {
+        const o = (byBackend[backend] ??= {})
+        for (const [reason, n] of byReason) o[reason] = (o[reason] ?? 0) + n
+      }
+    }
+    return { byBackend, budgetExhausted }
+  }
+
+  /** Refusals over the last `windowMs` per reason. */
+  rejections(windowMs = 60_000): Record<string, number> {
+    const byReason: Record<string, number> = {}
+    for (const b of this.since(windowMs)) {
+      for (const [reason, n] of b.rejections) byReason[reason] = (byReason[reason] ?? 0) + n
+    }
+    return byReason
   }
 
   /** Every bucket of the last 5 minutes, oldest first, empty ones included: a chart's points. */
@@ -213,8 +274,29 @@ export class RecentRequests {
     })
   }
 
+  /** The bucket of this moment, started if need be (the oldest then goes). */
+  private current(): Bucket {
+    const start = Math.floor(this.now() / RecentRequests.BUCKET_MS) * RecentRequests.BUCKET_MS
+    let bucket = this.buckets.at(-1)
+    if (bucket?.start !== start) {
+      this.buckets.push((bucket = { start, counts: new Map(), retries: new Map(), rejections: new Map(), budgetExhausted: 0 }))
+      if (this.buckets.length > RecentRequests.BUCKETS) this.buckets.shift()
+    }
+    return bucket
+  }
+
   private since(windowMs: number) {
     const from = this.now() - windowMs
     return this.buckets.filter((b) => b.start + RecentRequests.BUCKET_MS > from)
   }
+}
+
+interface Bucket {
+  start: number
+  counts: Map<string, { requests: number; errors: number }>
+  /** backend -> reason -> retries */
+  retries: Map<string, Map<string, number>>
+  /** reason -> refusals */
+  rejections: Map<string, number>
+  budgetExhausted: number
 }

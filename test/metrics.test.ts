@@ -1,5 +1,5 @@
 import t from 'tap'
-import { RecentRequests } from '../src/metrics.js'
+import { RecentRequests, createMetrics } from '../src/metrics.js'
 
 t.test('recent requests: per backend over the last minute, a 5-minute series of 10 s buckets', async (t) => {
   let now = 1_000_000_000
@@ -21,4 +21,39 @@ t.test('recent requests: per backend over the last minute, a 5-minute series of 
   recent.record('app', 200)
   t.same(recent.totals(), { app: { requests: 1, errors: 0 } }, 'old buckets never count again')
   t.equal(recent.series().reduce((n, b) => n + b.requests, 0), 1)
+})
+
+t.test('recent retries and refusals: per backend and reason over the window, in the same buckets', async (t) => {
+  let now = 1_000_000_000
+  const recent = new RecentRequests(() => now)
+  recent.recordRetry('canary', 'gateway-error')
+  recent.recordRetry('canary', 'gateway-error')
+  recent.recordRetry('app', 'reset')
+  recent.recordRejection('overloaded')
+  recent.recordBudgetExhausted()
+  now += 30_000
+  recent.recordRetry('canary', 'refused')
+  recent.recordRejection('overloaded')
+  recent.recordRejection('body_too_large')
+  t.same(recent.retries(), { byBackend: { canary: { 'gateway-error': 2, refused: 1 }, app: { reset: 1 } }, budgetExhausted: 1 })
+  t.same(recent.rejections(), { overloaded: 2, body_too_large: 1 })
+  now += 40_000 // the first bucket is now 70 s old
+  t.same(recent.retries(), { byBackend: { canary: { refused: 1 } }, budgetExhausted: 0 })
+  t.same(recent.rejections(), { overloaded: 1, body_too_large: 1 })
+  t.same(recent.totals(), {}, 'requests are counted apart')
+})
+
+t.test('retries and refusals reach both Prometheus and the recent window', async (t) => {
+  const metrics = createMetrics()
+  metrics.countRetry('app', 'reset')
+  metrics.countRetry('app', 'reset')
+  metrics.countRejection('overloaded')
+  metrics.countBudgetExhausted()
+  const text = await metrics.registry.metrics()
+  t.match(text, /^sidecar_retries_total\{backend="app",reason="reset"\} 2$/m)
+  t.match(text, /^sidecar_rejected_requests_total\{reason="overloaded"\} 1$/m)
+  t.match(text, /^sidecar_retry_budget_exhausted_total 1$/m)
+  t.match(await metrics.registry.metrics(), /^sidecar_retries_total\{backend="app",reason="reset"\} 2$/m, 'a second scrape counts nothing twice')
+  t.same(metrics.recent.retries(), { byBackend: { app: { reset: 2 } }, budgetExhausted: 1 })
+  t.same(metrics.recent.rejections(), { overloaded: 1 })
 })

@@ -1,11 +1,13 @@
 // The admin port (loopback by default): probes for the kubelet and the Prometheus scrape.
+//   GET /         the status page (page.ts): draws GET /status every 2 s
 //   GET /live     200 while the event loop answers at all
 //   GET /started  200 once the proxy's own listener is bound (the app starts after the sidecar)
 //   GET /ready    200 when no readiness latch is held (listener bound, every backend with
 //                 weight > 0 healthy, not draining); 503 with a JSON body naming what holds it
 //   GET /metrics  Prometheus text format
 //   GET /config   the config in force (defaults filled in) and its version
-//   GET /status   each backend's weight, health, breaker, in-flight and recent share; readiness
+//   GET /status   each backend's weight, health, breaker, in-flight and recent share; readiness;
+//                 retries and rejections in the last minute
 //   POST /drain         drain (readiness fails, drain.delayMs of service, then stop) and exit
 //   POST /quitquitquit  stop now, gracefully, and exit: for a Job whose app has finished
 // The two POSTs are answered only for clients on loopback: the admin port may be bound wider
@@ -16,6 +18,7 @@ import type { Registry } from 'prom-client'
 import type { Logger } from '../log.js'
 import { listenOn } from '../server/listen.js'
 import type { BackendHealth } from '../upstream/health.js'
+import { PAGE, PAGE_HEADERS } from './page.js'
 import type { Readiness } from './readiness.js'
 
 export interface AdminDeps {
@@ -80,6 +83,9 @@ export class AdminServer {
       return action()
     }
     const routes: Record<string, () => Promise<void> | void> = {
+      '/': () => {
+        res.writeHead(200, PAGE_HEADERS).end(PAGE)
+      },
       '/live': () => send(res, 200, { live: true }),
       '/started': () => {
         const started = !this.deps.readiness.isHeld('listener')

@@ -1,6 +1,7 @@
 // GET /status: what an operator asks of a canary rollout. Each backend with its weight (and the
 // share of traffic that weight means), health, breaker state, attempts in flight and the share
-// of requests it actually answered in the last minute; the config version in force; readiness.
+// of requests it actually answered in the last minute; retries and refusals in the last minute;
+// the config version in force; readiness. The admin page (page.ts) draws this.
 // Assembled from the live objects on every call: nothing here is cached.
 import { gatesReadiness, type Config } from '../config/schema.js'
 import type { BreakerState } from '../layers/breaker.js'
@@ -23,6 +24,8 @@ export interface StatusSources {
 export function statusOf(s: StatusSources) {
   const totalWeight = s.config.backends.reduce((sum, b) => sum + b.weight, 0)
   const lastMinute = s.recent.totals(60_000)
+  const retries = s.recent.retries(60_000)
+  const rejections = s.recent.rejections(60_000)
   const answered = Object.values(lastMinute).reduce((sum, c) => sum + c.requests, 0)
   const percent = (part: number, whole: number) => (whole === 0 ? 0 : Math.round((part / whole) * 1000) / 10)
   return {
@@ -48,5 +51,12 @@ export function statusOf(s: StatusSources) {
     /** Requests and 5xx per 10 s over the last 5 minutes, oldest first. */
     series: s.recent.series(),
     certificate: s.certificate ? { subject: s.certificate.subject, notAfter: s.certificate.notAfter.toISOString() } : null,
+    /** Retries made in the last minute, per backend of the failed try and reason (retryOn
+     *  condition), and retries not made because the retry budget was spent. */
+    retries: { windowSeconds: 60, total: sum(Object.values(retries.byBackend).flatMap((byReason) => Object.values(byReason))), ...retries },
+    /** Requests refused before reaching a backend in the last minute, per reason (error code). */
+    rejections: { windowSeconds: 60, total: sum(Object.values(rejections)), byReason: rejections },
   }
 }
+
+const sum = (ns: number[]) => ns.reduce((a, b) => a + b, 0)

@@ -17,7 +17,7 @@ export interface LimitsOptions {
 
 export function createLimitsLayer(opts: LimitsOptions, deps: { metrics: Metrics }): Layer {
   const reject = (code: 'headers_too_large' | 'unsupported_transfer_encoding' | 'body_too_large', detail: string): never => {
-    deps.metrics.rejected.labels(code).inc()
+    deps.metrics.countRejection(code)
     throw new SidecarError(code, { detail })
   }
   return (next) => async (req, ctx) => {
@@ -34,7 +34,7 @@ export function createLimitsLayer(opts: LimitsOptions, deps: { metrics: Metrics 
       }
       return next(req, ctx)
     }
-    const counted = new BodyCap(opts.maxBodyBytes, () => deps.metrics.rejected.labels('body_too_large').inc())
+    const counted = new BodyCap(opts.maxBodyBytes, () => deps.metrics.countRejection('body_too_large'))
     req.body.on('error', (err) => counted.destroy(err))
     return next({ ...req, body: req.body.pipe(counted) }, ctx)
   }

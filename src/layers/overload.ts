@@ -37,7 +37,7 @@ export class OverloadGates {
 
 export function createOverloadLayer(opts: OverloadOptions, deps: { metrics: Metrics; gates: OverloadGates }): Layer {
   const reject = (detail: string): never => {
-    deps.metrics.rejected.labels('overloaded').inc()
+    deps.metrics.countRejection('overloaded')
     throw new SidecarError('overloaded', { detail, retryAfterSeconds: 1 })
   }
   const release = (gate: Gate) => {

@@ -99,10 +99,10 @@ export function createRetryLayer(opts: RetryOptions, deps: RetryDeps): Layer {
       const wait = allowed ? backoffMs(attempt, outcome.response) : null
       if (!allowed || wait === null || deps.clock.now() + wait >= deadline) return settle(outcome)
       if (!budget.tryWithdraw()) {
-        deps.metrics.retryBudgetExhausted.inc()
+        deps.metrics.countBudgetExhausted()
         return settle(outcome)
       }
-      deps.metrics.retries.labels(ctx.backend ?? 'none', reason).inc()
+      deps.metrics.countRetry(ctx.backend ?? 'none', reason)
       discard(outcome)
       if (wait > 0) await deps.clock.sleep(wait, ctx.signal).catch(() => Promise.reject(new SidecarError('client_closed')))
     }

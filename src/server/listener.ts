@@ -347,7 +347,7 @@ export class Listener {
       socket.destroy()
       return
     }
-    this.deps.metrics.rejected.labels(code).inc()
+    this.deps.metrics.countRejection(code)
     this.deps.logger.warn({ error: code, reason: err.code, client: stripV4Mapped(socket.remoteAddress ?? '') }, 'request refused by the parser')
     endWith(socket, code, ERRORS[code].message)
   }
@@ -360,7 +360,7 @@ export class Listener {
 
   /** Counts and logs a refusal. */
   private record(refusal: Refusal, socket: Socket): Refusal {
-    this.deps.metrics.rejected.labels(refusal.code).inc()
+    this.deps.metrics.countRejection(refusal.code)
     this.deps.logger.warn({ error: refusal.code, reason: refusal.detail, client: stripV4Mapped(socket.remoteAddress ?? '') }, 'request refused')
     return refusal
   }

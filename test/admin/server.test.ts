@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto'
 import t from 'tap'
 import { isLoopback } from '../../src/admin/server.js'
 import { json, metric, request, until } from '../fixtures/client.js'
@@ -105,7 +106,7 @@ t.test('unknown paths 404, wrong methods 405', async (t) => {
   t.teardown(() => proxy.close())
   const missing = await json<{ paths: string[] }>(`${proxy.adminUrl}/nope`)
   t.equal(missing.reply.status, 404)
-  t.same(missing.body.paths, ['/live', '/started', '/ready', '/config', '/status', '/metrics', '/drain', '/quitquitquit'])
+  t.same(missing.body.paths, ['/', '/live', '/started', '/ready', '/config', '/status', '/metrics', '/drain', '/quitquitquit'])
   const post = await request(`${proxy.adminUrl}/live`, { method: 'POST' })
   t.equal(post.status, 405)
   t.equal(post.headers.allow, 'GET, HEAD')
@@ -174,4 +175,53 @@ t.test('GET /status: weights, health, breaker, in-flight and the share answered 
     certificate: { subject: /CN=localhost/, notAfter: String },
   })
   t.equal((status.body.series as unknown[]).length, 30, 'five minutes of 10 s buckets for a chart')
+})
+
+t.test('GET /status: retries per backend and reason, rejections per reason, over the last minute', async (t) => {
+  const up = await fakeUpstream().seq('/flaky', 503, 200).listen()
+  t.teardown(() => up.close())
+  const proxy = await startProxy(up.url)
+  t.teardown(() => proxy.close())
+  t.equal((await request(`${proxy.url}/flaky`)).status, 200, 'the 503 was retried')
+  const tooMany = Object.fromEntries(Array.from({ length: 101 }, (_, i) => [`x-h${i}`, '1']))
+  t.equal((await request(`${proxy.url}/`, { headers: tooMany })).status, 431)
+  const status = await json<Record<string, unknown>>(`${proxy.adminUrl}/status`)
+  t.same(status.body.retries, { windowSeconds: 60, total: 1, byBackend: { app: { 'gateway-error': 1 } }, budgetExhausted: 0 })
+  t.same(status.body.rejections, { windowSeconds: 60, total: 1, byReason: { headers_too_large: 1 } })
+  t.equal(await metric(proxy.adminUrl, 'sidecar_retries_total{backend="app",reason="gateway-error"}'), 1, 'Prometheus counts them too')
+  t.equal(await metric(proxy.adminUrl, 'sidecar_rejected_requests_total{reason="headers_too_large"}'), 1)
+})
+
+t.test('GET /: the status page, locked down by its headers; the listener still forwards / to the app', async (t) => {
+  const up = await fakeUpstream().listen()
+  t.teardown(() => up.close())
+  const proxy = await startProxy(up.url)
+  t.teardown(() => proxy.close())
+  const page = await request(`${proxy.adminUrl}/`)
+  t.equal(page.status, 200)
+  t.match(page.headers, {
+    'content-type': 'text/html; charset=utf-8',
+    'cache-control': 'no-store',
+    'x-content-type-options': 'nosniff',
+    'referrer-policy': 'no-referrer',
+  })
+  const html = page.body.toString()
+  const csp = page.headers['content-security-policy'] as string
+  t.match(csp, /^default-src 'none'; /)
+  t.match(csp, /; connect-src 'self'; /)
+  const hash = (tag: string) => {
+    const body = new RegExp(`<${tag}>([^]*?)</${tag}>`).exec(html)![1]!
+    return `'sha256-${createHash('sha256').update(body).digest('base64')}'`
+  }
+  t.ok(csp.includes(`script-src ${hash('script')};`), 'the inline script is allowed by its hash, and nothing else')
+  t.ok(csp.includes(`style-src ${hash('style')};`), 'the inline style too')
+  t.notMatch(html, /(src|href)="(https?:)?\/\//, 'nothing is loaded from elsewhere')
+  t.notMatch(html, /innerHTML|outerHTML|insertAdjacentHTML|document\.write/, 'data never goes in as HTML')
+  const head = await request(`${proxy.adminUrl}/`, { method: 'HEAD' })
+  t.equal(head.status, 200)
+  t.equal(head.body.length, 0)
+  t.equal(head.headers['content-security-policy'], csp)
+  const forwarded = await json<{ url: string }>(`${proxy.url}/`)
+  t.equal(forwarded.body.url, '/', "the proxy's own listener sends / to the app")
+  t.equal(up.seen.length, 1)
 })

@@ -1,0 +1,266 @@
+// The status page served at GET / on the admin port: one self-contained HTML document (no CDN,
+// no fonts, no framework) whose script fetches GET /status every 2 s and draws it with plain DOM
+// calls. Everything from /status goes in through textContent, never as HTML: backend names and
+// latch reasons come from config and runtime. It lives in a module so that tsc ships it in dist/;
+// the Content-Security-Policy allows exactly this script and this style, by their hashes.
+import { createHash } from 'node:crypto'
+
+const STYLE = `
+  body { font: 14px/1.4 system-ui, sans-serif; margin: 0; color: #1d2433; background: #f3f5f8; }
+  header { display: flex; align-items: center; gap: 16px; padding: 12px 24px; background: #1d2433; color: #fff; }
+  header h1 { font-size: 18px; margin: 0; font-weight: 600; }
+  header .updated { margin-left: auto; color: #b8c0d0; font-size: 13px; }
+  main { padding: 16px 24px; display: grid; grid-template-columns: 3fr 2fr; gap: 16px; }
+  section { background: #fff; border: 1px solid #dde2ea; border-radius: 6px; padding: 12px 16px; }
+  section.wide { grid-column: 1 / -1; }
+  h2 { font-size: 13px; text-transform: uppercase; letter-spacing: .05em; color: #5b6579; margin: 0 0 8px; }
+  table { border-collapse: collapse; width: 100%; }
+  th, td { text-align: left; padding: 6px 8px; border-bottom: 1px solid #eef1f5; vertical-align: top; }
+  th { font-size: 12px; color: #5b6579; font-weight: 600; }
+  td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
+  .small { font-size: 12px; color: #5b6579; }
+  .badge { display: inline-block; padding: 1px 8px; border-radius: 10px; font-size: 12px; font-weight: 600; }
+  .ok { background: #dcf5e3; color: #17692f; }
+  .warn { background: #fff0c7; color: #7a5300; }
+  .bad { background: #d92d20; color: #fff; }
+  tr.open td { background: #fdecea; }
+  .share { display: flex; align-items: center; gap: 6px; }
+  .bar { width: 80px; height: 8px; background: #eef1f5; border-radius: 4px; overflow: hidden; }
+  .bar span { display: block; height: 100%; background: #3b6fd8; }
+  #banner { display: none; grid-column: 1 / -1; background: #d92d20; color: #fff; padding: 10px 16px; border-radius: 6px; font-weight: 600; }
+  body.unreachable #banner { display: block; }
+  body.unreachable section { opacity: .55; }
+  svg { display: block; width: 100%; height: auto; }
+  svg .requests { fill: #9db6ea; }
+  svg .errors { fill: #d92d20; }
+  svg .axis { stroke: #c8cfdb; }
+  svg text { font-size: 11px; fill: #5b6579; }
+  .legend span { margin-right: 12px; }
+  .legend .requests::before, .legend .errors::before { content: ""; display: inline-block; width: 10px; height: 10px; margin-right: 4px; }
+  .legend .requests::before { background: #9db6ea; }
+  .legend .errors::before { background: #d92d20; }
+  dl { display: grid; grid-template-columns: max-content 1fr; gap: 4px 16px; margin: 0; }
+  dt { color: #5b6579; }
+  dd { margin: 0; overflow-wrap: anywhere; }
+`
+
+const SCRIPT = String.raw`
+'use strict'
+const REFRESH_MS = 2000
+const SVG = 'http://www.w3.org/2000/svg'
+let lastGood = null // the time of the last /status that arrived
+
+/** An element with a class and text (text only ever through textContent). */
+function el(tag, className, text) {
+  const e = document.createElement(tag)
+  if (className) e.className = className
+  if (text !== undefined) e.textContent = String(text)
+  return e
+}
+
+/** A table row; each cell is { text } or { node }, with an optional className. */
+function row(cells) {
+  const tr = el('tr')
+  for (const c of cells) {
+    const td = el('td', c.className)
+    if (c.node) td.append(c.node)
+    else td.textContent = String(c.text)
+    tr.append(td)
+  }
+  return tr
+}
+
+const time = (d) => d.toLocaleTimeString()
+
+async function refresh() {
+  let status
+  try {
+    const res = await fetch('/status', { cache: 'no-store', signal: AbortSignal.timeout(REFRESH_MS) })
+    if (!res.ok) throw new Error('GET /status answered ' + res.status)
+    status = await res.json()
+  } catch (err) {
+    document.body.classList.add('unreachable')
+    document.getElementById('banner').textContent =
+      'Cannot reach the proxy (' + err.message + '). ' +
+      (lastGood ? 'Showing the last data, from ' + time(lastGood) + '. ' : '') + 'Retrying every ' + REFRESH_MS / 1000 + ' s.'
+    return
+  } finally {
+    setTimeout(refresh, REFRESH_MS)
+  }
+  lastGood = new Date()
+  document.body.classList.remove('unreachable')
+  document.getElementById('updated').textContent = 'updated ' + time(lastGood) + ', every ' + REFRESH_MS / 1000 + ' s'
+  render(status)
+}
+
+function render(s) {
+  renderReadiness(s)
+  renderBackends(s)
+  renderChart(s.series)
+  renderRetries(s.retries, s.rejections)
+  renderCertificate(s.certificate)
+  renderConfig(s.config)
+}
+
+function renderReadiness(s) {
+  const badge = document.getElementById('ready')
+  badge.textContent = s.ready ? 'READY' : 'NOT READY'
+  badge.className = 'badge ' + (s.ready ? 'ok' : 'bad')
+  const latches = Object.entries(s.holding)
+  const body = document.getElementById('latches')
+  body.replaceChildren(...latches.map(([name, reason]) => row([{ text: name }, { text: reason }])))
+  if (latches.length === 0) body.append(row([{ text: 'none: no readiness latch is held', className: 'small' }, { text: '' }]))
+}
+
+function renderBackends(s) {
+  const rows = s.backends.map((b) => {
+    const retries = Object.values(s.retries.byBackend[b.name] || {}).reduce((a, n) => a + n, 0)
+    const health = el('div')
+    health.append(el('span', 'badge ' + (b.health && b.health.healthy ? 'ok' : 'bad'), b.health && b.health.healthy ? 'healthy' : 'unhealthy'))
+    health.append(el('div', 'small', b.health ? b.health.reason : 'not checked yet'))
+    const name = el('div')
+    name.append(el('strong', '', b.name), el('div', 'small', b.url + (b.gatesReadiness ? ' · gates readiness' : '')))
+    const share = el('div', 'share')
+    const bar = el('div', 'bar')
+    const fill = el('span')
+    fill.style.width = b.lastMinute.percent + '%'
+    bar.append(fill)
+    share.append(bar, el('span', '', b.lastMinute.percent + '%'))
+    const tr = row([
+      { node: name },
+      { text: b.weight + ' (' + b.weightPercent + '%)', className: 'num' },
+      { node: health },
+      { node: el('span', 'badge ' + { closed: 'ok', 'half-open': 'warn', open: 'bad' }[b.breaker], b.breaker) },
+      { text: b.inFlight.active + ' / ' + b.inFlight.waiting, className: 'num' },
+      { text: b.lastMinute.requests + ' / ' + b.lastMinute.errors, className: 'num' },
+      { node: share },
+      { text: retries, className: 'num' },
+    ])
+    tr.dataset.backend = b.name
+    if (b.breaker === 'open') tr.className = 'open'
+    return tr
+  })
+  document.getElementById('backends').replaceChildren(...rows)
+}
+
+/** Requests per 10 s bucket as bars, the 5xx among them in red; the oldest bucket on the left. */
+function renderChart(series) {
+  const W = 600, H = 180, top = 10, bottom = 20, left = 40
+  const max = Math.max(1, ...series.map((b) => b.requests))
+  const step = (W - left) / series.length
+  const y = (n) => H - bottom - (n / max) * (H - top - bottom)
+  const add = (parent, tag, attrs, text) => {
+    const e = document.createElementNS(SVG, tag)
+    for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, String(v))
+    if (text !== undefined) e.textContent = text
+    parent.append(e)
+    return e
+  }
+  const svg = add(document.createDocumentFragment(), 'svg', { viewBox: '0 0 ' + W + ' ' + H })
+  add(svg, 'line', { class: 'axis', x1: left, x2: W, y1: H - bottom, y2: H - bottom })
+  add(svg, 'text', { x: 0, y: top + 8 }, String(max))
+  add(svg, 'text', { x: 0, y: H - bottom }, '0')
+  add(svg, 'text', { x: left, y: H - 4 }, '5 min ago')
+  add(svg, 'text', { x: W - 24, y: H - 4 }, 'now')
+  series.forEach((b, i) => {
+    const x = left + i * step + 1
+    const bar = add(svg, 'rect', { class: 'requests', x, width: step - 2, y: y(b.requests), height: H - bottom - y(b.requests) })
+    add(bar, 'title', {}, time(new Date(b.start)) + ': ' + b.requests + ' requests, ' + b.errors + ' 5xx')
+    if (b.errors > 0) add(svg, 'rect', { class: 'errors', x, width: step - 2, y: y(b.errors), height: H - bottom - y(b.errors) })
+  })
+  document.getElementById('chart').replaceChildren(svg)
+  const minute = series.slice(-6)
+  const requests = minute.reduce((a, b) => a + b.requests, 0)
+  const errors = minute.reduce((a, b) => a + b.errors, 0)
+  document.getElementById('rates').textContent =
+    'Last minute: ' + (requests / 60).toFixed(1) + ' requests/s, ' + (requests ? ((errors / requests) * 100).toFixed(1) : '0.0') + '% 5xx'
+}
+
+function renderRetries(retries, rejections) {
+  const rows = []
+  for (const [backend, byReason] of Object.entries(retries.byBackend)) {
+    for (const [reason, n] of Object.entries(byReason)) rows.push(row([{ text: 'retry after ' + backend }, { text: reason }, { text: n, className: 'num' }]))
+  }
+  if (retries.budgetExhausted > 0) rows.push(row([{ text: 'not retried' }, { text: 'retry budget spent' }, { text: retries.budgetExhausted, className: 'num' }]))
+  for (const [reason, n] of Object.entries(rejections.byReason)) rows.push(row([{ text: 'rejected' }, { text: reason }, { text: n, className: 'num' }]))
+  if (rows.length === 0) rows.push(row([{ text: 'none', className: 'small' }, { text: '' }, { text: '' }]))
+  document.getElementById('retries').replaceChildren(...rows)
+  document.getElementById('retry-totals').textContent =
+    'In the last minute: ' + retries.total + ' retried, ' + rejections.total + ' rejected'
+}
+
+function renderCertificate(cert) {
+  const dl = document.getElementById('cert')
+  if (!cert) {
+    dl.replaceChildren(el('dt', '', 'TLS'), el('dd', '', 'off: the listener serves plain HTTP'))
+    return
+  }
+  const hoursLeft = (Date.parse(cert.notAfter) - Date.now()) / 3_600_000
+  const left = hoursLeft < 0 ? 'expired' : hoursLeft < 48 ? Math.floor(hoursLeft) + ' hours left' : Math.floor(hoursLeft / 24) + ' days left'
+  const expires = el('dd', '', new Date(cert.notAfter).toLocaleString() + ' ')
+  expires.append(el('span', 'badge ' + (hoursLeft < 72 ? 'bad' : hoursLeft < 14 * 24 ? 'warn' : 'ok'), left))
+  dl.replaceChildren(el('dt', '', 'Subject'), el('dd', '', cert.subject), el('dt', '', 'Expires'), expires)
+}
+
+function renderConfig(config) {
+  const minutes = Math.floor((Date.now() - Date.parse(config.loadedAt)) / 60_000)
+  const parts = [
+    el('dt', '', 'Version'), el('dd', '', config.version),
+    el('dt', '', 'Loaded'), el('dd', '', new Date(config.loadedAt).toLocaleString() + ' (' + minutes + ' min ago)'),
+  ]
+  if (config.pendingRestart.length > 0) parts.push(el('dt', '', 'Needs a restart'), el('dd', '', config.pendingRestart.join(', ')))
+  document.getElementById('config').replaceChildren(...parts)
+}
+
+refresh()
+`
+
+/** The page: static skeleton; the script fills every element with an id. */
+export const PAGE = `<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>sidecar-proxy status</title>
+<link rel="icon" href="data:,">
+<style>${STYLE}</style>
+</head>
+<body>
+<header><h1>sidecar-proxy</h1><span id="ready" class="badge">…</span><span id="updated" class="updated">loading /status …</span></header>
+<main>
+<div id="banner" role="alert"></div>
+<section class="wide"><h2>Backends</h2>
+<table><thead><tr><th>Backend</th><th class="num">Weight</th><th>Health</th><th>Breaker</th><th class="num">In flight<br>active / waiting</th><th class="num">Last minute<br>requests / 5xx</th><th>Share, last minute</th><th class="num">Retries<br>last minute</th></tr></thead>
+<tbody id="backends"></tbody></table></section>
+<section><h2>Requests and 5xx per 10 s</h2><div id="rates" class="small"></div><div id="chart"></div>
+<div class="legend small"><span class="requests">requests</span><span class="errors">5xx</span></div></section>
+<section><h2>Retries and rejections</h2><div id="retry-totals" class="small"></div>
+<table><thead><tr><th>What</th><th>Reason</th><th class="num">Last minute</th></tr></thead><tbody id="retries"></tbody></table></section>
+<section><h2>Readiness latches held</h2><table><tbody id="latches"></tbody></table></section>
+<section><h2>Certificate</h2><dl id="cert"></dl></section>
+<section class="wide"><h2>Config</h2><dl id="config"></dl></section>
+</main>
+<script>${SCRIPT}</script>
+</body>
+</html>
+`
+
+const sha256 = (text: string) => `'sha256-${createHash('sha256').update(text, 'utf8').digest('base64')}'`
+
+/** Headers for the page: nothing but its own script, style and same-origin fetches may run. */
+export const PAGE_HEADERS = {
+  'content-type': 'text/html; charset=utf-8',
+  'cache-control': 'no-store',
+  'content-security-policy': [
+    "default-src 'none'",
+    `script-src ${sha256(SCRIPT)}`,
+    `style-src ${sha256(STYLE)}`,
+    "connect-src 'self'",
+    'img-src data:',
+    "base-uri 'none'",
+    "form-action 'none'",
+    "frame-ancestors 'none'",
+  ].join('; '),
+  'x-content-type-options': 'nosniff',
+  'referrer-policy': 'no-referrer',
+}
