@@ -1,0 +1,243 @@
+// `npm run demo` as a newcomer meets it: start examples/demo.mjs (with the dist/ that `npm test`
+// builds first) on free ports, wait for its "ready", then do what its printed instructions say,
+// over real TLS with the committed CA; then Ctrl-C, and every process it started is gone.
+import { spawn, type ChildProcess } from 'node:child_process'
+import { readFileSync, writeFileSync } from 'node:fs'
+import http2 from 'node:http2'
+import https from 'node:https'
+import net from 'node:net'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+import t, { type Test } from 'tap'
+import { metric, request, type Reply } from './fixtures/client.js'
+
+const ROOT = fileURLToPath(new URL('..', import.meta.url))
+
+interface Demo {
+  child: ChildProcess
+  output: () => string
+  exited: Promise<number | null>
+}
+
+function runDemo(env: Record<string, string>): Demo {
+  const child = spawn(process.execPath, ['examples/demo.mjs'], { cwd: ROOT, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] })
+  let output = ''
+  child.stdout!.on('data', (c: Buffer) => (output += c.toString()))
+  child.stderr!.on('data', (c: Buffer) => (output += c.toString()))
+  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)))
+  return { child, output: () => output, exited }
+}
+
+/** Ports that were free a moment ago (all held at once, so they differ). */
+async function freePorts(n: number): Promise<number[]> {
+  const servers = await Promise.all(
+    Array.from({ length: n }, () => new Promise<net.Server>((resolve) => {
+      const server = net.createServer().listen(0, '127.0.0.1', () => resolve(server))
+    })),
+  )
+  const ports = servers.map((s) => (s.address() as net.AddressInfo).port)
+  await Promise.all(servers.map((s) => new Promise((resolve) => s.close(resolve))))
+  return ports
+}
+
+async function demoEnv(t: Test): Promise<Record<string, string>> {
+  const [sidecar, admin, stable, canary] = await freePorts(4)
+  return {
+    DEMO_PORT: String(sidecar),
+    DEMO_ADMIN_PORT: String(admin),
+    DEMO_STABLE_PORT: String(stable),
+    DEMO_CANARY_PORT: String(canary),
+    DEMO_DIR: t.testdir(),
+  }
+}
+
+async function waitFor(demo: Demo, pattern: RegExp, timeoutMs = 20_000): Promise<RegExpMatchArray> {
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    const match = demo.output().match(pattern)
+    if (match) return match
+    if (Date.now() > deadline) throw new Error(`no ${pattern} in the demo's output within ${timeoutMs} ms:\n${demo.output()}`)
+    await new Promise((resolve) => setTimeout(resolve, 50))
+  }
+}
+
+/** The one value a printed line gives for `pattern`'s group. */
+function printed(text: string, pattern: RegExp): string {
+  const match = text.match(pattern)
+  if (!match) throw new Error(`the instructions do not show ${pattern}:\n${text}`)
+  return match[1]!
+}
+
+/** The PIDs the demo says it started, checked against the processes themselves. */
+function pids(text: string): { stable: number; canary: number; sidecar: number } {
+  return {
+    stable: Number(printed(text, /the stable app \(pid (\d+)\)/)),
+    canary: Number(printed(text, /the canary app \(pid (\d+)\)/)),
+    sidecar: Number(printed(text, /the sidecar \(pid (\d+)\)/)),
+  }
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ESRCH') return false
+    throw err
+  }
+}
+
+async function until(what: string, cond: () => Promise<boolean>, timeoutMs = 5_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs
+  while (!(await cond())) {
+    if (Date.now() > deadline) throw new Error(`${what}: not within ${timeoutMs} ms`)
+    await new Promise((resolve) => setTimeout(resolve, 20))
+  }
+}
+
+function http2Get(url: string, ca: Buffer): Promise<{ status: number; body: string; protocol: string }> {
+  return new Promise((resolve, reject) => {
+    const session = http2.connect(url, { ca })
+    session.on('error', reject)
+    const stream = session.request({ ':path': new URL(url).pathname })
+    let body = ''
+    let status = 0
+    stream.on('response', (headers) => (status = Number(headers[':status'])))
+    stream.on('data', (c: Buffer) => (body += c.toString()))
+    stream.on('end', () => {
+      const protocol = session.alpnProtocol ?? ''
+      session.close()
+      resolve({ status, body, protocol })
+    })
+    stream.on('error', reject)
+  })
+}
+
+const appOf = (reply: Reply) => (JSON.parse(reply.body.toString()) as { app: string }).app
+
+t.test('the demo: ready, what it prints works, Ctrl-C stops every process it started', async (t) => {
+  const env = await demoEnv(t)
+  const demo = runDemo(env)
+  t.teardown(() => demo.child.kill('SIGKILL'))
+  const began = Date.now()
+  await waitFor(demo, /Ctrl-C stops everything\./)
+  const text = demo.output()
+  t.match(text, /sidecar-proxy demo: ready in \d+\.\d s/)
+  t.comment(`ready after ${Date.now() - began} ms`)
+  const started = pids(text)
+  for (const [name, pid] of Object.entries(started)) t.ok(alive(pid), `the ${name} (pid ${pid}) runs`)
+
+  // What the instructions name, read from them rather than rebuilt here.
+  const url = printed(text, /^ {2}(https:\/\/localhost:\d+)\/ +the sidecar/m)
+  t.equal(url, `https://localhost:${env.DEMO_PORT}`)
+  const admin = printed(text, /^ {2}(http:\/\/127\.0\.0\.1:\d+)\/ +status page/m)
+  const ca = readFileSync(path.resolve(ROOT, printed(text, /curl --cacert (\S+) /)))
+  const config = path.resolve(ROOT, printed(text, /^ {2}(\S+sidecar\.yaml) +the config/m))
+  const failCanary = printed(text, /curl -X POST '(http:\/\/127\.0\.0\.1:\d+\/control\?failRate=1)'/)
+  const grep = new RegExp(printed(text, /\/metrics \| grep -E '([^']+)'/), 'm')
+  const agent = new https.Agent({ keepAlive: true, ca })
+  t.teardown(() => agent.destroy())
+  const get = (headers: Record<string, string> = {}) => request(`${url}/`, { agent, headers })
+
+  // 1. through TLS, verified with the printed CA: HTTP/2, then HTTP/1.1
+  const h2 = await http2Get(`${url}/hello`, ca)
+  t.equal(h2.protocol, 'h2')
+  t.equal(h2.status, 200)
+  t.match(JSON.parse(h2.body), { app: /^(stable|canary)$/, path: '/hello' })
+  const h1 = await request(`${url}/hello`, { tls: { ca } })
+  t.equal(h1.status, 200)
+  t.match(h1.headers['x-request-id'], /^[0-9a-f-]{36}$/)
+
+  // 2. the split answers from both apps only; the header override picks the canary
+  const split = await Promise.all(Array.from({ length: 20 }, () => get()))
+  t.same(new Set(split.map((r) => r.status)), new Set([200]))
+  t.ok(split.every((r) => ['stable', 'canary'].includes(appOf(r))), 'every answer is from stable or canary')
+  t.equal(appOf(await get({ 'x-canary': 'always' })), 'canary')
+  t.equal(appOf(await get({ 'x-canary': 'never' })), 'stable')
+
+  // 3. editing the weights in the printed config file moves the split, and back
+  const original = readFileSync(config, 'utf8')
+  t.match(original, /weight: 90\n[^]*weight: 10\n/)
+  writeFileSync(config, original.replace('weight: 90', 'weight: 0').replace('weight: 10', 'weight: 100'))
+  await until('all traffic on the canary after the edit', async () => (await Promise.all([get(), get(), get(), get(), get()])).every((r) => appOf(r) === 'canary'))
+  writeFileSync(config, original)
+  await until('stable back after the edit is undone', async () => appOf(await get()) === 'stable')
+
+  // 4. a failing canary: retries counted, then its breaker opens and the forced requests get 503
+  const control = await request(failCanary, { method: 'POST' })
+  t.equal(control.status, 200)
+  t.match(JSON.parse(control.body.toString()), { app: 'canary', failRate: 1 })
+  const retries = `sidecar_retries_total{backend="canary",reason="retriable-status-codes"}`
+  await until('a retry of a failed canary try counted', async () => {
+    await Promise.all(Array.from({ length: 20 }, () => get()))
+    return (await metric(admin, retries)) > 0
+  })
+  // (the successful canary requests of step 3 are still in the breaker's 10 s window)
+  const forced: Reply[] = []
+  while (forced.length < 50 && forced.at(-1)?.status !== 503) forced.push(await get({ 'x-canary': 'always' }))
+  t.same(new Set(forced.slice(0, -1).map((r) => r.status)), new Set([500]), 'forced onto the failing canary: 500 after two tries')
+  t.equal(forced.at(-1)!.status, 503, `then 503, after ${forced.length - 1} requests`)
+  t.equal(forced.at(-1)!.headers['x-sidecar-error'], 'circuit_open')
+  const counters = (await request(`${admin}/metrics`)).body.toString()
+  t.match(counters, grep, 'the printed grep finds the counters')
+  t.match(counters, /^sidecar_circuit_state\{backend="canary"\} 2$/m)
+  t.equal((await request(`${admin}/ready`)).status, 200, 'a failing canary does not cost readiness')
+  agent.destroy()
+
+  // Ctrl-C: the sidecar drains, the apps stop, exit 0, nothing left behind
+  const sidecarLog = readFileSync(path.join(env.DEMO_DIR!, 'sidecar.log'), 'utf8')
+  t.match(sidecarLog, new RegExp(`"pid":${started.sidecar},.*"msg":"sidecar-proxy started"`), 'the printed sidecar pid is the one logging')
+  t.match(sidecarLog, /"msg":"config reloaded"/)
+  const stopping = Date.now()
+  demo.child.kill('SIGINT')
+  t.equal(await demo.exited, 0)
+  t.comment(`stopped ${Date.now() - stopping} ms after SIGINT`)
+  t.match(demo.output(), /Stopped the sidecar, the stable app and the canary app\. Bye\.\n$/)
+  for (const [name, pid] of Object.entries(started)) t.notOk(alive(pid), `the ${name} (pid ${pid}) is gone`)
+  t.match(readFileSync(path.join(env.DEMO_DIR!, 'sidecar.log'), 'utf8'), /"msg":"sidecar-proxy stopped"/, 'the sidecar drained and stopped')
+})
+
+t.test('a child that dies is named, the others are stopped, exit 1', async (t) => {
+  const demo = runDemo(await demoEnv(t))
+  t.teardown(() => demo.child.kill('SIGKILL'))
+  await waitFor(demo, /Ctrl-C stops everything\./)
+  const started = pids(demo.output())
+  process.kill(started.canary, 'SIGKILL')
+  t.equal(await demo.exited, 1)
+  t.match(demo.output(), new RegExp(`The canary app \\(pid ${started.canary}\\) was killed by SIGKILL unexpectedly\\. The end of .*canary\\.log:\\n.*"msg":"listening"`))
+  t.match(demo.output(), /Stopped the sidecar and the stable app\.\n$/)
+  for (const [name, pid] of Object.entries(started)) t.notOk(alive(pid), `the ${name} (pid ${pid}) is gone`)
+})
+
+t.test('Ctrl-C: a duplicate a few ms later is the same press, a second one kills at once, exit 1', async (t) => {
+  const demo = runDemo(await demoEnv(t))
+  t.teardown(() => demo.child.kill('SIGKILL'))
+  await waitFor(demo, /Ctrl-C stops everything\./)
+  const started = pids(demo.output())
+  demo.child.kill('SIGINT')
+  await new Promise((resolve) => setTimeout(resolve, 5))
+  demo.child.kill('SIGINT') // what `npm run` adds when its script shell execs node (bash does)
+  await waitFor(demo, /SIGINT: the sidecar drains/)
+  await new Promise((resolve) => setTimeout(resolve, 600))
+  t.notMatch(demo.output(), /SIGINT again/, 'still draining after the duplicate')
+  t.ok(alive(started.sidecar), 'the sidecar is draining')
+  demo.child.kill('SIGINT')
+  t.equal(await demo.exited, 1)
+  t.match(demo.output(), /SIGINT again: killing the stable app, the canary app, the sidecar\.\n/)
+  for (const [name, pid] of Object.entries(started)) t.notOk(alive(pid), `the ${name} (pid ${pid}) is gone`)
+})
+
+t.test('a busy port is named with the variable that moves it, before anything starts', async (t) => {
+  const env = await demoEnv(t)
+  const taken = net.createServer()
+  await new Promise<void>((resolve) => taken.listen(Number(env.DEMO_ADMIN_PORT), '127.0.0.1', resolve))
+  t.teardown(() => new Promise((resolve) => taken.close(resolve)))
+  const demo = runDemo(env)
+  t.teardown(() => demo.child.kill('SIGKILL'))
+  t.equal(await demo.exited, 1)
+  t.match(
+    demo.output(),
+    new RegExp(`^Port 127\\.0\\.0\\.1:${env.DEMO_ADMIN_PORT} \\(the sidecar's admin port\\) is in use: .* Pick another port: DEMO_ADMIN_PORT=\\d+ npm run demo\\n$`),
+  )
+  t.notMatch(demo.output(), /Starting/, 'nothing was started')
+})
