@@ -29,6 +29,10 @@ export const ERRORS = {
   upstream_unhealthy: { status: 503, message: 'the backend fails its health checks and did not answer this request either' },
   circuit_open: { status: 503, message: 'the circuit breaker for the backend is open: it failed too often and is resting' },
   no_backend: { status: 503, message: 'no backend can take the request' },
+  local_resources_exhausted: {
+    status: 503,
+    message: 'the proxy is out of file descriptors (ulimit -n) or socket memory for a new upstream connection',
+  },
   overloaded: { status: 503, message: 'the backend has limits.maxConcurrentRequests in flight and limits.maxPendingRequests waiting' },
 } as const satisfies Record<string, { status: number; message: string }>
 

@@ -21,6 +21,7 @@ t.test('the catalogue: every code has a status and a message, and statuses follo
     upstream_unhealthy: 503,
     circuit_open: 503,
     no_backend: 503,
+    local_resources_exhausted: 503,
     overloaded: 503,
   }
   t.same(Object.fromEntries(Object.entries(ERRORS).map(([code, e]) => [code, e.status])), expected)

@@ -162,6 +162,13 @@ export function upstreamErrorCode(err: unknown): ErrorCode {
     case 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH':
     case 'UND_ERR_INFO':
       return 'upstream_bad_response'
+    // The proxy's own limits, not the backend's fault: not retried, not counted by the breaker
+    // (its codes start with upstream_).
+    case 'EMFILE':
+    case 'ENFILE':
+    case 'ENOBUFS':
+    case 'ENOMEM':
+      return 'local_resources_exhausted'
     case 'UND_ERR_SOCKET':
     case 'ECONNRESET':
     case 'EPIPE':
