@@ -51,7 +51,7 @@ export class AdminServer {
   }
 
   listen(): Promise<AddressInfo> {
-    return listenOn(this.server, this.address.host, this.address.port)
+    return listenOn(this.server, this.address.host, this.address.port, this.deps.logger, 'admin server')
   }
 
   close(): Promise<void> {

@@ -104,7 +104,7 @@ export class Listener {
   }
 
   listen(): Promise<AddressInfo> {
-    return listenOn(this.server, this.opts.host, this.opts.port)
+    return listenOn(this.server, this.opts.host, this.opts.port, this.deps.logger, 'listener')
   }
 
   get inFlightCount(): number {

@@ -25,7 +25,7 @@ async function start(t: Test, handler: Handler) {
   const listener = new Listener(OPTS, handler, d)
   const { port } = await listener.listen()
   t.teardown(() => listener.close(1000))
-  return { port, d }
+  return { port, d, listener }
 }
 
 t.test('a response ready only after the client left is released without crashing the process', async (t) => {
@@ -72,4 +72,10 @@ t.test('a failing end hook is logged and does not affect the response', async (t
   t.equal(status, 204)
   for (let i = 0; i < 50 && d.lines.length === 0; i++) await new Promise((resolve) => setTimeout(resolve, 10))
   t.match(d.lines, [{ level: 'error', msg: 'request end hook failed' }])
+})
+
+t.test('a server error after bind (an accept failing) is logged, never an unhandled crash', async (t) => {
+  const { d, listener } = await start(t, async () => ({ status: 200, headers: {}, body: null }))
+  listener.server.emit('error', Object.assign(new Error('accept EMFILE'), { code: 'EMFILE' }))
+  t.match(d.lines.at(-1), { level: 'warn', msg: 'listener error', err: { code: 'EMFILE', message: 'accept EMFILE' } })
 })
