@@ -93,8 +93,11 @@ export async function startApp(initial: Config, deps: AppDeps): Promise<App> {
     logger,
     metrics,
     probe: (backend, path, timeoutMs) => upstreams.probe(backend, path, timeoutMs),
-    onCheck: (backend) => {
+    onCheck: (backend, h, changed) => {
       if (gating.has(backend)) gateReadiness(backend)
+      // Back from down (a restart, a deploy): its breaker, opened while it was gone, would
+      // otherwise refuse it for up to resetTimeoutMs more (Envoy un-ejects on the same event).
+      if (changed && h.healthy) breakers.recovered(backend)
     },
   })
   /** A gating backend's latch follows its latest verdict, with the reason. */

@@ -3,6 +3,7 @@
 // 4xx responses and client aborts are not. Open: the backend gets nothing, the attempt fails at
 // once with 503 circuit_open and a Retry-After, and the pick prefers backends whose breaker is
 // not open. After resetTimeoutMs one probe passes (half-open); its result closes or reopens.
+// A backend that passes its health checks again after failing them closes its breaker at once.
 // opossum's own timeout is off: each attempt's deadline is the retry layer's (per attempt, so
 // one slow call never aborts the others). The only module that imports opossum.
 import CircuitBreaker from 'opossum'
@@ -107,6 +108,14 @@ export class Breakers {
   state(backend: string): BreakerState {
     const b = this.breakers.get(backend)
     return !b || b.closed ? 'closed' : b.halfOpen ? 'half-open' : 'open'
+  }
+
+  /** The backend passes its health checks again after failing them: an open breaker closes. */
+  recovered(backend: string): void {
+    const breaker = this.breakers.get(backend)
+    if (!breaker || breaker.closed) return
+    this.deps.logger.info({ backend }, 'circuit breaker closing: the backend passes its health checks again')
+    breaker.close()
   }
 
   /** False while the backend's breaker is open (half-open lets its probe through). */

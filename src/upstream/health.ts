@@ -28,8 +28,9 @@ export interface HealthDeps {
   logger: Logger
   metrics: Metrics
   probe: (backend: string, path: string, timeoutMs: number) => Promise<ProbeResult>
-  /** Told the verdict after every check (so a reason can follow the latest failure). */
-  onCheck?: (backend: string, health: BackendHealth) => void
+  /** Told the verdict after every check (so a reason can follow the latest failure), and
+   *  whether this check changed it. */
+  onCheck?: (backend: string, health: BackendHealth, changed: boolean) => void
 }
 
 interface Checked {
@@ -127,7 +128,7 @@ export class HealthChecker {
       this.deps.metrics.backendHealthy.labels(backend).set(s.healthy ? 1 : 0)
       this.deps.logger[s.healthy ? 'info' : 'warn']({ backend, healthy: s.healthy, reason }, `backend ${s.healthy ? 'healthy' : 'unhealthy'}`)
     }
-    this.deps.onCheck?.(backend, { healthy: s.healthy, reason, checks: s.checks })
+    this.deps.onCheck?.(backend, { healthy: s.healthy, reason, checks: s.checks }, flip)
   }
 
   private startLoop(backend: string): void {

@@ -49,6 +49,21 @@ t.test('half-open lets one probe through; success closes the breaker', async (t)
   t.equal(next.calls.length, 5)
 })
 
+t.test('a backend passing its health checks again closes its open breaker at once', async (t) => {
+  const { breakers, next, call, d } = setup([response(502), response(502), response(502), response(502), response(200)], { ...OPTS, resetTimeoutMs: 60_000 })
+  t.teardown(() => breakers.shutdown())
+  for (let i = 0; i < 4; i++) await call()
+  t.equal(breakers.state('app'), 'open')
+  breakers.recovered('canary')
+  t.equal(breakers.state('app'), 'open', 'another backend recovering changes nothing here')
+  breakers.recovered('app')
+  t.equal(breakers.state('app'), 'closed', 'closed without waiting out resetTimeoutMs (60 s)')
+  t.equal(await metricValue(d, 'sidecar_circuit_state', { backend: 'app' }), 0)
+  t.equal((await call()).status, 200, 'and the backend is called again')
+  t.equal(next.calls.length, 5)
+  t.match(d.lines.at(-1), { msg: 'circuit breaker closed', backend: 'app' })
+})
+
 t.test('a failed probe reopens it', async (t) => {
   const { breakers, call } = setup(Array.from({ length: 5 }, () => response(502)))
   t.teardown(() => breakers.shutdown())
