@@ -1,15 +1,12 @@
 // The CLI as a user meets it: in-process for argument and config handling, and the built
 // binary (dist/main.js, made by `npm test`'s build step) for the real run, signals and exit codes.
-import { spawn } from 'node:child_process'
 import { existsSync, writeFileSync } from 'node:fs'
 import net from 'node:net'
-import { fileURLToPath } from 'node:url'
 import t from 'tap'
 import { main, type Io } from '../../src/main.js'
+import { BIN, runBinary, waitForLine } from '../fixtures/binary.js'
 import { raw, request } from '../fixtures/client.js'
 import { fakeUpstream } from '../fixtures/upstream.js'
-
-const BIN = fileURLToPath(new URL('../../dist/main.js', import.meta.url))
 
 function io() {
   const out: string[] = []
@@ -59,38 +56,6 @@ t.test('run: an invalid config or flag never starts the proxy, exit 2', async (t
   t.equal(await main(['--listen', '127.0.0.1:0', '--admin', '127.0.0.1:0', '--tls-cert', `${dir}/bad.crt`, '--tls-key', `${dir}/k.pem`], tls.sink), 2)
   t.match(tls.text(), /listener\.tls: .*bad\.crt is not a PEM certificate/)
 })
-
-interface Child {
-  lines: Array<Record<string, unknown>>
-  stderr: () => string
-  exited: Promise<number | null>
-  kill: (signal: NodeJS.Signals) => void
-}
-
-function runBinary(args: string[], env: NodeJS.ProcessEnv = {}): Child {
-  const child = spawn(process.execPath, [BIN, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] })
-  const lines: Array<Record<string, unknown>> = []
-  let stderr = ''
-  let buffered = ''
-  child.stdout.on('data', (c: Buffer) => {
-    buffered += c.toString()
-    const parts = buffered.split('\n')
-    buffered = parts.pop()!
-    for (const p of parts) if (p) lines.push(JSON.parse(p))
-  })
-  child.stderr.on('data', (c: Buffer) => (stderr += c.toString()))
-  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)))
-  return { lines, stderr: () => stderr, exited, kill: (s) => child.kill(s) }
-}
-
-async function waitForLine(child: Child, msg: string): Promise<Record<string, unknown>> {
-  for (let i = 0; i < 300; i++) {
-    const line = child.lines.find((l) => l.msg === msg)
-    if (line) return line
-    await new Promise((resolve) => setTimeout(resolve, 20))
-  }
-  throw new Error(`no "${msg}" line; stderr: ${child.stderr()}`)
-}
 
 t.test('the built binary forwards, serves metrics and stops with exit 0 on SIGTERM', async (t) => {
   t.ok(existsSync(BIN), 'dist/main.js exists (npm test builds it first)')

@@ -1,0 +1,142 @@
+// Injected faults: the app missing at start, a pooled connection the app has already dropped,
+// clients aborting in bulk, and the proxy itself out of file descriptors. Each case counts what
+// clients got and what the app and the sockets were left with (docs/hostile-input.md lists the
+// figures). The crash mid-response, slow upstream and 503 storm cases live in failures.test.ts
+// and resilience.test.ts.
+import http from 'node:http'
+import t from 'tap'
+import { runBinary, waitForLine } from '../fixtures/binary.js'
+import { metric, request } from '../fixtures/client.js'
+import { proxied, startProxy } from '../fixtures/proxy.js'
+import { fakeUpstream, freePort } from '../fixtures/upstream.js'
+
+const tally = (outcomes: string[]) => outcomes.reduce<Record<string, number>>((o, k) => ({ ...o, [k]: (o[k] ?? 0) + 1 }), {})
+
+/** One GET on a fresh connection: "status code" (x-sidecar-error) or "reset" when the connection broke. */
+function outcome(port: number, path: string): Promise<string> {
+  return new Promise((resolve) => {
+    const req = http.get({ host: '127.0.0.1', port, path, agent: false }, (res) => {
+      res.resume()
+      res.on('end', () => resolve(`${res.statusCode} ${res.headers['x-sidecar-error'] ?? ''}`.trim()))
+      res.on('error', () => resolve('reset'))
+    })
+    req.on('error', () => resolve('reset'))
+    req.setTimeout(10_000, () => req.destroy())
+  })
+}
+
+t.test('the app down at start: catalogue errors and readiness held, then served without a restart', async (t) => {
+  const port = await freePort()
+  const proxy = await startProxy(`http://127.0.0.1:${port}`, { backends: [{ name: 'app', url: `http://127.0.0.1:${port}`, healthCheck: { intervalMs: 100, timeoutMs: 100 } }] })
+  t.teardown(() => proxy.close())
+  const down = await Promise.all(Array.from({ length: 20 }, () => request(`${proxy.url}/x`)))
+  t.same(tally(down.map((r) => `${r.status} ${r.headers['x-sidecar-error']}`)), { '503 upstream_unhealthy': 20 }, 'while down: 503 upstream_unhealthy, 20 of 20')
+  t.equal((await request(`${proxy.adminUrl}/ready`)).status, 503, 'not ready while the app is down')
+
+  const up = await fakeUpstream().listen(port)
+  t.teardown(() => up.close())
+  for (let i = 0; i < 100 && (await request(`${proxy.adminUrl}/ready`)).status !== 200; i++) await new Promise((r) => setTimeout(r, 50))
+  t.equal((await request(`${proxy.adminUrl}/ready`)).status, 200, 'ready once the app answers its health checks')
+  const served = await Promise.all(Array.from({ length: 20 }, () => request(`${proxy.url}/x`)))
+  t.same(tally(served.map((r) => String(r.status))), { '200': 20 }, 'then served: 20 of 20 (the breaker the outage opened closed with the health checks)')
+})
+
+t.test('a pooled connection the app dropped is retried on a fresh one: idempotent requests never see it', async (t) => {
+  // The keep-alive race: the app closes a connection just as the proxy reuses it. Here the app
+  // resets every connection at its second request, without answering.
+  const requestsOn = new WeakMap<object, number>()
+  const { up, proxy } = await proxied(
+    t,
+    fakeUpstream().route('/stale', (req, res) => {
+      const n = (requestsOn.get(req.socket) ?? 0) + 1
+      requestsOn.set(req.socket, n)
+      if (n > 1) req.socket.destroy()
+      else res.end('fresh')
+    }),
+  )
+  const gets = []
+  for (let i = 0; i < 20; i++) gets.push(await request(`${proxy.url}/stale`))
+  t.same(tally(gets.map((r) => `${r.status} ${r.body.toString()}`)), { '200 fresh': 20 }, 'GET: 200 for 20 of 20')
+  t.ok(up.seen.length > 20, `the app saw ${up.seen.length} tries for 20 requests: the reused connections were reset`)
+  t.equal(await metric(proxy.adminUrl, 'sidecar_retries_total{backend="app",reason="reset"}'), up.seen.length - 20, 'each reset counted as a retry')
+
+  // A POST without an Idempotency-Key may have been acted on: it is not replayed (502), with one.
+  await request(`${proxy.url}/stale`) // leaves a pooled connection that has carried one request
+  const post = await request(`${proxy.url}/stale`, { method: 'POST', body: 'x' })
+  t.equal(post.status, 502, 'a POST on the dropped connection: 502, not replayed')
+  t.equal(post.headers['x-sidecar-error'], 'upstream_reset')
+  await request(`${proxy.url}/stale`)
+  const keyed = await request(`${proxy.url}/stale`, { method: 'POST', body: 'x', headers: { 'idempotency-key': 'k1' } })
+  t.equal(keyed.status, 200, 'with an Idempotency-Key it is replayed on a fresh connection')
+})
+
+t.test('clients aborting mid-upload and mid-download: app requests cancelled, sockets back to baseline', async (t) => {
+  const { up, proxy } = await proxied(
+    t,
+    fakeUpstream()
+      .route('/upload', (req, res) => req.resume().on('end', () => res.end('whole')))
+      .route('/download', (_req, res) => {
+        res.writeHead(200, { 'content-length': 1_000_000 })
+        res.write('x'.repeat(1000)) // and never the rest
+      }),
+    { backends: [{ name: 'app', url: 'http://127.0.0.1:1', maxConnections: 16 }] },
+  )
+  const n = 50
+  const abort = (path: string, method: string) =>
+    new Promise<void>((resolve) => {
+      const req = http.request({ host: '127.0.0.1', port: proxy.port, path, method, agent: false, headers: method === 'POST' ? { 'content-length': 10_000 } : {} })
+      req.on('error', () => resolve())
+      req.on('close', () => resolve())
+      if (method === 'POST') {
+        req.write('y'.repeat(1000)) // a tenth of the body, then gone
+        setTimeout(() => req.destroy(), 50)
+      } else {
+        req.on('response', (res) => res.once('data', () => req.destroy()))
+        req.end()
+      }
+    })
+  const baseline = up.openConnections()
+  await Promise.all([...Array.from({ length: n }, () => abort('/upload', 'POST')), ...Array.from({ length: n }, () => abort('/download', 'GET'))])
+  // Every request is over once each has its access line; those still queued for one of the 16
+  // pool connections when their client went never reached the app at all.
+  for (let i = 0; i < 100 && proxy.logs.filter((l) => l.msg === 'request').length < 2 * n; i++) await new Promise((r) => setTimeout(r, 30))
+  const lines = proxy.logs.filter((l) => l.msg === 'request')
+  t.same(
+    tally(lines.map((l) => `${l.status} ${l.error} ${l.incomplete}`)),
+    { '499 client_closed true': n, '200 client_closed true': n },
+    `access lines: ${n} uploads 499 and ${n} downloads 200 (the status they had), all client_closed and incomplete`,
+  )
+  const settled = await Promise.race([Promise.all(up.seen.map((s) => s.closed)).then(() => true), new Promise((r) => setTimeout(() => r(false), 3000))])
+  t.ok(up.seen.length > 0 && settled, `the app's requests (${up.seen.length} reached it) were each cut when their client went`)
+  t.ok(up.openConnections() <= 16 + baseline, `connections to the app: ${up.openConnections()} (pool cap 16)`)
+  t.equal(await metric(proxy.adminUrl, 'sidecar_open_connections'), 0, 'client connections open on the proxy: 0')
+  const after = await request(`${proxy.url}/x`)
+  t.equal(after.status, 200, 'and the proxy serves on')
+})
+
+t.test('out of file descriptors (ulimit -n 128): refusals, no crash, and recovery', async (t) => {
+  const up = await fakeUpstream()
+    .route('/slow', (_req, res) => setTimeout(() => res.end('ok'), 1000))
+    .listen()
+  t.teardown(() => up.close())
+  const dir = t.testdir({ 'c.yaml': 'drain:\n  delayMs: 0\n' })
+  const child = runBinary(['--config', `${dir}/c.yaml`, '--plaintext', '--listen', '127.0.0.1:0', '--admin', '127.0.0.1:0', '--upstream', up.url], {}, 128)
+  t.teardown(() => child.kill('SIGKILL'))
+  const started = await waitForLine(child, 'sidecar-proxy started')
+  const port = Number(new URL(started.listener as string).port)
+
+  // 150 clients at once, each wanting its own connection to the app: more descriptors than 128.
+  const during = tally(await Promise.all(Array.from({ length: 150 }, (_, i) => outcome(port, `/slow?${i}`))))
+  t.comment(`150 concurrent requests under ulimit -n 128: ${JSON.stringify(during)}`)
+  t.same(Object.keys(during).filter((k) => !['200', '503 local_resources_exhausted', 'reset'].includes(k)), [], 'only 200, 503 local_resources_exhausted, or a connection closed at accept')
+  t.ok((during['503 local_resources_exhausted'] ?? 0) > 0, 'connections to the app that could not be opened: 503 local_resources_exhausted')
+  t.ok((during.reset ?? 0) > 0, 'connections beyond the limit are closed at accept (libuv), not left hanging')
+
+  const after = await Promise.all(Array.from({ length: 20 }, (_, i) => outcome(port, `/after?${i}`)))
+  t.same(tally(after), { '200': 20 }, 'descriptors back: 20 of 20 served')
+  const line = child.lines.find((l) => l.msg === 'request' && l.error === 'local_resources_exhausted')
+  t.match(line, { status: 503 }, 'the access line names the cause')
+  child.kill('SIGTERM')
+  t.equal(await child.exited, 0, 'and it stops cleanly')
+  t.notMatch(child.stderr(), /Error/, 'nothing on stderr')
+})
