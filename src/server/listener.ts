@@ -184,7 +184,7 @@ export class Listener {
     // HTTP/1 parser is an HTTP/1 request (and refused below).
     const h2 = req instanceof http2.Http2ServerRequest
     const socket = req.socket as Socket
-    const target = h2 ? null : checkHttp1Request(req as http.IncomingMessage)
+    const target = h2 ? checkHttp2Request(req as http2.Http2ServerRequest) : checkHttp1Request(req as http.IncomingMessage)
     if (target !== null && typeof target !== 'string') {
       this.refuse(res, target, socket, h2)
       return
@@ -421,6 +421,29 @@ function checkHttp1Request(req: http.IncomingMessage): Refusal | string | null {
   }
   const rest = absolute[2]!
   return rest.startsWith('/') ? rest : `/${rest}`
+}
+
+/** The methods Node's HTTP/1 parser takes (upper case): what an HTTP/1 listener can receive. */
+const HTTP1_METHODS: ReadonlySet<string> = new Set(http.METHODS)
+
+/**
+ * The same rules for HTTP/2, where nghttp2 already refuses a missing or non-slash :path (but not
+ * `*`) and connection-specific headers: one valid authority (RFC 9113 8.3.1: a Host beside
+ * :authority must name the same one), no asterisk-form, and only the methods HTTP/1 clients can
+ * send (a `get` would reach the app, whose HTTP/1 parser refuses it).
+ */
+function checkHttp2Request(req: http2.Http2ServerRequest): Refusal | null {
+  if (!HTTP1_METHODS.has(req.method)) return { code: 'bad_request', detail: `method ${JSON.stringify(req.method.slice(0, 20))}` }
+  const authority = req.headers[':authority']
+  const host = req.headers.host
+  const named = authority ?? host
+  if (named === undefined) return { code: 'bad_request', detail: 'neither :authority nor Host' }
+  if (!AUTHORITY.test(named)) return { code: 'bad_request', detail: `invalid authority ${JSON.stringify(named.slice(0, 100))}` }
+  if (authority !== undefined && host !== undefined && authority.toLowerCase() !== host.toLowerCase()) {
+    return { code: 'bad_request', detail: 'Host names another authority than :authority' }
+  }
+  if (req.headers[':path']?.charCodeAt(0) !== 47 /* / */) return { code: 'bad_request', detail: ':path is not a path (OPTIONS * included)' }
+  return null
 }
 
 function createServer(opts: ListenerOptions, onRequest: (req: Request, res: Response) => void): AnyServer {

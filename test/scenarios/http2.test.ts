@@ -123,3 +123,41 @@ t.test('HTTP/2 CONNECT is refused with 405 on its stream; the session lives on',
   t.equal(up.seen.length, 0, 'the app received nothing')
   t.equal((await exchange(session, { ':path': '/after' })).status, 200, 'the same session still serves')
 })
+
+t.test('HTTP/2 requests the HTTP/1 rules refuse are refused the same way: forwarded 0 of 6', async (t) => {
+  const { up, session } = await h2Proxy(t)
+  const refused: http2.OutgoingHttpHeaders[] = [
+    { ':path': '/a', ':authority': 'user@evil.example' },
+    { ':path': '/a', ':authority': 'evil!.example' },
+    { ':path': '/a', ':authority': 'app.example', host: 'evil.example' },
+    { ':path': '*', ':method': 'OPTIONS' },
+    { ':path': '/a', ':method': 'get' },
+    { ':path': '/a', ':method': 'FROB' },
+  ]
+  for (const headers of refused) {
+    const reply = await exchange(session, headers)
+    t.equal(reply.status, 400, JSON.stringify(headers))
+    t.equal(reply.headers?.['x-sidecar-error'], 'bad_request')
+  }
+  t.equal(up.seen.length, 0, 'forwarded to the app: 0 of 6')
+  const same = await exchange(session, { ':path': '/ok', ':authority': 'localhost', host: 'LOCALHOST' })
+  t.equal(same.status, 200, 'a Host naming the same authority passes, and the session still serves')
+})
+
+t.test('rapid reset: 5 rounds of 100 streams cancelled once at the app leave nothing open behind', async (t) => {
+  const { up, proxy, session } = await h2Proxy(t)
+  const rounds = 5
+  const perRound = 100 // listener.maxConcurrentStreams
+  for (let round = 1; round <= rounds; round++) {
+    const streams = Array.from({ length: perRound }, () => session.request({ ':path': '/hang' }).on('error', () => {}))
+    await until(() => up.seen.length === round * perRound)
+    const closed = streams.map((s) => new Promise<void>((resolve) => s.on('close', () => resolve())))
+    for (const s of streams) s.close(http2.constants.NGHTTP2_CANCEL)
+    await Promise.all(closed)
+  }
+  const cut = await Promise.race([Promise.all(up.seen.map((s) => s.closed)).then(() => true), new Promise((r) => setTimeout(() => r(false), 3000))])
+  t.ok(cut, `requests cancelled at the app: ${up.seen.length} of ${rounds * perRound}`)
+  await until(() => proxy.logs.filter((l) => l.msg === 'request').length === rounds * perRound)
+  t.equal(proxy.app.status().backends[0]!.inFlight.active, 0, 'attempts in flight: 0')
+  t.equal((await exchange(session, { ':path': '/after' })).status, 200, 'and the same session is served')
+})
