@@ -120,7 +120,9 @@ t.test('out of file descriptors (ulimit -n 128): refusals, no crash, and recover
     .listen()
   t.teardown(() => up.close())
   const dir = t.testdir({ 'c.yaml': 'drain:\n  delayMs: 0\n' })
-  const child = runBinary(['--config', `${dir}/c.yaml`, '--plaintext', '--listen', '127.0.0.1:0', '--admin', '127.0.0.1:0', '--upstream', up.url], {}, 128)
+  const child = runBinary(['--config', `${dir}/c.yaml`, '--plaintext', '--listen', '127.0.0.1:0', '--admin', '127.0.0.1:0', '--upstream', up.url], {}, [
+    'bash', '-c', 'ulimit -n 128 && exec "$0" "$@"',
+  ])
   t.teardown(() => child.kill('SIGKILL'))
   const started = await waitForLine(child, 'sidecar-proxy started')
   const port = Number(new URL(started.listener as string).port)
