@@ -43,6 +43,8 @@ export class SidecarError extends Error {
   readonly status: number
   /** Sent as Retry-After when set: when trying again makes sense. */
   readonly retryAfterSeconds: number | undefined
+  /** What this occurrence adds to the catalogue message. */
+  readonly detail: string | undefined
 
   constructor(code: ErrorCode, options?: { cause?: unknown; detail?: string; retryAfterSeconds?: number }) {
     const entry = ERRORS[code]
@@ -51,6 +53,7 @@ export class SidecarError extends Error {
     this.code = code
     this.status = entry.status
     this.retryAfterSeconds = options?.retryAfterSeconds
+    this.detail = options?.detail
   }
 }
 

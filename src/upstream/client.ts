@@ -103,7 +103,9 @@ export class Upstreams {
         const code = upstreamErrorCode(err)
         deps.metrics.countAttempt(backend, code)
         const down = code.startsWith('upstream_') && !deps.isHealthy(backend)
-        throw new SidecarError(down ? 'upstream_unhealthy' : code, { cause: err, detail: down ? `${code}: ${(err as Error).message}` : (err as Error).message })
+        // One of ours (a deadline's abort reason) already carries the catalogue message.
+        const detail = (err as Error).name === 'SidecarError' ? (err as SidecarError).detail : (err as Error).message
+        throw new SidecarError(down ? 'upstream_unhealthy' : code, { cause: err, detail: down ? `${code}: ${detail}` : detail })
       }
     }
   }

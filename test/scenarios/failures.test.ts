@@ -52,6 +52,8 @@ t.test('upstream too slow: 504 upstream_timeout, and the upstream request is can
   const reply = await request(`${proxy.url}/hang`)
   t.equal(reply.status, 504)
   t.equal(reply.headers['x-sidecar-error'], 'upstream_timeout')
+  const { message } = JSON.parse(reply.body.toString()) as { message: string }
+  t.equal(message.split('did not respond in time').length, 2, `the catalogue message once, then the detail: ${message}`)
   t.not(await within(up.seen[0]!.closed, 2000), 'timeout', 'the app saw its connection close')
 })
 
