@@ -142,16 +142,22 @@ export async function startApp(initial: Config, deps: AppDeps): Promise<App> {
       certificate: certificate(),
     })
 
+  /** Whether the last reload failed: the next good read says so even when nothing changed. */
+  let lastReloadFailed = false
   /** Swaps in a validated config: pools, breakers and health checks first, then the handler. */
   const apply = (loaded: Config, reason: string): ReloadResult => {
+    const fixed = lastReloadFailed
+    lastReloadFailed = false
     const { config, pendingRestart } = effectiveConfig(current.config, loaded)
     const version = configVersion(config)
     if (pendingRestart.length > 0) {
       logger.warn({ pendingRestart }, 'config changes settings that take effect only at restart; the running values stay')
     }
     if (version === current.version) {
-      // a touch of the file is routine; a SIGHUP that changes nothing deserves an answer
-      logger[reason === 'file changed' ? 'debug' : 'info']({ reason, version }, 'config read again: nothing changed')
+      // a touch of the file is routine; a SIGHUP that changes nothing, or a broken file put
+      // back as it was, deserves an answer
+      if (fixed) logger.info({ reason, version }, 'config file valid again: the config in force is unchanged')
+      else logger[reason === 'file changed' ? 'debug' : 'info']({ reason, version }, 'config read again: nothing changed')
       return { result: 'unchanged', version, pendingRestart }
     }
     upstreams.sync(config.backends, config.limits)
@@ -188,6 +194,7 @@ export async function startApp(initial: Config, deps: AppDeps): Promise<App> {
         loaded = await file.load()
       } catch (err) {
         const problems = isConfigError(err) ? err.problems : [(err as Error).message]
+        lastReloadFailed = true
         metrics.configReloads.labels('config', 'failure').inc()
         logger.error({ reason, file: file.path, problems, version: current.version }, 'config reload failed; the last good config stays in force')
         return { result: 'failure', version: current.version, problems }

@@ -193,6 +193,9 @@ t.test('a broken file keeps the last good config, says what is wrong and counts 
   write('backends: [}')
   t.match(await proxy.app.reload('test'), { result: 'failure', problems: [/^not valid YAML or JSON/] })
   t.equal(proxy.app.config().version, version)
+  write(yamlFor(app, canary, 100, 0))
+  t.match(await proxy.app.reload('file changed'), { result: 'unchanged', version })
+  t.match(proxy.logs.at(-1), { level: 'info', msg: 'config file valid again: the config in force is unchanged', version }, 'the fix is confirmed, not silent')
 })
 
 t.test('removing a backend closes its pool and stops its checks; its in-flight response completes', async (t) => {
