@@ -4,6 +4,7 @@
 import { parseArgs } from 'node:util'
 import { startApp } from '../app.js'
 import { isConfigError, loadConfig } from '../config/load.js'
+import { parseAddress } from '../config/schema.js'
 import { createLogger } from '../log.js'
 import type { Io } from '../main.js'
 import { UsageError } from './usage.js'
@@ -59,6 +60,8 @@ export async function runCommand(argv: readonly string[], io: Io): Promise<numbe
       io.err(`sidecar-proxy: listener.tls: ${(err as Error).message}`)
       return 2
     }
+    const bind = bindFailure(err, config.admin.address)
+    if (bind) io.err(`sidecar-proxy: ${bind}`) // said plainly too: it is the usual first-run problem
     logger.fatal({ err }, 'sidecar-proxy could not start')
     return 1
   }
@@ -83,4 +86,18 @@ function parseFlags(argv: readonly string[]) {
   } catch (err) {
     throw new UsageError((err as Error).message)
   }
+}
+
+const BIND_ERRORS: Record<string, string> = {
+  EADDRINUSE: 'the port is in use',
+  EACCES: 'permission denied (ports below 1024 need a privilege the proxy does not ask for)',
+  EADDRNOTAVAIL: 'no such address on this host',
+}
+
+/** A listener or admin port that could not be bound, said with the setting that moves it. */
+function bindFailure(err: unknown, adminAddress: string): string | undefined {
+  const e = err as NodeJS.ErrnoException & { address?: string; port?: number }
+  if (e.syscall !== 'listen' || e.code === undefined || !(e.code in BIND_ERRORS)) return undefined
+  const setting = parseAddress(adminAddress)?.port === e.port ? 'admin.address (--admin)' : 'listener.address (--listen)'
+  return `cannot listen on ${e.address}:${e.port} for ${setting}: ${BIND_ERRORS[e.code]}`
 }

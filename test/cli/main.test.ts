@@ -94,7 +94,7 @@ t.test('a second signal stops the binary at once with exit 1, in-flight requests
   t.equal(await inFlight, 'ECONNRESET')
 })
 
-t.test('the binary reads SIDECAR_CONFIG and exits 1 when its port is taken', async (t) => {
+t.test('the binary reads SIDECAR_CONFIG and exits 1 when a port is taken, saying which setting moves it', async (t) => {
   const taken = net.createServer()
   await new Promise<void>((resolve) => taken.listen(0, '127.0.0.1', resolve))
   t.teardown(() => new Promise((resolve) => taken.close(resolve)))
@@ -103,6 +103,10 @@ t.test('the binary reads SIDECAR_CONFIG and exits 1 when its port is taken', asy
   const child = runBinary([], { SIDECAR_CONFIG: `${dir}/c.yaml` })
   t.equal(await child.exited, 1)
   t.match(await waitForLine(child, 'sidecar-proxy could not start'), { level: 'fatal', err: { code: 'EADDRINUSE' } })
+  t.equal(child.stderr().trim(), `sidecar-proxy: cannot listen on 127.0.0.1:${port} for listener.address (--listen): the port is in use`)
+  const admin = runBinary(['--plaintext', '--listen', '127.0.0.1:0', '--admin', `127.0.0.1:${port}`])
+  t.equal(await admin.exited, 1)
+  t.equal(admin.stderr().trim(), `sidecar-proxy: cannot listen on 127.0.0.1:${port} for admin.address (--admin): the port is in use`)
 })
 
 t.test('SIGTERM drains the binary: the slow request completes, requests during the delay succeed, exit 0', async (t) => {
