@@ -40,7 +40,7 @@ const server = http.createServer((req, res) => {
   }
   const delayMs = Number(url.searchParams.get('delayMs') ?? state.delayMs) || 0
   setTimeout(() => {
-    if (Math.random() < state.failRate) return reply(500, { app: name, error: 'failing on request (POST /control)' })
+    if (Math.random() < state.failRate) return reply(500, { app: name, error: 'failing on purpose: failRate set by POST /control' })
     reply(200, { app: name, method: req.method, path: req.url })
   }, delayMs)
 })

@@ -6,15 +6,21 @@
 //   DEMO_ADMIN_PORT   its admin port (default 9901)
 //   DEMO_STABLE_PORT  the stable app (default 18080)
 //   DEMO_CANARY_PORT  the canary app (default 18081)
-//   DEMO_DIR          where the config and the logs go (default demo/ in the repository)
+//   DEMO_DIR          where the config and the logs go (default demo/ in the repository); one
+//                     demo at a time per directory, a second demo beside a running one needs
+//                     its own DEMO_DIR as well as its own ports
 //
-// Top to bottom: check that the four loopback ports are free; start the two apps and wait until
-// they answer; write DEMO_DIR/sidecar.yaml; start dist/main.js with it, its JSON logs going to
+// Top to bottom: claim DEMO_DIR by writing DEMO_DIR/demo.pid (refused while the demo whose pid
+// it holds is still running: its sidecar reloads DEMO_DIR/sidecar.yaml whenever it changes); check
+// that the four loopback ports are free (all of them, naming every busy one); start the two apps
+// and wait until they answer; write DEMO_DIR/sidecar.yaml; start dist/main.js with it, its JSON logs going to
 // DEMO_DIR/sidecar.log, and wait for /ready; print what to try. Ctrl-C or SIGTERM drains the
 // sidecar, then stops the apps, and exits 0; a second Ctrl-C kills all three at once (exit 1).
-// If one of them dies on its own, the demo says which, stops the others and exits 1.
+// If one of them dies on its own, the demo says which, stops the others and exits 1. demo.pid is
+// removed when the demo exits; one left by a demo that was killed (kill -9) names a dead pid and
+// is replaced.
 import { spawn } from 'node:child_process'
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync, writeFileSync } from 'node:fs'
+import { closeSync, existsSync, linkSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import http from 'node:http'
 import net from 'node:net'
 import path from 'node:path'
@@ -28,7 +34,9 @@ const ports = {
   stable: port('DEMO_STABLE_PORT', 18080),
   canary: port('DEMO_CANARY_PORT', 18081),
 }
-const dir = path.resolve(process.env.DEMO_DIR || path.join(root, 'demo'))
+const defaultDir = path.join(root, 'demo')
+const dir = path.resolve(process.env.DEMO_DIR || defaultDir)
+const pidFile = path.join(dir, 'demo.pid')
 const files = {
   config: path.join(dir, 'sidecar.yaml'),
   sidecarLog: path.join(dir, 'sidecar.log'),
@@ -36,23 +44,38 @@ const files = {
   canaryLog: path.join(dir, 'canary.log'),
 }
 const STOP_TIMEOUT_MS = 10_000
+/** Each port's variable and what it is for, in the order the demo reports them. */
+const PORTS = {
+  sidecar: ['DEMO_PORT', "the sidecar's TLS port"],
+  admin: ['DEMO_ADMIN_PORT', "the sidecar's admin port"],
+  stable: ['DEMO_STABLE_PORT', 'the stable app'],
+  canary: ['DEMO_CANARY_PORT', 'the canary app'],
+}
 
 /** Every child started, in start order: { name, child, log }. */
 const children = []
 let stopping = false
 let firstSignalAt = 0
+/** Whether DEMO_DIR/demo.pid is this demo's, to be removed when it exits. */
+let claimed = false
 
 for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP']) process.on(signal, () => onSignal(signal))
 // The safety net: whatever happens to this process, its children do not outlive it.
-process.on('exit', () => children.forEach(({ child }) => running(child) && child.kill('SIGKILL')))
+process.on('exit', () => {
+  children.forEach(({ child }) => running(child) && child.kill('SIGKILL'))
+  release()
+})
 
 main().catch((err) => stop(1, err instanceof DemoError ? err.message : err.stack))
 
 async function main() {
   const began = Date.now()
   if (!existsSync(bin)) throw new DemoError(`${shown(bin)} is missing: run \`npm run demo\`, which builds it first (or \`npm run build\`).`)
-  for (const [name, value] of Object.entries(ports)) await ensureFree(name, value)
   mkdirSync(dir, { recursive: true })
+  const holder = claim()
+  const busy = await busyPorts()
+  if (holder !== undefined) throw new DemoError(await heldMessage(holder, busy))
+  if (busy.length > 0) throw new DemoError(await busyMessage(busy))
 
   const app = path.join(root, 'examples', 'app.mjs')
   const stable = start('stable app', [app], { APP_NAME: 'stable', APP_ADDRESS: `127.0.0.1:${ports.stable}` }, files.stableLog)
@@ -230,19 +253,144 @@ function running(child) {
   return child.exitCode === null && child.signalCode === null
 }
 
-async function ensureFree(name, value) {
-  const [env, what] = {
-    sidecar: ['DEMO_PORT', "the sidecar's TLS port"],
-    admin: ['DEMO_ADMIN_PORT', "the sidecar's admin port"],
-    stable: ['DEMO_STABLE_PORT', 'the stable app'],
-    canary: ['DEMO_CANARY_PORT', 'the canary app'],
-  }[name]
+/**
+ * Claims DEMO_DIR for this demo: creates DEMO_DIR/demo.pid holding this pid, atomically (written
+ * aside, then hard-linked into place, so that nobody reads it half-written). Returns the pid of
+ * the running demo that holds it already, or undefined once it is this demo's; a file naming a
+ * pid that is gone (a demo killed with kill -9) is replaced.
+ */
+function claim() {
+  const aside = `${pidFile}.${process.pid}`
+  writeFileSync(aside, `${process.pid}\n`)
+  try {
+    for (let attempt = 0; attempt < 5; attempt++) {
+      try {
+        linkSync(aside, pidFile)
+        claimed = true
+        return undefined
+      } catch (err) {
+        if (err.code !== 'EEXIST') throw err
+      }
+      let holder
+      try {
+        holder = Number(readFileSync(pidFile, 'utf8').trim())
+      } catch (err) {
+        if (err.code === 'ENOENT') continue // its demo just exited
+        throw err
+      }
+      if (alive(holder)) return holder
+      rmSync(pidFile, { force: true }) // stale
+    }
+    throw new DemoError(`Could not claim ${shown(dir)}: ${shown(pidFile)} keeps coming back. Is another demo starting there?`)
+  } finally {
+    rmSync(aside, { force: true })
+  }
+}
+
+/** Removes demo.pid if it is still this demo's. */
+function release() {
+  if (!claimed) return
+  claimed = false
+  try {
+    if (Number(readFileSync(pidFile, 'utf8').trim()) === process.pid) rmSync(pidFile, { force: true })
+  } catch {
+    // already gone
+  }
+}
+
+/** Whether `pid` is a running process other than this one. */
+function alive(pid) {
+  if (!Number.isInteger(pid) || pid <= 0 || pid === process.pid) return false
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch (err) {
+    return err.code === 'EPERM' // running, as another user
+  }
+}
+
+/** Every port that cannot be listened on: [{ name, value, code }], in PORTS order. */
+async function busyPorts() {
+  const busy = []
+  for (const [name, value] of Object.entries(ports)) {
+    const code = await tryListen(value)
+    if (code) busy.push({ name, value, code })
+  }
+  return busy
+}
+
+/** Listens on 127.0.0.1:`value` and closes again; undefined if that worked, else the error code. */
+async function tryListen(value) {
   const server = net.createServer()
-  await new Promise((resolve, reject) => server.once('error', reject).listen(value, '127.0.0.1', resolve)).catch((err) => {
-    const why = err.code === 'EADDRINUSE' ? 'is in use: is the demo still running in another terminal?' : `cannot be used (${err.code}).`
-    throw new DemoError(`Port 127.0.0.1:${value} (${what}) ${why} Pick another port: ${env}=${value < 55536 ? value + 10000 : value - 10000} npm run demo`)
+  const code = await new Promise((resolve) => server.once('error', (err) => resolve(err.code ?? String(err))).listen(value, '127.0.0.1', () => resolve(undefined)))
+  if (code === undefined) await new Promise((resolve) => server.close(resolve))
+  return code
+}
+
+/** The ports to move: `VAR=free port` for each busy one, a port not in use by this demo either. */
+async function moves(busy) {
+  const taken = new Set(Object.values(ports))
+  const moved = {}
+  for (const { name, value } of busy) {
+    const candidates = [10_000, 20_000, -10_000, -20_000, 30_000, -30_000].map((d) => value + d).filter((p) => p >= 1024 && p <= 65535 && !taken.has(p))
+    let pick = candidates[0] ?? value
+    for (const p of candidates) {
+      if ((await tryListen(p)) === undefined) {
+        pick = p
+        break
+      }
+    }
+    taken.add(pick)
+    moved[PORTS[name][0]] = pick
+  }
+  return moved
+}
+
+/** `npm run demo` with the variables this run was given, changed by `changes`: a line to paste. */
+function command(changes) {
+  const vars = { DEMO_DIR: process.env.DEMO_DIR || undefined }
+  for (const [env] of Object.values(PORTS)) vars[env] = process.env[env] || undefined
+  Object.assign(vars, changes)
+  const quote = (v) => (/^[\w@%+=:,./-]+$/.test(v) ? v : `'${v.replaceAll("'", `'\\''`)}'`)
+  return [...Object.entries(vars).filter(([, v]) => v !== undefined).map(([k, v]) => `${k}=${quote(String(v))}`), 'npm run demo'].join(' ')
+}
+
+/** A directory for a second demo: demo/2, demo/3, ... (inside demo/, which git ignores), the
+ *  first that is not this one and not held by a running demo. */
+function spareDir() {
+  for (let n = 2; ; n++) {
+    const candidate = path.join(defaultDir, String(n))
+    if (candidate === dir) continue
+    let holder
+    try {
+      holder = Number(readFileSync(path.join(candidate, 'demo.pid'), 'utf8').trim())
+    } catch {
+      // no demo.pid: free
+    }
+    if (!alive(holder)) return shown(candidate)
+  }
+}
+
+/** One line: which demo holds DEMO_DIR, and the command for a second demo (every busy port moved). */
+async function heldMessage(holder, busy) {
+  const free = busy.length > 0 ? ' and free ports' : ''
+  return (
+    `Another demo (pid ${holder}) is running in ${shown(dir)}${path.sep} (${shown(pidFile)}), and its sidecar would reload this one's config: ` +
+    `stop it (Ctrl-C in its terminal, or kill ${holder}), or give this one its own directory${free}: ${command({ DEMO_DIR: spareDir(), ...(await moves(busy)) })}`
+  )
+}
+
+/** One line per busy port, then one command that moves them all. */
+async function busyMessage(busy) {
+  const lines = busy.map(({ name, value, code }) => {
+    const why = code === 'EADDRINUSE' ? 'is in use.' : `cannot be used (${code}).`
+    return `Port 127.0.0.1:${value} (${PORTS[name][1]}) ${why}`
   })
-  await new Promise((resolve) => server.close(resolve))
+  const inUse = busy.some(({ code }) => code === 'EADDRINUSE') ? 'Is the demo still running in another terminal? Stop it, or pick' : 'Pick'
+  const what = busy.length > 1 ? 'other ports' : 'another port'
+  const dirs = `each demo needs its own ports and its own DEMO_DIR; none runs in ${shown(dir)}${path.sep}`
+  lines.push(`${inUse} ${what} (${dirs}): ${command(await moves(busy))}`)
+  return lines.join('\n')
 }
 
 function port(env, fallback) {

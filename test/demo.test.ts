@@ -2,7 +2,7 @@
 // builds first) on free ports, wait for its "ready", then do what its printed instructions say,
 // over real TLS with the committed CA; then Ctrl-C, and every process it started is gone.
 import { spawn, type ChildProcess } from 'node:child_process'
-import { readFileSync, writeFileSync } from 'node:fs'
+import { existsSync, readFileSync, writeFileSync } from 'node:fs'
 import http2 from 'node:http2'
 import https from 'node:https'
 import net from 'node:net'
@@ -176,6 +176,7 @@ t.test('the demo: ready, what it prints works, Ctrl-C stops every process it sta
   const forced: Reply[] = []
   while (forced.length < 50 && forced.at(-1)?.status !== 503) forced.push(await get({ 'x-canary': 'always' }))
   t.same(new Set(forced.slice(0, -1).map((r) => r.status)), new Set([500]), 'forced onto the failing canary: 500 after two tries')
+  t.same(JSON.parse(forced[0]!.body.toString()), { app: 'canary', error: 'failing on purpose: failRate set by POST /control' }, 'the 500 says why')
   t.equal(forced.at(-1)!.status, 503, `then 503, after ${forced.length - 1} requests`)
   t.equal(forced.at(-1)!.headers['x-sidecar-error'], 'circuit_open')
   const counters = (await request(`${admin}/metrics`)).body.toString()
@@ -227,17 +228,73 @@ t.test('Ctrl-C: a duplicate a few ms later is the same press, a second one kills
   for (const [name, pid] of Object.entries(started)) t.notOk(alive(pid), `the ${name} (pid ${pid}) is gone`)
 })
 
-t.test('a busy port is named with the variable that moves it, before anything starts', async (t) => {
+t.test('every busy port is named, with one command that moves them all, before anything starts', async (t) => {
   const env = await demoEnv(t)
-  const taken = net.createServer()
-  await new Promise<void>((resolve) => taken.listen(Number(env.DEMO_ADMIN_PORT), '127.0.0.1', resolve))
-  t.teardown(() => new Promise((resolve) => taken.close(resolve)))
+  const taken = [env.DEMO_ADMIN_PORT, env.DEMO_CANARY_PORT].map(() => net.createServer())
+  await Promise.all(taken.map((s, i) => new Promise<void>((resolve) => s.listen(Number([env.DEMO_ADMIN_PORT, env.DEMO_CANARY_PORT][i]), '127.0.0.1', resolve))))
+  t.teardown(() => Promise.all(taken.map((s) => new Promise((resolve) => s.close(resolve)))))
   const demo = runDemo(env)
   t.teardown(() => demo.child.kill('SIGKILL'))
   t.equal(await demo.exited, 1)
-  t.match(
-    demo.output(),
-    new RegExp(`^Port 127\\.0\\.0\\.1:${env.DEMO_ADMIN_PORT} \\(the sidecar's admin port\\) is in use: .* Pick another port: DEMO_ADMIN_PORT=\\d+ npm run demo\\n$`),
-  )
+  const lines = demo.output().split('\n')
+  t.equal(lines[0], `Port 127.0.0.1:${env.DEMO_ADMIN_PORT} (the sidecar's admin port) is in use.`)
+  t.equal(lines[1], `Port 127.0.0.1:${env.DEMO_CANARY_PORT} (the canary app) is in use.`)
+  t.match(lines[2], /^Is the demo still running in another terminal\? Stop it, or pick other ports \(each demo needs its own ports and its own DEMO_DIR; none runs in .*\): /)
+  t.equal(lines.length, 4, 'three lines, then nothing')
+  // the command keeps what this run was given and moves both busy ports, to ports that are free
+  const moved = (name: string) => Number(printed(lines[2]!, new RegExp(` ${name}=(\\d+) `)))
+  t.match(lines[2], new RegExp(`: DEMO_DIR=${env.DEMO_DIR} DEMO_PORT=${env.DEMO_PORT} DEMO_ADMIN_PORT=\\d+ DEMO_STABLE_PORT=${env.DEMO_STABLE_PORT} DEMO_CANARY_PORT=\\d+ npm run demo$`))
+  t.not(moved('DEMO_ADMIN_PORT'), Number(env.DEMO_ADMIN_PORT))
+  t.not(moved('DEMO_CANARY_PORT'), Number(env.DEMO_CANARY_PORT))
   t.notMatch(demo.output(), /Starting/, 'nothing was started')
+  t.notOk(existsSync(path.join(env.DEMO_DIR!, 'demo.pid')), 'demo.pid is removed again')
+  t.notOk(existsSync(path.join(env.DEMO_DIR!, 'sidecar.yaml')), 'no config written')
+})
+
+/** Stops a demo that may still run the way Ctrl-C does (SIGKILL would leave its children). */
+function stopped(demo: Demo): Promise<unknown> {
+  demo.child.kill('SIGTERM')
+  return demo.exited
+}
+
+t.test('one demo per DEMO_DIR: a second one is refused while the first runs, whatever its ports', async (t) => {
+  const env = await demoEnv(t)
+  const pidFile = path.join(env.DEMO_DIR!, 'demo.pid')
+  // what a demo killed with kill -9 leaves: a demo.pid naming a process that is gone
+  const dead = spawn(process.execPath, ['-e', ''])
+  await new Promise((resolve) => dead.on('exit', resolve))
+  writeFileSync(pidFile, `${dead.pid}\n`)
+
+  const first = runDemo(env)
+  t.teardown(() => stopped(first))
+  await waitFor(first, /Ctrl-C stops everything\./)
+  t.equal(readFileSync(pidFile, 'utf8'), `${first.child.pid}\n`, 'the stale demo.pid was replaced by the running demo\'s')
+  const config = readFileSync(path.join(env.DEMO_DIR!, 'sidecar.yaml'), 'utf8')
+  const admin = `http://127.0.0.1:${env.DEMO_ADMIN_PORT}`
+
+  // the same directory on other ports (what the old busy-port hint led to)
+  const [port, adminPort, stablePort, canaryPort] = (await freePorts(4)).map(String) as [string, string, string, string]
+  const moved = { DEMO_PORT: port, DEMO_ADMIN_PORT: adminPort, DEMO_STABLE_PORT: stablePort, DEMO_CANARY_PORT: canaryPort }
+  const second = runDemo({ ...moved, DEMO_DIR: env.DEMO_DIR! })
+  t.teardown(() => stopped(second))
+  t.equal(await second.exited, 1)
+  const held = `Another demo \\(pid ${first.child.pid}\\) is running in ${path.relative(ROOT, env.DEMO_DIR!)}/ \\(${path.relative(ROOT, pidFile)}\\), and its sidecar would reload this one's config: stop it \\(Ctrl-C in its terminal, or kill ${first.child.pid}\\), or give this one its own directory`
+  t.match(second.output(), new RegExp(`^${held}: DEMO_DIR=demo/2 DEMO_PORT=${moved.DEMO_PORT} DEMO_ADMIN_PORT=${moved.DEMO_ADMIN_PORT} DEMO_STABLE_PORT=${moved.DEMO_STABLE_PORT} DEMO_CANARY_PORT=${moved.DEMO_CANARY_PORT} npm run demo\\n$`), 'one line: who holds the directory, what to do')
+  // the same directory and the same ports: one line still, and the command moves every port too
+  const again = runDemo(env)
+  t.teardown(() => stopped(again))
+  t.equal(await again.exited, 1)
+  t.match(again.output(), new RegExp(`^${held} and free ports: DEMO_DIR=demo/2 DEMO_PORT=\\d+ DEMO_ADMIN_PORT=\\d+ DEMO_STABLE_PORT=\\d+ DEMO_CANARY_PORT=\\d+ npm run demo\\n$`))
+  t.notMatch(again.output(), new RegExp(`DEMO_(ADMIN_|STABLE_|CANARY_)?PORT=(${[env.DEMO_PORT, env.DEMO_ADMIN_PORT, env.DEMO_STABLE_PORT, env.DEMO_CANARY_PORT].join('|')}) `), 'every port moved')
+
+  // the first demo is untouched: its config, its log, its pid file, its backends
+  t.equal(readFileSync(path.join(env.DEMO_DIR!, 'sidecar.yaml'), 'utf8'), config, 'the config was not rewritten')
+  t.match(readFileSync(path.join(env.DEMO_DIR!, 'sidecar.log'), 'utf8'), /"msg":"sidecar-proxy started"/, 'the sidecar log was not truncated')
+  t.equal(readFileSync(pidFile, 'utf8'), `${first.child.pid}\n`, 'demo.pid still names the first demo')
+  const status = JSON.parse((await request(`${admin}/status`)).body.toString()) as { backends: Array<{ url: string }> }
+  t.same(status.backends.map((b) => b.url), [`http://127.0.0.1:${env.DEMO_STABLE_PORT}`, `http://127.0.0.1:${env.DEMO_CANARY_PORT}`], 'its backends did not move')
+
+  first.child.kill('SIGINT')
+  t.equal(await first.exited, 0)
+  t.notOk(existsSync(pidFile), 'a clean exit removes demo.pid')
 })
