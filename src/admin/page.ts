@@ -23,6 +23,7 @@ const STYLE = `
   .ok { background: #dcf5e3; color: #17692f; }
   .warn { background: #fff0c7; color: #7a5300; }
   .bad { background: #d92d20; color: #fff; }
+  .unknown { background: #d5dae3; color: #3d4657; }
   tr.open td { background: #fdecea; }
   .share { display: flex; align-items: center; gap: 6px; }
   .bar { width: 80px; height: 8px; background: #eef1f5; border-radius: 4px; overflow: hidden; }
@@ -80,6 +81,11 @@ async function refresh() {
     status = await res.json()
   } catch (err) {
     document.body.classList.add('unreachable')
+    // the last verdict is not the proxy's readiness now: it may be down, or not ready
+    const badge = document.getElementById('ready')
+    badge.textContent = 'UNKNOWN'
+    badge.className = 'badge unknown'
+    badge.title = 'cannot reach the proxy: its readiness is unknown'
     document.getElementById('banner').textContent =
       'Cannot reach the proxy (' + err.message + '). ' +
       (lastGood ? 'Showing the last data, from ' + time(lastGood) + '. ' : '') + 'Retrying every ' + REFRESH_MS / 1000 + ' s.'
@@ -106,6 +112,7 @@ function renderReadiness(s) {
   const badge = document.getElementById('ready')
   badge.textContent = s.ready ? 'READY' : 'NOT READY'
   badge.className = 'badge ' + (s.ready ? 'ok' : 'bad')
+  badge.title = ''
   const latches = Object.entries(s.holding)
   const body = document.getElementById('latches')
   body.replaceChildren(...latches.map(([name, reason]) => row([{ text: name }, { text: reason }])))
@@ -115,9 +122,6 @@ function renderReadiness(s) {
 function renderBackends(s) {
   const rows = s.backends.map((b) => {
     const retries = Object.values(s.retries.byBackend[b.name] || {}).reduce((a, n) => a + n, 0)
-    const health = el('div')
-    health.append(el('span', 'badge ' + (b.health && b.health.healthy ? 'ok' : 'bad'), b.health && b.health.healthy ? 'healthy' : 'unhealthy'))
-    health.append(el('div', 'small', b.health ? b.health.reason : 'not checked yet'))
     const name = el('div')
     name.append(el('strong', '', b.name), el('div', 'small', b.url + (b.gatesReadiness ? ' · gates readiness' : '')))
     const share = el('div', 'share')
@@ -129,7 +133,7 @@ function renderBackends(s) {
     const tr = row([
       { node: name },
       { text: b.weight + ' (' + b.weightPercent + '%)', className: 'num' },
-      { node: health },
+      { node: renderHealth(b.health) },
       { node: el('span', 'badge ' + { closed: 'ok', 'half-open': 'warn', open: 'bad' }[b.breaker], b.breaker) },
       { text: b.inFlight.active + ' / ' + b.inFlight.waiting, className: 'num' },
       { text: b.lastMinute.requests + ' / ' + b.lastMinute.errors, className: 'num' },
@@ -141,6 +145,23 @@ function renderBackends(s) {
     return tr
   })
   document.getElementById('backends').replaceChildren(...rows)
+}
+
+/**
+ * A backend's health: the badge is the verdict, which takes unhealthyThreshold failed checks in a
+ * row to turn unhealthy (healthyThreshold passes to turn back); the reason is the latest check
+ * only, and says so. A verdict the latest check disagrees with gets a warning shade.
+ */
+function renderHealth(h) {
+  const box = el('div')
+  if (!h || h.checks === 0) {
+    box.append(el('span', 'badge bad', 'unhealthy'), el('div', 'small', 'not checked yet'))
+    return box
+  }
+  if (h.healthy !== h.lastCheckPassed) box.append(el('span', 'badge warn', h.healthy ? 'healthy, last check failed' : 'unhealthy, last check passed'))
+  else box.append(el('span', 'badge ' + (h.healthy ? 'ok' : 'bad'), h.healthy ? 'healthy' : 'unhealthy'))
+  box.append(el('div', 'small', 'last check: ' + h.reason))
+  return box
 }
 
 /** Requests per 10 s bucket as bars, the 5xx among them in red; the oldest bucket on the left. */

@@ -21,6 +21,8 @@ export interface BackendHealth {
   /** Why the backend is in its state: the last check's result in words. */
   reason: string
   checks: number
+  /** Whether the last check passed: a verdict flips only after several in a row. */
+  lastCheckPassed: boolean
 }
 
 export interface HealthDeps {
@@ -38,7 +40,7 @@ interface Checked {
   healthCheck: HealthCheckOptions
 }
 
-interface State extends BackendHealth {
+interface State extends Omit<BackendHealth, 'lastCheckPassed'> {
   passes: number
   failures: number
   /** The backend's url and healthCheck; a loop whose settings are replaced stops. */
@@ -62,7 +64,7 @@ export class HealthChecker {
 
   health(backend: string): BackendHealth | undefined {
     const s = this.state.get(backend)
-    return s && { healthy: s.healthy, reason: s.reason, checks: s.checks }
+    return s && { healthy: s.healthy, reason: s.reason, checks: s.checks, lastCheckPassed: s.passes > 0 }
   }
 
   /**
@@ -128,7 +130,7 @@ export class HealthChecker {
       this.deps.metrics.backendHealthy.labels(backend).set(s.healthy ? 1 : 0)
       this.deps.logger[s.healthy ? 'info' : 'warn']({ backend, healthy: s.healthy, reason }, `backend ${s.healthy ? 'healthy' : 'unhealthy'}`)
     }
-    this.deps.onCheck?.(backend, { healthy: s.healthy, reason, checks: s.checks }, flip)
+    this.deps.onCheck?.(backend, { healthy: s.healthy, reason, checks: s.checks, lastCheckPassed: passed }, flip)
   }
 
   private startLoop(backend: string): void {

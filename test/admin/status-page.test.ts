@@ -38,9 +38,12 @@ const share = (backend: string) => `tr[data-backend="${backend}"] td:nth-child(7
 if (missing && process.env.CI) t.fail(`${missing}; CI must run the status page test`)
 else t.test('the status page shows the split, then the canary breaker open, from live /status', { skip: missing ?? false }, async (t) => {
   let canaryFails = false
+  /** What the canary's health checks get: a status, or the connection reset. */
+  let canaryHealth: number | 'reset' = 200
   const app = await fakeUpstream().listen()
   const canary = await fakeUpstream()
     .route('/work', (_req, res) => res.writeHead(canaryFails ? 503 : 200).end('canary'))
+    .route('/healthz', (req, res) => (canaryHealth === 'reset' ? req.socket.destroy() : res.writeHead(canaryHealth).end()))
     .listen()
   t.teardown(() => Promise.all([app.close(), canary.close()]))
   const { ca, server } = devCerts()
@@ -50,7 +53,8 @@ else t.test('the status page shows the split, then the canary breaker open, from
     listener: { tls: { certFile: `${dir}/tls.crt`, keyFile: `${dir}/tls.key` } },
     backends: [
       { name: 'app', url: app.url, weight: 90, healthCheck },
-      { name: 'canary', url: canary.url, weight: 10, gatesReadiness: false, healthCheck },
+      // failed checks show for a while before they flip it (after 100 in a row: 20 s)
+      { name: 'canary', url: canary.url, weight: 10, gatesReadiness: false, healthCheck: { ...healthCheck, path: '/healthz', unhealthyThreshold: 100 } },
     ],
     circuitBreaker: { volumeThreshold: 10, resetTimeoutMs: 60_000 },
   })
@@ -115,6 +119,28 @@ else t.test('the status page shows the split, then the canary breaker open, from
   t.equal(await page.locator('#cert .badge').getAttribute('class'), 'badge bad', 'and flagged: it expires within 3 days')
   t.match(await page.locator('#config').textContent(), proxy.app.config().version)
 
+  // The health badge is the verdict, which takes unhealthyThreshold failures in a row to flip;
+  // the reason beside it is only the latest check, and says so.
+  const health = 'tr[data-backend="canary"] td:nth-child(3)'
+  const badge = () => page.locator(`${health} .badge`).getAttribute('class')
+  t.equal(await page.locator(health).textContent(), 'healthylast check: GET /healthz answered 200')
+  t.equal(await badge(), 'badge ok')
+  canaryHealth = 503
+  t.equal(
+    await textOf(page, health, (s) => s.includes('503')),
+    'healthy, last check failedlast check: GET /healthz answered 503',
+    'a 503 from the latest check beside a healthy verdict: said, and labelled as the last check',
+  )
+  t.equal(await badge(), 'badge warn', 'the healthy badge in a warning shade')
+  canaryHealth = 'reset'
+  const failed = await textOf(page, health, (s) => s.includes('failed:'))
+  t.match(failed, /^healthy, last check failedlast check: GET \/healthz failed: \w+: /, `a latest check that got no answer: ${failed}`)
+  t.equal(await badge(), 'badge warn')
+  canaryHealth = 200
+  t.equal(await textOf(page, health, (s) => s.includes('answered 200')), 'healthylast check: GET /healthz answered 200', 'and back')
+  t.equal(await badge(), 'badge ok')
+  t.equal(proxy.app.status().backends[1]!.health?.healthy, true, 'healthy throughout')
+
   // The canary starts failing: its 503s are retried elsewhere until its breaker opens.
   canaryFails = true
   for (let i = 0; i < 20 && proxy.app.status().backends[1]!.breaker !== 'open'; i++) await send(50)
@@ -137,5 +163,7 @@ else t.test('the status page shows the split, then the canary breaker open, from
   // The proxy goes away: the page says so and keeps the last data.
   await proxy.close()
   t.match(await textOf(page, '#banner', (s) => s !== ''), /^Cannot reach the proxy \(.+\)\. Showing the last data, from /)
+  t.equal(await page.locator('#ready').textContent(), 'UNKNOWN', 'its readiness is unknown, not the last NOT READY')
+  t.equal(await page.locator('#ready').getAttribute('class'), 'badge unknown')
   t.equal(await page.locator('#backends tr').count(), 2, 'the last backends are still shown')
 })

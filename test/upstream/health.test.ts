@@ -30,15 +30,15 @@ const refused: ProbeResult = { ok: false, error: 'upstream_refused', detail: 'co
 t.test('a backend starts unhealthy and turns healthy after healthyThreshold passes', async (t) => {
   const { checker, changes, d, probes } = setup([ok(), ok(302)])
   t.equal(checker.isHealthy('app'), false, 'unhealthy until checked')
-  t.same(checker.health('app'), { healthy: false, reason: 'not checked yet', checks: 0 })
+  t.same(checker.health('app'), { healthy: false, reason: 'not checked yet', checks: 0, lastCheckPassed: false })
   t.equal(await metricValue(d, 'sidecar_backend_healthy', { backend: 'app' }), 0)
   await checker.check('app')
   t.equal(checker.isHealthy('app'), false, 'one pass of two')
   await checker.check('app')
   t.equal(checker.isHealthy('app'), true)
   t.same(changes, [
-    ['app', { healthy: false, reason: 'GET /healthz answered 200', checks: 1 }],
-    ['app', { healthy: true, reason: 'GET /healthz answered 302', checks: 2 }],
+    ['app', { healthy: false, reason: 'GET /healthz answered 200', checks: 1, lastCheckPassed: true }],
+    ['app', { healthy: true, reason: 'GET /healthz answered 302', checks: 2, lastCheckPassed: true }],
   ], 'told after every check')
   t.equal(await metricValue(d, 'sidecar_backend_healthy', { backend: 'app' }), 1)
   t.same(probes[0], ['app', '/healthz', 500])
@@ -144,5 +144,5 @@ t.test('a check that finishes after its backend was replaced is dropped', async 
   checker.sync([{ name: 'app', url: 'http://127.0.0.1:2', healthCheck: CHECK }])
   answer(ok())
   await pending
-  t.same(checker.health('app'), { healthy: false, reason: 'not checked yet', checks: 0 }, 'the old url passing says nothing of the new one')
+  t.same(checker.health('app'), { healthy: false, reason: 'not checked yet', checks: 0, lastCheckPassed: false }, 'the old url passing says nothing of the new one')
 })
