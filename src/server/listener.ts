@@ -342,8 +342,11 @@ export class Listener {
   /** Requests Node's HTTP/1 parser refused: answer with the catalogue code, then close. */
   private onClientError(err: NodeJS.ErrnoException, socket: Socket): void {
     const code = clientErrorCode(err)
-    const inResponse = (socket as Socket & { _httpMessage?: http.ServerResponse })._httpMessage?.headersSent
-    if (err.code === 'ECONNRESET' || !socket.writable || inResponse) {
+    const response = (socket as Socket & { _httpMessage?: http.ServerResponse })._httpMessage
+    // A client gone mid-body (EOF where the body should go on) is no bad request: the request's
+    // own access line says client_closed.
+    const left = err.code === 'ECONNRESET' || (err.code === 'HPE_INVALID_EOF_STATE' && response !== undefined)
+    if (left || !socket.writable || response?.headersSent) {
       socket.destroy()
       return
     }

@@ -110,6 +110,8 @@ t.test('clients aborting mid-upload and mid-download: app requests cancelled, so
   t.ok(up.seen.length > 0 && settled, `the app's requests (${up.seen.length} reached it) were each cut when their client went`)
   t.ok(up.openConnections() <= 16 + baseline, `connections to the app: ${up.openConnections()} (pool cap 16)`)
   t.equal(await metric(proxy.adminUrl, 'sidecar_open_connections'), 0, 'client connections open on the proxy: 0')
+  t.equal(proxy.logs.filter((l) => l.level === 'warn').length, 0, 'no warning: a client leaving is no bad request')
+  t.equal(await metric(proxy.adminUrl, 'sidecar_rejected_requests_total{reason="bad_request"}'), 0, 'and no refusal counted')
   const after = await request(`${proxy.url}/x`)
   t.equal(after.status, 200, 'and the proxy serves on')
 })
