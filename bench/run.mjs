@@ -26,6 +26,7 @@ import os from 'node:os'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
 import autocannon from 'autocannon'
+import { freePort, median, waitReady } from './lib.mjs'
 import { renderMarkdown, renderSvg } from './report.mjs'
 
 const root = new URL('..', import.meta.url).pathname
@@ -46,14 +47,6 @@ const children = []
 // nginx's master takes its workers down on SIGTERM (SIGKILL would orphan them); the rest go at once
 process.on('exit', () => children.forEach((c) => c.exitCode === null && c.kill(c.spawnfile.endsWith('nginx') ? 'SIGTERM' : 'SIGKILL')))
 process.on('SIGINT', () => process.exit(130))
-
-async function freePort() {
-  const server = net.createServer()
-  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve))
-  const { port } = server.address()
-  await new Promise((resolve) => server.close(resolve))
-  return port
-}
 
 async function waitForPort(port) {
   for (let i = 0; i < 200; i++) {
@@ -131,11 +124,6 @@ async function handshakes(url, { duration, overallRate, newConnections }) {
     timeouts: 0,
     non2xx: 0,
   }
-}
-
-const median = (xs) => {
-  const s = [...xs].filter((x) => Number.isFinite(x)).sort((a, b) => a - b)
-  return s.length === 0 ? null : s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2
 }
 
 async function main() {
@@ -282,15 +270,6 @@ async function runSoak(target) {
   const lastMinute = median(samples.filter((x) => x.s >= (minutes - 1) * 60).map((x) => x.rssMiB))
   console.log(`soak: ${r.requests.total} requests, RSS ${firstMinute?.toFixed(1)} MiB after warm-up -> ${lastMinute?.toFixed(1)} MiB in the last minute`)
   return { minutes, requests: r.requests.total, errors: r.errors + r.timeouts + r.non2xx, rssFirstMinuteMiB: firstMinute, rssLastMinuteMiB: lastMinute, samples }
-}
-
-async function waitReady(adminPort) {
-  for (let i = 0; i < 200; i++) {
-    const ok = await fetch(`http://127.0.0.1:${adminPort}/ready`).then((r) => r.ok, () => false)
-    if (ok) return
-    await new Promise((resolve) => setTimeout(resolve, 50))
-  }
-  throw new Error('the sidecar never became ready')
 }
 
 function which(cmd) {
