@@ -11,7 +11,10 @@
 //   POST /drain         drain (readiness fails, drain.delayMs of service, then stop) and exit
 //   POST /quitquitquit  stop now, gracefully, and exit: for a Job whose app has finished
 // The two POSTs are answered only for clients on loopback: the admin port may be bound wider
-// for the kubelet's probes, and nobody else may stop the pod's proxy.
+// for the kubelet's probes, and nobody else may stop the pod's proxy. Nor may a web page: a tab
+// open anywhere can POST to 127.0.0.1 (the status page invites browsers here, port-forwards
+// arrive from loopback), so a POST a browser marks as coming from a page is refused too.
+// curl, the kubelet and `sidecar-proxy await` send neither Origin nor Sec-Fetch-Site.
 import http from 'node:http'
 import type { AddressInfo } from 'node:net'
 import type { Registry } from 'prom-client'
@@ -80,6 +83,7 @@ export class AdminServer {
         return send(res, 405, { error: 'method_not_allowed' })
       }
       if (!isLoopback(req.socket.remoteAddress)) return send(res, 403, { error: 'forbidden', reason: 'only from loopback' })
+      if (fromWebPage(req)) return send(res, 403, { error: 'forbidden', reason: 'not from a web page' })
       return action()
     }
     const routes: Record<string, () => Promise<void> | void> = {
@@ -117,6 +121,12 @@ export class AdminServer {
 
 export function isLoopback(address: string | undefined): boolean {
   return address !== undefined && (address.startsWith('127.') || address === '::1' || address.startsWith('::ffff:127.'))
+}
+
+/** A request a browser sent on a page's behalf (fetch, a form): it says where from. */
+export function fromWebPage(req: http.IncomingMessage): boolean {
+  const site = req.headers['sec-fetch-site']
+  return req.headers.origin !== undefined || (site !== undefined && site !== 'none')
 }
 
 function send(res: http.ServerResponse, status: number, body: unknown): void {

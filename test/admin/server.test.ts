@@ -129,6 +129,13 @@ t.test('POST /drain and POST /quitquitquit ask for a stop; other methods are ref
     ['POST /drain', false],
     ['POST /quitquitquit', true],
   ])
+  // What any open tab could send with fetch(..., { method: 'POST', mode: 'no-cors' }).
+  for (const headers of [{ origin: 'https://evil.example' }, { origin: 'null' }, { 'sec-fetch-site': 'cross-site' }, { 'sec-fetch-site': 'same-origin' }]) {
+    const reply = await json<{ reason: string }>(`${proxy.adminUrl}/quitquitquit`, { method: 'POST', headers })
+    t.equal(reply.reply.status, 403, JSON.stringify(headers))
+    t.equal(reply.body.reason, 'not from a web page')
+  }
+  t.equal(asked.length, 2, 'no web page stopped the proxy')
 })
 
 t.test('only loopback clients may stop the proxy', async (t) => {
