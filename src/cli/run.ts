@@ -4,7 +4,6 @@
 import { parseArgs } from 'node:util'
 import { startApp } from '../app.js'
 import { isConfigError, loadConfig } from '../config/load.js'
-import { parseAddress } from '../config/schema.js'
 import { createLogger } from '../log.js'
 import type { Io } from '../main.js'
 import { UsageError } from './usage.js'
@@ -60,7 +59,7 @@ export async function runCommand(argv: readonly string[], io: Io): Promise<numbe
       io.err(`sidecar-proxy: listener.tls: ${(err as Error).message}`)
       return 2
     }
-    const bind = bindFailure(err, config.admin.address)
+    const bind = bindFailure(err)
     if (bind) io.err(`sidecar-proxy: ${bind}`) // said plainly too: it is the usual first-run problem
     logger.fatal({ err }, 'sidecar-proxy could not start')
     return 1
@@ -95,9 +94,9 @@ const BIND_ERRORS: Record<string, string> = {
 }
 
 /** A listener or admin port that could not be bound, said with the setting that moves it. */
-function bindFailure(err: unknown, adminAddress: string): string | undefined {
-  const e = err as NodeJS.ErrnoException & { address?: string; port?: number }
+function bindFailure(err: unknown): string | undefined {
+  const e = err as NodeJS.ErrnoException & { address?: string; port?: number; server?: string }
   if (e.syscall !== 'listen' || e.code === undefined || !(e.code in BIND_ERRORS)) return undefined
-  const setting = parseAddress(adminAddress)?.port === e.port ? 'admin.address (--admin)' : 'listener.address (--listen)'
+  const setting = e.server === 'admin server' ? 'admin.address (--admin)' : 'listener.address (--listen)'
   return `cannot listen on ${e.address}:${e.port} for ${setting}: ${BIND_ERRORS[e.code]}`
 }
