@@ -79,7 +79,7 @@ t.test('clients aborting mid-upload and mid-download: app requests cancelled, so
         res.writeHead(200, { 'content-length': 1_000_000 })
         res.write('x'.repeat(1000)) // and never the rest
       }),
-    { backends: [{ name: 'app', url: 'http://127.0.0.1:1', maxConnections: 16 }] },
+    { backends: [{ name: 'app', url: 'http://127.0.0.1:1', maxConnections: 16 }] }, // the url: replaced by the fixture's app
   )
   const n = 50
   const abort = (path: string, method: string) =>
