@@ -9,16 +9,18 @@
 //   DEMO_DIR          where the config and the logs go (default demo/ in the repository); one
 //                     demo at a time per directory, a second demo beside a running one needs
 //                     its own DEMO_DIR as well as its own ports
+//   DEMO_DRAIN_MS     how long the sidecar still serves after Ctrl-C, its drain.delayMs (default
+//                     1000; in-flight requests are cut 4 s after that)
 //
 // Top to bottom: claim DEMO_DIR by writing DEMO_DIR/demo.pid (refused while the demo whose pid
 // it holds is still running: its sidecar reloads DEMO_DIR/sidecar.yaml whenever it changes); check
 // that the four loopback ports are free (all of them, naming every busy one); start the two apps
 // and wait until they answer; write DEMO_DIR/sidecar.yaml; start dist/main.js with it, its JSON logs going to
 // DEMO_DIR/sidecar.log, and wait for /ready; print what to try. Ctrl-C or SIGTERM drains the
-// sidecar, then stops the apps, and exits 0; a second Ctrl-C kills all three at once (exit 1).
-// If one of them dies on its own, the demo says which, stops the others and exits 1. demo.pid is
-// removed when the demo exits; one left by a demo that was killed (kill -9) names a dead pid and
-// is replaced.
+// sidecar (DEMO_DRAIN_MS), then stops the apps, and exits 0; a second Ctrl-C kills all three at
+// once (exit 1). If one of them dies on its own, the demo says which, stops the others and
+// exits 1. demo.pid is removed when the demo exits; one left by a demo that was killed (kill -9)
+// names a dead pid and is replaced.
 import { spawn } from 'node:child_process'
 import { closeSync, existsSync, linkSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import http from 'node:http'
@@ -34,8 +36,7 @@ const ports = {
   stable: port('DEMO_STABLE_PORT', 18080),
   canary: port('DEMO_CANARY_PORT', 18081),
 }
-const defaultDir = path.join(root, 'demo')
-const dir = path.resolve(process.env.DEMO_DIR || defaultDir)
+const dir = path.resolve(process.env.DEMO_DIR || path.join(root, 'demo'))
 const pidFile = path.join(dir, 'demo.pid')
 const files = {
   config: path.join(dir, 'sidecar.yaml'),
@@ -43,7 +44,9 @@ const files = {
   stableLog: path.join(dir, 'stable.log'),
   canaryLog: path.join(dir, 'canary.log'),
 }
-const STOP_TIMEOUT_MS = 10_000
+const DRAIN_MS = integer('DEMO_DRAIN_MS', 1000, 0, 600_000, 'a drain delay in milliseconds')
+const DRAIN_TIMEOUT_MS = DRAIN_MS + 4_000 // the sidecar's drain.timeoutMs: in-flight requests cut
+const STOP_TIMEOUT_MS = DRAIN_TIMEOUT_MS + 5_000 // a child still there this long after SIGTERM is killed
 /** Each port's variable and what it is for, in the order the demo reports them. */
 const PORTS = {
   sidecar: ['DEMO_PORT', "the sidecar's TLS port"],
@@ -128,8 +131,8 @@ circuitBreaker:
   rollingWindowMs: 10000
   resetTimeoutMs: 10000         # stays open 10 s, then lets one probe through
 drain:
-  delayMs: 1000                 # Ctrl-C: not ready at once, still serving for 1 s
-  timeoutMs: 5000
+  ${`delayMs: ${DRAIN_MS}`.padEnd(28)}# Ctrl-C: not ready at once, still serving for ${DRAIN_MS / 1000} s
+  timeoutMs: ${DRAIN_TIMEOUT_MS}
 `
 }
 
@@ -210,7 +213,7 @@ function status(url) {
 function onSignal(signal) {
   if (!stopping) {
     firstSignalAt = Date.now()
-    return stop(0, `\n${signal}: the sidecar drains (1 s), then the apps stop. Ctrl-C again to kill them now.`)
+    return stop(0, `\n${signal}: the sidecar drains (${DRAIN_MS / 1000} s), then the apps stop. Ctrl-C again to kill them now.`)
   }
   // `npm run` passes the terminal's Ctrl-C on to its script, and when the script shell execs
   // node (bash does) the demo has it from the terminal too: one key press, two signals, ms apart.
@@ -355,12 +358,11 @@ function command(changes) {
   return [...Object.entries(vars).filter(([, v]) => v !== undefined).map(([k, v]) => `${k}=${quote(String(v))}`), 'npm run demo'].join(' ')
 }
 
-/** A directory for a second demo: demo/2, demo/3, ... (inside demo/, which git ignores), the
- *  first that is not this one and not held by a running demo. */
+/** A directory for a second demo: DEMO_DIR/2, DEMO_DIR/3, ... (demo/2 by default: inside demo/,
+ *  which git ignores), the first not held by a running demo. */
 function spareDir() {
   for (let n = 2; ; n++) {
-    const candidate = path.join(defaultDir, String(n))
-    if (candidate === dir) continue
+    const candidate = path.join(dir, String(n))
     let holder
     try {
       holder = Number(readFileSync(path.join(candidate, 'demo.pid'), 'utf8').trim())
@@ -394,11 +396,16 @@ async function busyMessage(busy) {
 }
 
 function port(env, fallback) {
+  return integer(env, fallback, 1, 65535, 'a port')
+}
+
+/** process.env[env], a whole number from `min` to `max` (`fallback` when unset); exits 2 if not. */
+function integer(env, fallback, min, max, what) {
   const text = process.env[env]
   if (!text) return fallback
   const value = Number(text)
-  if (Number.isInteger(value) && value > 0 && value <= 65535) return value
-  console.error(`${env}=${text} is not a port: give a number from 1 to 65535, or unset it for ${fallback}.`)
+  if (Number.isInteger(value) && value >= min && value <= max) return value
+  console.error(`${env}=${text} is not ${what}: give a number from ${min} to ${max}, or unset it for ${fallback}.`)
   process.exit(2)
 }
 

@@ -68,12 +68,30 @@ function printed(text: string, pattern: RegExp): string {
   return match[1]!
 }
 
+const PID = { stable: /the stable app \(pid (\d+)\)/, canary: /the canary app \(pid (\d+)\)/, sidecar: /the sidecar \(pid (\d+)\)/ }
+
 /** The PIDs the demo says it started, checked against the processes themselves. */
 function pids(text: string): { stable: number; canary: number; sidecar: number } {
-  return {
-    stable: Number(printed(text, /the stable app \(pid (\d+)\)/)),
-    canary: Number(printed(text, /the canary app \(pid (\d+)\)/)),
-    sidecar: Number(printed(text, /the sidecar \(pid (\d+)\)/)),
+  return { stable: Number(printed(text, PID.stable)), canary: Number(printed(text, PID.canary)), sidecar: Number(printed(text, PID.sidecar)) }
+}
+
+/** How long a demo may take to stop on SIGTERM before it and its children are killed. */
+const STOP_MS = 10_000
+
+/**
+ * Stops a demo that may still run the way Ctrl-C does: SIGTERM, then wait. SIGKILL alone would
+ * leave its children running (they are detached, and its exit handler does not run on SIGKILL),
+ * so a demo that has not exited within STOP_MS is killed along with every child its output names.
+ * Whatever happened in the test, nothing it started outlives it.
+ */
+async function stopped(demo: Demo): Promise<void> {
+  demo.child.kill('SIGTERM')
+  const timer = setTimeout(() => demo.child.kill('SIGKILL'), STOP_MS)
+  await demo.exited
+  clearTimeout(timer)
+  for (const pattern of Object.values(PID)) {
+    const pid = Number(demo.output().match(pattern)?.[1])
+    if (pid > 0 && alive(pid)) process.kill(pid, 'SIGKILL')
   }
 }
 
@@ -118,7 +136,7 @@ const appOf = (reply: Reply) => (JSON.parse(reply.body.toString()) as { app: str
 t.test('the demo: ready, what it prints works, Ctrl-C stops every process it started', async (t) => {
   const env = await demoEnv(t)
   const demo = runDemo(env)
-  t.teardown(() => demo.child.kill('SIGKILL'))
+  t.teardown(() => stopped(demo))
   const began = Date.now()
   await waitFor(demo, /Ctrl-C stops everything\./)
   const text = demo.output()
@@ -172,13 +190,16 @@ t.test('the demo: ready, what it prints works, Ctrl-C stops every process it sta
     await Promise.all(Array.from({ length: 20 }, () => get()))
     return (await metric(admin, retries)) > 0
   })
-  // (the successful canary requests of step 3 are still in the breaker's 10 s window)
+  // Forced onto the failing canary: its 500 (after two tries) until its breaker opens, then 503.
+  // How many 500s come first depends on what the breaker's 10 s window still holds (the successes
+  // of step 3, the failures of the loop above): none if the breaker has opened already.
   const forced: Reply[] = []
   while (forced.length < 50 && forced.at(-1)?.status !== 503) forced.push(await get({ 'x-canary': 'always' }))
-  t.same(new Set(forced.slice(0, -1).map((r) => r.status)), new Set([500]), 'forced onto the failing canary: 500 after two tries')
-  t.same(JSON.parse(forced[0]!.body.toString()), { app: 'canary', error: 'failing on purpose: failRate set by POST /control' }, 'the 500 says why')
-  t.equal(forced.at(-1)!.status, 503, `then 503, after ${forced.length - 1} requests`)
-  t.equal(forced.at(-1)!.headers['x-sidecar-error'], 'circuit_open')
+  const opened = forced.pop()!
+  t.equal(opened.status, 503, `503 once the breaker is open, after ${forced.length} answers 500`)
+  t.equal(opened.headers['x-sidecar-error'], 'circuit_open')
+  const failed = { status: 500, body: { app: 'canary', error: 'failing on purpose: failRate set by POST /control' } }
+  t.same(forced.map((r) => ({ status: r.status, body: JSON.parse(r.body.toString()) as unknown })), forced.map(() => failed), 'every answer before it: the canary\'s 500, saying why')
   const counters = (await request(`${admin}/metrics`)).body.toString()
   t.match(counters, grep, 'the printed grep finds the counters')
   t.match(counters, /^sidecar_circuit_state\{backend="canary"\} 2$/m)
@@ -200,7 +221,7 @@ t.test('the demo: ready, what it prints works, Ctrl-C stops every process it sta
 
 t.test('a child that dies is named, the others are stopped, exit 1', async (t) => {
   const demo = runDemo(await demoEnv(t))
-  t.teardown(() => demo.child.kill('SIGKILL'))
+  t.teardown(() => stopped(demo))
   await waitFor(demo, /Ctrl-C stops everything\./)
   const started = pids(demo.output())
   process.kill(started.canary, 'SIGKILL')
@@ -211,15 +232,19 @@ t.test('a child that dies is named, the others are stopped, exit 1', async (t) =
 })
 
 t.test('Ctrl-C: a duplicate a few ms later is the same press, a second one kills at once, exit 1', async (t) => {
-  const demo = runDemo(await demoEnv(t))
-  t.teardown(() => demo.child.kill('SIGKILL'))
+  // a 5 s drain: the second press, 1 s after the first, comes seconds before the drain is over
+  const demo = runDemo({ ...(await demoEnv(t)), DEMO_DRAIN_MS: '5000' })
+  t.teardown(() => stopped(demo))
   await waitFor(demo, /Ctrl-C stops everything\./)
   const started = pids(demo.output())
+  const first = Date.now()
   demo.child.kill('SIGINT')
   await new Promise((resolve) => setTimeout(resolve, 5))
   demo.child.kill('SIGINT') // what `npm run` adds when its script shell execs node (bash does)
-  await waitFor(demo, /SIGINT: the sidecar drains/)
-  await new Promise((resolve) => setTimeout(resolve, 600))
+  const gap = Date.now() - first
+  t.ok(gap < 250, `the duplicate ${gap} ms after the first, well inside the demo's 500 ms`)
+  await waitFor(demo, /SIGINT: the sidecar drains \(5 s\)/)
+  await new Promise((resolve) => setTimeout(resolve, 1_000))
   t.notMatch(demo.output(), /SIGINT again/, 'still draining after the duplicate')
   t.ok(alive(started.sidecar), 'the sidecar is draining')
   demo.child.kill('SIGINT')
@@ -234,7 +259,7 @@ t.test('every busy port is named, with one command that moves them all, before a
   await Promise.all(taken.map((s, i) => new Promise<void>((resolve) => s.listen(Number([env.DEMO_ADMIN_PORT, env.DEMO_CANARY_PORT][i]), '127.0.0.1', resolve))))
   t.teardown(() => Promise.all(taken.map((s) => new Promise((resolve) => s.close(resolve)))))
   const demo = runDemo(env)
-  t.teardown(() => demo.child.kill('SIGKILL'))
+  t.teardown(() => stopped(demo))
   t.equal(await demo.exited, 1)
   const lines = demo.output().split('\n')
   t.equal(lines[0], `Port 127.0.0.1:${env.DEMO_ADMIN_PORT} (the sidecar's admin port) is in use.`)
@@ -250,12 +275,6 @@ t.test('every busy port is named, with one command that moves them all, before a
   t.notOk(existsSync(path.join(env.DEMO_DIR!, 'demo.pid')), 'demo.pid is removed again')
   t.notOk(existsSync(path.join(env.DEMO_DIR!, 'sidecar.yaml')), 'no config written')
 })
-
-/** Stops a demo that may still run the way Ctrl-C does (SIGKILL would leave its children). */
-function stopped(demo: Demo): Promise<unknown> {
-  demo.child.kill('SIGTERM')
-  return demo.exited
-}
 
 t.test('one demo per DEMO_DIR: a second one is refused while the first runs, whatever its ports', async (t) => {
   const env = await demoEnv(t)
@@ -278,13 +297,14 @@ t.test('one demo per DEMO_DIR: a second one is refused while the first runs, wha
   const second = runDemo({ ...moved, DEMO_DIR: env.DEMO_DIR! })
   t.teardown(() => stopped(second))
   t.equal(await second.exited, 1)
+  const spare = path.relative(ROOT, path.join(env.DEMO_DIR!, '2')) // beside the first, inside its DEMO_DIR
   const held = `Another demo \\(pid ${first.child.pid}\\) is running in ${path.relative(ROOT, env.DEMO_DIR!)}/ \\(${path.relative(ROOT, pidFile)}\\), and its sidecar would reload this one's config: stop it \\(Ctrl-C in its terminal, or kill ${first.child.pid}\\), or give this one its own directory`
-  t.match(second.output(), new RegExp(`^${held}: DEMO_DIR=demo/2 DEMO_PORT=${moved.DEMO_PORT} DEMO_ADMIN_PORT=${moved.DEMO_ADMIN_PORT} DEMO_STABLE_PORT=${moved.DEMO_STABLE_PORT} DEMO_CANARY_PORT=${moved.DEMO_CANARY_PORT} npm run demo\\n$`), 'one line: who holds the directory, what to do')
+  t.match(second.output(), new RegExp(`^${held}: DEMO_DIR=${spare} DEMO_PORT=${moved.DEMO_PORT} DEMO_ADMIN_PORT=${moved.DEMO_ADMIN_PORT} DEMO_STABLE_PORT=${moved.DEMO_STABLE_PORT} DEMO_CANARY_PORT=${moved.DEMO_CANARY_PORT} npm run demo\\n$`), 'one line: who holds the directory, what to do')
   // the same directory and the same ports: one line still, and the command moves every port too
   const again = runDemo(env)
   t.teardown(() => stopped(again))
   t.equal(await again.exited, 1)
-  t.match(again.output(), new RegExp(`^${held} and free ports: DEMO_DIR=demo/2 DEMO_PORT=\\d+ DEMO_ADMIN_PORT=\\d+ DEMO_STABLE_PORT=\\d+ DEMO_CANARY_PORT=\\d+ npm run demo\\n$`))
+  t.match(again.output(), new RegExp(`^${held} and free ports: DEMO_DIR=${spare} DEMO_PORT=\\d+ DEMO_ADMIN_PORT=\\d+ DEMO_STABLE_PORT=\\d+ DEMO_CANARY_PORT=\\d+ npm run demo\\n$`))
   t.notMatch(again.output(), new RegExp(`DEMO_(ADMIN_|STABLE_|CANARY_)?PORT=(${[env.DEMO_PORT, env.DEMO_ADMIN_PORT, env.DEMO_STABLE_PORT, env.DEMO_CANARY_PORT].join('|')}) `), 'every port moved')
 
   // the first demo is untouched: its config, its log, its pid file, its backends
