@@ -10,14 +10,16 @@ export async function freePort() {
   return port
 }
 
-/** Resolves once the sidecar's admin port answers /ready with 200 (10 s at most). */
+/** Resolves once the sidecar's admin port answers /ready with 200; rejects after 10 s. */
 export async function waitReady(adminPort) {
-  for (let i = 0; i < 200; i++) {
-    const ok = await fetch(`http://127.0.0.1:${adminPort}/ready`, { signal: AbortSignal.timeout(1_000) }).then((r) => r.ok, () => false)
+  const deadline = Date.now() + 10_000
+  for (;;) {
+    const left = deadline - Date.now()
+    if (left <= 0) throw new Error('the sidecar was not ready within 10 s')
+    const ok = await fetch(`http://127.0.0.1:${adminPort}/ready`, { signal: AbortSignal.timeout(Math.min(1_000, left)) }).then((r) => r.ok, () => false)
     if (ok) return
     await new Promise((resolve) => setTimeout(resolve, 50))
   }
-  throw new Error('the sidecar never became ready')
 }
 
 /** The median of the finite numbers in `xs`, null if there are none. */

@@ -104,11 +104,11 @@ const tmp = mkdtempSync(join(os.tmpdir(), 'sidecar-soak-'))
 const log = (...a) => console.log(`[${((Date.now() - t0) / 1000).toFixed(1).padStart(6)} s]`, ...a)
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
 const t0 = Date.now()
-let proxy // the child process
+let proxy // the proxy's child process, set by startProxy as soon as it is spawned: killed on exit
 process.on('exit', () => proxy?.exitCode === null && proxy.signalCode === null && proxy.kill('SIGKILL'))
-process.on('SIGINT', () => process.exit(130))
+for (const signal of ['SIGINT', 'SIGTERM']) process.on(signal, () => process.exit(128 + os.constants.signals[signal]))
 
-// ---- helpers (the same as bench/run.mjs's, which runs its main on import) ----
+// ---- helpers (the soak's own; those it shares with bench/run.mjs are in bench/lib.mjs) ----
 
 /** Least-squares slope of y over x. */
 function slope(points) {
@@ -265,10 +265,10 @@ async function startProxy(upstreamPort) {
   const logFile = join(tmp, 'proxy.log')
   const out = openSync(logFile, 'a')
   const args = [join(root, 'dist/main.js'), '--config', configFile, '--plaintext', '--listen', `127.0.0.1:${port}`, '--admin', `127.0.0.1:${admin}`, '--upstream', `http://127.0.0.1:${upstreamPort}`]
-  const child = spawn(process.execPath, args, { stdio: ['ignore', out, out] })
+  const child = (proxy = spawn(process.execPath, args, { stdio: ['ignore', out, out] }))
   child.exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })))
   await Promise.race([waitReady(admin), child.exited.then(({ code, signal }) => Promise.reject(new Error(`the proxy exited (${code ?? signal}) at start; its log: ${logFile}`)))])
-  return { child, port, admin, config, logFile }
+  return { port, admin, config, logFile }
 }
 
 // ---- the clients ----
@@ -406,7 +406,6 @@ async function main() {
   const upstream = await startUpstream()
   const upstreamPort = upstream.address().port
   const p = await startProxy(upstreamPort)
-  proxy = p.child
   log(`proxy pid ${proxy.pid} on 127.0.0.1:${p.port} (admin ${p.admin}), upstream 127.0.0.1:${upstreamPort}, pool ${POOL}`)
   log(`${SECONDS} s of load from ${CONNECTIONS} connections, warm-up ${WARMUP_S} s; then up to ${SETTLE_S} s to settle`)
 
@@ -474,8 +473,9 @@ async function main() {
   const exit = await Promise.race([proxy.exited, sleep(15_000).then(() => ({ code: null, signal: 'timeout' }))])
   if (exit.signal === 'timeout') proxy.kill('SIGKILL')
   log(`proxy stopped: ${exit.code ?? exit.signal} after ${Date.now() - stopStart} ms`)
-  await new Promise((resolve) => upstream.close(resolve))
-  upstream.closeAllConnections?.()
+  const closed = new Promise((resolve) => upstream.close(resolve))
+  upstream.closeAllConnections() // close() resolves only once every connection has ended
+  await closed
 
   // the proxy's own counts: answers by status code, attempts by result
   const byLabel = (name, label) => {
@@ -530,7 +530,8 @@ async function main() {
   judge('upstream-idle', `upstream open connections after the pool's idle timeout (${IDLE_TIMEOUT_MS} ms): ${idleLeft}`, idleLeft <= 1)
   judge('no-5xx', `5xx other than the provoked 504s: ${client5xxOther} seen by the client; the proxy answered ${proxy5xx} 5xx for ${provoked504} provoked`, client5xxOther === 0 && proxy5xx === provoked504)
   judge('unexpected', `requests that did not end as their kind should: ${unexpected}`, unexpected === 0)
-  judge('kinds', `every kind was made: ${Object.entries(outcomes).map(([k, o]) => `${k} ${o.made}`).join(', ')}`, Object.values(outcomes).every((o) => o.made > 0))
+  const weighted = Object.entries(outcomes).filter(([k]) => KINDS[k] > 0)
+  judge('kinds', `every kind with a weight was made: ${weighted.map(([k, o]) => `${k} ${o.made}`).join(', ')}`, weighted.every(([, o]) => o.made > 0))
   judge('alive', `proxy alive at the end (/live): ${alive}`, alive)
   judge('exit', `proxy exit on SIGTERM: ${exit.code ?? exit.signal}`, exit.code === 0)
   const pass = verdicts.every((v) => v.pass !== false)

@@ -63,7 +63,17 @@ t.test('12 s of mixed load with aborts through the built proxy: every figure of 
   let output = ''
   child.stdout.on('data', (c: Buffer) => (output += c.toString()))
   child.stderr.on('data', (c: Buffer) => (output += c.toString()))
-  const code = await new Promise<number | null>((resolve) => child.on('exit', (c) => resolve(c)))
+  const exited = new Promise<number | null>((resolve) => child.on('exit', (c) => resolve(c)))
+  // A soak still running when the test ends (a failure, a timeout) is stopped: SIGINT, on which it
+  // kills its proxy as it exits; SIGKILL if it is still there 5 s later.
+  t.teardown(async () => {
+    if (child.exitCode !== null || child.signalCode !== null) return
+    child.kill('SIGINT')
+    const timer = setTimeout(() => child.kill('SIGKILL'), 5_000)
+    await exited
+    clearTimeout(timer)
+  })
+  const code = await exited
   t.comment(`soak run took ${((Date.now() - started) / 1000).toFixed(1)} s`)
   t.equal(code, 0, `bench/soak.mjs exits 0 (every verdict passes); its output:\n${output}`)
   if (!existsSync(out)) return void t.fail(`no JSON written at ${out}`)
