@@ -29,8 +29,8 @@ const STYLE = `
   .bar { width: 80px; height: 8px; background: #eef1f5; border-radius: 4px; overflow: hidden; }
   .bar span { display: block; height: 100%; background: #3b6fd8; }
   #banner { display: none; grid-column: 1 / -1; background: #d92d20; color: #fff; padding: 10px 16px; border-radius: 6px; font-weight: 600; }
-  body.unreachable #banner { display: block; }
-  body.unreachable section { opacity: .55; }
+  body.stale #banner { display: block; }
+  body.stale section { opacity: .55; }
   svg { display: block; width: 100%; height: auto; }
   svg .requests { fill: #9db6ea; }
   svg .errors { fill: #d92d20; }
@@ -49,7 +49,7 @@ const SCRIPT = String.raw`
 'use strict'
 const REFRESH_MS = 2000
 const SVG = 'http://www.w3.org/2000/svg'
-let lastGood = null // the time of the last /status that arrived
+let lastGood = null // the time of the last /status that arrived and was drawn
 
 /** An element with a class and text (text only ever through textContent). */
 function el(tag, className, text) {
@@ -74,35 +74,45 @@ function row(cells) {
 const time = (d) => d.toLocaleTimeString()
 
 async function refresh() {
-  let status
   try {
-    const res = await fetch('/status', { cache: 'no-store', signal: AbortSignal.timeout(REFRESH_MS) })
-    if (!res.ok) throw new Error('GET /status answered ' + res.status)
-    status = await res.json()
-  } catch (err) {
-    document.body.classList.add('unreachable')
-    // the last verdict is not the proxy's readiness now: it may be down, or not ready
-    const badge = document.getElementById('ready')
-    badge.textContent = 'UNKNOWN'
-    badge.className = 'badge unknown'
-    badge.title = 'cannot reach the proxy: its readiness is unknown'
-    document.getElementById('banner').textContent =
-      'Cannot reach the proxy (' + err.message + '). ' +
-      (lastGood ? 'Showing the last data, from ' + time(lastGood) + '. ' : '') + 'Retrying every ' + REFRESH_MS / 1000 + ' s.'
-    return
+    let status
+    try {
+      const res = await fetch('/status', { cache: 'no-store', signal: AbortSignal.timeout(REFRESH_MS) })
+      if (!res.ok) throw new Error('GET /status answered ' + res.status)
+      status = await res.json()
+    } catch (err) {
+      return failed('Cannot reach the proxy', err)
+    }
+    try {
+      render(status)
+    } catch (err) {
+      return failed('Cannot show what /status answered', err)
+    }
+    lastGood = new Date()
+    document.body.classList.remove('stale')
+    document.getElementById('updated').textContent = 'updated ' + time(lastGood) + ', every ' + REFRESH_MS / 1000 + ' s'
   } finally {
     setTimeout(refresh, REFRESH_MS)
   }
-  lastGood = new Date()
-  document.body.classList.remove('unreachable')
-  document.getElementById('updated').textContent = 'updated ' + time(lastGood) + ', every ' + REFRESH_MS / 1000 + ' s'
-  render(status)
+}
+
+/** A refresh that failed (what, and the error why): a banner over the last data drawn. */
+function failed(what, err) {
+  document.body.classList.add('stale')
+  // the last verdict drawn is not known to be the proxy's readiness now (it may be down, or not ready)
+  const badge = document.getElementById('ready')
+  badge.textContent = 'UNKNOWN'
+  badge.className = 'badge unknown'
+  badge.title = what.toLowerCase() + ': its readiness is unknown'
+  document.getElementById('banner').textContent =
+    what + ' (' + err.message + '). ' +
+    (lastGood ? 'Showing the last data, from ' + time(lastGood) + '. ' : '') + 'Retrying every ' + REFRESH_MS / 1000 + ' s.'
 }
 
 function render(s) {
   renderReadiness(s)
   renderBackends(s)
-  renderChart(s.series)
+  renderChart(s.series, s.lastMinute)
   renderRetries(s.retries, s.rejections)
   renderCertificate(s.certificate)
   renderConfig(s.config)
@@ -134,7 +144,7 @@ function renderBackends(s) {
       { node: name },
       { text: b.weight + ' (' + b.weightPercent + '%)', className: 'num' },
       { node: renderHealth(b.health) },
-      { node: el('span', 'badge ' + { closed: 'ok', 'half-open': 'warn', open: 'bad' }[b.breaker], b.breaker) },
+      { node: el('span', 'badge ' + ({ closed: 'ok', 'half-open': 'warn', open: 'bad' }[b.breaker] ?? 'unknown'), b.breaker) },
       { text: b.inFlight.active + ' / ' + b.inFlight.waiting, className: 'num' },
       { text: b.lastMinute.requests + ' / ' + b.lastMinute.errors, className: 'num' },
       { node: share },
@@ -164,8 +174,9 @@ function renderHealth(h) {
   return box
 }
 
-/** Requests per 10 s bucket as bars, the 5xx among them in red; the oldest bucket on the left. */
-function renderChart(series) {
+/** Requests per 10 s bucket as bars, the 5xx among them in red; the oldest bucket on the left.
+ *  Above it, the rates over /status's lastMinute: the same minute as the backends' and retries'. */
+function renderChart(series, lastMinute) {
   const W = 600, H = 180, top = 10, bottom = 20, left = 40
   const max = Math.max(1, ...series.map((b) => b.requests))
   const step = (W - left) / series.length
@@ -190,9 +201,9 @@ function renderChart(series) {
     if (b.errors > 0) add(svg, 'rect', { class: 'errors', x, width: step - 2, y: y(b.errors), height: H - bottom - y(b.errors) })
   })
   document.getElementById('chart').replaceChildren(svg)
-  const minute = series.slice(-6)
-  const requests = minute.reduce((a, b) => a + b.requests, 0)
-  const errors = minute.reduce((a, b) => a + b.errors, 0)
+  const minute = Object.values(lastMinute)
+  const requests = minute.reduce((a, c) => a + c.requests, 0)
+  const errors = minute.reduce((a, c) => a + c.errors, 0)
   document.getElementById('rates').textContent =
     'Last minute: ' + (requests / 60).toFixed(1) + ' requests/s, ' + (requests ? ((errors / requests) * 100).toFixed(1) : '0.0') + '% 5xx'
 }
