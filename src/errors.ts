@@ -1,40 +1,141 @@
-// The one catalogue of errors the proxy itself generates. Every response the proxy makes up
-// carries `x-sidecar-error: <code>`; the code is stable (dashboards, alerts and clients key on
-// it), the status follows nginx/Envoy conventions. Codes are lower_snake so they can never clash
-// with Node's or undici's UPPER_CASE `err.code` values: branch on `err.code`, never instanceof.
+// The one catalogue of errors the proxy itself generates, and of the errors that stop it from
+// starting. Every response the proxy makes up carries `x-sidecar-error: <code>`; the code is
+// stable (dashboards, alerts and clients key on it), the status follows nginx/Envoy conventions.
+// Codes are lower_snake so they can never clash with Node's or undici's UPPER_CASE `err.code`
+// values: branch on `err.code`, never instanceof.
+//
+// Each entry also says what the error MEANS, and every policy reads that instead of keeping its
+// own list (linkerd2-proxy's errors/respond.rs and classify.rs: one classification feeds every
+// policy): the breaker counts `breaker` entries, retry retries on `retryOn` and replays a
+// non-idempotent request only when `mayHaveReachedApp` is false, the listener closes the client
+// connection after `close` entries, and the local reply of a gRPC request carries `grpcStatus`.
+
+/** The retry.retryOn conditions (the config's names). */
+export type RetryOn = 'connect-failure' | 'refused' | 'reset' | 'gateway-error' | 'retriable-status-codes'
+
+export interface CatalogueEntry {
+  readonly status: number
+  readonly message: string
+  /** Who caused it. Only upstream-blamed failures may count against a backend. */
+  readonly blame: 'client' | 'proxy' | 'upstream'
+  /** False only when the app certainly did not get the request (so even a POST may be sent again). */
+  readonly mayHaveReachedApp: boolean
+  /** HTTP/1.1: close the client connection after the answer; what follows on it cannot be trusted. */
+  readonly close: boolean
+  /** Counted as a failure by the backend's circuit breaker. */
+  readonly breaker: boolean
+  /** The retryOn conditions under which another try may follow, in order of preference. */
+  readonly retryOn: readonly RetryOn[]
+  /** The gRPC status of the answer when the request is gRPC. */
+  readonly grpcStatus: number
+}
+
+/** gRPC status codes used below (grpc/doc/statuscodes.md). */
+const GRPC = { CANCELLED: 1, UNKNOWN: 2, DEADLINE_EXCEEDED: 4, RESOURCE_EXHAUSTED: 8, UNIMPLEMENTED: 12, INTERNAL: 13, UNAVAILABLE: 14 } as const
+
+/** A request refused from what the client sent: it never reached the app, nothing to retry. */
+const refused = (status: number, message: string, grpcStatus: number, close = true): CatalogueEntry => ({
+  status,
+  message,
+  blame: 'client',
+  mayHaveReachedApp: false,
+  close,
+  breaker: false,
+  retryOn: [],
+  grpcStatus,
+})
+
+/** The proxy chose not to forward (its own limits or policy): the app got nothing. */
+const heldBack = (status: number, message: string): CatalogueEntry => ({
+  status,
+  message,
+  blame: 'proxy',
+  mayHaveReachedApp: false,
+  close: false,
+  breaker: false,
+  retryOn: [],
+  grpcStatus: GRPC.UNAVAILABLE,
+})
+
+/** A backend failed an attempt: counted by its breaker. */
+const upstream = (
+  status: number,
+  message: string,
+  o: { mayHaveReachedApp: boolean; retryOn?: readonly RetryOn[]; grpcStatus?: number },
+): CatalogueEntry => ({
+  status,
+  message,
+  blame: 'upstream',
+  mayHaveReachedApp: o.mayHaveReachedApp,
+  close: false,
+  breaker: true,
+  retryOn: o.retryOn ?? [],
+  grpcStatus: o.grpcStatus ?? GRPC.UNAVAILABLE,
+})
 
 export const ERRORS = {
-  bad_request: { status: 400, message: 'malformed request' },
-  request_timeout: { status: 408, message: 'the request did not arrive within the listener timeouts' },
-  body_too_large: { status: 413, message: 'request body larger than limits.maxBodyBytes' },
-  headers_too_large: {
-    status: 431,
-    message: 'request headers larger than limits.maxHeaderBytes or more than limits.maxHeaderCount',
-  },
-  method_not_allowed: { status: 405, message: 'method not supported by a reverse proxy' },
-  http_version_not_supported: { status: 505, message: 'the proxy speaks HTTP/1.0, HTTP/1.1 and HTTP/2 (over TLS)' },
+  bad_request: refused(400, 'malformed request', GRPC.INTERNAL),
+  request_timeout: refused(408, 'the request did not arrive within the listener timeouts', GRPC.DEADLINE_EXCEEDED),
+  body_too_large: refused(413, 'request body larger than limits.maxBodyBytes', GRPC.RESOURCE_EXHAUSTED),
+  headers_too_large: refused(
+    431,
+    'request headers larger than limits.maxHeaderBytes or more than limits.maxHeaderCount',
+    GRPC.RESOURCE_EXHAUSTED,
+  ),
+  method_not_allowed: refused(405, 'method not supported by a reverse proxy', GRPC.UNIMPLEMENTED),
+  http_version_not_supported: refused(505, 'the proxy speaks HTTP/1.0, HTTP/1.1 and HTTP/2 (over TLS)', GRPC.UNIMPLEMENTED),
+  unsupported_transfer_encoding: refused(
+    501,
+    'request Transfer-Encoding other than chunked: the proxy would pass a coded body off as plain',
+    GRPC.UNIMPLEMENTED,
+  ),
   // 499 is nginx's "client closed request": logged and counted, never sent (nobody is listening).
-  unsupported_transfer_encoding: {
-    status: 501,
-    message: 'request Transfer-Encoding other than chunked: the proxy would pass a coded body off as plain',
+  client_closed: {
+    status: 499,
+    message: 'the client went away before the response was complete',
+    blame: 'client',
+    mayHaveReachedApp: true,
+    close: true,
+    breaker: false,
+    retryOn: [],
+    grpcStatus: GRPC.CANCELLED,
   },
-  client_closed: { status: 499, message: 'the client went away before the response was complete' },
-  internal: { status: 500, message: 'internal proxy error' },
-  upstream_refused: { status: 502, message: 'the upstream refused the connection' },
-  upstream_unreachable: { status: 502, message: 'the upstream address could not be reached' },
-  upstream_reset: { status: 502, message: 'the upstream closed the connection before the response was complete' },
-  upstream_bad_response: { status: 502, message: 'the upstream sent a malformed response' },
-  upstream_connect_timeout: { status: 504, message: 'the upstream did not accept the connection in time' },
-  upstream_timeout: { status: 504, message: 'the upstream did not respond in time (retry.perTryTimeoutMs or limits.requestTimeoutMs)' },
-  upstream_unhealthy: { status: 503, message: 'the backend fails its health checks and did not answer this request either' },
-  circuit_open: { status: 503, message: 'the circuit breaker for the backend is open: it failed too often and is resting' },
-  no_backend: { status: 503, message: 'no backend can take the request' },
-  local_resources_exhausted: {
-    status: 503,
-    message: 'the proxy is out of file descriptors (ulimit -n) or socket memory for a new upstream connection',
+  internal: {
+    status: 500,
+    message: 'internal proxy error',
+    blame: 'proxy',
+    mayHaveReachedApp: true, // unknown: assume the worst
+    close: false,
+    breaker: false,
+    retryOn: [],
+    grpcStatus: GRPC.INTERNAL,
   },
-  overloaded: { status: 503, message: 'the backend has limits.maxConcurrentRequests in flight and limits.maxPendingRequests waiting' },
-} as const satisfies Record<string, { status: number; message: string }>
+  upstream_refused: upstream(502, 'the upstream refused the connection', { mayHaveReachedApp: false, retryOn: ['refused', 'connect-failure'] }),
+  upstream_unreachable: upstream(502, 'the upstream address could not be reached', { mayHaveReachedApp: false, retryOn: ['connect-failure'] }),
+  upstream_reset: upstream(502, 'the upstream closed the connection before the response was complete', {
+    mayHaveReachedApp: true,
+    retryOn: ['reset'],
+  }),
+  upstream_bad_response: upstream(502, 'the upstream sent a malformed response', { mayHaveReachedApp: true, grpcStatus: GRPC.INTERNAL }),
+  upstream_connect_timeout: upstream(504, 'the upstream did not accept the connection in time', {
+    mayHaveReachedApp: false,
+    retryOn: ['connect-failure'],
+  }),
+  // a per-try timeout is the 504 the app did not send: retried as a gateway error
+  upstream_timeout: upstream(504, 'the upstream did not respond in time (retry.perTryTimeoutMs or limits.requestTimeoutMs)', {
+    mayHaveReachedApp: true,
+    retryOn: ['gateway-error'],
+    grpcStatus: GRPC.DEADLINE_EXCEEDED,
+  }),
+  upstream_unhealthy: upstream(503, 'the backend fails its health checks and did not answer this request either', { mayHaveReachedApp: true }),
+  circuit_open: heldBack(503, 'the circuit breaker for the backend is open: it failed too often and is resting'),
+  no_backend: heldBack(503, 'no backend can take the request'),
+  local_resources_exhausted: heldBack(
+    503,
+    'the proxy is out of file descriptors (ulimit -n) or socket memory for a new upstream connection',
+  ),
+  overloaded: heldBack(503, 'the backend has limits.maxConcurrentRequests in flight and limits.maxPendingRequests waiting'),
+} as const satisfies Record<string, CatalogueEntry>
 
 export type ErrorCode = keyof typeof ERRORS
 
@@ -68,4 +169,38 @@ export function toSidecarError(err: unknown): SidecarError {
     return (err as Error).name === 'SidecarError' ? (err as SidecarError) : new SidecarError(code, { cause: err })
   }
   return new SidecarError('internal', { cause: err })
+}
+
+// ---- start-up -------------------------------------------------------------------------------
+// What stops a command before it runs: the exit code is decided here, once, by the code.
+
+export const STARTUP_ERRORS = {
+  usage: { exitCode: 2, message: 'bad usage' },
+  config_invalid: { exitCode: 2, message: 'invalid config' },
+  tls_material_invalid: { exitCode: 2, message: 'a certificate, key or CA bundle the config names cannot be used' },
+  listen_failed: { exitCode: 1, message: 'a port could not be bound' },
+} as const satisfies Record<string, { exitCode: number; message: string }>
+
+export type StartupCode = keyof typeof STARTUP_ERRORS
+
+/** A start-up failure whose message is the whole story for the operator (no stack needed). */
+export class StartupError extends Error {
+  constructor(
+    readonly code: StartupCode,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options)
+    this.name = 'StartupError'
+  }
+}
+
+export function isStartupError(err: unknown): err is StartupError {
+  const code = (err as { code?: unknown } | null)?.code
+  return typeof code === 'string' && Object.hasOwn(STARTUP_ERRORS, code)
+}
+
+/** The process exit code for an error that ended a command: 2 bad usage or config, else 1. */
+export function exitCodeOf(err: unknown): number {
+  return isStartupError(err) ? STARTUP_ERRORS[err.code].exitCode : 1
 }

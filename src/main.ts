@@ -1,23 +1,15 @@
 #!/usr/bin/env node
 // CLI entry: parse the arguments, dispatch to a subcommand, turn the outcome into an exit code
-// (0 clean stop, 1 runtime failure, 2 bad usage or invalid config).
-import { pathToFileURL } from 'node:url'
+// (0 clean stop, 1 runtime failure, 2 bad usage or invalid config: errors.ts's exitCodeOf).
 import { realpathSync } from 'node:fs'
+import { pathToFileURL } from 'node:url'
 import { awaitCommand } from './cli/await.js'
 import { certsCommand } from './cli/certs.js'
+import { stdio, type Io } from './cli/io.js'
 import { runCommand } from './cli/run.js'
-import { validateCommand } from './cli/validate.js'
 import { USAGE, UsageError } from './cli/usage.js'
-
-export interface Io {
-  out: (line: string) => void
-  err: (line: string) => void
-}
-
-const stdio: Io = {
-  out: (line) => process.stdout.write(line + '\n'),
-  err: (line) => process.stderr.write(line + '\n'),
-}
+import { validateCommand } from './cli/validate.js'
+import { exitCodeOf, isStartupError } from './errors.js'
 
 /** Runs one command line. `run` resolves only once the proxy has stopped. */
 export async function main(argv: readonly string[], io: Io = stdio): Promise<number> {
@@ -40,11 +32,10 @@ export async function main(argv: readonly string[], io: Io = stdio): Promise<num
         return await runCommand(argv, io)
     }
   } catch (err) {
-    if ((err as { code?: string }).code === 'USAGE') {
-      io.err(`sidecar-proxy: ${(err as Error).message}\n\n${USAGE}`)
-      return 2
-    }
-    throw err
+    // A start-up error's message is the whole story: one line (the usage text after bad usage).
+    if (!isStartupError(err)) throw err
+    io.err(`sidecar-proxy: ${err.message}${err.code === 'usage' ? `\n\n${USAGE}` : ''}`)
+    return exitCodeOf(err)
   }
 }
 
@@ -56,7 +47,7 @@ if (invokedDirectly) {
     (code) => process.exit(code),
     (err: unknown) => {
       process.stderr.write(`sidecar-proxy: ${(err as Error).stack ?? String(err)}\n`)
-      process.exit(1)
+      process.exit(exitCodeOf(err))
     },
   )
 }

@@ -1,12 +1,29 @@
 // The one prom-client registry. Every metric is defined here, once, with the names DESIGN.md
-// promises; the only module that imports prom-client.
+// promises, and written only through the typed recorders below: the only module that imports
+// prom-client.
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
+import type { ErrorCode } from './errors.js'
 
 /** Methods outside this set are counted as "OTHER" so a client cannot explode label cardinality. */
 const KNOWN_METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS', 'CONNECT', 'TRACE'])
 
-export function createMetrics(now: () => number = Date.now) {
-  const recent = new RecentRequests(now)
+/** Hears what the counters count, for views Prometheus cannot give alone (the admin's "last
+ *  minute", admin/recent.ts). */
+export interface MetricsObserver {
+  record(backend: string, status: number): void
+  recordRetry(backend: string, reason: string): void
+  recordRejection(reason: string): void
+  recordBudgetExhausted(): void
+}
+
+export type CircuitState = 'closed' | 'half-open' | 'open'
+/** sidecar_circuit_state's encoding, documented in its help text. */
+const CIRCUIT_VALUE: Record<CircuitState, number> = { closed: 0, 'half-open': 1, open: 2 }
+
+export type ReloadKind = 'config' | 'tls'
+
+export function createMetrics(opts: { observer?: MetricsObserver } = {}) {
+  const observer = opts.observer
   const registry = new Registry()
   collectDefaultMetrics({ register: registry })
   const registers = [registry]
@@ -15,7 +32,7 @@ export function createMetrics(now: () => number = Date.now) {
   // prom-client when it is scraped: prom-client hashes and validates the label set on each inc().
   const requestTally = new Tally(3)
   const attemptTally = new Tally(2)
-  const requests = new Counter({
+  new Counter({
     name: 'sidecar_requests_total',
     help: 'Requests answered, by backend ("none" when the proxy answered itself), method and status code.',
     labelNames: ['backend', 'method', 'code'] as const,
@@ -31,7 +48,7 @@ export function createMetrics(now: () => number = Date.now) {
     buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
     registers,
   })
-  const attempts = new Counter({
+  new Counter({
     name: 'sidecar_upstream_attempts_total',
     help: 'Calls made to a backend, by result: the status class (2xx..5xx) or the error code.',
     labelNames: ['backend', 'result'] as const,
@@ -46,14 +63,13 @@ export function createMetrics(now: () => number = Date.now) {
     registers,
   })
 
-  const draining = new Gauge({
+  const drainingGauge = new Gauge({
     name: 'sidecar_draining',
     help: '1 from the start of a drain (SIGTERM, POST /drain) until the process exits, else 0.',
     registers,
   })
 
-  // Retries and refusals are tallied like requests and attempts, and also kept per 10 s in
-  // `recent` for GET /status.
+  // Retries and refusals are tallied like requests and attempts (and told to the observer).
   const retryTally = new Tally(2)
   const rejectionTally = new Tally(1)
   new Counter({
@@ -81,7 +97,7 @@ export function createMetrics(now: () => number = Date.now) {
   })
   const circuitState = new Gauge({
     name: 'sidecar_circuit_state',
-    help: 'Circuit breaker state per backend: 0 closed, 1 half-open, 2 open.',
+    help: `Circuit breaker state per backend: ${Object.entries(CIRCUIT_VALUE).map(([state, n]) => `${n} ${state}`).join(', ')}.`,
     labelNames: ['backend'] as const,
     registers,
   })
@@ -106,35 +122,30 @@ export function createMetrics(now: () => number = Date.now) {
   // The histogram's label child is cached: labels() builds a new one on every call.
   const durations = new Map<string, { observe(seconds: number): void }>()
   return {
+    /** For reading in tests; the proxy itself writes only through the recorders below. */
     registry,
-    requests,
-    duration,
-    attempts,
-    openConnections,
-    draining,
-    circuitState,
-    backendHealthy,
-    configReloads,
-    certExpiry,
-    recent,
-    /** Counts one call to a backend: upstream_attempts_total. */
+    /** The scrape: GET /metrics's content type and body. */
+    async exposition(): Promise<{ contentType: string; text: string }> {
+      return { contentType: registry.contentType, text: await registry.metrics() }
+    },
+    /** Counts one call to a backend: upstream_attempts_total, by status class or error code. */
     countAttempt(backend: string, result: string): void {
       attemptTally.add(backend, result)
     },
     /** Counts one retry after a failed try on `backend`: retries_total. */
     countRetry(backend: string, reason: string): void {
       retryTally.add(backend, reason)
-      recent.recordRetry(backend, reason)
+      observer?.recordRetry(backend, reason)
     },
     /** Counts one retry not made for want of budget: retry_budget_exhausted_total. */
     countBudgetExhausted(): void {
       budgetExhausted.inc()
-      recent.recordBudgetExhausted()
+      observer?.recordBudgetExhausted()
     },
     /** Counts one request refused before reaching a backend: rejected_requests_total. */
-    countRejection(reason: string): void {
+    countRejection(reason: ErrorCode): void {
       rejectionTally.add(reason)
-      recent.recordRejection(reason)
+      observer?.recordRejection(reason)
     },
     /** Counts one finished request: requests_total and request_duration_seconds. */
     observeRequest(backend: string, method: string, code: number, seconds: number): void {
@@ -142,7 +153,34 @@ export function createMetrics(now: () => number = Date.now) {
       let d = durations.get(backend)
       if (!d) durations.set(backend, (d = duration.labels(backend)))
       d.observe(seconds)
-      recent.record(backend, code)
+      observer?.record(backend, code)
+    },
+    setCircuitState(backend: string, state: CircuitState): void {
+      circuitState.labels(backend).set(CIRCUIT_VALUE[state])
+    },
+    setBackendHealthy(backend: string, healthy: boolean): void {
+      backendHealthy.labels(backend).set(healthy ? 1 : 0)
+    },
+    /** A backend removed by a reload leaves its per-backend gauges. */
+    removeBackend(backend: string): void {
+      circuitState.remove(backend)
+      backendHealthy.remove(backend)
+    },
+    countConfigReload(kind: ReloadKind, result: 'success' | 'failure'): void {
+      configReloads.labels(kind, result).inc()
+    },
+    /** The notAfter of the certificate the listener serves. */
+    setCertExpiry(notAfter: Date): void {
+      certExpiry.set(notAfter.getTime() / 1000)
+    },
+    connectionOpened(): void {
+      openConnections.inc()
+    },
+    connectionClosed(): void {
+      openConnections.dec()
+    },
+    setDraining(draining: boolean): void {
+      drainingGauge.set(draining ? 1 : 0)
     },
   }
 }
@@ -182,121 +220,3 @@ class Tally {
 }
 
 export type Metrics = ReturnType<typeof createMetrics>
-
-/** Requests and 5xx answers per backend in 10-second buckets over the last 5 minutes: the split
- *  and the error rate "right now" for GET /status, which Prometheus counters cannot say alone.
- *  Retries (per backend and reason), refusals (per reason) and retries the budget stopped are
- *  kept in the same buckets. */
-export class RecentRequests {
-  static readonly BUCKET_MS = 10_000
-  static readonly BUCKETS = 30
-  /** Oldest first; each bucket's start is a multiple of BUCKET_MS. */
-  private readonly buckets: Bucket[] = []
-
-  constructor(private readonly now: () => number) {}
-
-  record(backend: string, status: number): void {
-    const counts = this.current().counts
-    let c = counts.get(backend)
-    if (!c) counts.set(backend, (c = { requests: 0, errors: 0 }))
-    c.requests++
-    if (status >= 500) c.errors++
-  }
-
-  /** A retry after a failed try on `backend`, for `reason` (the retryOn condition). */
-  recordRetry(backend: string, reason: string): void {
-    const retries = this.current().retries
-    let byReason = retries.get(backend)
-    if (!byReason) retries.set(backend, (byReason = new Map()))
-    byReason.set(reason, (byReason.get(reason) ?? 0) + 1)
-  }
-
-  /** A request refused before reaching a backend, for `reason` (its error code). */
-  recordRejection(reason: string): void {
-    const rejections = this.current().rejections
-    rejections.set(reason, (rejections.get(reason) ?? 0) + 1)
-  }
-
-  /** A retry not made because the retry budget was spent. */
-  recordBudgetExhausted(): void {
-    this.current().budgetExhausted++
-  }
-
-  /** Totals per backend over the last `windowMs` (whole buckets, the current one included). */
-  totals(windowMs = 60_000): Record<string, { requests: number; errors: number }> {
-    const out: Record<string, { requests: number; errors: number }> = {}
-    for (const b of this.since(windowMs)) {
-      for (const [backend, c] of b.counts) {
-        const o = (out[backend] ??= { requests: 0, errors: 0 })
-        o.requests += c.requests
-        o.errors += c.errors
-      }
-    }
-    return out
-  }
-
-  /** Retries over the last `windowMs` per backend and reason, and those the budget stopped. */
-  retries(windowMs = 60_000): { byBackend: Record<string, Record<string, number>>; budgetExhausted: number } {
-    const byBackend: Record<string, Record<string, number>> = {}
-    let budgetExhausted = 0
-    for (const b of this.since(windowMs)) {
-      budgetExhausted += b.budgetExhausted
-      for (const [backend, byReason] of b.retries) {
-        const o = (byBackend[backend] ??= {})
-        for (const [reason, n] of byReason) o[reason] = (o[reason] ?? 0) + n
-      }
-    }
-    return { byBackend, budgetExhausted }
-  }
-
-  /** Refusals over the last `windowMs` per reason. */
-  rejections(windowMs = 60_000): Record<string, number> {
-    const byReason: Record<string, number> = {}
-    for (const b of this.since(windowMs)) {
-      for (const [reason, n] of b.rejections) byReason[reason] = (byReason[reason] ?? 0) + n
-    }
-    return byReason
-  }
-
-  /** Every bucket of the last 5 minutes, oldest first, empty ones included: a chart's points. */
-  series(): Array<{ start: number; requests: number; errors: number }> {
-    const last = Math.floor(this.now() / RecentRequests.BUCKET_MS) * RecentRequests.BUCKET_MS
-    const byStart = new Map(this.buckets.map((b) => [b.start, b]))
-    return Array.from({ length: RecentRequests.BUCKETS }, (_, i) => {
-      const start = last - (RecentRequests.BUCKETS - 1 - i) * RecentRequests.BUCKET_MS
-      let requests = 0
-      let errors = 0
-      for (const c of byStart.get(start)?.counts.values() ?? []) {
-        requests += c.requests
-        errors += c.errors
-      }
-      return { start, requests, errors }
-    })
-  }
-
-  /** The bucket of this moment, started if need be (the oldest then goes). */
-  private current(): Bucket {
-    const start = Math.floor(this.now() / RecentRequests.BUCKET_MS) * RecentRequests.BUCKET_MS
-    let bucket = this.buckets.at(-1)
-    if (bucket?.start !== start) {
-      this.buckets.push((bucket = { start, counts: new Map(), retries: new Map(), rejections: new Map(), budgetExhausted: 0 }))
-      if (this.buckets.length > RecentRequests.BUCKETS) this.buckets.shift()
-    }
-    return bucket
-  }
-
-  private since(windowMs: number) {
-    const from = this.now() - windowMs
-    return this.buckets.filter((b) => b.start + RecentRequests.BUCKET_MS > from)
-  }
-}
-
-interface Bucket {
-  start: number
-  counts: Map<string, { requests: number; errors: number }>
-  /** backend -> reason -> retries */
-  retries: Map<string, Map<string, number>>
-  /** reason -> refusals */
-  rejections: Map<string, number>
-  budgetExhausted: number
-}

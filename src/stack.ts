@@ -3,9 +3,9 @@
 import type { Config } from './config/schema.js'
 import type { Clock } from './clock.js'
 import { createAccessLogLayer } from './layers/access-log.js'
-import { createBreakerLayer, type Breakers } from './layers/breaker.js'
+import { createBreakerLayer } from './layers/breaker.js'
 import { createLimitsLayer } from './layers/limits.js'
-import { createOverloadLayer, type OverloadGates } from './layers/overload.js'
+import { createOverloadLayer } from './layers/overload.js'
 import { createPickLayer } from './layers/pick.js'
 import { createRespondLayer } from './layers/respond.js'
 import { createRetryLayer } from './layers/retry.js'
@@ -13,35 +13,31 @@ import type { Logger } from './log.js'
 import type { Metrics } from './metrics.js'
 import { compose } from './pipeline/compose.js'
 import type { Handler, Layer } from './pipeline/types.js'
-import type { Upstreams } from './upstream/client.js'
+import type { Backends } from './upstream/backends.js'
 
 export interface StackDeps {
   logger: Logger
   metrics: Metrics
   clock: Clock
-  upstreams: Upstreams
-  breakers: Breakers
-  gates: OverloadGates
-  /** The health checker's verdict per backend. */
-  isHealthy: (backend: string) => boolean
-  /** False for a backend to avoid: its breaker is open, or a reload removed it. */
-  isAvailable: (backend: string) => boolean
+  /** Per backend: pool, breaker, health verdict and overload gate. */
+  backends: Backends
 }
 
 // Built again from each reloaded config; the state that must outlive a reload (pools, breakers,
-// health, in-flight counts) lives in deps and is shared by every generation of the stack.
+// health, in-flight counts) lives in `backends` and is shared by every generation of the stack.
 
 export function buildStack(config: Config, deps: StackDeps): Handler {
   const { retry, limits } = config
+  const { backends } = deps
   const layers: Layer[] = [
-    createRespondLayer(), //                                   errors -> HTTP status + x-sidecar-error
+    createRespondLayer(), //                                   errors -> the catalogue's local reply
     createAccessLogLayer(config.log, deps), //                 one JSON line and the request metrics
     createLimitsLayer(limits, deps), //                        header count 431, body size 413
     createRetryLayer({ ...retry, requestTimeoutMs: limits.requestTimeoutMs }, deps), // budgeted tries
     // ---- below here: once per attempt ----
-    createPickLayer(config.backends, config.routing, deps), //  header, sticky cookie, weights; skips open/unhealthy
-    createOverloadLayer(limits, deps), //                      per backend: in flight + waiting, else 503
-    createBreakerLayer(deps.breakers), //                      per backend: opossum, counts attempts
+    createPickLayer(config.backends, config.routing, backends), // header, sticky cookie, weights; skips open/unhealthy
+    createOverloadLayer(limits, { ...deps, gateOf: (name) => backends.get(name)?.gate }), // per backend: in flight + waiting, else 503
+    createBreakerLayer((name) => backends.get(name)?.breaker), // per backend: counts attempts
   ]
-  return compose(layers, deps.upstreams.handler(deps)) //     undici Pool per backend
+  return compose(layers, backends.handler()) //                  undici Pool per backend
 }

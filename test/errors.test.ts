@@ -1,5 +1,28 @@
+import http from 'node:http'
 import t from 'tap'
-import { ERRORS, SidecarError, isErrorCode, toSidecarError } from '../src/errors.js'
+import { systemClock } from '../src/clock.js'
+import { ERRORS, SidecarError, StartupError, exitCodeOf, isErrorCode, toSidecarError, type ErrorCode, type RetryOn } from '../src/errors.js'
+import { createRespondLayer } from '../src/layers/respond.js'
+import { createRetryLayer, mayResend, retryReason, type RetryOptions } from '../src/layers/retry.js'
+import { localReply } from '../src/pipeline/local-reply.js'
+import { Listener } from '../src/server/listener.js'
+import { Breaker } from '../src/upstream/breaker.js'
+import { request } from './fixtures/client.js'
+import { fakeClock } from './fixtures/clock.js'
+import { context, deps, proxyRequest, response, scripted } from './fixtures/pipeline.js'
+
+const LISTENER = {
+  host: '127.0.0.1',
+  port: 0,
+  trustForwardedHeaders: false,
+  headersTimeoutMs: 5000,
+  receiveTimeoutMs: 10000,
+  keepAliveTimeoutMs: 5000,
+  maxHeaderBytes: 16384,
+  maxHeaderCount: 100,
+  maxConcurrentStreams: 100,
+  tls: false as const,
+}
 
 t.test('the catalogue: every code has a status and a message, and statuses follow the contract', async (t) => {
   const expected: Record<string, number> = {
@@ -47,4 +70,93 @@ t.test('toSidecarError keeps catalogue codes and turns the rest into internal', 
   t.equal(toSidecarError(null).code, 'internal')
   t.equal(toSidecarError('a string').code, 'internal')
   t.notOk(isErrorCode('toString'), 'inherited names are not codes')
+})
+
+// ---- the catalogue's meaning drives every policy ------------------------------------------
+
+t.test('every entry: the breaker, retry, listener and gRPC answer decide from its fields', async (t) => {
+  const d = deps()
+  const retryOpts: RetryOptions = {
+    attempts: 2,
+    retryOn: ['connect-failure', 'refused', 'reset', 'gateway-error'],
+    statusCodes: [],
+    methods: ['GET'],
+    backoff: { baseMs: 1, maxMs: 1 },
+    budget: { ratio: 1, minPerSecond: 1000, windowMs: 10_000 },
+    maxReplayBytes: 1024,
+    requestTimeoutMs: 15_000,
+  }
+  const codes = Object.keys(ERRORS) as ErrorCode[]
+  // the listener, with a pipeline whose last step fails with the code named in the path
+  const handler = createRespondLayer()(async (req) => {
+    throw new SidecarError(req.path.slice(1) as ErrorCode)
+  })
+  const listener = new Listener(LISTENER, handler, { ...d, clock: systemClock })
+  const { port } = await listener.listen()
+  const agent = new http.Agent({ keepAlive: true })
+  t.teardown(() => {
+    agent.destroy()
+    return listener.close(1000)
+  })
+
+  for (const code of codes) {
+    const entry = ERRORS[code]
+    // breaker: one failure of this kind with volumeThreshold 1 opens it, or not
+    const breaker = new Breaker('app', { errorThresholdPercentage: 1, volumeThreshold: 1, rollingWindowMs: 10_000, resetTimeoutMs: 1000 }, { ...d, clock: fakeClock() })
+    await breaker.run(async () => Promise.reject(new SidecarError(code))).catch(() => undefined)
+    t.equal(breaker.state === 'open', entry.breaker, `${code}: breaker ${entry.breaker ? 'counts' : 'ignores'} it`)
+    breaker.shutdown()
+
+    // retry: a GET is tried again exactly when the entry names a retryOn condition; a POST only
+    // when, besides, the entry says the app never got it
+    for (const method of ['GET', 'POST']) {
+      const next = scripted(new SidecarError(code), response(200))
+      const retry = createRetryLayer(retryOpts, { metrics: d.metrics, clock: fakeClock(), random: () => 0 })(next)
+      await retry(proxyRequest({ method }), context({ backend: 'app' })).catch(() => undefined)
+      const expected = entry.retryOn.length > 0 && (method === 'GET' || !entry.mayHaveReachedApp)
+      t.equal(next.calls.length === 2, expected, `${code}: a ${method} is ${expected ? '' : 'not '}retried`)
+    }
+
+    // listener: the connection closes after the answer exactly when the entry says so
+    const reply = await request(`http://127.0.0.1:${port}/${code}`, { agent })
+    t.equal(reply.status, entry.status, `${code}: its status`)
+    t.equal(reply.headers['x-sidecar-error'], code)
+    t.equal(reply.headers.connection === 'close', entry.close, `${code}: connection ${entry.close ? 'closed' : 'kept'}`)
+
+    // gRPC: the answer a gRPC client can read carries the entry's status
+    const grpc = localReply(new SidecarError(code), { requestId: 'r', grpc: true })
+    t.same([grpc.status, grpc.headers['grpc-status']], [200, String(entry.grpcStatus)], `${code}: grpc-status ${entry.grpcStatus}`)
+  }
+})
+
+t.test('flip a field in a copy of an entry: the retry decision follows the copy', async (t) => {
+  const all = new Set<RetryOn>(['connect-failure', 'refused', 'reset', 'gateway-error'])
+  const refused = ERRORS.upstream_refused
+  t.equal(retryReason(refused, all), 'refused')
+  t.equal(retryReason({ ...refused, retryOn: [] }, all), null, 'no condition: never retried')
+  t.equal(retryReason({ ...refused, retryOn: ['reset'] }, new Set(['refused'])), null, 'a condition not configured: not retried')
+  t.equal(retryReason(ERRORS.bad_request, all), null)
+  t.equal(retryReason({ ...ERRORS.bad_request, retryOn: ['gateway-error'] }, all), 'gateway-error')
+  t.equal(mayResend(refused, false), true, 'a POST whose connection was refused: the app never got it')
+  t.equal(mayResend({ ...refused, mayHaveReachedApp: true }, false), false)
+  t.equal(mayResend(ERRORS.upstream_reset, false), false)
+  t.equal(mayResend({ ...ERRORS.upstream_reset, mayHaveReachedApp: false }, false), true)
+  t.equal(mayResend(undefined, true), true, 'an idempotent request may go again whatever happened')
+  t.equal(mayResend(undefined, false), false, 'an answer means the app got it')
+})
+
+t.test('only upstream-blamed entries count against a backend', async (t) => {
+  for (const [code, entry] of Object.entries(ERRORS)) {
+    if (entry.breaker) t.equal(entry.blame, 'upstream', `${code}: counted, so blamed on the upstream`)
+    if (entry.blame === 'client') t.equal(entry.breaker, false, `${code}: the client's doing never opens a breaker`)
+  }
+})
+
+t.test('start-up errors carry their exit code', async (t) => {
+  t.equal(exitCodeOf(new StartupError('usage', 'x')), 2)
+  t.equal(exitCodeOf(new StartupError('config_invalid', 'x')), 2)
+  t.equal(exitCodeOf(new StartupError('tls_material_invalid', 'x')), 2)
+  t.equal(exitCodeOf(new StartupError('listen_failed', 'x')), 1)
+  t.equal(exitCodeOf(new Error('a bug')), 1)
+  t.equal(exitCodeOf(Object.assign(new Error('x'), { code: 'EADDRINUSE' })), 1)
 })

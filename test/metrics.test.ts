@@ -1,5 +1,6 @@
 import t from 'tap'
-import { RecentRequests, createMetrics } from '../src/metrics.js'
+import { RecentRequests } from '../src/admin/recent.js'
+import { createMetrics } from '../src/metrics.js'
 
 t.test('recent requests: per backend over the last minute, a 5-minute series of 10 s buckets', async (t) => {
   let now = 1_000_000_000
@@ -44,7 +45,8 @@ t.test('recent retries and refusals: per backend and reason over the window, in 
 })
 
 t.test('retries and refusals reach both Prometheus and the recent window', async (t) => {
-  const metrics = createMetrics()
+  const recent = new RecentRequests(Date.now)
+  const metrics = createMetrics({ observer: recent })
   metrics.countRetry('app', 'reset')
   metrics.countRetry('app', 'reset')
   metrics.countRejection('overloaded')
@@ -54,6 +56,6 @@ t.test('retries and refusals reach both Prometheus and the recent window', async
   t.match(text, /^sidecar_rejected_requests_total\{reason="overloaded"\} 1$/m)
   t.match(text, /^sidecar_retry_budget_exhausted_total 1$/m)
   t.match(await metrics.registry.metrics(), /^sidecar_retries_total\{backend="app",reason="reset"\} 2$/m, 'a second scrape counts nothing twice')
-  t.same(metrics.recent.retries(), { byBackend: { app: { reset: 2 } }, budgetExhausted: 1 })
-  t.same(metrics.recent.rejections(), { overloaded: 1 })
+  t.same(recent.retries(), { byBackend: { app: { reset: 2 } }, budgetExhausted: 1 })
+  t.same(recent.rejections(), { overloaded: 1 })
 })

@@ -17,7 +17,6 @@
 // curl, the kubelet and `sidecar-proxy await` send neither Origin nor Sec-Fetch-Site.
 import http from 'node:http'
 import type { AddressInfo } from 'node:net'
-import type { Registry } from 'prom-client'
 import type { Logger } from '../log.js'
 import { listenOn } from '../server/listen.js'
 import type { BackendHealth } from '../upstream/health.js'
@@ -26,7 +25,8 @@ import type { Readiness } from './readiness.js'
 
 export interface AdminDeps {
   readiness: Readiness
-  registry: Registry
+  /** The Prometheus scrape. */
+  metrics: () => Promise<{ contentType: string; text: string }>
   logger: Logger
   /** Each backend's health, shown by /ready. */
   backends: () => Record<string, BackendHealth | undefined>
@@ -99,8 +99,8 @@ export class AdminServer {
       '/config': () => send(res, 200, this.deps.config()),
       '/status': () => send(res, 200, this.deps.status()),
       '/metrics': async () => {
-        const text = await this.deps.registry.metrics()
-        res.writeHead(200, { 'content-type': this.deps.registry.contentType }).end(text)
+        const { contentType, text } = await this.deps.metrics()
+        res.writeHead(200, { 'content-type': contentType }).end(text)
       },
     }
     const handler = path === undefined ? undefined : routes[path]

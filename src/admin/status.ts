@@ -3,20 +3,14 @@
 // of requests it actually answered in the last minute; retries and refusals in the last minute;
 // the config version in force; readiness. The admin page (page.ts) draws this.
 // Assembled from the live objects on every call: nothing here is cached.
-import { gatesReadiness, type Config } from '../config/schema.js'
-import type { BreakerState } from '../layers/breaker.js'
-import type { RecentRequests } from '../metrics.js'
-import type { BackendHealth } from '../upstream/health.js'
+import type { InForce } from '../config/reload.js'
+import { gatesReadiness } from '../config/schema.js'
+import type { BackendSnapshot } from '../upstream/backends.js'
+import type { RecentRequests } from './recent.js'
 
-export interface StatusSources {
-  config: Config
-  version: string
-  loadedAt: Date
-  pendingRestart: readonly string[]
+export interface StatusSources extends InForce {
   holding: Record<string, string>
-  health: (backend: string) => BackendHealth | undefined
-  breaker: (backend: string) => BreakerState
-  inFlight: (backend: string) => { active: number; waiting: number }
+  backend: (name: string) => BackendSnapshot | undefined
   recent: RecentRequests
   certificate: { subject: string; notAfter: Date } | undefined
 }
@@ -34,15 +28,16 @@ export function statusOf(s: StatusSources) {
     config: { version: s.version, loadedAt: s.loadedAt.toISOString(), pendingRestart: s.pendingRestart },
     backends: s.config.backends.map((b) => {
       const recent = lastMinute[b.name] ?? { requests: 0, errors: 0 }
+      const live = s.backend(b.name)
       return {
         name: b.name,
         url: b.url,
         weight: b.weight,
         weightPercent: percent(b.weight, totalWeight),
         gatesReadiness: gatesReadiness(b),
-        health: s.health(b.name) ?? null,
-        breaker: s.breaker(b.name),
-        inFlight: s.inFlight(b.name),
+        health: live?.health ?? null,
+        breaker: live?.breaker ?? 'closed',
+        inFlight: live?.inFlight ?? { active: 0, waiting: 0 },
         lastMinute: { ...recent, percent: percent(recent.requests, answered) },
       }
     }),

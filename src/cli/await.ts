@@ -7,7 +7,7 @@ import { spawn } from 'node:child_process'
 import http from 'node:http'
 import { constants } from 'node:os'
 import { parseArgs } from 'node:util'
-import type { Io } from '../main.js'
+import type { Io } from './io.js'
 import { UsageError } from './usage.js'
 
 const POLL_MS = 250

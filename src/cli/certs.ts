@@ -5,7 +5,7 @@ import { mkdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
 import { createCa, issueCertificate } from '../certs/generate.js'
-import type { Io } from '../main.js'
+import type { Io } from './io.js'
 import { UsageError } from './usage.js'
 
 const DEFAULT_HOSTS = ['localhost', '127.0.0.1', '::1']

@@ -3,9 +3,10 @@
 // (POST /drain, POST /quitquitquit); then exit.
 import { parseArgs } from 'node:util'
 import { startApp } from '../app.js'
-import { isConfigError, loadConfig } from '../config/load.js'
+import { loadConfig } from '../config/load.js'
+import { StartupError, isStartupError } from '../errors.js'
 import { createLogger } from '../log.js'
-import type { Io } from '../main.js'
+import type { Io } from './io.js'
 import { UsageError } from './usage.js'
 
 const OPTIONS = {
@@ -29,16 +30,7 @@ export async function runCommand(argv: readonly string[], io: Io): Promise<numbe
     tlsCert: values['tls-cert'],
     tlsKey: values['tls-key'],
   }
-  let config
-  try {
-    config = await loadConfig(file, overrides)
-  } catch (err) {
-    if (isConfigError(err)) {
-      io.err(`sidecar-proxy: ${err.message}`)
-      return 2
-    }
-    throw err
-  }
+  const config = await loadConfig(file, overrides)
 
   const logger = createLogger(config.log)
   let requestStop!: (stop: { reason: string; immediate: boolean }) => void
@@ -54,15 +46,10 @@ export async function runCommand(argv: readonly string[], io: Io): Promise<numbe
     })
   } catch (err) {
     process.off('SIGTERM', onSignal).off('SIGINT', onSignal)
-    if ((err as { code?: string }).code === 'TLS_MATERIAL_INVALID') {
-      // a certificate the config points at cannot be used: a config problem, said plainly
-      io.err(`sidecar-proxy: listener.tls: ${(err as Error).message}`)
-      return 2
-    }
-    const bind = bindFailure(err)
-    if (bind) io.err(`sidecar-proxy: ${bind}`) // said plainly too: it is the usual first-run problem
-    logger.fatal({ err }, 'sidecar-proxy could not start')
-    return 1
+    // The stderr line says it all (a certificate the config points at, a taken port); the
+    // stack is for whoever runs at debug.
+    logger.debug({ err }, 'sidecar-proxy could not start')
+    throw isStartupError(err) ? err : (bindFailure(err) ?? err)
   }
   const onHangup = () => void app.reload('SIGHUP')
   process.on('SIGHUP', onHangup)
@@ -93,10 +80,11 @@ const BIND_ERRORS: Record<string, string> = {
   EADDRNOTAVAIL: 'no such address on this host',
 }
 
-/** A listener or admin port that could not be bound, said with the setting that moves it. */
-function bindFailure(err: unknown): string | undefined {
+/** A listener or admin port that could not be bound, said with the setting that moves it: the
+ *  usual first-run problem. */
+function bindFailure(err: unknown): StartupError | undefined {
   const e = err as NodeJS.ErrnoException & { address?: string; port?: number; server?: string }
   if (e.syscall !== 'listen' || e.code === undefined || !(e.code in BIND_ERRORS)) return undefined
   const setting = e.server === 'admin server' ? 'admin.address (--admin)' : 'listener.address (--listen)'
-  return `cannot listen on ${e.address}:${e.port} for ${setting}: ${BIND_ERRORS[e.code]}`
+  return new StartupError('listen_failed', `cannot listen on ${e.address}:${e.port} for ${setting}: ${BIND_ERRORS[e.code]}`, { cause: err })
 }

@@ -1,3 +1,5 @@
+import { StartupError } from '../errors.js'
+
 export const USAGE = `Usage:
   sidecar-proxy [--config FILE] [flags]     run the proxy
   sidecar-proxy validate --config FILE      check a config file, print every problem, exit 2 if any
@@ -21,6 +23,9 @@ Flags (each overrides one key of the config file):
 
 Exit codes: 0 clean stop, 1 runtime failure, 2 bad usage or invalid config.`
 
-export class UsageError extends Error {
-  readonly code = 'USAGE'
+/** Bad usage: said with the usage text, exit code 2. */
+export class UsageError extends StartupError {
+  constructor(message: string) {
+    super('usage', message)
+  }
 }

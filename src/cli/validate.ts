@@ -1,10 +1,10 @@
 // `sidecar-proxy validate --config FILE`: the whole schema, every problem with its path. A valid
 // file prints its version (the one GET /config shows once it is loaded) and the split it makes.
 import { parseArgs } from 'node:util'
-import { isConfigError, loadConfig } from '../config/load.js'
+import { loadConfig } from '../config/load.js'
 import { configVersion } from '../config/reload.js'
 import { gatesReadiness } from '../config/schema.js'
-import type { Io } from '../main.js'
+import type { Io } from './io.js'
 import { UsageError } from './usage.js'
 
 export async function validateCommand(argv: readonly string[], io: Io): Promise<number> {
@@ -15,20 +15,12 @@ export async function validateCommand(argv: readonly string[], io: Io): Promise<
     throw new UsageError((err as Error).message)
   }
   if (file === undefined) throw new UsageError('validate needs --config FILE')
-  try {
-    const config = await loadConfig(file)
-    const total = config.backends.reduce((sum, b) => sum + b.weight, 0)
-    io.out(`${file}: valid, version ${configVersion(config)}`)
-    for (const b of config.backends) {
-      const share = `${Math.round((b.weight / total) * 1000) / 10}%`
-      io.out(`  ${b.name}  weight ${b.weight} (${share})  ${b.url}${gatesReadiness(b) ? '  gates readiness' : ''}`)
-    }
-    return 0
-  } catch (err) {
-    if (isConfigError(err)) {
-      io.err(`sidecar-proxy: ${err.message}`)
-      return 2
-    }
-    throw err
+  const config = await loadConfig(file)
+  const total = config.backends.reduce((sum, b) => sum + b.weight, 0)
+  io.out(`${file}: valid, version ${configVersion(config)}`)
+  for (const b of config.backends) {
+    const share = `${Math.round((b.weight / total) * 1000) / 10}%`
+    io.out(`  ${b.name}  weight ${b.weight} (${share})  ${b.url}${gatesReadiness(b) ? '  gates readiness' : ''}`)
   }
+  return 0
 }

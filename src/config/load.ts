@@ -3,15 +3,16 @@
 import { readFile } from 'node:fs/promises'
 import { parse as parseYaml } from 'yaml'
 import type { z } from 'zod'
+import { StartupError } from '../errors.js'
 import { configSchema, type Config } from './schema.js'
 
-export class ConfigError extends Error {
-  readonly code = 'CONFIG_INVALID'
+export class ConfigError extends StartupError {
+  declare readonly code: 'config_invalid'
   constructor(
     readonly source: string,
     readonly problems: readonly string[],
   ) {
-    super(`invalid config (${source}):\n${problems.map((p) => `  - ${p}`).join('\n')}`)
+    super('config_invalid', `invalid config (${source}):\n${problems.map((p) => `  - ${p}`).join('\n')}`)
     this.name = 'ConfigError'
   }
 }
@@ -104,7 +105,7 @@ export function formatPath(path: readonly PropertyKey[]): string {
 
 /** Branch on the code, not the class: true for every invalid-config error. */
 export function isConfigError(err: unknown): err is ConfigError {
-  return (err as { code?: unknown } | null)?.code === 'CONFIG_INVALID'
+  return (err as { code?: unknown } | null)?.code === 'config_invalid'
 }
 
 function isRecord(v: unknown): v is Record<string, unknown> {

@@ -1,10 +1,130 @@
-// Live reload of the config file (the ConfigMap): what may change without a restart, and the
-// version a config is known by. A reloaded file is validated whole before anything changes; the
-// caller (app.ts) then swaps it in. Settings bound to sockets the process already holds cannot
-// change live: they are reported, and the running value stays in force until the next restart.
+// Live reload of the config file (the ConfigMap): the config in force, what may change without
+// a restart, and the version a config is known by. A reloaded file is validated whole before
+// anything changes; then `apply` (app.ts's wiring) swaps it in. Settings bound to sockets the
+// process already holds cannot change live: they are reported, and the running value stays in
+// force until the next restart. A bad file keeps the last good config.
 import { createHash } from 'node:crypto'
-import { deepFreeze, formatPath } from './load.js'
+import type { Logger } from '../log.js'
+import type { Metrics } from '../metrics.js'
+import { watchFiles } from '../watch.js'
+import { deepFreeze, formatPath, isConfigError } from './load.js'
 import type { Config } from './schema.js'
+
+export interface ReloadResult {
+  result: 'success' | 'failure' | 'unchanged'
+  /** The version in force afterwards. */
+  version: string
+  problems?: readonly string[]
+  /** Changed settings that take effect only at the next start. */
+  pendingRestart?: readonly string[]
+}
+
+export interface InForce {
+  config: Config
+  version: string
+  loadedAt: Date
+  /** Settings the file changed that wait for a restart. */
+  pendingRestart: readonly string[]
+}
+
+export interface ConfigFile {
+  path: string
+  /** Reads the file again, with the command line's overrides applied. */
+  load: () => Promise<Config>
+}
+
+export interface LiveConfigDeps {
+  logger: Logger
+  metrics: Metrics
+  /** Swaps a new config in (pools, breakers, health checks, then the request path). */
+  apply: (config: Config) => void
+}
+
+/** The config in force, and its reloads from the file (when there is one), one at a time, in order. */
+export class LiveConfig {
+  private now: InForce
+  private reloading: Promise<ReloadResult>
+  /** Whether the last reload failed: the next good read says so even when nothing changed. */
+  private lastFailed = false
+  private stopped = false
+  private unwatch: (() => void) | undefined
+
+  constructor(
+    initial: Config,
+    private readonly file: ConfigFile | undefined,
+    private readonly deps: LiveConfigDeps,
+  ) {
+    this.now = { config: initial, version: configVersion(initial), loadedAt: new Date(), pendingRestart: [] }
+    this.reloading = Promise.resolve({ result: 'unchanged', version: this.now.version })
+  }
+
+  get current(): InForce {
+    return this.now
+  }
+
+  /** Reloads whenever the file changes (the kubelet's ConfigMap swap included). */
+  watch(): void {
+    if (this.file) this.unwatch = watchFiles([this.file.path], () => void this.reload('file changed'), { logger: this.deps.logger, debounceMs: 250 })
+  }
+
+  /** No more reloads: the proxy is draining and its pools are closing. */
+  stop(): void {
+    this.stopped = true
+    this.unwatch?.()
+  }
+
+  /**
+   * Reads the config file again; a valid one is swapped in at once (requests already in flight
+   * finish on the config they started with), an invalid one changes nothing.
+   */
+  reload(reason: string): Promise<ReloadResult> {
+    this.reloading = this.reloading.then(() => this.reloadOnce(reason))
+    return this.reloading
+  }
+
+  private async reloadOnce(reason: string): Promise<ReloadResult> {
+    const { logger, metrics } = this.deps
+    const unchanged: ReloadResult = { result: 'unchanged', version: this.now.version }
+    if (!this.file) {
+      logger.warn({ reason }, 'no config file to reload: the proxy runs on defaults and flags')
+      return unchanged
+    }
+    if (this.stopped) return unchanged
+    let loaded: Config
+    try {
+      loaded = await this.file.load()
+    } catch (err) {
+      const problems = isConfigError(err) ? err.problems : [(err as Error).message]
+      this.lastFailed = true
+      metrics.countConfigReload('config', 'failure')
+      logger.error({ reason, file: this.file.path, problems, version: this.now.version }, 'config reload failed; the last good config stays in force')
+      return { result: 'failure', version: this.now.version, problems }
+    }
+    const fixed = this.lastFailed
+    this.lastFailed = false
+    const { config, pendingRestart } = effectiveConfig(this.now.config, loaded)
+    const version = configVersion(config)
+    if (pendingRestart.length > 0) {
+      logger.warn({ pendingRestart }, 'config changes settings that take effect only at restart; the running values stay')
+    }
+    if (version === this.now.version) {
+      // what waits for a restart is the file's news even when nothing else changed (an edit of
+      // listener.address alone), and is news no longer once the file is put back
+      this.now = { ...this.now, pendingRestart }
+      // a touch of the file is routine; a SIGHUP that changes nothing, or a broken file put
+      // back as it was, deserves an answer
+      if (fixed) logger.info({ reason, version }, 'config file valid again: the config in force is unchanged')
+      else logger[reason === 'file changed' ? 'debug' : 'info']({ reason, version }, 'config read again: nothing changed')
+      return { result: 'unchanged', version, pendingRestart }
+    }
+    this.deps.apply(config)
+    const previous = this.now.version
+    this.now = { config, version, loadedAt: new Date(), pendingRestart }
+    metrics.countConfigReload('config', 'success')
+    logger.info({ reason, version, previous, backends: config.backends.map((b) => ({ name: b.name, url: b.url, weight: b.weight })) }, 'config reloaded')
+    return { result: 'success', version, pendingRestart }
+  }
+}
 
 /** Paths whose value is fixed at start: the listening sockets and the server's parser limits. */
 const RESTART_ONLY: ReadonlyArray<readonly string[]> = [

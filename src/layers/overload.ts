@@ -6,36 +6,15 @@ import { SidecarError } from '../errors.js'
 import type { Metrics } from '../metrics.js'
 import type { Cancel } from '../pipeline/cancel.js'
 import type { Layer, ProxyResponse } from '../pipeline/types.js'
+import type { Gate } from '../upstream/backends.js'
 
 export interface OverloadOptions {
   maxConcurrentRequests: number
   maxPendingRequests: number
 }
 
-class Gate {
-  active = 0
-  readonly waiting: Array<() => void> = []
-}
-
-/** Each backend's in-flight and waiting attempts. Outlives a config reload, so the requests
- *  still running on the old config count against the new limits too. */
-export class OverloadGates {
-  private readonly gates = new Map<string, Gate>()
-
-  gate(backend: string): Gate {
-    let gate = this.gates.get(backend)
-    if (!gate) this.gates.set(backend, (gate = new Gate()))
-    return gate
-  }
-
-  /** Attempts to `backend` holding a slot (until their response body is done) or waiting for one. */
-  inFlight(backend: string): { active: number; waiting: number } {
-    const gate = this.gates.get(backend)
-    return { active: gate?.active ?? 0, waiting: gate?.waiting.length ?? 0 }
-  }
-}
-
-export function createOverloadLayer(opts: OverloadOptions, deps: { metrics: Metrics; gates: OverloadGates }): Layer {
+/** `gateOf`: the backend's count of attempts in flight and waiting (none: the backend is gone). */
+export function createOverloadLayer(opts: OverloadOptions, deps: { metrics: Metrics; gateOf: (backend: string) => Gate | undefined }): Layer {
   const reject = (detail: string): never => {
     deps.metrics.countRejection('overloaded')
     throw new SidecarError('overloaded', { detail, retryAfterSeconds: 1 })
@@ -48,7 +27,8 @@ export function createOverloadLayer(opts: OverloadOptions, deps: { metrics: Metr
 
   return (next) => async (req, ctx) => {
     const backend = ctx.backend ?? 'none'
-    const gate = deps.gates.gate(backend)
+    const gate = deps.gateOf(backend)
+    if (!gate) return next(req, ctx)
     if (gate.active < opts.maxConcurrentRequests) gate.active++
     else if (gate.waiting.length < opts.maxPendingRequests) await waitForSlot(gate, ctx.attemptSignal)
     else reject(`${gate.active} in flight and ${gate.waiting.length} waiting for backend ${backend}`)

@@ -6,18 +6,17 @@
 // - Only what can be sent again: bodies up to maxReplayBytes are kept in memory; a larger body
 //   streams through and its request is never retried.
 // - Only idempotent requests (retry.methods, or any method with an Idempotency-Key header), except
-//   when the connection was refused or never made: then nothing reached the app.
+//   when the failure's catalogue entry says the app never got it (a connection refused or never
+//   made). Which failures are retried at all is the catalogue's `retryOn` (src/errors.ts).
 // - Exponential backoff with full jitter; a Retry-After up to backoff.maxMs is honoured, a longer
 //   one ends the retrying. The whole exchange keeps to limits.requestTimeoutMs.
 import { Readable } from 'node:stream'
 import type { Clock } from '../clock.js'
-import { SidecarError, isErrorCode, toSidecarError, type ErrorCode } from '../errors.js'
+import { ERRORS, SidecarError, isErrorCode, toSidecarError, type CatalogueEntry, type RetryOn } from '../errors.js'
 import type { Metrics } from '../metrics.js'
 import { Cancel } from '../pipeline/cancel.js'
 import type { Layer, ProxyRequest, ProxyResponse, RequestContext } from '../pipeline/types.js'
 import { RetryBudget, type RetryBudgetOptions } from './retry-budget.js'
-
-export type RetryOn = 'connect-failure' | 'refused' | 'reset' | 'gateway-error' | 'retriable-status-codes'
 
 export interface RetryOptions {
   attempts: number
@@ -41,9 +40,6 @@ export interface RetryDeps {
 
 const ATTEMPT_HEADER = 'x-sidecar-attempt'
 
-/** Errors that mean the request never reached the app. */
-const NOT_SENT: ReadonlySet<ErrorCode> = new Set(['upstream_refused', 'upstream_connect_timeout', 'upstream_unreachable'])
-
 export function createRetryLayer(opts: RetryOptions, deps: RetryDeps): Layer {
   const budget = new RetryBudget(opts.budget, deps.clock)
   const random = deps.random ?? Math.random
@@ -59,19 +55,7 @@ export function createRetryLayer(opts: RetryOptions, deps: RetryDeps): Layer {
       if (statusCodes.has(status) && retryOn.has('retriable-status-codes')) return 'retriable-status-codes'
       return null
     }
-    switch (outcome.error.code) {
-      case 'upstream_refused':
-        return retryOn.has('refused') ? 'refused' : retryOn.has('connect-failure') ? 'connect-failure' : null
-      case 'upstream_connect_timeout':
-      case 'upstream_unreachable':
-        return retryOn.has('connect-failure') ? 'connect-failure' : null
-      case 'upstream_reset':
-        return retryOn.has('reset') ? 'reset' : null
-      case 'upstream_timeout': // a per-try timeout: the 504 the app did not send
-        return retryOn.has('gateway-error') ? 'gateway-error' : null
-      default:
-        return null
-    }
+    return retryReason(ERRORS[outcome.error.code], retryOn)
   }
 
   return (next) => async (req, ctx) => {
@@ -95,7 +79,7 @@ export function createRetryLayer(opts: RetryOptions, deps: RetryDeps): Layer {
       streamed = null // a streamed body can be sent once
       const outcome = await tryOnce(next, attemptReq, ctx, Math.min(opts.perTryTimeoutMs ?? remaining, remaining), deps.clock)
       const reason = attempt < opts.attempts ? reasonFor(outcome) : null
-      const allowed = reason !== null && resendable && (idempotent || (outcome.error !== undefined && NOT_SENT.has(outcome.error.code)))
+      const allowed = reason !== null && resendable && mayResend(outcome.error && ERRORS[outcome.error.code], idempotent)
       const wait = allowed ? backoffMs(attempt, outcome.response) : null
       if (!allowed || wait === null || deps.clock.now() + wait >= deadline) return settle(outcome)
       if (!budget.tryWithdraw()) {
@@ -114,6 +98,17 @@ export function createRetryLayer(opts: RetryOptions, deps: RetryDeps): Layer {
     if (retryAfter !== undefined) return retryAfter <= opts.backoff.maxMs ? retryAfter : null
     return random() * Math.min(opts.backoff.maxMs, opts.backoff.baseMs * 2 ** (attempt - 1))
   }
+}
+
+/** The configured retryOn condition an error meets (its catalogue entry says which), or null. */
+export function retryReason(entry: CatalogueEntry, retryOn: ReadonlySet<RetryOn>): RetryOn | null {
+  return entry.retryOn.find((condition) => retryOn.has(condition)) ?? null
+}
+
+/** Whether a failed try may be sent again: an idempotent request always; any other only when the
+ *  failure's catalogue entry says the app never got it (an answer means it did). */
+export function mayResend(failure: CatalogueEntry | undefined, idempotent: boolean): boolean {
+  return idempotent || (failure !== undefined && !failure.mayHaveReachedApp)
 }
 
 type Outcome = { response: ProxyResponse; error?: undefined } | { error: SidecarError; response?: undefined }

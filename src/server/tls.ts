@@ -11,7 +11,11 @@
 // the new certificate; open connections keep theirs. Anything wrong keeps the last good pair.
 import { X509Certificate, constants, createPrivateKey } from 'node:crypto'
 import { readFile } from 'node:fs/promises'
+import { hostname } from 'node:os'
 import { createSecureContext, type SecureContextOptions } from 'node:tls'
+import { selfSigned } from '../certs/generate.js'
+import type { Config } from '../config/schema.js'
+import { StartupError } from '../errors.js'
 import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
 import { watchFiles } from '../watch.js'
@@ -48,6 +52,18 @@ export function policy(opts: TlsPolicyOptions): SecureContextOptions {
   }
 }
 
+/** What the listener needs for TLS. */
+export interface ListenerTlsOptions {
+  material: TlsMaterial
+  minVersion: 'TLSv1.2' | 'TLSv1.3'
+  handshakeTimeoutMs: number
+  http2: boolean
+  /** PEM CA bundle for client certificates (mTLS), and whether one is required. */
+  clientCa?: string
+  requireClientCert: boolean
+  clientSubjectHeader?: string
+}
+
 /** A certificate and key that have been checked to belong together. */
 export interface TlsMaterial {
   cert: string
@@ -62,9 +78,11 @@ export interface TlsFiles {
   keyFile: string
 }
 
-/** The problem, in words an operator can act on. */
-export class TlsMaterialError extends Error {
-  readonly code = 'TLS_MATERIAL_INVALID'
+/** The problem, in words an operator can act on (a start-up error: exit code 2). */
+export class TlsMaterialError extends StartupError {
+  constructor(message: string) {
+    super('tls_material_invalid', message)
+  }
 }
 
 /** Reads and checks a pair of PEM files; throws TlsMaterialError naming the file at fault. */
@@ -99,35 +117,40 @@ export function checkTlsMaterial(cert: string, key: string, files: TlsFiles = { 
   return { cert, key, serial: x509.serialNumber, subject: x509.subject.replace(/\n/g, ', '), notAfter: new Date(x509.validTo) }
 }
 
-export interface ReloaderDeps {
+export interface CertificateDeps {
   logger: Logger
   metrics: Metrics
-  /** Installs a new certificate for new handshakes (tls.Server#setSecureContext). */
-  apply: (material: TlsMaterial) => void
   /** Quiet period after the last file event before reading (a rotation touches several files). */
   debounceMs?: number
 }
 
-/** Watches the certificate's and key's directories and applies good pairs as they appear. */
-export class TlsReloader {
+/**
+ * The listener's certificate: the one owner of what is served and of its expiry metric. With
+ * files, watches their directories and applies each good new pair as it appears.
+ */
+export class ListenerCertificate {
   private unwatch: (() => void) | undefined
-  private current: TlsMaterial
+  private current!: TlsMaterial
   private reloading: Promise<void> = Promise.resolve()
+  private apply: (material: TlsMaterial) => void = () => {}
 
   constructor(
-    private readonly files: TlsFiles,
     initial: TlsMaterial,
-    private readonly deps: ReloaderDeps,
+    private readonly files: TlsFiles | undefined,
+    private readonly deps: CertificateDeps,
   ) {
-    this.current = initial
-    deps.metrics.certExpiry.set(initial.notAfter.getTime() / 1000)
+    this.set(initial)
   }
 
   get material(): TlsMaterial {
     return this.current
   }
 
-  start(): void {
+  /** Watches the files (if the certificate came from files); `apply` installs a new pair for new
+   *  handshakes (tls.Server#setSecureContext). */
+  watch(apply: (material: TlsMaterial) => void): void {
+    this.apply = apply
+    if (!this.files) return
     const files = [this.files.certFile, this.files.keyFile]
     this.unwatch = watchFiles(files, () => void this.reload(), { logger: this.deps.logger, debounceMs: this.deps.debounceMs ?? 250 })
   }
@@ -142,14 +165,20 @@ export class TlsReloader {
     return this.reloading
   }
 
+  private set(material: TlsMaterial): void {
+    this.current = material
+    this.deps.metrics.setCertExpiry(material.notAfter)
+  }
+
   private async reloadOnce(): Promise<void> {
     const { logger, metrics } = this.deps
+    if (!this.files) return
     let next: TlsMaterial
     try {
       next = await loadTlsMaterial(this.files)
       createSecureContext({ cert: next.cert, key: next.key }) // what the server will do; throws on what Node rejects
     } catch (err) {
-      metrics.configReloads.labels('tls', 'failure').inc()
+      metrics.countConfigReload('tls', 'failure')
       logger.error(
         { err: { message: (err as Error).message }, certFile: this.files.certFile, serving: this.current.serial },
         'certificate reload failed; still serving the last good certificate',
@@ -157,10 +186,48 @@ export class TlsReloader {
       return
     }
     if (next.cert === this.current.cert && next.key === this.current.key) return // a touch, not a change
-    this.deps.apply(next)
-    this.current = next
-    metrics.configReloads.labels('tls', 'success').inc()
-    metrics.certExpiry.set(next.notAfter.getTime() / 1000)
+    this.apply(next)
+    this.set(next)
+    metrics.countConfigReload('tls', 'success')
     logger.info({ serial: next.serial, subject: next.subject, notAfter: next.notAfter.toISOString() }, 'certificate reloaded')
+  }
+}
+
+/**
+ * The listener's TLS setup: certificate files (checked now), or an ephemeral self-signed
+ * certificate made in memory when none is configured, or none with `tls: false`. A certificate
+ * or CA bundle that cannot be used is a TlsMaterialError naming the file.
+ */
+export async function prepareListenerTls(
+  listener: Config['listener'],
+  deps: CertificateDeps,
+): Promise<{ options: ListenerTlsOptions; certificate: ListenerCertificate } | undefined> {
+  const tls = listener.tls
+  if (tls === false) return undefined
+  let material: TlsMaterial
+  let files: TlsFiles | undefined
+  if (tls.certFile !== undefined && tls.keyFile !== undefined) {
+    files = { certFile: tls.certFile, keyFile: tls.keyFile }
+    material = await loadTlsMaterial(files).catch((err: Error) => Promise.reject(new TlsMaterialError(`listener.tls: ${err.message}`)))
+  } else {
+    const hosts = ['localhost', '127.0.0.1', '::1', hostname()]
+    const pem = selfSigned({ commonName: 'sidecar-proxy ephemeral', hosts, days: 365 })
+    material = checkTlsMaterial(pem.cert, pem.key)
+    deps.logger.warn(
+      { subject: material.subject, hosts },
+      'no certificate configured (listener.tls.certFile/keyFile): serving an ephemeral self-signed certificate made in memory; clients cannot verify it',
+    )
+  }
+  let clientCa: string | undefined
+  if (tls.clientCaFile !== undefined) {
+    try {
+      clientCa = await readFile(tls.clientCaFile, 'utf8')
+    } catch (err) {
+      throw new TlsMaterialError(`listener.tls.clientCaFile: cannot read the CA bundle ${tls.clientCaFile}: ${(err as Error).message}`)
+    }
+  }
+  return {
+    options: { ...tls, material, http2: listener.http2, ...(clientCa !== undefined && { clientCa }) },
+    certificate: new ListenerCertificate(material, files, deps),
   }
 }

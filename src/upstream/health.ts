@@ -29,124 +29,93 @@ export interface HealthDeps {
   clock: Clock
   logger: Logger
   metrics: Metrics
-  probe: (backend: string, path: string, timeoutMs: number) => Promise<ProbeResult>
+  probe: (path: string, timeoutMs: number) => Promise<ProbeResult>
   /** Told the verdict after every check (so a reason can follow the latest failure), and
    *  whether this check changed it. */
-  onCheck?: (backend: string, health: BackendHealth, changed: boolean) => void
+  onCheck?: (health: BackendHealth, changed: boolean) => void
 }
 
-interface Checked {
-  url: string
-  healthCheck: HealthCheckOptions
-}
+export class HealthCheck {
+  private healthyNow = false
+  private reason = 'not checked yet'
+  private checks = 0
+  private passes = 0
+  private failures = 0
+  private cancelNext: (() => void) | undefined
+  private running = false
+  private stopped = false
 
-interface State extends Omit<BackendHealth, 'lastCheckPassed'> {
-  passes: number
-  failures: number
-  /** The backend's url and healthCheck; a loop whose settings are replaced stops. */
-  settings: Checked
-}
-
-export class HealthChecker {
-  private readonly state = new Map<string, State>()
-  /** The pending next check of each backend. */
-  private readonly timers = new Map<string, () => void>()
-  private started = false
-
+  /** `previous`: the check this one replaces (new settings, same backend): its verdict and
+   *  counts carry over. Without it the backend starts unhealthy, not checked yet. */
   constructor(
-    backends: ReadonlyArray<{ name: string } & Checked>,
+    readonly backend: string,
+    readonly opts: HealthCheckOptions,
     private readonly deps: HealthDeps,
+    previous?: HealthCheck,
   ) {
-    this.sync(backends)
-  }
-
-  isHealthy = (backend: string): boolean => this.state.get(backend)?.healthy ?? true
-
-  health(backend: string): BackendHealth | undefined {
-    const s = this.state.get(backend)
-    return s && { healthy: s.healthy, reason: s.reason, checks: s.checks, lastCheckPassed: s.passes > 0 }
-  }
-
-  /**
-   * Makes the checked backends match a reloaded config. A new backend, or one whose url changed,
-   * starts unhealthy and is checked at once; new check settings restart the loop but keep the
-   * verdict; a removed backend's loop stops and its verdict is forgotten.
-   */
-  sync(backends: ReadonlyArray<{ name: string } & Checked>): void {
-    const names = new Set(backends.map((b) => b.name))
-    for (const name of this.state.keys()) {
-      if (names.has(name)) continue
-      this.stopLoop(name)
-      this.state.delete(name)
-      this.deps.metrics.backendHealthy.remove(name)
-    }
-    for (const b of backends) {
-      const settings = { url: b.url, healthCheck: b.healthCheck }
-      const s = this.state.get(b.name)
-      if (s && JSON.stringify(s.settings) === JSON.stringify(settings)) continue
-      if (s && s.settings.url === b.url) {
-        s.settings = settings
-      } else {
-        this.state.set(b.name, { healthy: false, reason: 'not checked yet', checks: 0, passes: 0, failures: 0, settings })
-        this.deps.metrics.backendHealthy.labels(b.name).set(0)
-      }
-      if (this.started) this.startLoop(b.name)
+    if (previous) {
+      this.healthyNow = previous.healthyNow
+      this.reason = previous.reason
+      this.checks = previous.checks
+      this.passes = previous.passes
+      this.failures = previous.failures
+    } else {
+      deps.metrics.setBackendHealthy(backend, false)
     }
   }
 
-  /** Starts every loop; the first check of each runs at once. */
+  get healthy(): boolean {
+    return this.healthyNow
+  }
+
+  health(): BackendHealth {
+    return { healthy: this.healthyNow, reason: this.reason, checks: this.checks, lastCheckPassed: this.passes > 0 }
+  }
+
+  /** Starts the loop; the first check runs at once. */
   start(): void {
-    this.started = true
-    for (const name of this.state.keys()) this.startLoop(name)
+    if (this.running || this.stopped) return
+    this.running = true
+    const loop = async (): Promise<void> => {
+      await this.check()
+      if (this.running) this.cancelNext = this.deps.clock.timeout(this.opts.intervalMs, () => void loop())
+    }
+    void loop()
   }
 
+  /** Stops the loop for good; a check under way is dropped when it returns. */
   stop(): void {
-    this.started = false
-    for (const name of [...this.timers.keys()]) this.stopLoop(name)
+    this.running = false
+    this.stopped = true
+    this.cancelNext?.()
   }
 
-  /** One check of one backend; exported for the loop and for tests. */
-  async check(backend: string): Promise<void> {
-    const s = this.state.get(backend)
-    if (!s) return
-    const { settings } = s
-    const opts = settings.healthCheck
-    const result = await this.deps.probe(backend, opts.path, opts.timeoutMs)
-    if (this.state.get(backend)?.settings !== settings) return // replaced or removed meanwhile
+  /** One check; exported for the loop and for tests. */
+  async check(): Promise<void> {
+    const opts = this.opts
+    const result = await this.deps.probe(opts.path, opts.timeoutMs)
+    if (this.stopped) return // replaced or removed meanwhile
     const passed = result.ok && statusExpected(result.status, opts.expectedStatuses)
     const reason = result.ok ? `GET ${opts.path} answered ${result.status}` : `GET ${opts.path} failed: ${result.error}: ${result.detail}`
-    s.checks++
-    s.reason = reason
+    this.checks++
+    this.reason = reason
     if (passed) {
-      s.passes++
-      s.failures = 0
+      this.passes++
+      this.failures = 0
     } else {
-      s.failures++
-      s.passes = 0
+      this.failures++
+      this.passes = 0
     }
-    const flip = s.healthy ? !passed && s.failures >= opts.unhealthyThreshold : passed && s.passes >= opts.healthyThreshold
+    const flip = this.healthyNow ? !passed && this.failures >= opts.unhealthyThreshold : passed && this.passes >= opts.healthyThreshold
     if (flip) {
-      s.healthy = !s.healthy
-      this.deps.metrics.backendHealthy.labels(backend).set(s.healthy ? 1 : 0)
-      this.deps.logger[s.healthy ? 'info' : 'warn']({ backend, healthy: s.healthy, reason }, `backend ${s.healthy ? 'healthy' : 'unhealthy'}`)
+      this.healthyNow = !this.healthyNow
+      this.deps.metrics.setBackendHealthy(this.backend, this.healthyNow)
+      this.deps.logger[this.healthyNow ? 'info' : 'warn'](
+        { backend: this.backend, healthy: this.healthyNow, reason },
+        `backend ${this.healthyNow ? 'healthy' : 'unhealthy'}`,
+      )
     }
-    this.deps.onCheck?.(backend, { healthy: s.healthy, reason, checks: s.checks, lastCheckPassed: passed }, flip)
-  }
-
-  private startLoop(backend: string): void {
-    this.stopLoop(backend)
-    const settings = this.state.get(backend)!.settings
-    const current = () => this.started && this.state.get(backend)?.settings === settings
-    const loop = async (): Promise<void> => {
-      await this.check(backend)
-      if (current()) this.timers.set(backend, this.deps.clock.timeout(settings.healthCheck.intervalMs, () => void loop()))
-    }
-    void loop() // a loop whose settings are replaced, or stopped, ends itself after its check
-  }
-
-  private stopLoop(backend: string): void {
-    this.timers.get(backend)?.()
-    this.timers.delete(backend)
+    this.deps.onCheck?.(this.health(), flip)
   }
 }
 

@@ -3,7 +3,8 @@
 // --shutdown stops the proxy.
 import { existsSync } from 'node:fs'
 import t from 'tap'
-import { main, type Io } from '../../src/main.js'
+import type { Io } from '../../src/cli/io.js'
+import { main } from '../../src/main.js'
 import { startProxy } from '../fixtures/proxy.js'
 import { fakeUpstream, freePort } from '../fixtures/upstream.js'
 

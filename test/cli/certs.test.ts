@@ -3,7 +3,8 @@ import { X509Certificate } from 'node:crypto'
 import { readFileSync, statSync } from 'node:fs'
 import { promisify } from 'node:util'
 import t from 'tap'
-import { main, type Io } from '../../src/main.js'
+import type { Io } from '../../src/cli/io.js'
+import { main } from '../../src/main.js'
 
 function io() {
   const lines: string[] = []

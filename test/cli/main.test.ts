@@ -3,7 +3,8 @@
 import { existsSync, writeFileSync } from 'node:fs'
 import net from 'node:net'
 import t from 'tap'
-import { main, type Io } from '../../src/main.js'
+import type { Io } from '../../src/cli/io.js'
+import { main } from '../../src/main.js'
 import { BIN, runBinary, waitForLine } from '../fixtures/binary.js'
 import { raw, request } from '../fixtures/client.js'
 import { fakeUpstream } from '../fixtures/upstream.js'
@@ -102,8 +103,11 @@ t.test('the binary reads SIDECAR_CONFIG and exits 1 when a port is taken, saying
   const dir = t.testdir({ 'c.yaml': `listener:\n  address: 127.0.0.1:${port}\n  tls: false\nadmin:\n  address: 127.0.0.1:0\n` })
   const child = runBinary([], { SIDECAR_CONFIG: `${dir}/c.yaml` })
   t.equal(await child.exited, 1)
-  t.match(await waitForLine(child, 'sidecar-proxy could not start'), { level: 'fatal', err: { code: 'EADDRINUSE' } })
   t.equal(child.stderr().trim(), `sidecar-proxy: cannot listen on 127.0.0.1:${port} for listener.address (--listen): the port is in use`)
+  t.same(child.lines, [], 'nothing on stdout at info: the one line on stderr says it all')
+  const debug = runBinary([], { SIDECAR_CONFIG: `${dir}/c.yaml`, SIDECAR_LOG_LEVEL: 'debug' })
+  t.equal(await debug.exited, 1)
+  t.match(await waitForLine(debug, 'sidecar-proxy could not start'), { level: 'debug', err: { code: 'EADDRINUSE', stack: /listen/ } }, 'the stack at debug')
   const admin = runBinary(['--plaintext', '--listen', '127.0.0.1:0', '--admin', `127.0.0.1:${port}`])
   t.equal(await admin.exited, 1)
   t.equal(admin.stderr().trim(), `sidecar-proxy: cannot listen on 127.0.0.1:${port} for admin.address (--admin): the port is in use`)

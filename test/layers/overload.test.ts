@@ -1,7 +1,8 @@
 import { Readable } from 'node:stream'
 import t from 'tap'
 import { SidecarError } from '../../src/errors.js'
-import { OverloadGates, createOverloadLayer } from '../../src/layers/overload.js'
+import { createOverloadLayer } from '../../src/layers/overload.js'
+import { Gate } from '../../src/upstream/backends.js'
 import type { Handler, ProxyResponse } from '../../src/pipeline/types.js'
 import { context, deps, metricValue, proxyRequest } from '../fixtures/pipeline.js'
 import { Cancel } from '../../src/pipeline/cancel.js'
@@ -20,15 +21,26 @@ function held() {
 
 const tick = () => new Promise((resolve) => setImmediate(resolve))
 
+/** A gate per backend name, made on first use (as Backends holds them). */
+function gates() {
+  const byName = new Map<string, Gate>()
+  const gateOf = (backend: string) => {
+    let gate = byName.get(backend)
+    if (!gate) byName.set(backend, (gate = new Gate()))
+    return gate
+  }
+  return { gateOf, inFlight: (backend: string) => ({ active: gateOf(backend).active, waiting: gateOf(backend).waiting.length }) }
+}
+
 t.test('past in-flight and waiting limits: 503 overloaded at once; the rest are served in turn', async (t) => {
   const d = deps()
-  const gates = new OverloadGates()
+  const g = gates()
   const { next, pending } = held()
-  const handler = createOverloadLayer({ maxConcurrentRequests: 2, maxPendingRequests: 1 }, { ...d, gates })(next)
+  const handler = createOverloadLayer({ maxConcurrentRequests: 2, maxPendingRequests: 1 }, { ...d, gateOf: g.gateOf })(next)
   const results = Array.from({ length: 5 }, () => handler(proxyRequest(), context({ backend: 'app' })).then((r) => r.status, (e: { code: string }) => e.code))
   await tick()
   t.equal(pending.length, 2, 'two in flight')
-  t.same(gates.inFlight('app'), { active: 2, waiting: 1 }, 'what /status reports')
+  t.same(g.inFlight('app'), { active: 2, waiting: 1 }, 'what /status reports')
   t.equal(await results[3], 'overloaded', 'the fourth is refused at once')
   t.equal(await results[4], 'overloaded')
   t.equal(await metricValue(d, 'sidecar_rejected_requests_total', { reason: 'overloaded' }), 2)
@@ -42,9 +54,9 @@ t.test('past in-flight and waiting limits: 503 overloaded at once; the rest are 
 
 t.test('a streamed response holds its slot until the body is done', async (t) => {
   const d = deps()
-  const gates = new OverloadGates()
+  const g = gates()
   const { next, pending } = held()
-  const handler = createOverloadLayer({ maxConcurrentRequests: 1, maxPendingRequests: 0 }, { ...d, gates })(next)
+  const handler = createOverloadLayer({ maxConcurrentRequests: 1, maxPendingRequests: 0 }, { ...d, gateOf: g.gateOf })(next)
   const first = handler(proxyRequest(), context({ backend: 'app' }))
   await tick()
   const body = new Readable({ read() {} })
@@ -68,7 +80,7 @@ t.test('a streamed response holds its slot until the body is done', async (t) =>
 
 t.test('a failed attempt frees its slot', async (t) => {
   const { next, failing, pending } = held()
-  const handler = createOverloadLayer({ maxConcurrentRequests: 1, maxPendingRequests: 0 }, { ...deps(), gates: new OverloadGates() })(next)
+  const handler = createOverloadLayer({ maxConcurrentRequests: 1, maxPendingRequests: 0 }, { ...deps(), gateOf: gates().gateOf })(next)
   const first = handler(proxyRequest(), context({ backend: 'app' }))
   await tick()
   failing[0]!(new Error('boom'))
@@ -82,7 +94,7 @@ t.test('a failed attempt frees its slot', async (t) => {
 
 t.test('a waiting attempt leaves the queue when its client leaves or its deadline passes', async (t) => {
   const { next, pending } = held()
-  const handler = createOverloadLayer({ maxConcurrentRequests: 1, maxPendingRequests: 5 }, { ...deps(), gates: new OverloadGates() })(next)
+  const handler = createOverloadLayer({ maxConcurrentRequests: 1, maxPendingRequests: 5 }, { ...deps(), gateOf: gates().gateOf })(next)
   const busy = handler(proxyRequest(), context({ backend: 'app' }))
   const ac = new Cancel()
   const leaving = handler(proxyRequest(), context({ backend: 'app', signal: ac }))

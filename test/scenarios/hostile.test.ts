@@ -229,3 +229,21 @@ t.test('refusals are counted and logged with the reason', async (t) => {
   t.match(metrics, /sidecar_rejected_requests_total\{reason="bad_request"\} 1/)
   t.match(metrics, /sidecar_rejected_requests_total\{reason="method_not_allowed"\} 1/)
 })
+
+t.test('garbage pipelined after a valid request: the executed request is answered, then the connection closes', async (t) => {
+  const { app, proxy } = await setup(t)
+  // One write: a complete POST the app will execute, then bytes that are no request at all.
+  const reply = await raw(proxy.port, 'POST /order HTTP/1.1\r\nHost: app.local\r\nContent-Length: 2\r\n\r\nhiXYZ\r\n\r\n')
+  t.equal(app.received.length, 1, 'the app executed the order')
+  t.equal(statusOf(reply), 200, "the client gets the app's answer, not a bare 400")
+  t.match(reply, /\r\nconnection: close\r\n/i, 'told the connection ends after it')
+  t.match(reply, /app answered$/, 'whole, and nothing after it')
+  const access = proxy.logs.find((l) => l.msg === 'request' && l.path === '/order')
+  t.match(access, { status: 200 }, 'the access line says it was answered')
+  t.notOk(access && 'error' in access, 'not client_closed')
+  t.match(
+    proxy.logs.filter((l) => typeof l.msg === 'string' && l.msg.startsWith('request refused by the parser')),
+    [{ level: 'warn', error: 'bad_request' }],
+    'and the garbage is logged as refused',
+  )
+})

@@ -18,7 +18,10 @@ t.test('in-flight requests finish during a graceful stop; new connections are re
   const up = await builder.listen()
   t.teardown(() => up.close())
   const proxy = await startProxy(up.url, { drain: { delayMs: 0, timeoutMs: 5000 } })
-  const inFlight = request(`${proxy.url}/slow`)
+  // keep-alive: the client does not ask for the close itself
+  const agent = new http.Agent({ keepAlive: true })
+  t.teardown(() => agent.destroy())
+  const inFlight = request(`${proxy.url}/slow`, { agent })
   await until(() => releases.length === 1)
   const stopped = proxy.close()
   t.ok(proxy.app.readiness.isHeld('draining'), 'readiness fails as soon as the stop begins')

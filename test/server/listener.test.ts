@@ -3,6 +3,7 @@
 import http from 'node:http'
 import { Readable } from 'node:stream'
 import t, { type Test } from 'tap'
+import { systemClock } from '../../src/clock.js'
 import { Listener } from '../../src/server/listener.js'
 import type { Handler } from '../../src/pipeline/types.js'
 import { deps } from '../fixtures/pipeline.js'
@@ -22,7 +23,7 @@ const OPTS = {
 
 async function start(t: Test, handler: Handler) {
   const d = deps()
-  const listener = new Listener(OPTS, handler, d)
+  const listener = new Listener(OPTS, handler, { ...d, clock: systemClock })
   const { port } = await listener.listen()
   t.teardown(() => listener.close(1000))
   return { port, d, listener }

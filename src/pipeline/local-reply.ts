@@ -1,0 +1,45 @@
+// The one builder of every response the proxy makes up (Envoy's "local reply"): from the layers'
+// errors (layers/respond.ts) to the listener's refusals and what Node's parser refused. Each
+// carries `x-sidecar-error`, `x-request-id` and `cache-control: no-store`; a gRPC request gets a
+// gRPC-shaped answer (HTTP 200, `grpc-status` and `grpc-message` in a trailers-only response)
+// that gRPC clients can read, everything else a small JSON body.
+import { STATUS_CODES } from 'node:http'
+import { ERRORS, type SidecarError } from '../errors.js'
+import type { HeaderMap, ProxyResponse } from './types.js'
+
+export interface LocalReplyOptions {
+  requestId: string
+  /** The request's content-type was application/grpc*. */
+  grpc: boolean
+}
+
+export function localReply(error: SidecarError, o: LocalReplyOptions): ProxyResponse & { body: Buffer } {
+  const headers: HeaderMap = {
+    'x-sidecar-error': error.code,
+    'x-request-id': o.requestId,
+    'cache-control': 'no-store',
+  }
+  if (error.retryAfterSeconds !== undefined) headers['retry-after'] = String(Math.max(1, Math.ceil(error.retryAfterSeconds)))
+  if (o.grpc) {
+    headers['content-type'] = 'application/grpc'
+    headers['grpc-status'] = String(ERRORS[error.code].grpcStatus)
+    headers['grpc-message'] = encodeURIComponent(error.message)
+    return { status: 200, headers, body: Buffer.alloc(0) }
+  }
+  const body = Buffer.from(JSON.stringify({ error: error.code, message: error.message, requestId: o.requestId }) + '\n')
+  headers['content-type'] = 'application/json'
+  headers['content-length'] = String(body.length)
+  return { status: error.status, headers, body }
+}
+
+/** Whether a request is gRPC (and so must get gRPC-shaped answers). */
+export function isGrpc(contentType: string | string[] | undefined): boolean {
+  return typeof contentType === 'string' && contentType.startsWith('application/grpc')
+}
+
+/** A local reply as bytes for a raw HTTP/1.1 socket (parser refusals, CONNECT), closing it. */
+export function rawHttp1(reply: ProxyResponse & { body: Buffer }): string {
+  let head = `HTTP/1.1 ${reply.status} ${STATUS_CODES[reply.status] ?? ''}\r\n`
+  for (const [name, value] of Object.entries(reply.headers)) head += `${name}: ${Array.isArray(value) ? value.join(', ') : value}\r\n`
+  return `${head}connection: close\r\n\r\n${reply.body.toString()}`
+}

@@ -1,0 +1,181 @@
+// The listener's connections: every socket and HTTP/2 session, the requests in flight on each,
+// and the graceful stop. A drain first asks clients to go (HTTP/1.1 answers say
+// `Connection: close`, HTTP/2 sessions get GOAWAY); a close then ends idle connections at once,
+// lets what is in flight finish, and cuts whatever outlives the deadline.
+import type { IncomingMessage, ServerResponse } from 'node:http'
+import type http2 from 'node:http2'
+import type { Socket } from 'node:net'
+import type { Clock } from '../clock.js'
+import type { Metrics } from '../metrics.js'
+
+/** How long a stop waits for connections that were accepted but have sent nothing yet. */
+const FRESH_GRACE_MS = 1000
+
+/** One HTTP/1 connection: requests in flight (pipelining) and the byte counters at the last
+ *  request's end, so each request's access line gets its own bytes. */
+export interface Http1Conn {
+  busy: number
+  read: number
+  written: number
+  /** The latest request still in flight, and its response. */
+  latest: { req: IncomingMessage; res: ServerResponse } | undefined
+  /** The parser refused what followed the requests in flight: they are answered, then it closes. */
+  poisoned: boolean
+}
+
+export class Connections {
+  /** Every TCP connection, for the final cut. */
+  private readonly sockets = new Set<Socket>()
+  /** HTTP/2 sessions, closed with GOAWAY on drain and stop. */
+  private readonly sessions = new Set<http2.ServerHttp2Session>()
+  /** HTTP/1 connections accepted that have not sent a request yet. */
+  private readonly fresh = new Set<Socket>()
+  private readonly http1 = new Map<Socket, Http1Conn>()
+  private inFlightNow = 0
+  private drainingNow = false
+  private closingNow = false
+  /** Told when a request ends or a fresh connection sends its first request or closes. */
+  private changed: (() => void) | null = null
+
+  constructor(private readonly deps: { metrics: Metrics; clock: Clock }) {}
+
+  get inFlight(): number {
+    return this.inFlightNow
+  }
+
+  /** Draining or closing: HTTP/1.1 answers say `Connection: close`. */
+  get draining(): boolean {
+    return this.drainingNow || this.closingNow
+  }
+
+  /** A TCP connection accepted. */
+  add(socket: Socket): void {
+    this.deps.metrics.connectionOpened()
+    this.sockets.add(socket)
+    socket.once('close', () => {
+      this.deps.metrics.connectionClosed()
+      this.sockets.delete(socket)
+    })
+  }
+
+  /** An HTTP/1 connection ready for its first request (after the TLS handshake, if any). */
+  addHttp1(socket: Socket): void {
+    this.fresh.add(socket)
+    socket.once('close', () => {
+      if (this.fresh.delete(socket)) this.notify()
+    })
+  }
+
+  addSession(session: http2.ServerHttp2Session): void {
+    this.sessions.add(session)
+    session.once('close', () => this.sessions.delete(session))
+    if (this.closingNow) session.close()
+  }
+
+  /** A request begins; on HTTP/1 (`exchange` given) its connection's state comes back. */
+  begin(exchange: { req: IncomingMessage; res: ServerResponse } | undefined): Http1Conn | undefined {
+    this.inFlightNow++
+    if (exchange === undefined) return undefined
+    const socket = exchange.req.socket
+    if (this.fresh.delete(socket)) this.notify()
+    let conn = this.http1.get(socket)
+    if (!conn) {
+      conn = { busy: 0, read: 0, written: 0, latest: undefined, poisoned: false }
+      this.http1.set(socket, conn)
+      socket.once('close', () => this.http1.delete(socket))
+    }
+    conn.busy++
+    conn.latest = exchange
+    return conn
+  }
+
+  /** A request's response is done (or cut): its bytes on an HTTP/1 connection, headers included. */
+  end(socket: Socket | undefined, conn: Http1Conn | undefined): { bytesIn: number; bytesOut: number } | undefined {
+    this.inFlightNow--
+    let bytes: { bytesIn: number; bytesOut: number } | undefined
+    if (socket && conn) {
+      conn.busy--
+      if (conn.busy === 0) conn.latest = undefined
+      bytes = { bytesIn: socket.bytesRead - conn.read, bytesOut: socket.bytesWritten - conn.written }
+      conn.read = socket.bytesRead
+      conn.written = socket.bytesWritten
+      // end, not destroy: the response may still sit in the socket's buffer
+      if ((this.closingNow || conn.poisoned) && conn.busy === 0) socket.end()
+    }
+    this.notify()
+    return bytes
+  }
+
+  /** An HTTP/1 connection's state, while it has had a request. */
+  http1Of(socket: Socket): Http1Conn | undefined {
+    return this.http1.get(socket)
+  }
+
+  /** Whether the response on this connection (HTTP/1) must tell the client it closes. */
+  mustClose(socket: Socket | undefined): boolean {
+    return this.draining || (socket !== undefined && this.http1.get(socket)?.poisoned === true)
+  }
+
+  /**
+   * First step of a drain: keep accepting and serving, but ask clients to go elsewhere.
+   * HTTP/1.1 responses say `Connection: close`; HTTP/2 sessions get GOAWAY (their open streams
+   * finish, new streams go to a new connection, which is still accepted).
+   */
+  drain(): void {
+    this.drainingNow = true
+    for (const session of this.sessions) session.close()
+  }
+
+  /**
+   * Graceful stop, once the listening socket is closed (`stopped` resolves when the server has
+   * closed): idle HTTP/1 connections end at once and busy ones after their response; HTTP/2
+   * sessions get GOAWAY and finish their open streams. Whatever still runs after `timeoutMs` is
+   * cut. Resolves with the number of requests cut.
+   */
+  async close(timeoutMs: number, stopped: Promise<void>): Promise<number> {
+    const { clock } = this.deps
+    this.closingNow = true
+    for (const session of this.sessions) session.close()
+    for (const [socket, conn] of this.http1) if (conn.busy === 0) socket.end()
+    const deadline = clock.now() + timeoutMs
+    // A connection accepted just before the listener closed may not have sent its request yet:
+    // give such connections up to FRESH_GRACE_MS to do so, then finish what is in flight.
+    const freshUntil = Math.min(deadline, clock.now() + FRESH_GRACE_MS)
+    for (;;) {
+      const now = clock.now()
+      if (this.inFlightNow > 0 && now < deadline) await this.nextChange(deadline - now)
+      else if (this.fresh.size > 0 && now < freshUntil) await this.nextChange(freshUntil - now)
+      else break
+    }
+    const cut = this.inFlightNow
+    if (cut === 0) {
+      // Nothing is running: let the last responses leave the socket buffers (a destroy could
+      // reset a connection whose final bytes are still queued), then cut what lingers.
+      for (const socket of this.sockets) socket.end()
+      let cancel = () => {}
+      await Promise.race([stopped, new Promise<void>((resolve) => (cancel = clock.timeout(Math.max(0, Math.min(1000, deadline - clock.now())), resolve)))])
+      cancel()
+    }
+    for (const session of this.sessions) session.destroy()
+    for (const socket of this.sockets) socket.destroy()
+    await stopped
+    return cut
+  }
+
+  /** Resolves at the next change of what a stop waits for, or after `ms`. */
+  private nextChange(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const cancel = this.deps.clock.timeout(ms, () => done())
+      const done = () => {
+        cancel()
+        this.changed = null
+        resolve()
+      }
+      this.changed = done
+    })
+  }
+
+  private notify(): void {
+    this.changed?.()
+  }
+}

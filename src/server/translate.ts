@@ -1,0 +1,88 @@
+// Between Node's request/response objects (HTTP/1 and HTTP/2's compatibility API) and the
+// pipeline's ProxyRequest/ProxyResponse: the request the app will get, and the response written
+// back with its body streamed.
+import type http from 'node:http'
+import http2 from 'node:http2'
+import type { Socket } from 'node:net'
+import type { TLSSocket } from 'node:tls'
+import { upstreamRequestHeaders, type ForwardingInfo } from '../headers.js'
+import type { ProxyRequest, ProxyResponse } from '../pipeline/types.js'
+import { countRegularHeaders } from './validate.js'
+
+export type Request = http.IncomingMessage | http2.Http2ServerRequest
+export type Response = http.ServerResponse | http2.Http2ServerResponse
+
+/** The pipeline's request: `target` replaces the URL when the listener rewrote it (absolute-form). */
+export function toProxyRequest(req: Request, h2: boolean, target: string | null, requestId: string, forwarding: ForwardingInfo): ProxyRequest {
+  const cl = req.headers['content-length']
+  const te = req.headers['transfer-encoding']
+  const hasBody = h2 ? !(req as http2.Http2ServerRequest).stream.endAfterHeaders : te !== undefined || (cl !== undefined && cl !== '0')
+  return {
+    method: req.method ?? 'GET',
+    path: target ?? req.url ?? '/',
+    headers: upstreamRequestHeaders(req.headers, requestId, forwarding),
+    body: hasBody ? req : null,
+    contentLength: cl !== undefined && te === undefined ? Number(cl) : null,
+    headerCount: h2 ? countRegularHeaders(req.rawHeaders) : req.rawHeaders.length / 2,
+    transferEncoding: te ?? null,
+  }
+}
+
+/**
+ * Writes the response and streams its body. `close` (HTTP/1.1 only: HTTP/2 has no Connection
+ * header, its sessions get GOAWAY instead) tells the client the connection ends after it.
+ */
+export function writeResponse(res: Response, response: ProxyResponse, h2: boolean, close: boolean): void {
+  const body = response.body
+  if (h2 ? (res as http2.Http2ServerResponse).stream.destroyed : (res as http.ServerResponse).destroyed) {
+    // The client left while the pipeline worked: release the upstream body. Destroying it may
+    // emit 'error'; with no listener that would crash the process.
+    if (body !== null && !Buffer.isBuffer(body)) body.on('error', noop).destroy()
+    return
+  }
+  if (!h2 && close) response.headers.connection = 'close'
+  res.writeHead(response.status, response.headers)
+  if (body === null) {
+    res.end()
+  } else if (Buffer.isBuffer(body)) {
+    res.end(body)
+  } else {
+    // Not stream.pipeline: it makes and aborts an AbortController per call, a measurable
+    // share of the per-request cost. An upstream failure mid-body destroys `res` and with it
+    // the connection (HTTP/1) or the stream (HTTP/2, RST_STREAM), so the client sees a
+    // truncated response, never a short "complete" one. A client gone mid-body releases the
+    // upstream body.
+    body.once('error', (err) => res.destroy(err))
+    res.once('close', () => {
+      if (!body.readableEnded) body.on('error', noop).destroy()
+    })
+    body.pipe(res as NodeJS.WritableStream)
+  }
+}
+
+/** Whether the whole response went out. HTTP/2's compatibility response reports writableFinished
+ *  even for a stream the client reset: there, complete means "we ended it and the stream closed
+ *  without an error code". */
+export function completed(req: Request, res: Response, h2: boolean): boolean {
+  return h2 ? res.writableEnded && (req as http2.Http2ServerRequest).stream.rstCode === http2.constants.NGHTTP2_NO_ERROR : res.writableFinished
+}
+
+/** HTTP/2 multiplexes one connection: a request's bytes are its declared body lengths. */
+export function declaredBytes(req: Request, res: Response): { bytesIn: number; bytesOut: number } {
+  const te = req.headers['transfer-encoding']
+  const cl = req.headers['content-length']
+  return { bytesIn: cl !== undefined && te === undefined ? Number(cl) : 0, bytesOut: Number(res.getHeader('content-length') ?? 0) }
+}
+
+/** The client certificate's subject when the handshake verified it, e.g. `CN=billing,O=Acme`. */
+export function verifiedSubject(socket: TLSSocket): string | undefined {
+  if (!socket.authorized) return undefined
+  return socket.getPeerX509Certificate()?.subject.split('\n').join(',')
+}
+
+export function clientAddressOf(socket: Socket): string {
+  const address = socket.remoteAddress ?? ''
+  return address.startsWith('::ffff:') ? address.slice(7) : address
+}
+
+function noop(): void {}

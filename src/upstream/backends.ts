@@ -1,0 +1,211 @@
+// Every backend's state in one owner: per backend its connection pool, circuit breaker, health
+// check loop and overload gate, built once per settings and kept across config reloads by one
+// diff (`sync`). The layers reach them through the narrow functions the stack hands them; the
+// pipeline's last step (`handler`) forwards to the chosen backend's pool.
+import type { Clock } from '../clock.js'
+import type { Config } from '../config/schema.js'
+import { SidecarError } from '../errors.js'
+import type { Logger } from '../log.js'
+import type { Metrics } from '../metrics.js'
+import type { Handler } from '../pipeline/types.js'
+import { Breaker, type BreakerState } from './breaker.js'
+import { Upstream, type PoolOptions } from './client.js'
+import { HealthCheck, type BackendHealth } from './health.js'
+
+export type BackendConfig = Config['backends'][number]
+export type BackendsConfig = Pick<Config, 'backends' | 'limits' | 'circuitBreaker'>
+
+export interface BackendsDeps {
+  clock: Clock
+  logger: Logger
+  metrics: Metrics
+  /** Told every health verdict (readiness follows the gating backends'), and whether it changed. */
+  onHealth?: (backend: string, health: BackendHealth, changed: boolean) => void
+}
+
+/** The overload layer's count for one backend: attempts holding a slot, and those queued for one.
+ *  It outlives a reload, so requests still running on the old config count against the new one. */
+export class Gate {
+  active = 0
+  readonly waiting: Array<() => void> = []
+}
+
+/** One backend's parts, and the settings each was built from: a part is rebuilt only when its own
+ *  settings change. */
+export interface Backend {
+  readonly name: string
+  config: BackendConfig
+  keys: { pool: string; breaker: string; health: string }
+  upstream: Upstream
+  breaker: Breaker
+  health: HealthCheck
+  readonly gate: Gate
+}
+
+export interface BackendSnapshot {
+  health: BackendHealth
+  breaker: BreakerState
+  inFlight: { active: number; waiting: number }
+}
+
+export class Backends {
+  private readonly byName = new Map<string, Backend>()
+  /** Pools replaced or removed by a reload, finishing what they had in flight. */
+  private readonly retiring = new Set<Promise<void>>()
+  private started = false
+
+  constructor(
+    config: BackendsConfig,
+    private readonly deps: BackendsDeps,
+  ) {
+    this.sync(config)
+  }
+
+  get(name: string): Backend | undefined {
+    return this.byName.get(name)
+  }
+
+  /** False while the backend's breaker is open, or after a reload removed it. */
+  isAvailable = (name: string): boolean => {
+    const b = this.byName.get(name)
+    return b !== undefined && b.breaker.state !== 'open'
+  }
+
+  /** The health checks' verdict; a name not checked is not held against anyone. */
+  isHealthy = (name: string): boolean => this.byName.get(name)?.health.healthy ?? true
+
+  snapshot(name: string): BackendSnapshot | undefined {
+    const b = this.byName.get(name)
+    return b && { health: b.health.health(), breaker: b.breaker.state, inFlight: { active: b.gate.active, waiting: b.gate.waiting.length } }
+  }
+
+  /**
+   * Makes the backends match a (reloaded) config, part by part:
+   * - pool: new settings get a new pool; the old one finishes what it has in flight, then closes;
+   * - breaker: new circuitBreaker settings give a fresh closed breaker, else state and counts stay;
+   * - health: a new url starts unhealthy and is checked at once; new check settings restart the
+   *   loop but keep the verdict;
+   * - gate: kept while the backend exists.
+   * A removed backend is taken down whole and its gauges removed; a new one is built whole.
+   */
+  sync(config: BackendsConfig): void {
+    const wanted = new Set(config.backends.map((b) => b.name))
+    for (const [name, backend] of this.byName) {
+      if (wanted.has(name)) continue
+      this.byName.delete(name)
+      this.takeDown(backend)
+      this.deps.metrics.removeBackend(name)
+    }
+    for (const b of config.backends) {
+      const pool = poolOptions(b, config)
+      const keys = {
+        pool: JSON.stringify(pool),
+        breaker: JSON.stringify(config.circuitBreaker),
+        health: JSON.stringify([b.url, b.healthCheck]),
+      }
+      const backend = this.byName.get(b.name)
+      if (!backend) {
+        this.add(b, config, keys)
+        continue
+      }
+      const sameApp = backend.config.url === b.url
+      backend.config = b
+      if (backend.keys.pool !== keys.pool) {
+        this.retire(backend.upstream)
+        backend.upstream = new Upstream(b.name, pool, this.deps.metrics)
+      }
+      if (backend.keys.breaker !== keys.breaker) {
+        backend.breaker.shutdown()
+        backend.breaker = new Breaker(b.name, config.circuitBreaker, this.deps)
+      }
+      if (backend.keys.health !== keys.health) {
+        backend.health.stop()
+        // the same url is the same app: its verdict carries over to the new loop
+        backend.health = this.healthCheck(backend, sameApp ? backend.health : undefined)
+        if (this.started) backend.health.start()
+      }
+      backend.keys = keys
+    }
+  }
+
+  /** Starts every health check loop; the first check of each runs at once. */
+  start(): void {
+    this.started = true
+    for (const b of this.byName.values()) b.health.start()
+  }
+
+  /** Stops the health checks (a drain: the verdicts stay as they are). */
+  stopChecks(): void {
+    this.started = false
+    for (const b of this.byName.values()) b.health.stop()
+  }
+
+  /** Takes everything down: loops, breakers, and the pools once their requests are done. */
+  async close(): Promise<void> {
+    this.stopChecks()
+    for (const b of this.byName.values()) this.takeDown(b)
+    this.byName.clear()
+    await Promise.all(this.retiring)
+  }
+
+  /** The pipeline's last step: forwards the attempt to `ctx.backend`'s pool. */
+  handler(): Handler {
+    return (req, ctx) => {
+      const backend = ctx.backend === undefined ? undefined : this.byName.get(ctx.backend)
+      // only after a reload removed the backend this request's attempt was picked from
+      if (!backend) return Promise.reject(new SidecarError('no_backend', { detail: `backend ${ctx.backend} was removed from the config` }))
+      return backend.upstream.request(req, ctx, () => backend.health.healthy)
+    }
+  }
+
+  private add(b: BackendConfig, config: BackendsConfig, keys: Backend['keys']): void {
+    const backend = {
+      name: b.name,
+      config: b,
+      keys,
+      upstream: new Upstream(b.name, poolOptions(b, config), this.deps.metrics),
+      breaker: new Breaker(b.name, config.circuitBreaker, this.deps),
+      gate: new Gate(),
+    } as Backend
+    backend.health = this.healthCheck(backend)
+    this.byName.set(b.name, backend)
+    if (this.started) backend.health.start()
+  }
+
+  private healthCheck(backend: Backend, previous?: HealthCheck): HealthCheck {
+    const { name } = backend
+    return new HealthCheck(
+      name,
+      backend.config.healthCheck,
+      {
+        ...this.deps,
+        // the backend's pool of the moment: a reload may replace it under a running loop
+        probe: (path, timeoutMs) => backend.upstream.probe(path, timeoutMs),
+        onCheck: (health, changed) => {
+          // Back from down (a restart, a deploy): its breaker, opened while it was gone, would
+          // otherwise refuse it for up to resetTimeoutMs more (Envoy un-ejects on the same event).
+          if (changed && health.healthy) backend.breaker.recovered()
+          this.deps.onHealth?.(name, health, changed)
+        },
+      },
+      previous,
+    )
+  }
+
+  private takeDown(backend: Backend): void {
+    backend.health.stop()
+    backend.breaker.shutdown()
+    this.retire(backend.upstream)
+  }
+
+  private retire(upstream: Upstream): void {
+    const closing = upstream.close().finally(() => this.retiring.delete(closing))
+    this.retiring.add(closing)
+  }
+}
+
+function poolOptions(b: BackendConfig, config: BackendsConfig): PoolOptions {
+  const { url, maxConnections, connectTimeoutMs, idleTimeoutMs } = b
+  const { requestTimeoutMs, responseIdleTimeoutMs } = config.limits
+  return { url, maxConnections, connectTimeoutMs, idleTimeoutMs, requestTimeoutMs, responseIdleTimeoutMs }
+}
