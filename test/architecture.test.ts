@@ -1,0 +1,64 @@
+// The structure rules of docs/architecture.md, held against the code: no import cycle in src/
+// (type-only imports included), and each third-party library behind its one door.
+import { readdirSync, readFileSync } from 'node:fs'
+import { dirname, join, relative, resolve } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import t from 'tap'
+
+const SRC = resolve(dirname(fileURLToPath(import.meta.url)), '../src')
+
+function files(dir: string): string[] {
+  return readdirSync(dir, { withFileTypes: true }).flatMap((e) => (e.isDirectory() ? files(join(dir, e.name)) : e.name.endsWith('.ts') ? [join(dir, e.name)] : []))
+}
+
+/** Every `from '...'` of a file: relative ones resolved to src files, packages by name. */
+function importsOf(file: string): { local: string[]; packages: string[] } {
+  const text = readFileSync(file, 'utf8')
+  const specs = [...text.matchAll(/^(?:import|export)\b[^'"]*?from\s+'([^']+)'/gm)].map((m) => m[1]!)
+  return {
+    local: specs.filter((s) => s.startsWith('.')).map((s) => resolve(dirname(file), s).replace(/\.js$/, '.ts')),
+    packages: specs.filter((s) => !s.startsWith('.') && !s.startsWith('node:')).map((s) => (s.startsWith('@') ? s.split('/').slice(0, 2).join('/') : s.split('/')[0]!)),
+  }
+}
+
+const all = files(SRC)
+const graph = new Map(all.map((f) => [f, importsOf(f)]))
+
+t.test('no import cycles in src/', async (t) => {
+  const cycles: string[] = []
+  const state = new Map<string, 'visiting' | 'done'>()
+  const visit = (file: string, path: string[]) => {
+    if (state.get(file) === 'done') return
+    if (state.get(file) === 'visiting') {
+      cycles.push([...path.slice(path.indexOf(file)), file].map((f) => relative(SRC, f)).join(' -> '))
+      return
+    }
+    state.set(file, 'visiting')
+    for (const next of graph.get(file)?.local ?? []) visit(next, [...path, file])
+    state.set(file, 'done')
+  }
+  for (const f of all) visit(f, [])
+  t.same(cycles, [], 'no file imports, through any chain, a file that imports it')
+  t.ok(all.length > 30, `${all.length} files read`)
+})
+
+t.test('each library has one door', async (t) => {
+  const doors: Record<string, (file: string) => boolean> = {
+    undici: (f) => f === 'upstream/client.ts',
+    opossum: (f) => f === 'upstream/breaker.ts',
+    'prom-client': (f) => f === 'metrics.ts',
+    pino: (f) => f === 'log.ts',
+    zod: (f) => f.startsWith('config/'),
+    yaml: (f) => f === 'config/load.ts',
+    'node-forge': (f) => f.startsWith('certs/'),
+  }
+  const seen = new Set<string>()
+  for (const [file, { packages }] of graph) {
+    const rel = relative(SRC, file)
+    for (const pkg of packages) {
+      seen.add(pkg)
+      t.ok(doors[pkg]?.(rel), `${rel} imports ${pkg}`)
+    }
+  }
+  t.same([...seen].sort(), Object.keys(doors).sort(), 'every runtime dependency is imported, through its door')
+})
