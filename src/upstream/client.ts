@@ -60,6 +60,14 @@ export class Upstream {
         signal: ctx.attemptSignal,
       })
       this.metrics.countAttempt(backend, STATUS_CLASS[Math.floor(res.statusCode / 100)] ?? 'other')
+      if (hasNoBody(req.method, res.statusCode)) {
+        // A 304 may carry the Content-Length of the representation it stands for (RFC 9110
+        // 8.6), and undici 7 then fails the empty body as a length mismatch (closing that
+        // connection); stray bytes after a 204/304 do the same. Neither may cost the client its
+        // answer: relay the headers, and let undici's empty body run out, error or not.
+        res.body.on('error', noop).resume()
+        return { status: res.statusCode, headers: endToEnd(res.headers) as HeaderMap, body: null }
+      }
       // A failure mid-body surfaces on the stream (the listener then cuts the client
       // connection, so a truncated response never passes for a complete one); name it for the log.
       res.body.once('error', (err) => {
@@ -99,6 +107,13 @@ export class Upstream {
     return this.pool.close()
   }
 }
+
+/** RFC 9110 6.4.1: answers to HEAD, and 1xx, 204 and 304 answers, have no content. */
+function hasNoBody(method: string, status: number): boolean {
+  return method === 'HEAD' || status === 204 || status === 304 || status < 200
+}
+
+function noop(): void {}
 
 /** undici / socket error -> catalogue code. */
 export function upstreamErrorCode(err: unknown): ErrorCode {

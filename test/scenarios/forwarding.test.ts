@@ -1,9 +1,14 @@
 // Bodies and streaming through the real proxy: byte-exact both ways, never buffered whole.
+import { execFile } from 'node:child_process'
+import { writeFileSync } from 'node:fs'
+import http2 from 'node:http2'
+import net from 'node:net'
 import { Readable } from 'node:stream'
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { request as undiciRequest } from 'undici'
 import { json, request } from '../fixtures/client.js'
-import { proxied } from '../fixtures/proxy.js'
+import { proxied, startProxy } from '../fixtures/proxy.js'
+import { devCerts } from '../fixtures/tls.js'
 import { fakeUpstream, pseudoRandomChunks, sha256Of, type Echo } from '../fixtures/upstream.js'
 
 const MiB = 1024 * 1024
@@ -96,4 +101,74 @@ t.test('status, headers and query pass through untouched', async (t) => {
   const head = await request(`${proxy.url}/anything`, { method: 'HEAD' })
   t.equal(head.status, 200)
   t.equal(head.body.length, 0)
+})
+
+/** An app written as raw bytes, one canned answer per path, the connection kept open. */
+async function rawApp(t: Test, answers: Record<string, string>) {
+  const server = net.createServer((socket) => {
+    let head = ''
+    socket.on('data', (c: Buffer) => {
+      head += c.toString('latin1')
+      for (let end = head.indexOf('\r\n\r\n'); end >= 0; end = head.indexOf('\r\n\r\n')) {
+        const path = head.split(' ')[1]!
+        head = head.slice(end + 4)
+        socket.write(answers[path] ?? 'HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok')
+      }
+    })
+    socket.on('error', () => {})
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => new Promise((resolve) => server.close(resolve)))
+  return `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`
+}
+
+t.test('answers that have no body are relayed with their headers, whatever Content-Length says', async (t) => {
+  const app = await rawApp(t, {
+    // RFC 9110 8.6: a 304 may carry the Content-Length of the representation it stands for
+    '/not-modified': 'HTTP/1.1 304 Not Modified\r\netag: "v5"\r\ncontent-length: 5\r\n\r\n',
+    '/stray': 'HTTP/1.1 204 No Content\r\nx-app: yes\r\ncontent-length: 5\r\n\r\nhello',
+    '/head': 'HTTP/1.1 200 OK\r\ncontent-length: 1000\r\netag: "big"\r\n\r\n',
+  })
+  const { ca, server } = devCerts()
+  const dir = t.testdir({ 'tls.crt': server.cert, 'tls.key': server.key })
+  const proxy = await startProxy(app, { listener: { tls: { certFile: `${dir}/tls.crt`, keyFile: `${dir}/tls.key` } } })
+  t.teardown(() => proxy.close())
+  const curl = (...args: string[]) =>
+    new Promise<{ code: number; out: string }>((resolve) => {
+      execFile('curl', ['-sS', '-i', '--http1.1', '--cacert', `${dir}/ca.crt`, '--max-time', '5', ...args], (err, out) => resolve({ code: err ? Number(err.code) : 0, out }))
+    })
+  writeFileSync(`${dir}/ca.crt`, ca.cert)
+  const base = `https://localhost:${proxy.port}`
+
+  const notModified = await curl('-H', 'x-request-id: nm', `${base}/not-modified`)
+  t.equal(notModified.code, 0, 'curl: no "empty reply" (exit 52)')
+  t.match(notModified.out, /^HTTP\/1\.1 304 /)
+  t.match(notModified.out, /\r\netag: "v5"\r\n/i)
+  t.match(await proxy.accessLine('nm'), { status: 304 }, 'logged as the 304 it was')
+  t.notOk('error' in (await proxy.accessLine('nm')), 'not upstream_bad_response')
+
+  const stray = await curl('-H', 'x-request-id: st', `${base}/stray`)
+  t.equal(stray.code, 0)
+  t.match(stray.out, /^HTTP\/1\.1 204 /)
+  t.match(stray.out, /\r\nx-app: yes\r\n/i, 'the 204 passes, as nginx passes it')
+  t.notMatch(stray.out, /hello/, 'and the stray bytes do not')
+
+  const head = await curl('-I', '-H', 'x-request-id: hd', `${base}/head`)
+  t.equal(head.code, 0)
+  t.match(head.out, /^HTTP\/1\.1 200 [^]*\r\ncontent-length: 1000\r\n/i, 'HEAD: the length of what GET would send')
+
+  // HTTP/2: the client got its 304 before too, but the access line said 499 client_closed
+  const session = http2.connect(base, { ca: ca.cert })
+  t.teardown(() => session.destroy())
+  const status = await new Promise<number>((resolve, reject) => {
+    const stream = session.request({ ':path': '/not-modified', 'x-request-id': 'h2nm' })
+    stream.on('response', (h) => resolve(h[':status']!))
+    stream.on('error', reject)
+    stream.resume()
+  })
+  t.equal(status, 304)
+  const line = await proxy.accessLine('h2nm')
+  t.match(line, { status: 304 })
+  t.notOk('error' in line || 'incomplete' in line, 'complete, no client_closed')
+  t.equal((await request(`${proxy.adminUrl}/ready`)).status, 200, 'and the app is still healthy')
 })
