@@ -23,15 +23,24 @@ const HOP_BY_HOP = new Set([
 ])
 
 /** A copy of `headers` without hop-by-hop headers, without the headers named in Connection and
- *  without the ones in `drop`. (Built by leaving names out, never by `delete`: a deleted key turns
- *  the object into a slow dictionary that every later reader, undici included, pays for.) */
-export function endToEnd(headers: Readonly<Record<string, string | string[] | undefined>>, drop?: ReadonlySet<string>): HeaderMap {
+ *  without the ones in `drop`; with `underscores`, names holding `_` are left out too and listed
+ *  there. (Built by leaving names out, never by `delete`: a deleted key turns the object into a
+ *  slow dictionary that every later reader, undici included, pays for.) */
+export function endToEnd(
+  headers: Readonly<Record<string, string | string[] | undefined>>,
+  drop?: ReadonlySet<string>,
+  underscores?: { dropped?: string[] },
+): HeaderMap {
   const named = connectionNamed(headers.connection)
   const out: HeaderMap = {}
   for (const name in headers) {
     const value = headers[name]
     // HTTP/2 pseudo-headers (:method, :path, :authority, :scheme) never reach an HTTP/1.1 hop
     if (value === undefined || HOP_BY_HOP.has(name) || named?.has(name) || drop?.has(name) || name.charCodeAt(0) === 58) continue
+    if (underscores !== undefined && name.includes('_')) {
+      ;(underscores.dropped ??= []).push(name)
+      continue
+    }
     out[name] = value
   }
   return out
@@ -52,6 +61,9 @@ export interface ForwardingInfo {
   clientAddress: string
   protocol: 'http' | 'https'
   trustForwardedHeaders: boolean
+  headersWithUnderscores: 'drop' | 'allow'
+  /** Filled in: the names of the headers dropped for their underscore. */
+  dropped?: string[]
   /** mTLS: the header that carries the verified client subject. A client-sent header of that
    *  name is always dropped; it is set only when the handshake verified a certificate. */
   clientSubjectHeader?: string
@@ -74,7 +86,7 @@ export function upstreamRequestHeaders(
   const trusted = info.trustForwardedHeaders
   const subject = info.clientSubjectHeader
   const drop = subject === undefined ? (trusted ? undefined : FORWARDED) : new Set([subject, ...(trusted ? [] : FORWARDED)])
-  const headers = endToEnd(incoming, drop)
+  const headers = endToEnd(incoming, drop, info.headersWithUnderscores === 'drop' ? info : undefined)
   // HTTP/2 carries the host in :authority; the app, on HTTP/1.1, needs Host
   if (headers.host === undefined && typeof incoming[':authority'] === 'string') headers.host = incoming[':authority']
   if (subject !== undefined && info.clientSubject !== undefined) headers[subject] = info.clientSubject

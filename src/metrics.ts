@@ -90,6 +90,12 @@ export function createMetrics(opts: { observer?: MetricsObserver } = {}) {
       rejectionTally.drain((labels, n) => this.inc({ reason: labels[0]! }, n))
     },
   })
+  const droppedHeaders = new Counter({
+    name: 'sidecar_request_headers_dropped_total',
+    help: 'Request headers not forwarded to the app, by reason (underscore: a name holding "_", see listener.headersWithUnderscores).',
+    labelNames: ['reason'] as const,
+    registers,
+  })
   const budgetExhausted = new Counter({
     name: 'sidecar_retry_budget_exhausted_total',
     help: 'Retries not made because the retry budget was spent.',
@@ -154,6 +160,9 @@ export function createMetrics(opts: { observer?: MetricsObserver } = {}) {
       if (!d) durations.set(backend, (d = duration.labels(backend)))
       d.observe(seconds)
       observer?.record(backend, code)
+    },
+    countDroppedHeaders(reason: 'underscore', n: number): void {
+      droppedHeaders.labels(reason).inc(n)
     },
     setCircuitState(backend: string, state: CircuitState): void {
       circuitState.labels(backend).set(CIRCUIT_VALUE[state])

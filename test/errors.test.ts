@@ -15,6 +15,7 @@ const LISTENER = {
   host: '127.0.0.1',
   port: 0,
   trustForwardedHeaders: false,
+  headersWithUnderscores: 'drop' as const,
   headersTimeoutMs: 5000,
   receiveTimeoutMs: 10000,
   keepAliveTimeoutMs: 5000,

@@ -1,7 +1,7 @@
 import t from 'tap'
 import { endToEnd, requestIdFrom, upstreamRequestHeaders } from '../src/headers.js'
 
-const info = { clientAddress: '10.1.2.3', protocol: 'https' as const, trustForwardedHeaders: false }
+const info = { clientAddress: '10.1.2.3', protocol: 'https' as const, trustForwardedHeaders: false, headersWithUnderscores: 'drop' as const }
 
 t.test('endToEnd drops hop-by-hop headers and the ones Connection names, in any case and spacing', async (t) => {
   const out = endToEnd({
@@ -60,4 +60,19 @@ t.test('request ids: sane client ids are kept, others replaced', async (t) => {
     t.match(requestIdFrom(bad), /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/, JSON.stringify(bad))
   }
   t.not(requestIdFrom(undefined), requestIdFrom(undefined), 'each generated id is new')
+})
+
+t.test('header names with underscores: dropped and listed by default, forwarded when allowed', async (t) => {
+  const sent = { 'x_client_subject': 'CN=admin', 'x-client-subject': 'CN=billing', x_forwarded_for: '6.6.6.6', 'x-forwarded_host': 'evil', accept: '*/*' }
+  const drop = { ...info, dropped: undefined as string[] | undefined }
+  const dropped = upstreamRequestHeaders(sent, 'id', drop)
+  t.same(Object.keys(dropped).sort(), ['accept', 'x-client-subject', 'x-forwarded-for', 'x-forwarded-proto', 'x-request-id'])
+  t.same(drop.dropped, ['x_client_subject', 'x_forwarded_for', 'x-forwarded_host'], 'and said which')
+  const allow = { ...info, headersWithUnderscores: 'allow' as const, dropped: undefined as string[] | undefined }
+  const allowed = upstreamRequestHeaders(sent, 'id', allow)
+  t.equal(allowed.x_client_subject, 'CN=admin')
+  t.equal(allow.dropped, undefined)
+  const clean = { ...info, dropped: undefined as string[] | undefined }
+  upstreamRequestHeaders({ accept: '*/*' }, 'id', clean)
+  t.equal(clean.dropped, undefined, 'nothing to list: no list made')
 })

@@ -121,6 +121,10 @@ export const configSchema = z
         http2: z.boolean().default(true),
         /** Trust client-sent x-forwarded-* (only behind a proxy you control). */
         trustForwardedHeaders: z.boolean().default(false),
+        /** Request headers whose names hold `_`: CGI, WSGI, Rack and PHP fold `_` and `-`
+         *  together, so `x_client_subject` would pass for `x-client-subject`. `drop` (nginx's
+         *  and Envoy's default) removes them; `allow` forwards them. */
+        headersWithUnderscores: z.enum(['drop', 'allow']).default('drop'),
         /** The client must send the whole header block within this. */
         headersTimeoutMs: ms(10_000),
         /** The client must send the whole request (headers and body) within this. */

@@ -12,7 +12,7 @@ import type { AddressInfo, Socket } from 'node:net'
 import type { TLSSocket } from 'node:tls'
 import type { Clock } from '../clock.js'
 import { ERRORS, SidecarError } from '../errors.js'
-import { requestIdFrom } from '../headers.js'
+import { requestIdFrom, type ForwardingInfo } from '../headers.js'
 import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
 import { Cancel } from '../pipeline/cancel.js'
@@ -28,6 +28,7 @@ export interface ListenerOptions {
   host: string
   port: number
   trustForwardedHeaders: boolean
+  headersWithUnderscores: 'drop' | 'allow'
   headersTimeoutMs: number
   receiveTimeoutMs: number
   keepAliveTimeoutMs: number
@@ -153,12 +154,18 @@ export class Listener {
     })
 
     const tls = this.opts.tls
-    const proxyReq = toProxyRequest(req, h2, target, ctx.id, {
+    const forwarding: ForwardingInfo = {
       clientAddress,
       protocol: this.protocol,
       trustForwardedHeaders: this.opts.trustForwardedHeaders,
+      headersWithUnderscores: this.opts.headersWithUnderscores,
       ...(tls && tls.clientSubjectHeader && { clientSubjectHeader: tls.clientSubjectHeader, clientSubject: verifiedSubject(socket as TLSSocket) }),
-    })
+    }
+    const proxyReq = toProxyRequest(req, h2, target, ctx.id, forwarding)
+    if (forwarding.dropped) {
+      this.deps.metrics.countDroppedHeaders('underscore', forwarding.dropped.length)
+      this.deps.logger.debug({ requestId: ctx.id, headers: forwarding.dropped }, 'request headers with underscores dropped')
+    }
     this.handler(proxyReq, ctx).then(
       (response) => {
         response.headers['x-request-id'] = ctx.id

@@ -6,7 +6,7 @@
 import http from 'node:http'
 import net from 'node:net'
 import t, { type Test } from 'tap'
-import { raw } from '../fixtures/client.js'
+import { metric, raw } from '../fixtures/client.js'
 import { startProxy } from '../fixtures/proxy.js'
 
 interface Received {
@@ -246,4 +246,23 @@ t.test('garbage pipelined after a valid request: the executed request is answere
     [{ level: 'warn', error: 'bad_request' }],
     'and the garbage is logged as refused',
   )
+})
+
+t.test('header names with underscores never reach the app unless allowed: no forged identity via CGI folding', async (t) => {
+  const { app, proxy } = await setup(t, { log: { level: 'debug' } })
+  const forged = 'X_Client_Subject: CN=admin\r\nX_Forwarded_For: 6.6.6.6\r\nX_Real_IP: 6.6.6.6\r\nX-Forwarded_Host: evil.example\r\n'
+  t.equal(statusOf(await raw(proxy.port, `GET /u HTTP/1.1\r\n${H}X-Request-Id: us-1\r\n${forged}\r\n`)), 200)
+  const got = app.received.at(-1)!.headers
+  t.same(Object.keys(got).filter((n) => n.includes('_')), [], 'the app got no name holding "_"')
+  t.equal(got['x-forwarded-for'], '127.0.0.1', 'its X-Forwarded-For is the real one')
+  t.match(await metric(proxy.adminUrl, 'sidecar_request_headers_dropped_total{reason="underscore"}'), 4, 'counted')
+  t.match(proxy.logs.find((l) => l.msg === 'request headers with underscores dropped'), {
+    level: 'debug',
+    requestId: 'us-1',
+    headers: ['x_client_subject', 'x_forwarded_for', 'x_real_ip', 'x-forwarded_host'],
+  })
+
+  const open = await setup(t, { listener: { headersWithUnderscores: 'allow' } })
+  await raw(open.proxy.port, `GET /u HTTP/1.1\r\n${H}X_Api_Key: k\r\n\r\n`)
+  t.equal(open.app.received.at(-1)!.headers.x_api_key, 'k', 'listener.headersWithUnderscores: allow forwards them')
 })

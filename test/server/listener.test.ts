@@ -12,6 +12,7 @@ const OPTS = {
   host: '127.0.0.1',
   port: 0,
   trustForwardedHeaders: false,
+  headersWithUnderscores: 'drop' as const,
   headersTimeoutMs: 5000,
   receiveTimeoutMs: 10000,
   keepAliveTimeoutMs: 5000,
