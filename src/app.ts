@@ -11,7 +11,7 @@ import { systemClock, type Clock } from './clock.js'
 import { LiveConfig, type ConfigFile, type ReloadResult } from './config/reload.js'
 import { gatesReadiness, parseAddress, type Config } from './config/schema.js'
 import { drainAndStop } from './lifecycle/drain.js'
-import type { Logger } from './log.js'
+import { levelOf, type Logger } from './log.js'
 import { createMetrics, type Metrics } from './metrics.js'
 import { Listener } from './server/listener.js'
 import { prepareListenerTls } from './server/tls.js'
@@ -80,7 +80,7 @@ export async function startApp(initial: Config, deps: AppDeps): Promise<App> {
       backends.sync(config)
       handler = buildStack(config, stackDeps)
       latches.set(gatingBackends(config))
-      logger.level = config.log.level
+      logger.level = levelOf(config.log.level)
     },
   })
 

@@ -273,3 +273,34 @@ t.test('a reload once the drain has begun changes nothing', async (t) => {
   t.equal(proxy.app.config().version, version)
   await stopped
 })
+
+t.test('GET /config says what waits for a restart even when nothing else changed, and stops saying it once reverted', async (t) => {
+  const { app, canary } = await pair(t)
+  const base = yamlFor(app, canary, 100, 0)
+  const { proxy, write } = await mounted(t, base)
+  const pending = async () => (await json<{ pendingRestart: string[] }>(`${proxy.adminUrl}/config`)).body.pendingRestart
+  write(`${base}listener:\n  keepAliveTimeoutMs: 30000\n`)
+  t.match(await proxy.app.reload('SIGHUP'), { result: 'unchanged', pendingRestart: ['listener'] })
+  t.same(await pending(), ['listener'], 'only a restart-only setting changed: /config says so')
+  write(base)
+  t.match(await proxy.app.reload('SIGHUP'), { result: 'unchanged', pendingRestart: [] })
+  t.same(await pending(), [], 'put back: nothing waits any more')
+})
+
+t.test('SIDECAR_LOG_LEVEL outlives a reload that sets another level', async (t) => {
+  const { app, canary } = await pair(t)
+  const previous = process.env.SIDECAR_LOG_LEVEL
+  process.env.SIDECAR_LOG_LEVEL = 'debug'
+  t.teardown(() => {
+    if (previous === undefined) delete process.env.SIDECAR_LOG_LEVEL
+    else process.env.SIDECAR_LOG_LEVEL = previous
+  })
+  const { proxy, write } = await mounted(t, `${yamlFor(app, canary, 100, 0)}log:\n  level: info\n`)
+  write(`${yamlFor(app, canary, 90, 10)}log:\n  level: warn\n`)
+  t.match(await proxy.app.reload('test'), { result: 'success' })
+  t.match(await proxy.app.reload('file changed'), { result: 'unchanged' })
+  t.ok(
+    proxy.logs.some((l) => l.level === 'debug' && l.msg === 'config read again: nothing changed'),
+    'a debug line after the reload to level warn: the environment still rules',
+  )
+})
