@@ -63,6 +63,10 @@ export class Listener {
     this.server.on(opts.tls ? 'secureConnection' : 'connection', (socket: Socket & { alpnProtocol?: string | false }) => {
       if (socket.alpnProtocol !== 'h2') this.connections.addHttp1(socket) // HTTP/2 sessions are tracked apart
     })
+    // Expect: 100-continue is answered when the body is first wanted (see toProxyRequest), not
+    // by Node at once: a request refused from its headers alone (too large, overloaded, no
+    // backend) is refused without inviting the client to upload a body nobody will read.
+    this.server.on('checkContinue', (req: Request, res: Response) => this.onRequest(req, res, true))
     this.server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => this.onParserError(err, socket))
     // CONNECT: a raw socket on HTTP/1, a stream's request and response on HTTP/2
     this.server.on('connect', (req: Request, socket: Socket | http2.Http2ServerResponse) => {
@@ -113,7 +117,7 @@ export class Listener {
     session.setTimeout(this.opts.keepAliveTimeoutMs, () => session.close())
   }
 
-  private onRequest(req: Request, res: Response): void {
+  private onRequest(req: Request, res: Response, expectsContinue = false): void {
     const startedAt = process.hrtime.bigint()
     // The request object's kind, never the version the client wrote: `GET / HTTP/2.0` on the
     // HTTP/1 parser is an HTTP/1 request (and refused below).
@@ -162,6 +166,7 @@ export class Listener {
       ...(tls && tls.clientSubjectHeader && { clientSubjectHeader: tls.clientSubjectHeader, clientSubject: verifiedSubject(socket as TLSSocket) }),
     }
     const proxyReq = toProxyRequest(req, h2, target, ctx.id, forwarding)
+    if (expectsContinue && proxyReq.body !== null) req.once('resume', () => res.writeContinue())
     if (forwarding.dropped) {
       this.deps.metrics.countDroppedHeaders('underscore', forwarding.dropped.length)
       this.deps.logger.debug({ requestId: ctx.id, headers: forwarding.dropped }, 'request headers with underscores dropped')

@@ -266,3 +266,36 @@ t.test('header names with underscores never reach the app unless allowed: no for
   await raw(open.proxy.port, `GET /u HTTP/1.1\r\n${H}X_Api_Key: k\r\n\r\n`)
   t.equal(open.app.received.at(-1)!.headers.x_api_key, 'k', 'listener.headersWithUnderscores: allow forwards them')
 })
+
+/** Sends the head, then (unless the answer came first) the body once `100 Continue` arrived. */
+function expectContinue(port: number, head: string, body: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect(port, '127.0.0.1')
+    let got = ''
+    let sent = false
+    socket.on('data', (c: Buffer) => {
+      got += c.toString('latin1')
+      if (!sent && got.startsWith('HTTP/1.1 100 Continue\r\n\r\n')) {
+        sent = true
+        socket.write(body)
+      }
+    })
+    socket.on('error', reject)
+    socket.on('close', () => resolve(got))
+    socket.write(head)
+  })
+}
+
+t.test('Expect: 100-continue: refused from the headers without a 100; otherwise a 100, then the body forwarded whole', async (t) => {
+  const { app, proxy } = await setup(t, { limits: { maxBodyBytes: 1024 } })
+  const big = await expectContinue(proxy.port, `POST /upload HTTP/1.1\r\n${H}Expect: 100-continue\r\nContent-Length: 209715200\r\n\r\n`, '')
+  t.equal(statusOf(big), 413, 'a declared 200 MB body over the cap: 413 at once')
+  t.notMatch(big, /100 Continue/, 'and never invited to send it')
+  t.equal(app.received.length, 0)
+
+  const small = await expectContinue(proxy.port, `POST /upload HTTP/1.1\r\n${H}Expect: 100-continue\r\nContent-Length: 5\r\n\r\n`, 'hello')
+  t.match(small, /^HTTP\/1\.1 100 Continue\r\n\r\nHTTP\/1\.1 200 /, 'a 100, then the answer')
+  t.equal(app.received.length, 1)
+  t.ok(app.received[0]!.complete, 'the body arrived whole')
+  t.equal(app.received[0]!.headers.expect, undefined, 'the expectation was between the client and the proxy')
+})
