@@ -4,7 +4,7 @@
 // bookkeeping (connections.ts). What the HTTP/1 parser refuses (malformed requests, header
 // blocks over the byte cap, timeouts) never reaches the pipeline and is answered here, with
 // the same local replies (pipeline/local-reply.ts).
-import { randomUUID } from 'node:crypto'
+import { randomBytes, randomUUID } from 'node:crypto'
 import http from 'node:http'
 import http2 from 'node:http2'
 import https from 'node:https'
@@ -40,6 +40,14 @@ export interface ListenerOptions {
 
 type AnyServer = http.Server | https.Server | http2.Http2SecureServer
 
+/**
+ * TLS session tickets are sealed with a key a thief could use to decrypt every resumed session
+ * it sealed; the key is replaced this often (Node's starting key is random per process). Node
+ * holds one key at a time, so a ticket issued under the previous key just means a full
+ * handshake; tickets live 5 minutes (Node's default sessionTimeout), so few are affected.
+ */
+export const TICKET_KEY_ROTATION_MS = 60 * 60_000
+
 export interface ListenerDeps {
   logger: Logger
   metrics: Metrics
@@ -50,6 +58,7 @@ export class Listener {
   readonly server: AnyServer
   readonly protocol: 'http' | 'https'
   private readonly connections: Connections
+  private stopTicketRotation: (() => void) | undefined
 
   constructor(
     private readonly opts: ListenerOptions,
@@ -84,8 +93,17 @@ export class Listener {
     }
   }
 
-  listen(): Promise<AddressInfo> {
-    return listenOn(this.server, this.opts.host, this.opts.port, this.deps.logger, 'listener')
+  async listen(): Promise<AddressInfo> {
+    const address = await listenOn(this.server, this.opts.host, this.opts.port, this.deps.logger, 'listener')
+    if (this.opts.tls) {
+      const server = this.server as https.Server
+      const rotate = () => {
+        server.setTicketKeys(randomBytes(48))
+        this.stopTicketRotation = this.deps.clock.timeout(TICKET_KEY_ROTATION_MS, rotate)
+      }
+      this.stopTicketRotation = this.deps.clock.timeout(TICKET_KEY_ROTATION_MS, rotate)
+    }
+    return address
   }
 
   get inFlightCount(): number {
@@ -106,6 +124,7 @@ export class Listener {
   /** Stops accepting, finishes what is in flight, cuts what outlives `timeoutMs` (connections.ts).
    *  Resolves with the number of requests cut. */
   close(timeoutMs: number): Promise<number> {
+    this.stopTicketRotation?.()
     const stopped = new Promise<void>((resolve) => this.server.close(() => resolve()))
     return this.connections.close(timeoutMs, stopped)
   }
