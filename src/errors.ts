@@ -179,6 +179,7 @@ export const STARTUP_ERRORS = {
   config_invalid: { exitCode: 2, message: 'invalid config' },
   tls_material_invalid: { exitCode: 2, message: 'a certificate, key or CA bundle the config names cannot be used' },
   listen_failed: { exitCode: 1, message: 'a port could not be bound' },
+  would_overwrite: { exitCode: 2, message: 'a file exists that the command would replace' },
 } as const satisfies Record<string, { exitCode: number; message: string }>
 
 export type StartupCode = keyof typeof STARTUP_ERRORS

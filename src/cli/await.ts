@@ -6,26 +6,21 @@
 import { spawn } from 'node:child_process'
 import http from 'node:http'
 import { constants } from 'node:os'
-import { parseArgs } from 'node:util'
 import type { Io } from './io.js'
-import { UsageError } from './usage.js'
+import { COMMANDS, UsageError, parseFlags } from './usage.js'
 
 const POLL_MS = 250
 const DEFAULT_TIMEOUT_S = 120
 
 export async function awaitCommand(argv: readonly string[], io: Io): Promise<number> {
   const split = argv.indexOf('--')
+  const values = parseFlags(
+    split < 0 ? argv : argv.slice(0, split),
+    { admin: { type: 'string' }, timeout: { type: 'string' }, shutdown: { type: 'boolean' } },
+    { text: COMMANDS.await, out: io.out },
+  )
+  if (values === null) return 0
   if (split < 0 || split === argv.length - 1) throw new UsageError('await needs -- CMD [ARGS...]')
-  let values
-  try {
-    values = parseArgs({
-      args: argv.slice(0, split),
-      options: { admin: { type: 'string' }, timeout: { type: 'string' }, shutdown: { type: 'boolean' } },
-      strict: true,
-    }).values
-  } catch (err) {
-    throw new UsageError((err as Error).message)
-  }
   const admin = (values.admin ?? 'http://127.0.0.1:9901').replace(/\/+$/, '')
   if (!/^http:\/\/[^/]+$/.test(admin)) throw new UsageError(`--admin must be http://HOST:PORT, got "${values.admin}"`)
   const timeoutS = values.timeout === undefined ? DEFAULT_TIMEOUT_S : Number(values.timeout)

@@ -1,13 +1,12 @@
 // `sidecar-proxy [flags]`: load the config, start the proxy, reload the config file when it
 // changes or on SIGHUP, and drain on SIGTERM/SIGINT or when the admin port is asked to
 // (POST /drain, POST /quitquitquit); then exit.
-import { parseArgs } from 'node:util'
 import { startApp } from '../app.js'
 import { loadConfig } from '../config/load.js'
 import { StartupError, isStartupError } from '../errors.js'
 import { createLogger } from '../log.js'
 import type { Io } from './io.js'
-import { UsageError } from './usage.js'
+import { USAGE, parseFlags, version } from './usage.js'
 
 const OPTIONS = {
   config: { type: 'string' },
@@ -17,10 +16,16 @@ const OPTIONS = {
   plaintext: { type: 'boolean' },
   'tls-cert': { type: 'string' },
   'tls-key': { type: 'string' },
+  version: { type: 'boolean' },
 } as const
 
 export async function runCommand(argv: readonly string[], io: Io): Promise<number> {
-  const values = parseFlags(argv)
+  const values = parseFlags(argv, OPTIONS, { text: USAGE.slice('Usage:\n'.length), out: io.out })
+  if (values === null) return 0
+  if (values.version) {
+    io.out(version())
+    return 0
+  }
   const file = values.config ?? (process.env.SIDECAR_CONFIG || undefined)
   const overrides = {
     listen: values.listen,
@@ -64,14 +69,6 @@ export async function runCommand(argv: readonly string[], io: Io): Promise<numbe
     process.once('SIGTERM', force).once('SIGINT', force)
   })
   return Promise.race([app.close(reason, immediate ? 0 : config.drain.delayMs).then(() => 0), forced])
-}
-
-function parseFlags(argv: readonly string[]) {
-  try {
-    return parseArgs({ args: [...argv], options: OPTIONS, allowPositionals: false, strict: true }).values
-  } catch (err) {
-    throw new UsageError((err as Error).message)
-  }
 }
 
 const BIND_ERRORS: Record<string, string> = {

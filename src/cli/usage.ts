@@ -1,14 +1,10 @@
+// What each command takes, said once: the usage texts, and the one parser of flags that answers
+// `--help` for every command.
+import { readFileSync } from 'node:fs'
+import { parseArgs, type ParseArgsConfig } from 'node:util'
 import { StartupError } from '../errors.js'
 
-export const USAGE = `Usage:
-  sidecar-proxy [--config FILE] [flags]     run the proxy
-  sidecar-proxy validate --config FILE      check a config file, print every problem, exit 2 if any
-  sidecar-proxy certs --out DIR [--hosts a,b,c] [--days N]
-                                            write a development CA and a server certificate
-  sidecar-proxy await [--admin URL] [--timeout S] [--shutdown] -- CMD [ARGS...]
-                                            wait until the proxy is up (default admin
-                                            http://127.0.0.1:9901, 120 s), then run CMD and exit
-                                            with its code; --shutdown stops the proxy afterwards
+const RUN = `  sidecar-proxy [--config FILE] [flags]     run the proxy
 
 Flags (each overrides one key of the config file):
   --config FILE       YAML or JSON config (default: $SIDECAR_CONFIG, else built-in defaults)
@@ -18,8 +14,29 @@ Flags (each overrides one key of the config file):
   --plaintext         listener.tls: false     serve plain HTTP (default: TLS; without a
                                               certificate, an ephemeral self-signed one)
   --tls-cert FILE     listener.tls.certFile
-  --tls-key FILE      listener.tls.keyFile
-  -h, --help          this text
+  --tls-key FILE      listener.tls.keyFile`
+
+export const COMMANDS = {
+  validate: `  sidecar-proxy validate --config FILE
+      Checks a config file as a start would before binding (the schema, and the certificate,
+      key and CA files it names), prints every problem with its path; exit 2 if any.`,
+  certs: `  sidecar-proxy certs --out DIR [--hosts a,b,c] [--days N] [--force]
+      Writes a development CA (ca.crt, ca.key) and a server certificate it signed (tls.crt,
+      tls.key) for the hosts (default localhost,127.0.0.1,::1), valid N days (default 30).
+      Never replaces existing files without --force. Not for production.`,
+  await: `  sidecar-proxy await [--admin URL] [--timeout S] [--shutdown] -- CMD [ARGS...]
+      Waits until the proxy is up (its admin /started answers; default admin
+      http://127.0.0.1:9901, 120 s), then runs CMD and exits with its code; --shutdown stops
+      the proxy afterwards. For clusters without native sidecars.`,
+} as const
+
+export const USAGE = `Usage:
+${RUN}
+  -h, --help          this text; \`sidecar-proxy COMMAND --help\` for a command's
+  --version           the version
+
+Commands:
+${Object.values(COMMANDS).join('\n')}
 
 Exit codes: 0 clean stop, 1 runtime failure, 2 bad usage or invalid config.`
 
@@ -29,3 +46,34 @@ export class UsageError extends StartupError {
     super('usage', message)
   }
 }
+
+/** The package's version, from the package.json beside dist/ (and src/). */
+export function version(): string {
+  return (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version
+}
+
+const HELP = { help: { type: 'boolean', short: 'h' } } as const
+
+/**
+ * A command's flags, strictly: an unknown flag is a UsageError. Returns null when `--help` was
+ * asked for (the command's usage has then been printed).
+ */
+export function parseFlags<O extends NonNullable<ParseArgsConfig['options']>>(
+  args: readonly string[],
+  options: O,
+  help: { text: string; out: (line: string) => void },
+): Flags<O> | null {
+  let values: Record<string, unknown>
+  try {
+    values = parseArgs({ args: [...args], options: { ...options, ...HELP }, strict: true, allowPositionals: false }).values
+  } catch (err) {
+    throw new UsageError((err as Error).message)
+  }
+  if (values.help) {
+    help.out(`Usage:\n${help.text}`)
+    return null
+  }
+  return values as Flags<O>
+}
+
+type Flags<O> = { [K in keyof O]?: O[K] extends { type: 'boolean' } ? boolean : string }

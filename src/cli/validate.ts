@@ -1,19 +1,15 @@
 // `sidecar-proxy validate --config FILE`: the whole schema, every problem with its path. A valid
 // file prints its version (the one GET /config shows once it is loaded) and the split it makes.
-import { parseArgs } from 'node:util'
 import { loadConfig } from '../config/load.js'
 import { configVersion } from '../config/reload.js'
 import { gatesReadiness } from '../config/schema.js'
 import type { Io } from './io.js'
-import { UsageError } from './usage.js'
+import { COMMANDS, UsageError, parseFlags } from './usage.js'
 
 export async function validateCommand(argv: readonly string[], io: Io): Promise<number> {
-  let file: string | undefined
-  try {
-    file = parseArgs({ args: [...argv], options: { config: { type: 'string' } }, strict: true }).values.config
-  } catch (err) {
-    throw new UsageError((err as Error).message)
-  }
+  const values = parseFlags(argv, { config: { type: 'string' } }, { text: COMMANDS.validate, out: io.out })
+  if (values === null) return 0
+  const file = values.config
   if (file === undefined) throw new UsageError('validate needs --config FILE')
   const config = await loadConfig(file)
   const total = config.backends.reduce((sum, b) => sum + b.weight, 0)

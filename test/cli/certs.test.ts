@@ -8,8 +8,9 @@ import { main } from '../../src/main.js'
 
 function io() {
   const lines: string[] = []
-  const sink: Io = { out: (l) => lines.push(l), err: (l) => lines.push(l) }
-  return { sink, text: () => lines.join('\n') }
+  const out: string[] = []
+  const sink: Io = { out: (l) => (lines.push(l), out.push(l)), err: (l) => lines.push(l) }
+  return { sink, text: () => lines.join('\n'), out: () => out.join('\n') }
 }
 
 t.test('certs writes a CA and a server certificate that openssl verifies', async (t) => {
@@ -32,10 +33,48 @@ t.test('certs: bad usage exits 2 and says why', async (t) => {
     [['certs', '--out', 'x', '--days', '0'], /--days must be a whole number/],
     [['certs', '--out', 'x', '--days', 'ten'], /--days must be a whole number/],
     [['certs', '--out', 'x', '--hosts', ' , '], /--hosts needs at least one/],
-    [['certs', '--out', 'x', '--force'], /Unknown option '--force'/],
+    [['certs', '--out', 'x', '--frobnicate'], /Unknown option '--frobnicate'/],
   ] as const) {
     const r = io()
     t.equal(await main([...argv], r.sink), 2, argv.join(' '))
     t.match(r.text(), why)
   }
+})
+
+t.test('certs never replaces existing files without --force; the CA key comes with a warning', async (t) => {
+  const dir = t.testdir({ 'tls.crt': 'committed certificate' })
+  const r = io()
+  t.equal(await main(['certs', '--out', dir], r.sink), 2, 'exit 2')
+  t.match(r.text(), /tls\.crt exists; pass --force/)
+  t.equal(readFileSync(`${dir}/tls.crt`, 'utf8'), 'committed certificate', 'untouched')
+  const forced = io()
+  t.equal(await main(['certs', '--out', dir, '--force'], forced.sink), 0)
+  t.match(readFileSync(`${dir}/tls.crt`, 'utf8'), /BEGIN CERTIFICATE/, 'replaced with --force')
+  t.match(forced.text(), /ca\.key can sign certificates .* keep it private and out of version control/)
+  t.match(forced.out(), /try: {2}curl --cacert .*https:\/\/localhost:8443\//, 'a certificate for localhost: the curl hint')
+
+  const other = io()
+  t.equal(await main(['certs', '--out', `${dir}/shop`, '--hosts', 'shop.default.svc'], other.sink), 0)
+  t.notMatch(other.out(), /curl/, 'not for localhost: no hint that would fail verification')
+  const ignored = readFileSync(new URL('../../.gitignore', import.meta.url), 'utf8')
+  t.match(ignored, /^certs\/ca\.key$/m, "a CA key made in the repository's certs/ is ignored by git")
+})
+
+t.test('every command answers --help with its own usage, and --version the version', async (t) => {
+  for (const [argv, first] of [
+    [['validate', '--help'], /^Usage:\n {2}sidecar-proxy validate --config FILE/],
+    [['certs', '-h'], /^Usage:\n {2}sidecar-proxy certs --out DIR/],
+    [['await', '--help'], /^Usage:\n {2}sidecar-proxy await /],
+    [['await', '--help', '--', 'true'], /^Usage:\n {2}sidecar-proxy await /],
+    [['--help'], /^Usage:\n {2}sidecar-proxy \[--config FILE\]/],
+    [['--plaintext', '--help'], /^Usage:\n {2}sidecar-proxy \[--config FILE\]/],
+  ] as const) {
+    const r = io()
+    t.equal(await main([...argv], r.sink), 0, argv.join(' '))
+    t.match(r.out(), first, `${argv.join(' ')}: its usage`)
+  }
+  const v = io()
+  t.equal(await main(['--version'], v.sink), 0)
+  const { version } = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }
+  t.equal(v.out(), version)
 })
