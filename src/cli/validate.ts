@@ -1,8 +1,10 @@
-// `sidecar-proxy validate --config FILE`: the whole schema, every problem with its path. A valid
-// file prints its version (the one GET /config shows once it is loaded) and the split it makes.
+// `sidecar-proxy validate --config FILE`: the whole schema, every problem with its path, then the
+// files it names, as a start would check them before binding. A valid file prints its version
+// (the one GET /config shows once it is loaded) and the split it makes.
 import { loadConfig } from '../config/load.js'
 import { configVersion } from '../config/reload.js'
 import { gatesReadiness } from '../config/schema.js'
+import { loadListenerTlsFiles } from '../server/tls.js'
 import type { Io } from './io.js'
 import { COMMANDS, UsageError, parseFlags } from './usage.js'
 
@@ -12,6 +14,7 @@ export async function validateCommand(argv: readonly string[], io: Io): Promise<
   const file = values.config
   if (file === undefined) throw new UsageError('validate needs --config FILE')
   const config = await loadConfig(file)
+  if (config.listener.tls !== false) await loadListenerTlsFiles(config.listener.tls)
   const total = config.backends.reduce((sum, b) => sum + b.weight, 0)
   io.out(`${file}: valid, version ${configVersion(config)}`)
   for (const b of config.backends) {

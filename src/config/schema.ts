@@ -66,6 +66,14 @@ const backendSchema = z.strictObject({
     .prefault({}),
 }).transform((b) => ({ ...b, gatesReadiness: b.gatesReadiness ?? isLoopbackUrl(b.url) }))
 
+const WILDCARD = new Set(['0.0.0.0', '::', '[::]'])
+
+/** Two addresses one process cannot both bind: the same port (not 0, "any") on the same host,
+ *  or on a host and the wildcard that covers it. */
+function sameSocket(a: { host: string; port: number }, b: { host: string; port: number }): boolean {
+  return a.port !== 0 && a.port === b.port && (a.host === b.host || WILDCARD.has(a.host) || WILDCARD.has(b.host))
+}
+
 /** True for http://127.x.x.x, http://[::1] and http://localhost: the app in the pod. */
 export function isLoopbackUrl(url: string): boolean {
   const host = new URL(url).hostname
@@ -252,6 +260,11 @@ export const configSchema = z
       .prefault({}),
   })
   .superRefine((config, ctx) => {
+    const listen = parseAddress(config.listener.address)
+    const admin = parseAddress(config.admin.address)
+    if (listen && admin && sameSocket(listen, admin)) {
+      ctx.addIssue({ code: 'custom', path: ['admin', 'address'], message: `the listener is already on ${config.listener.address}: give the admin port another port` })
+    }
     const { canary } = config.routing
     if (canary !== undefined && !config.backends.some((b) => b.name === canary)) {
       ctx.addIssue({ code: 'custom', path: ['routing', 'canary'], message: `names no backend ("${canary}")` })

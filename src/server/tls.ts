@@ -194,9 +194,37 @@ export class ListenerCertificate {
 }
 
 /**
+ * What the listener's TLS config names, read and checked as a start does before binding (and
+ * `validate` too): the certificate and key (parse, belong together), the client CA bundle (holds
+ * a certificate). A problem is a TlsMaterialError naming the setting and the file.
+ */
+export async function loadListenerTlsFiles(
+  tls: Exclude<Config['listener']['tls'], false>,
+): Promise<{ files?: TlsFiles; material?: TlsMaterial; clientCa?: string }> {
+  const out: { files?: TlsFiles; material?: TlsMaterial; clientCa?: string } = {}
+  if (tls.certFile !== undefined && tls.keyFile !== undefined) {
+    out.files = { certFile: tls.certFile, keyFile: tls.keyFile }
+    out.material = await loadTlsMaterial(out.files).catch((err: Error) => Promise.reject(new TlsMaterialError(`listener.tls: ${err.message}`)))
+  }
+  if (tls.clientCaFile !== undefined) {
+    const file = tls.clientCaFile
+    try {
+      out.clientCa = await readFile(file, 'utf8')
+    } catch (err) {
+      throw new TlsMaterialError(`listener.tls.clientCaFile: cannot read the CA bundle ${file}: ${(err as Error).message}`)
+    }
+    try {
+      new X509Certificate(out.clientCa)
+    } catch (err) {
+      throw new TlsMaterialError(`listener.tls.clientCaFile: ${file} holds no PEM certificate: ${(err as Error).message}`)
+    }
+  }
+  return out
+}
+
+/**
  * The listener's TLS setup: certificate files (checked now), or an ephemeral self-signed
- * certificate made in memory when none is configured, or none with `tls: false`. A certificate
- * or CA bundle that cannot be used is a TlsMaterialError naming the file.
+ * certificate made in memory when none is configured, or none with `tls: false`.
  */
 export async function prepareListenerTls(
   listener: Config['listener'],
@@ -204,12 +232,9 @@ export async function prepareListenerTls(
 ): Promise<{ options: ListenerTlsOptions; certificate: ListenerCertificate } | undefined> {
   const tls = listener.tls
   if (tls === false) return undefined
-  let material: TlsMaterial
-  let files: TlsFiles | undefined
-  if (tls.certFile !== undefined && tls.keyFile !== undefined) {
-    files = { certFile: tls.certFile, keyFile: tls.keyFile }
-    material = await loadTlsMaterial(files).catch((err: Error) => Promise.reject(new TlsMaterialError(`listener.tls: ${err.message}`)))
-  } else {
+  const { files, clientCa, ...loaded } = await loadListenerTlsFiles(tls)
+  let material = loaded.material
+  if (!material) {
     const hosts = ['localhost', '127.0.0.1', '::1', hostname()]
     const pem = selfSigned({ commonName: 'sidecar-proxy ephemeral', hosts, days: 365 })
     material = checkTlsMaterial(pem.cert, pem.key)
@@ -217,14 +242,6 @@ export async function prepareListenerTls(
       { subject: material.subject, hosts },
       'no certificate configured (listener.tls.certFile/keyFile): serving an ephemeral self-signed certificate made in memory; clients cannot verify it',
     )
-  }
-  let clientCa: string | undefined
-  if (tls.clientCaFile !== undefined) {
-    try {
-      clientCa = await readFile(tls.clientCaFile, 'utf8')
-    } catch (err) {
-      throw new TlsMaterialError(`listener.tls.clientCaFile: cannot read the CA bundle ${tls.clientCaFile}: ${(err as Error).message}`)
-    }
   }
   return {
     options: { ...tls, material, http2: listener.http2, ...(clientCa !== undefined && { clientCa }) },

@@ -7,6 +7,7 @@ import type { Io } from '../../src/cli/io.js'
 import { main } from '../../src/main.js'
 import { BIN, runBinary, waitForLine } from '../fixtures/binary.js'
 import { raw, request } from '../fixtures/client.js'
+import { devCerts, serverCert } from '../fixtures/tls.js'
 import { fakeUpstream } from '../fixtures/upstream.js'
 
 function io() {
@@ -167,4 +168,24 @@ t.test('NODE_OPTIONS=--insecure-http-parser cannot loosen the listener\'s parser
   const smuggled = 'POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n'
   t.match(await raw(port, smuggled), /^HTTP\/1\.1 400 /, 'Content-Length with Transfer-Encoding: 400')
   t.equal(up.seen.length, 0, 'forwarded: 0 of 1')
+})
+
+t.test('validate checks what a start checks before binding: certificate files, key, CA bundle, ports', async (t) => {
+  const { server, ca } = devCerts()
+  const other = serverCert(ca)
+  const dir = t.testdir({ 'tls.crt': server.cert, 'tls.key': server.key, 'other.key': other.key, 'ca.crt': ca.cert, 'junk.pem': 'not a certificate' })
+  const cases: Array<[string, string, RegExp | null]> = [
+    ['files that exist and match', `listener:\n  tls:\n    certFile: ${dir}/tls.crt\n    keyFile: ${dir}/tls.key\n    clientCaFile: ${dir}/ca.crt\n`, null],
+    ['no certificate file', `listener:\n  tls:\n    certFile: /nope/tls.crt\n    keyFile: ${dir}/tls.key\n`, /listener\.tls: cannot read the certificate \/nope\/tls\.crt/],
+    ['a key of another certificate', `listener:\n  tls:\n    certFile: ${dir}/tls.crt\n    keyFile: ${dir}/other.key\n`, /other\.key does not match the certificate/],
+    ['a CA bundle that is not one', `listener:\n  tls:\n    clientCaFile: ${dir}/junk.pem\n`, /listener\.tls\.clientCaFile: .*junk\.pem holds no PEM certificate/],
+    ['listener and admin on one port', 'listener:\n  address: 0.0.0.0:9901\n', /admin\.address: the listener is already on 0\.0\.0\.0:9901/],
+  ]
+  for (const [what, yaml, problem] of cases) {
+    const file = `${dir}/${what.replace(/\W+/g, '-')}.yaml`
+    writeFileSync(file, yaml)
+    const r = io()
+    t.equal(await main(['validate', '--config', file], r.sink), problem ? 2 : 0, what)
+    if (problem) t.match(r.err.join('\n'), problem, `${what}: said`)
+  }
 })
