@@ -64,7 +64,7 @@ export async function startApp(initial: Config, deps: AppDeps): Promise<App> {
     { listener: 'the listener is not bound yet' },
   )
 
-  const tls = await prepareListenerTls(initial.listener, { logger, metrics })
+  const tls = await prepareListenerTls(initial.listener, { clock, logger, metrics })
   const latches = new BackendLatches(readiness, (name) => backends.snapshot(name)?.health)
   const backends: Backends = new Backends(initial, { clock, logger, metrics, onHealth: (name) => latches.follow(name) })
   latches.set(gatingBackends(initial))
@@ -74,6 +74,7 @@ export async function startApp(initial: Config, deps: AppDeps): Promise<App> {
   const stackDeps = { logger, metrics, clock, backends }
   let handler = buildStack(initial, stackDeps)
   const live = new LiveConfig(initial, deps.configFile, {
+    clock,
     logger,
     metrics,
     apply: (config) => {

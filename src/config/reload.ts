@@ -4,6 +4,7 @@
 // process already holds cannot change live: they are reported, and the running value stays in
 // force until the next restart. A bad file keeps the last good config.
 import { createHash } from 'node:crypto'
+import type { Clock } from '../clock.js'
 import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
 import { watchFiles } from '../watch.js'
@@ -34,6 +35,7 @@ export interface ConfigFile {
 }
 
 export interface LiveConfigDeps {
+  clock: Clock
   logger: Logger
   metrics: Metrics
   /** Swaps a new config in (pools, breakers, health checks, then the request path). */
@@ -64,7 +66,7 @@ export class LiveConfig {
 
   /** Reloads whenever the file changes (the kubelet's ConfigMap swap included). */
   watch(): void {
-    if (this.file) this.unwatch = watchFiles([this.file.path], () => void this.reload('file changed'), { logger: this.deps.logger, debounceMs: 250 })
+    if (this.file) this.unwatch = watchFiles([this.file.path], () => void this.reload('file changed'), { logger: this.deps.logger, debounceMs: 250, clock: this.deps.clock })
   }
 
   /** No more reloads: the proxy is draining and its pools are closing. */

@@ -16,6 +16,7 @@ import { createSecureContext, type SecureContextOptions } from 'node:tls'
 import { selfSigned } from '../certs/generate.js'
 import type { Config } from '../config/schema.js'
 import { StartupError } from '../errors.js'
+import type { Clock } from '../clock.js'
 import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
 import { watchFiles } from '../watch.js'
@@ -118,6 +119,7 @@ export function checkTlsMaterial(cert: string, key: string, files: TlsFiles = { 
 }
 
 export interface CertificateDeps {
+  clock: Clock
   logger: Logger
   metrics: Metrics
   /** Quiet period after the last file event before reading (a rotation touches several files). */
@@ -152,7 +154,7 @@ export class ListenerCertificate {
     this.apply = apply
     if (!this.files) return
     const files = [this.files.certFile, this.files.keyFile]
-    this.unwatch = watchFiles(files, () => void this.reload(), { logger: this.deps.logger, debounceMs: this.deps.debounceMs ?? 250 })
+    this.unwatch = watchFiles(files, () => void this.reload(), { logger: this.deps.logger, debounceMs: this.deps.debounceMs ?? 250, clock: this.deps.clock })
   }
 
   close(): void {

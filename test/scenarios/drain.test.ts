@@ -7,7 +7,7 @@ import http from 'node:http'
 import http2 from 'node:http2'
 import { createRequire } from 'node:module'
 import t from 'tap'
-import { request, until } from '../fixtures/client.js'
+import { request, until, within } from '../fixtures/client.js'
 import { fakeClock } from '../fixtures/clock.js'
 import { proxied, startProxy } from '../fixtures/proxy.js'
 import { devCerts } from '../fixtures/tls.js'
@@ -91,7 +91,7 @@ t.test('drain, HTTP/2: GOAWAY during the delay, no new stream on the old session
   await until(() => releases.length === 1)
   const stopped = proxy.app.close('test', 400)
 
-  await goaway
+  await within(goaway, 2000, 'GOAWAY')
   t.pass('the old session got GOAWAY at the start of the delay')
   t.throws(() => old.request({ ':path': '/new-stream' }), { code: 'ERR_HTTP2_GOAWAY_SESSION' }, 'no new stream on it')
   const replacement = connect()

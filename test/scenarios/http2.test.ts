@@ -1,7 +1,7 @@
 // HTTP/2 clients: aborts, limits, upstream failures and graceful stop, per stream.
 import http2 from 'node:http2'
 import t, { type Test } from 'tap'
-import { until } from '../fixtures/client.js'
+import { until, within } from '../fixtures/client.js'
 import { proxied } from '../fixtures/proxy.js'
 import { fakeUpstream } from '../fixtures/upstream.js'
 import { devCerts } from '../fixtures/tls.js'
@@ -97,8 +97,11 @@ t.test('graceful stop: HTTP/2 gets GOAWAY, open streams finish, new connections 
   const inFlight = exchange(session, { ':path': '/slow' })
   await until(() => releases.length === 1)
   const stopped = proxy.close()
-  await goaway
+  await within(goaway, 2000, 'GOAWAY')
   t.pass('the client got GOAWAY')
+  const fresh = http2.connect(`https://127.0.0.1:${proxy.port}`, { ca: ca.cert, servername: 'localhost' })
+  const refused = await within(new Promise<string>((resolve) => fresh.once('error', (err: NodeJS.ErrnoException) => resolve(err.code!))), 2000, 'a new connection')
+  t.equal(refused, 'ECONNREFUSED', 'a new connection is refused')
   releases[0]!()
   const result = await inFlight
   t.equal(result.status, 200)

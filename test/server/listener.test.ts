@@ -6,6 +6,7 @@ import t, { type Test } from 'tap'
 import { systemClock } from '../../src/clock.js'
 import { Listener } from '../../src/server/listener.js'
 import type { Handler } from '../../src/pipeline/types.js'
+import { within } from '../fixtures/client.js'
 import { deps } from '../fixtures/pipeline.js'
 
 const OPTS = {
@@ -47,7 +48,7 @@ t.test('a response ready only after the client left is released without crashing
   const req = http.get(`http://127.0.0.1:${port}/`, { agent: false })
   req.on('error', () => {})
   setTimeout(() => req.destroy(), 50)
-  await bodyDestroyed
+  await within(bodyDestroyed, 2000, 'the body released')
   await new Promise((resolve) => setTimeout(resolve, 50))
   t.pass('the process is still here')
 })

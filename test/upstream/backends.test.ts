@@ -8,6 +8,7 @@ import { Backends } from '../../src/upstream/backends.js'
 import { fakeClock } from '../fixtures/clock.js'
 import { context, deps, metricValue, proxyRequest } from '../fixtures/pipeline.js'
 import { fakeUpstream, type RunningUpstream } from '../fixtures/upstream.js'
+import { within } from '../fixtures/client.js'
 
 const CHECK = { path: '/', intervalMs: 1000, timeoutMs: 500, healthyThreshold: 1, unhealthyThreshold: 1 }
 const BREAKER = { errorThresholdPercentage: 50, volumeThreshold: 2, rollingWindowMs: 10_000, resetTimeoutMs: 60_000 }
@@ -96,13 +97,13 @@ t.test('a new url is a new app: a new pool, unhealthy until checked; a removed b
   t.equal(await metricValue(d, 'sidecar_circuit_state', { backend: 'canary' }), undefined, 'its breaker gauge removed')
   t.equal(await metricValue(d, 'sidecar_backend_healthy', { backend: 'canary' }), undefined, 'its health gauge removed')
   await t.rejects(backends.handler()(proxyRequest(), context({ backend: 'canary' })), { code: 'no_backend' }, 'an attempt picked before the reload')
-  await Promise.race([b.seen[0]!.closed, new Promise((_, reject) => setTimeout(() => reject(new Error('still open')), 2000))])
+  await within(b.seen[0]!.closed, 2000, "the removed backend's idle connection closing")
   t.pass("the removed backend's idle connection was closed")
   await checked(backends, ['app'])
   t.equal(backends.isHealthy('app'), true, 'checked at once')
   await send(backends, 'app')
   t.equal(c.seen.length, 1, 'the new pool goes to the new url')
-  await a.seen[0]!.closed
+  await within(a.seen[0]!.closed, 2000, "the old pool's connection closing")
   t.pass("the old pool's connection was closed")
   t.ok(verdicts.some(([name, h, changed]) => name === 'app' && h.healthy && changed), 'readiness hears the verdict')
 })
