@@ -110,6 +110,10 @@ export class HealthCheck {
     if (flip) {
       this.healthyNow = !this.healthyNow
       this.deps.metrics.setBackendHealthy(this.backend, this.healthyNow)
+    }
+    // Said once per change, the very first verdict included: an app that is not there at start
+    // is news (it starts unhealthy, so no flip would ever say so).
+    if (flip || (this.checks === 1 && !passed)) {
       this.deps.logger[this.healthyNow ? 'info' : 'warn'](
         { backend: this.backend, healthy: this.healthyNow, reason },
         `backend ${this.healthyNow ? 'healthy' : 'unhealthy'}`,

@@ -108,3 +108,11 @@ t.test('a replacing check carries the verdict over; a check that returns after i
   await pending
   t.equal(next.health().checks, 1, 'the late answer changed nothing')
 })
+
+t.test('an app that is not there at start is said once, at the first check, not at every one', async (t) => {
+  const { checker, d } = setup([refused, refused, refused, ok(), ok()])
+  for (let i = 0; i < 3; i++) await checker.check()
+  t.match(d.lines.filter((l) => l.msg === 'backend unhealthy'), [{ level: 'warn', backend: 'app', reason: /upstream_refused/ }], 'one warning for three failures')
+  for (let i = 0; i < 2; i++) await checker.check()
+  t.match(d.lines.filter((l) => l.msg === 'backend healthy'), [{ level: 'info', backend: 'app' }], 'and one line when it comes up')
+})
