@@ -36,9 +36,13 @@ async function readConfigFile(file: string): Promise<unknown> {
     throw new ConfigError(file, [`cannot read the file: ${(err as Error).message}`])
   }
   try {
-    return parseYaml(text, { prettyErrors: true }) ?? {}
+    return parseYaml(text) ?? {}
   } catch (err) {
-    throw new ConfigError(file, [`not valid YAML or JSON: ${(err as Error).message.split('\n')[0]}`])
+    // yaml's message ends with " at line L, column C:" and a code frame; said in one line
+    const e = err as Error & { linePos?: Array<{ line: number; col: number }> }
+    const at = e.linePos?.[0]
+    const what = e.message.split('\n')[0]!.replace(/ at line \d+, column \d+:?$/, '').replace(/:$/, '')
+    throw new ConfigError(file, [`not valid YAML or JSON${at ? ` (line ${at.line}, column ${at.col})` : ''}: ${what}`])
   }
 }
 
@@ -78,8 +82,13 @@ export function validateConfig(raw: unknown, source = 'config'): Config {
 function describe(issue: z.core.$ZodIssue, base: readonly PropertyKey[]): string[] {
   const path = [...base, ...issue.path]
   switch (issue.code) {
-    case 'unrecognized_keys':
-      return issue.keys.map((k) => `${formatPath([...path, k])}: unknown key`)
+    case 'unrecognized_keys': {
+      const known = keysAt(configSchema, path)
+      return issue.keys.map((k) => {
+        const near = nearest(k, known)
+        return `${formatPath([...path, k])}: unknown key${near === undefined ? '' : `; did you mean "${near}"?`}`
+      })
+    }
     case 'invalid_union': {
       // e.g. listener.tls is `false` or an object: report against the branch the value was
       // closest to (the one whose problems lie deepest), not a bare "invalid input".
@@ -96,6 +105,55 @@ function describe(issue: z.core.$ZodIssue, base: readonly PropertyKey[]): string
 export async function loadConfig(file: string | undefined, overrides: ConfigOverrides = {}): Promise<Config> {
   const raw = file === undefined ? {} : await readConfigFile(file)
   return validateConfig(applyOverrides(raw, overrides), file ?? 'defaults and flags')
+}
+
+/** The keys a config object may have at `path` (list indices step into the element). */
+function keysAt(schema: z.core.$ZodType, path: readonly PropertyKey[]): string[] {
+  const unwrap = (t: z.core.$ZodType | undefined): z.core.$ZodType | undefined => {
+    for (let def = t?._zod.def as { type: string; innerType?: z.core.$ZodType; in?: z.core.$ZodType } | undefined; def; ) {
+      const inner = def.type === 'pipe' ? def.in : def.innerType
+      if (!inner) return t
+      t = inner
+      def = t._zod.def as typeof def
+    }
+    return t
+  }
+  const objects = (t: z.core.$ZodType | undefined): Array<Record<string, z.core.$ZodType>> => {
+    const def = unwrap(t)?._zod.def as { type: string; shape?: Record<string, z.core.$ZodType>; options?: z.core.$ZodType[] } | undefined
+    if (def?.type === 'object') return [def.shape!]
+    if (def?.type === 'union') return def.options!.flatMap(objects)
+    return []
+  }
+  let at: z.core.$ZodType | undefined = schema
+  for (const key of path) {
+    const def = unwrap(at)?._zod.def as { type: string; element?: z.core.$ZodType } | undefined
+    at = def?.type === 'array' ? def.element : objects(at).find((shape) => typeof key === 'string' && key in shape)?.[key as string]
+  }
+  return objects(at).flatMap((shape) => Object.keys(shape))
+}
+
+/** The known key a typo most likely meant: within a third of its length in edits (at least 2). */
+function nearest(typo: string, known: readonly string[]): string | undefined {
+  const limit = Math.max(2, Math.floor(typo.length / 3))
+  let best: string | undefined
+  let bestDistance = limit + 1
+  for (const k of known) {
+    const d = editDistance(typo.toLowerCase(), k.toLowerCase())
+    if (d < bestDistance) [best, bestDistance] = [k, d]
+  }
+  return best
+}
+
+/** Levenshtein distance, with a swap of two neighbours counted as one edit. */
+function editDistance(a: string, b: string): number {
+  const d = Array.from({ length: a.length + 1 }, (_, i) => Array.from({ length: b.length + 1 }, (_, j) => (i === 0 ? j : j === 0 ? i : 0)))
+  for (let i = 1; i <= a.length; i++) {
+    for (let j = 1; j <= b.length; j++) {
+      d[i]![j] = Math.min(d[i - 1]![j]! + 1, d[i]![j - 1]! + 1, d[i - 1]![j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1))
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) d[i]![j] = Math.min(d[i]![j]!, d[i - 2]![j - 2]! + 1)
+    }
+  }
+  return d[a.length]![b.length]!
 }
 
 /** `backends[0].url` from ['backends', 0, 'url']. */

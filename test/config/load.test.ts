@@ -103,7 +103,7 @@ t.test('files: YAML and JSON load; unreadable, unparsable and empty files', asyn
   t.equal((await loadConfig(`${dir}/empty.yaml`)).listener.address, '0.0.0.0:8443')
   t.equal((await loadConfig(undefined, { listen: '127.0.0.1:9' })).listener.address, '127.0.0.1:9')
   await t.rejects(loadConfig(`${dir}/missing.yaml`), { code: 'config_invalid', problems: [/^cannot read the file: /] })
-  await t.rejects(loadConfig(`${dir}/broken.yaml`), { code: 'config_invalid', problems: [/^not valid YAML or JSON: /] })
+  await t.rejects(loadConfig(`${dir}/broken.yaml`), { code: 'config_invalid', problems: [/^not valid YAML or JSON \(line \d+, column \d+\): [^\n]*[^:\n]$/] }, 'one line, where, and no dangling colon')
   await t.rejects(loadConfig(`${dir}/bad.yaml`), { message: /bad\.yaml[\s\S]*backends\[0\]\.url: must be an http:\/\/ URL/ })
   writeFileSync(`${dir}/good.yaml`, 'typo: 1\n')
   await t.rejects(loadConfig(`${dir}/good.yaml`), new ConfigError(`${dir}/good.yaml`, ['typo: unknown key']))
@@ -121,4 +121,28 @@ t.test('routing: the canary must name a backend, header and cookie names are che
   t.same(problems({ routing: { header: 'X Bad' } }), ['routing.header: must be a lower-case header name'])
   t.match(problems({ routing: { sticky: { cookie: 'a;b' } } }), [/^routing\.sticky\.cookie: must be a cookie name/])
   t.same(validateConfig({ routing: { sticky: {} } }).routing.sticky, { cookie: 'sidecar-backend', maxAgeSeconds: 86400 })
+})
+
+t.test('near-miss keys get a "did you mean"; a duplicate name is reported with the other problems', async (t) => {
+  const found = problems({
+    listener: { adress: '0.0.0.0:1', tls: { certfile: 'x' } },
+    backends: [
+      { name: 'app', url: 'http://127.0.0.1:1', wieght: 5 },
+      { name: 'app', url: 'ftp://x' },
+    ],
+    limits: { maxBodyByte: 3 },
+    frobnicate: true,
+  })
+  t.same(
+    found.filter((p) => p.includes('unknown key')).sort(),
+    [
+      'listener.adress: unknown key; did you mean "address"?',
+      'listener.tls.certfile: unknown key; did you mean "certFile"?',
+      'backends[0].wieght: unknown key; did you mean "weight"?',
+      'limits.maxBodyByte: unknown key; did you mean "maxBodyBytes"?',
+      'frobnicate: unknown key',
+    ].sort(),
+  )
+  t.ok(found.includes('backends[1].name: duplicate backend name "app"'), 'the duplicate name too')
+  t.ok(found.some((p) => p.startsWith('backends[1].url: ')), 'and the bad url')
 })

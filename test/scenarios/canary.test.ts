@@ -191,7 +191,7 @@ t.test('a broken file keeps the last good config, says what is wrong and counts 
   t.equal(app.seen.length, 30, 'the old split still in force')
   t.ok((await metric(proxy.adminUrl, 'sidecar_config_reloads_total{kind="config",result="failure"}')) >= 1)
   write('backends: [}')
-  t.match(await proxy.app.reload('test'), { result: 'failure', problems: [/^not valid YAML or JSON/] })
+  t.match(await proxy.app.reload('test'), { result: 'failure', problems: [/^not valid YAML or JSON \(line 1, column \d+\): /] })
   t.equal(proxy.app.config().version, version)
   write(yamlFor(app, canary, 100, 0))
   t.match(await proxy.app.reload('file changed'), { result: 'unchanged', version })
