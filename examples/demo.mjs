@@ -162,12 +162,14 @@ Try, from another terminal in this directory:
        ${curl} -H 'x-canary: always' ${url}/hello
   3. Move the split: change the weights in ${config} (90 and 10, to 50 and 50 say), save,
      and run the loop from 2 again.
-  4. Make the canary fail and run the loop again: failed tries are retried, and after a few
-     the canary's breaker opens and stable takes everything. Then look at the counters:
+  4. Make the canary fail, then send it 30 requests by header: each gets 500 (after two tries)
+     until most of its tries of the last 10 s failed (steps 2 and 3 left successes in that
+     window); then its breaker opens and they get 503 at once:
        ${control(ports.canary, 'failRate=1')}
+       for i in $(seq 30); do ${curl} -s -o /dev/null -w '%{http_code} ' -H 'x-canary: always' ${url}/; done; echo
+     While it is open (10 s), the loop from 2 lands on stable only; the counters say why:
+       for i in $(seq 50); do ${curl} -s ${url}/; done | sort | uniq -c
        curl -s ${admin}/metrics | grep -E '^sidecar_(retries_total|circuit_state)'
-     Forced onto the canary, a client sees 500 (two tries), or 503 while its breaker is open:
-       for i in $(seq 10); do ${curl} -s -o /dev/null -w '%{http_code} ' -H 'x-canary: always' ${url}/; done; echo
      Heal it with ?failRate=0; make it slow with ?delayMs=1500 (each try gives up after 1 s).
 
 Ctrl-C stops everything.`

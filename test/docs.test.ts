@@ -1,0 +1,78 @@
+// The reference pages in docs/ are held against the code, so the two cannot drift apart: the
+// configuration example is a real config naming every key of the schema, the error table is
+// the catalogue, and the metrics table names every metric the proxy defines.
+import { readFileSync } from 'node:fs'
+import t from 'tap'
+import { parse } from 'yaml'
+import { validateConfig } from '../src/config/load.js'
+import { ERRORS, STARTUP_ERRORS } from '../src/errors.js'
+import { createMetrics } from '../src/metrics.js'
+
+const doc = (name: string) => readFileSync(new URL(`../docs/${name}`, import.meta.url), 'utf8')
+
+const configuration = doc('configuration.md')
+const block = configuration.slice(configuration.indexOf('```yaml') + 7, configuration.indexOf('```', configuration.indexOf('```yaml') + 7))
+
+function keys(value: unknown, prefix = ''): string[] {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) return []
+  return Object.entries(value).flatMap(([k, v]) => [prefix + k, ...keys(v, `${prefix}${k}.`)])
+}
+
+/** The rows of the first Markdown table after `heading` (or in the whole page): its cells. */
+function table(page: string, heading?: string): string[][] {
+  const from = heading === undefined ? 0 : page.indexOf(heading)
+  const lines = page.slice(from).split('\n')
+  const start = lines.findIndex((l) => l.startsWith('| '))
+  const rows: string[][] = []
+  for (const line of lines.slice(start + 2)) {
+    if (!line.startsWith('|')) break
+    rows.push(line.split('|').slice(1, -1).map((c) => c.trim()))
+  }
+  return rows
+}
+
+t.test('the configuration example validates', async (t) => {
+  t.doesNotThrow(() => validateConfig(parse(block)))
+})
+
+t.test('the configuration example names every key of the schema', async (t) => {
+  const documented = new Set(keys(parse(block)))
+  const defaults = validateConfig({ listener: { tls: { certFile: 'c', keyFile: 'k', clientCaFile: 'ca', clientSubjectHeader: 'x' } } })
+  const commented = new Set([...block.matchAll(/#\s*([a-zA-Z]+):/g)].map((m) => m[1]))
+  for (const key of keys(defaults)) {
+    if (key.startsWith('backends')) continue // a list: checked through its first entry below
+    const leaf = key.split('.').at(-1)!
+    t.ok(documented.has(key) || commented.has(leaf), `${key} is documented`)
+  }
+  const firstBackend = new Set(keys(parse(block).backends[0]))
+  for (const key of keys(defaults.backends[0])) t.ok(firstBackend.has(key), `backends[].${key} is documented`)
+})
+
+t.test('the error table is the catalogue: every code, its status, nothing else', async (t) => {
+  const rows = table(doc('errors.md'))
+  const documented = Object.fromEntries(rows.map(([code, status]) => [code!.replace(/`/g, ''), Number(status)]))
+  t.same(documented, Object.fromEntries(Object.entries(ERRORS).map(([code, e]) => [code, e.status])))
+  const exits = table(doc('errors.md'), '## Exit codes')
+  t.same(
+    Object.fromEntries(exits.map(([code, exit]) => [code!.replace(/`/g, ''), Number(exit)])),
+    Object.fromEntries(Object.entries(STARTUP_ERRORS).map(([code, e]) => [code, e.exitCode])),
+    'and the start-up errors with their exit codes',
+  )
+})
+
+t.test('the metrics table names every metric the proxy defines', async (t) => {
+  const documented = new Set(table(doc('metrics.md')).map(([name]) => name!.replace(/`/g, '')))
+  const defined = (await createMetrics().registry.getMetricsAsJSON()).map((m) => m.name).filter((n) => n.startsWith('sidecar_'))
+  t.same([...documented].sort(), defined.sort())
+})
+
+t.test('every link between the pages leads to a page that exists', async (t) => {
+  const pages = ['README.md', ...['architecture', 'configuration', 'requests', 'errors', 'admin', 'metrics', 'benchmarks', 'demo', 'hostile-input'].map((p) => `docs/${p}.md`)]
+  for (const page of pages) {
+    const text = readFileSync(new URL(`../${page}`, import.meta.url), 'utf8')
+    for (const [, target] of text.matchAll(/\]\(([^)#\s]+\.(?:md|png))(?:#[^)]*)?\)/g)) {
+      const resolved = new URL(target!, new URL(`../${page}`, import.meta.url))
+      t.doesNotThrow(() => readFileSync(resolved), `${page} -> ${target}`)
+    }
+  }
+})
