@@ -184,7 +184,7 @@ t.test('a broken file keeps the last good config, says what is wrong and counts 
   write(yamlFor(app, canary, -5, 0).replace('backends:', 'backendz: []\nbackends:'))
   const result = await proxy.app.reload('test')
   t.match(result, { result: 'failure', version })
-  t.same(result.problems, ['backends[0].weight: Too small: expected number to be >=0', 'backendz: unknown key'])
+  t.same(result.problems, ['backends[0].weight: Too small: expected number to be >=0', 'backendz: unknown key; did you mean "backends"?'])
   await until(() => proxy.logs.some((l) => l.msg === 'config reload failed; the last good config stays in force'))
   t.match(proxy.logs.find((l) => l.msg === 'config reload failed; the last good config stays in force'), { level: 'error', problems: result.problems })
   await send(`${proxy.url}/x`, 30, 2)
