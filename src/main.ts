@@ -34,7 +34,7 @@ export async function main(argv: readonly string[], io: Io = stdio): Promise<num
   } catch (err) {
     // A start-up error's message is the whole story: one line (the usage text after bad usage).
     if (!isStartupError(err)) throw err
-    io.err(`sidecar-proxy: ${err.message}${err.code === 'usage' ? `\n\n${USAGE}` : ''}`)
+    io.err(`sidecar-proxy: ${err.message}${err instanceof UsageError ? `\n\n${err.usage}` : ''}`)
     return exitCodeOf(err)
   }
 }

@@ -7,7 +7,7 @@ import { spawn } from 'node:child_process'
 import http from 'node:http'
 import { constants } from 'node:os'
 import type { Io } from './io.js'
-import { COMMANDS, UsageError, parseFlags } from './usage.js'
+import { UsageError, parseFlags } from './usage.js'
 
 const POLL_MS = 250
 const DEFAULT_TIMEOUT_S = 120
@@ -17,14 +17,14 @@ export async function awaitCommand(argv: readonly string[], io: Io): Promise<num
   const values = parseFlags(
     split < 0 ? argv : argv.slice(0, split),
     { admin: { type: 'string' }, timeout: { type: 'string' }, shutdown: { type: 'boolean' } },
-    { text: COMMANDS.await, out: io.out },
+    'await', io.out,
   )
   if (values === null) return 0
-  if (split < 0 || split === argv.length - 1) throw new UsageError('await needs -- CMD [ARGS...]')
+  if (split < 0 || split === argv.length - 1) throw new UsageError('await needs -- CMD [ARGS...]', 'await')
   const admin = (values.admin ?? 'http://127.0.0.1:9901').replace(/\/+$/, '')
-  if (!/^http:\/\/[^/]+$/.test(admin)) throw new UsageError(`--admin must be http://HOST:PORT, got "${values.admin}"`)
+  if (!/^http:\/\/[^/]+$/.test(admin)) throw new UsageError(`--admin must be http://HOST:PORT, got "${values.admin}"`, 'await')
   const timeoutS = values.timeout === undefined ? DEFAULT_TIMEOUT_S : Number(values.timeout)
-  if (!Number.isFinite(timeoutS) || timeoutS <= 0) throw new UsageError('--timeout must be a number of seconds above 0')
+  if (!Number.isFinite(timeoutS) || timeoutS <= 0) throw new UsageError('--timeout must be a number of seconds above 0', 'await')
   const [cmd, ...args] = argv.slice(split + 1) as [string, ...string[]]
 
   const deadline = Date.now() + timeoutS * 1000

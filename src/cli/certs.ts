@@ -7,7 +7,7 @@ import { join } from 'node:path'
 import { createCa, issueCertificate } from '../certs/generate.js'
 import { StartupError } from '../errors.js'
 import type { Io } from './io.js'
-import { COMMANDS, UsageError, parseFlags } from './usage.js'
+import { UsageError, parseFlags } from './usage.js'
 
 const DEFAULT_HOSTS = ['localhost', '127.0.0.1', '::1']
 const DEFAULT_DAYS = 30
@@ -16,14 +16,14 @@ export async function certsCommand(argv: readonly string[], io: Io): Promise<num
   const values = parseFlags(
     argv,
     { out: { type: 'string' }, hosts: { type: 'string' }, days: { type: 'string' }, force: { type: 'boolean' } },
-    { text: COMMANDS.certs, out: io.out },
+    'certs', io.out,
   )
   if (values === null) return 0
-  if (values.out === undefined) throw new UsageError('certs needs --out DIR')
+  if (values.out === undefined) throw new UsageError('certs needs --out DIR', 'certs')
   const hosts = values.hosts === undefined ? DEFAULT_HOSTS : values.hosts.split(',').map((h) => h.trim()).filter(Boolean)
-  if (hosts.length === 0) throw new UsageError('--hosts needs at least one name or address')
+  if (hosts.length === 0) throw new UsageError('--hosts needs at least one name or address', 'certs')
   const days = values.days === undefined ? DEFAULT_DAYS : Number(values.days)
-  if (!Number.isInteger(days) || days < 1 || days > 825) throw new UsageError('--days must be a whole number from 1 to 825')
+  if (!Number.isInteger(days) || days < 1 || days > 825) throw new UsageError('--days must be a whole number from 1 to 825', 'certs')
 
   const ca = createCa('sidecar-proxy development CA (not for production)', days)
   const server = issueCertificate(ca, { commonName: hosts[0]!, hosts, usage: 'server', days })

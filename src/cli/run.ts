@@ -6,7 +6,7 @@ import { loadConfig } from '../config/load.js'
 import { StartupError, isStartupError } from '../errors.js'
 import { createLogger } from '../log.js'
 import type { Io } from './io.js'
-import { USAGE, parseFlags, version } from './usage.js'
+import { parseFlags, version } from './usage.js'
 
 const OPTIONS = {
   config: { type: 'string' },
@@ -20,7 +20,7 @@ const OPTIONS = {
 } as const
 
 export async function runCommand(argv: readonly string[], io: Io): Promise<number> {
-  const values = parseFlags(argv, OPTIONS, { text: USAGE.slice('Usage:\n'.length), out: io.out })
+  const values = parseFlags(argv, OPTIONS, 'run', io.out)
   if (values === null) return 0
   if (values.version) {
     io.out(version())

@@ -16,7 +16,7 @@ Flags (each overrides one key of the config file):
   --tls-cert FILE     listener.tls.certFile
   --tls-key FILE      listener.tls.keyFile`
 
-export const COMMANDS = {
+const SUBCOMMANDS = {
   validate: `  sidecar-proxy validate --config FILE
       Checks a config file as a start would before binding (the schema, and the certificate,
       key and CA files it names), prints every problem with its path; exit 2 if any.`,
@@ -30,20 +30,30 @@ export const COMMANDS = {
       the proxy afterwards. For clusters without native sidecars.`,
 } as const
 
+/** `run` is the proxy itself, the command without a name. */
+export type Command = 'run' | keyof typeof SUBCOMMANDS
+
 export const USAGE = `Usage:
 ${RUN}
-  -h, --help          this text; \`sidecar-proxy COMMAND --help\` for a command's
+  -h, --help          this text (\`sidecar-proxy COMMAND --help\`: that command's)
   --version           the version
 
 Commands:
-${Object.values(COMMANDS).join('\n')}
+${Object.values(SUBCOMMANDS).join('\n')}
 
 Exit codes: 0 clean stop, 1 runtime failure, 2 bad usage or invalid config.`
 
-/** Bad usage: said with the usage text, exit code 2. */
+/** A subcommand's usage text; the whole one for running the proxy (the main command). */
+export function usageOf(command: Command = 'run'): string {
+  return command === 'run' ? USAGE : `Usage:\n${SUBCOMMANDS[command]}`
+}
+
+/** Bad usage: said with the usage text (the command's own when it has one), exit code 2. */
 export class UsageError extends StartupError {
-  constructor(message: string) {
+  readonly usage: string
+  constructor(message: string, command?: Command) {
     super('usage', message)
+    this.usage = usageOf(command)
   }
 }
 
@@ -61,16 +71,17 @@ const HELP = { help: { type: 'boolean', short: 'h' } } as const
 export function parseFlags<O extends NonNullable<ParseArgsConfig['options']>>(
   args: readonly string[],
   options: O,
-  help: { text: string; out: (line: string) => void },
+  command: Command,
+  out: (line: string) => void,
 ): Flags<O> | null {
   let values: Record<string, unknown>
   try {
     values = parseArgs({ args: [...args], options: { ...options, ...HELP }, strict: true, allowPositionals: false }).values
   } catch (err) {
-    throw new UsageError((err as Error).message)
+    throw new UsageError((err as Error).message, command)
   }
   if (values.help) {
-    help.out(`Usage:\n${help.text}`)
+    out(usageOf(command))
     return null
   }
   return values as Flags<O>

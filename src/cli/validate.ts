@@ -6,13 +6,13 @@ import { configVersion } from '../config/reload.js'
 import { gatesReadiness } from '../config/schema.js'
 import { loadListenerTlsFiles } from '../server/tls.js'
 import type { Io } from './io.js'
-import { COMMANDS, UsageError, parseFlags } from './usage.js'
+import { UsageError, parseFlags } from './usage.js'
 
 export async function validateCommand(argv: readonly string[], io: Io): Promise<number> {
-  const values = parseFlags(argv, { config: { type: 'string' } }, { text: COMMANDS.validate, out: io.out })
+  const values = parseFlags(argv, { config: { type: 'string' } }, 'validate', io.out)
   if (values === null) return 0
   const file = values.config
-  if (file === undefined) throw new UsageError('validate needs --config FILE')
+  if (file === undefined) throw new UsageError('validate needs --config FILE', 'validate')
   const config = await loadConfig(file)
   if (config.listener.tls !== false) await loadListenerTlsFiles(config.listener.tls)
   const total = config.backends.reduce((sum, b) => sum + b.weight, 0)

@@ -78,3 +78,13 @@ t.test('every command answers --help with its own usage, and --version the versi
   const { version } = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }
   t.equal(v.out(), version)
 })
+
+t.test("bad usage of a command shows that command's usage, not the whole list", async (t) => {
+  const r = io()
+  t.equal(await main(['validate'], r.sink), 2)
+  t.match(r.text(), /^sidecar-proxy: validate needs --config FILE\n\nUsage:\n {2}sidecar-proxy validate --config FILE/)
+  t.notMatch(r.text(), /Commands:/)
+  const run = io()
+  t.equal(await main(['--lisen', 'x'], run.sink), 2)
+  t.match(run.text(), /Commands:/, 'the proxy itself: the whole usage, with the commands')
+})
