@@ -9,21 +9,8 @@ import { Listener } from '../src/server/listener.js'
 import { Breaker } from '../src/upstream/breaker.js'
 import { request } from './fixtures/client.js'
 import { fakeClock } from './fixtures/clock.js'
-import { context, deps, proxyRequest, response, scripted } from './fixtures/pipeline.js'
+import { LISTENER_OPTIONS, context, deps, proxyRequest, response, scripted } from './fixtures/pipeline.js'
 
-const LISTENER = {
-  host: '127.0.0.1',
-  port: 0,
-  trustForwardedHeaders: false,
-  headersWithUnderscores: 'drop' as const,
-  headersTimeoutMs: 5000,
-  receiveTimeoutMs: 10000,
-  keepAliveTimeoutMs: 5000,
-  maxHeaderBytes: 16384,
-  maxHeaderCount: 100,
-  maxConcurrentStreams: 100,
-  tls: false as const,
-}
 
 t.test('the catalogue: every code has a status and a message, and statuses follow the contract', async (t) => {
   const expected: Record<string, number> = {
@@ -92,7 +79,7 @@ t.test('every entry: the breaker, retry, listener and gRPC answer decide from it
   const handler = createRespondLayer()(async (req) => {
     throw new SidecarError(req.path.slice(1) as ErrorCode)
   })
-  const listener = new Listener(LISTENER, handler, { ...d, clock: systemClock })
+  const listener = new Listener(LISTENER_OPTIONS, handler, { ...d, clock: systemClock })
   const { port } = await listener.listen()
   const agent = new http.Agent({ keepAlive: true })
   t.teardown(() => {

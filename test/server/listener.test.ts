@@ -7,25 +7,12 @@ import { systemClock } from '../../src/clock.js'
 import { Listener } from '../../src/server/listener.js'
 import type { Handler } from '../../src/pipeline/types.js'
 import { within } from '../fixtures/client.js'
-import { deps } from '../fixtures/pipeline.js'
+import { LISTENER_OPTIONS, deps } from '../fixtures/pipeline.js'
 
-const OPTS = {
-  host: '127.0.0.1',
-  port: 0,
-  trustForwardedHeaders: false,
-  headersWithUnderscores: 'drop' as const,
-  headersTimeoutMs: 5000,
-  receiveTimeoutMs: 10000,
-  keepAliveTimeoutMs: 5000,
-  maxHeaderBytes: 16384,
-  maxHeaderCount: 100,
-  maxConcurrentStreams: 100,
-  tls: false as const,
-}
 
 async function start(t: Test, handler: Handler) {
   const d = deps()
-  const listener = new Listener(OPTS, handler, { ...d, clock: systemClock })
+  const listener = new Listener(LISTENER_OPTIONS, handler, { ...d, clock: systemClock })
   const { port } = await listener.listen()
   t.teardown(() => listener.close(1000))
   return { port, d, listener }
