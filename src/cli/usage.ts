@@ -44,7 +44,7 @@ ${Object.values(SUBCOMMANDS).join('\n')}
 Exit codes: 0 clean stop, 1 runtime failure, 2 bad usage or invalid config.`
 
 /** A subcommand's usage text; the whole one for running the proxy (the main command). */
-export function usageOf(command: Command = 'run'): string {
+function usageOf(command: Command = 'run'): string {
   return command === 'run' ? USAGE : `Usage:\n${SUBCOMMANDS[command]}`
 }
 

@@ -4,7 +4,7 @@
 // bookkeeping (connections.ts). What the HTTP/1 parser refuses (malformed requests, header
 // blocks over the byte cap, timeouts) never reaches the pipeline and is answered here, with
 // the same local replies (pipeline/local-reply.ts).
-import { randomBytes, randomUUID } from 'node:crypto'
+import { randomUUID } from 'node:crypto'
 import http from 'node:http'
 import http2 from 'node:http2'
 import https from 'node:https'
@@ -20,7 +20,7 @@ import { isGrpc, localReply, rawHttp1 } from '../pipeline/local-reply.js'
 import type { Handler, RequestContext, RequestOutcome } from '../pipeline/types.js'
 import { Connections } from './connections.js'
 import { listenOn } from './listen.js'
-import { policy, type ListenerTlsOptions, type TlsMaterial } from './tls.js'
+import { policy, rotateTicketKeys, type ListenerTlsOptions, type TlsMaterial } from './tls.js'
 import { clientAddressOf, completed, declaredBytes, toProxyRequest, verifiedSubject, writeResponse, type Request, type Response } from './translate.js'
 import { CONNECT_REFUSED, checkHttp1Request, checkHttp2Request, parserErrorCode, type Refusal } from './validate.js'
 
@@ -39,14 +39,6 @@ export interface ListenerOptions {
 }
 
 type AnyServer = http.Server | https.Server | http2.Http2SecureServer
-
-/**
- * TLS session tickets are sealed with a key a thief could use to decrypt every resumed session
- * it sealed; the key is replaced this often (Node's starting key is random per process). Node
- * holds one key at a time, so a ticket issued under the previous key just means a full
- * handshake; tickets live 5 minutes (Node's default sessionTimeout), so few are affected.
- */
-export const TICKET_KEY_ROTATION_MS = 60 * 60_000
 
 export interface ListenerDeps {
   logger: Logger
@@ -95,14 +87,7 @@ export class Listener {
 
   async listen(): Promise<AddressInfo> {
     const address = await listenOn(this.server, this.opts.host, this.opts.port, this.deps.logger, 'listener')
-    if (this.opts.tls) {
-      const server = this.server as https.Server
-      const rotate = () => {
-        server.setTicketKeys(randomBytes(48))
-        this.stopTicketRotation = this.deps.clock.timeout(TICKET_KEY_ROTATION_MS, rotate)
-      }
-      this.stopTicketRotation = this.deps.clock.timeout(TICKET_KEY_ROTATION_MS, rotate)
-    }
+    if (this.opts.tls) this.stopTicketRotation = rotateTicketKeys(this.server as https.Server, this.deps.clock)
     return address
   }
 

@@ -1,5 +1,5 @@
-// TLS for the listener: the cipher policy, loading and checking a certificate/key pair, and hot
-// reload when the files change.
+// TLS for the listener: the cipher policy, session-ticket key rotation, loading and checking a
+// certificate/key pair, and hot reload when the files change.
 //
 // Policy: Mozilla's "intermediate" profile, AEAD only. TLS 1.2 with ECDHE key exchange and
 // AES-GCM or ChaCha20-Poly1305; the three TLS 1.3 suites; curves X25519, P-256, P-384; no
@@ -9,10 +9,10 @@
 // are read again, checked (parses, key matches, loads into a context) and only then handed to
 // `setSecureContext`. New handshakes get
 // the new certificate; open connections keep theirs. Anything wrong keeps the last good pair.
-import { X509Certificate, constants, createPrivateKey } from 'node:crypto'
+import { X509Certificate, constants, createPrivateKey, randomBytes } from 'node:crypto'
 import { readFile } from 'node:fs/promises'
 import { hostname } from 'node:os'
-import { createSecureContext, type SecureContextOptions } from 'node:tls'
+import { createSecureContext, type SecureContextOptions, type Server } from 'node:tls'
 import { selfSigned } from '../certs/generate.js'
 import type { Config } from '../config/schema.js'
 import { StartupError } from '../errors.js'
@@ -53,6 +53,25 @@ export function policy(opts: TlsPolicyOptions): SecureContextOptions {
   }
 }
 
+/**
+ * TLS session tickets are sealed with a key a thief could use to decrypt every resumed session
+ * it sealed; the key is replaced this often (Node's starting key is random per process). Node
+ * holds one key at a time, so a ticket issued under the previous key just means a full
+ * handshake; tickets live 5 minutes (Node's default sessionTimeout), so few are affected.
+ */
+export const TICKET_KEY_ROTATION_MS = 60 * 60_000
+
+/** Replaces the server's ticket key every TICKET_KEY_ROTATION_MS; returns the stop. */
+export function rotateTicketKeys(server: Server, clock: Clock): () => void {
+  let stop: () => void
+  const rotate = () => {
+    server.setTicketKeys(randomBytes(48))
+    stop = clock.timeout(TICKET_KEY_ROTATION_MS, rotate)
+  }
+  stop = clock.timeout(TICKET_KEY_ROTATION_MS, rotate)
+  return () => stop()
+}
+
 /** What the listener needs for TLS. */
 export interface ListenerTlsOptions {
   material: TlsMaterial
@@ -87,7 +106,7 @@ export class TlsMaterialError extends StartupError {
 }
 
 /** Reads and checks a pair of PEM files; throws TlsMaterialError naming the file at fault. */
-export async function loadTlsMaterial(files: TlsFiles): Promise<TlsMaterial> {
+async function loadTlsMaterial(files: TlsFiles): Promise<TlsMaterial> {
   const read = async (file: string, what: string) => {
     try {
       return await readFile(file, 'utf8')
@@ -99,7 +118,7 @@ export async function loadTlsMaterial(files: TlsFiles): Promise<TlsMaterial> {
   return checkTlsMaterial(cert, key, files)
 }
 
-export function checkTlsMaterial(cert: string, key: string, files: TlsFiles = { certFile: 'certificate', keyFile: 'key' }): TlsMaterial {
+function checkTlsMaterial(cert: string, key: string, files: TlsFiles = { certFile: 'certificate', keyFile: 'key' }): TlsMaterial {
   let x509: X509Certificate
   try {
     x509 = new X509Certificate(cert)

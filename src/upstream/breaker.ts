@@ -51,7 +51,7 @@ class FailedResponse extends Error {
 }
 
 /** Whether an attempt's failure counts against the backend: a 5xx, or what the catalogue says. */
-export function countsAsFailure(err: { code?: unknown }): boolean {
+function countsAsFailure(err: { code?: unknown }): boolean {
   return err.code === 'FAILED_RESPONSE' || (isErrorCode(err.code) && ERRORS[err.code].breaker)
 }
 

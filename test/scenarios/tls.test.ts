@@ -16,7 +16,7 @@ import { issueCertificate, createCa } from '../../src/certs/generate.js'
 import { json, request } from '../fixtures/client.js'
 import { fakeClock } from '../fixtures/clock.js'
 import { proxied, startProxy } from '../fixtures/proxy.js'
-import { TICKET_KEY_ROTATION_MS } from '../../src/server/listener.js'
+import { TICKET_KEY_ROTATION_MS } from '../../src/server/tls.js'
 import { fakeUpstream, pseudoRandomChunks, sha256Of, type Echo } from '../fixtures/upstream.js'
 import { SecretDir, devCerts, serialOf, servedSerial, serverCert } from '../fixtures/tls.js'
 
