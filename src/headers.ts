@@ -9,8 +9,9 @@ const HOP_BY_HOP = new Set([
   'connection',
   'keep-alive',
   'proxy-connection',
+  // TE is hop-by-hop, but `te: trailers` is passed on (below): it says the client takes
+  // trailers, which gRPC needs. `Trailer` (the names of the trailers to come) is end-to-end.
   'te',
-  'trailer',
   'transfer-encoding',
   'upgrade',
   'proxy-authorization',
@@ -96,7 +97,14 @@ export function upstreamRequestHeaders(
   const host = single(headers.host)
   if (host !== undefined) headers['x-forwarded-host'] ??= host
   headers['x-request-id'] = requestId
+  if (acceptsTrailers(incoming.te)) headers.te = 'trailers'
   return headers
+}
+
+/** Whether a TE header names `trailers` (an HTTP/1.1 client that will take response trailers). */
+export function acceptsTrailers(te: string | string[] | undefined): boolean {
+  if (te === undefined) return false
+  return (Array.isArray(te) ? te.join(',') : te).split(',').some((t) => t.trim().toLowerCase() === 'trailers')
 }
 
 /** The client's x-request-id when it is a sane token (1-128 visible ASCII chars), else a new one. */

@@ -20,7 +20,19 @@ t.test('endToEnd drops hop-by-hop headers and the ones Connection names, in any 
     'set-cookie': ['a=1', 'b=2'],
     'x-undefined': undefined,
   })
-  t.same(out, { 'x-baz': '3', 'set-cookie': ['a=1', 'b=2'] })
+  t.same(out, { trailer: 'x-t', 'x-baz': '3', 'set-cookie': ['a=1', 'b=2'] }, 'Trailer is end-to-end (RFC 9110 6.6.2)')
+})
+
+t.test('TE: only `trailers` is passed on, whatever else the client takes', async (t) => {
+  for (const [te, forwarded] of [
+    ['trailers', 'trailers'],
+    ['gzip, Trailers', 'trailers'],
+    [['deflate', 'trailers;q=1'], undefined],
+    ['gzip', undefined],
+    [undefined, undefined],
+  ] as const) {
+    t.equal(upstreamRequestHeaders(te === undefined ? {} : { te: te as string | string[] }, 'id', info).te, forwarded, JSON.stringify(te))
+  }
 })
 
 t.test('endToEnd reads a Connection header given as a list', async (t) => {

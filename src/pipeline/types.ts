@@ -28,6 +28,8 @@ export interface ProxyResponse {
   headers: HeaderMap
   /** Streamed from the upstream, or a small buffer the proxy made up. */
   body: Readable | Buffer | null
+  /** Trailers of a streamed body, filled in by the time the body ends (gRPC's grpc-status). */
+  trailers?: Readonly<Record<string, string | string[] | undefined>>
 }
 
 /** How a request ended, known only once the last byte went out (or the client left). */

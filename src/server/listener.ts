@@ -12,7 +12,7 @@ import type { AddressInfo, Socket } from 'node:net'
 import type { TLSSocket } from 'node:tls'
 import type { Clock } from '../clock.js'
 import { ERRORS, SidecarError } from '../errors.js'
-import { requestIdFrom, type ForwardingInfo } from '../headers.js'
+import { acceptsTrailers, requestIdFrom, type ForwardingInfo } from '../headers.js'
 import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
 import { Cancel } from '../pipeline/cancel.js'
@@ -180,7 +180,8 @@ export class Listener {
         response.headers['x-request-id'] = ctx.id
         // After a request the catalogue says to close on (its framing or size), what is left on
         // the connection cannot be trusted, nor is a refused body worth reading: close, like nginx.
-        writeResponse(res, response, h2, this.connections.mustClose(http1) || (ctx.error !== undefined && ERRORS[ctx.error].close))
+        const close = this.connections.mustClose(http1) || (ctx.error !== undefined && ERRORS[ctx.error].close)
+        writeResponse(res, response, h2, close, h2 || acceptsTrailers(req.headers.te))
       },
       (err: unknown) => {
         // The respond layer turns every error into a response; reaching here is a bug.

@@ -5,7 +5,7 @@ import type http from 'node:http'
 import http2 from 'node:http2'
 import type { Socket } from 'node:net'
 import type { TLSSocket } from 'node:tls'
-import { upstreamRequestHeaders, type ForwardingInfo } from '../headers.js'
+import { endToEnd, upstreamRequestHeaders, type ForwardingInfo } from '../headers.js'
 import type { ProxyRequest, ProxyResponse } from '../pipeline/types.js'
 import { countRegularHeaders } from './validate.js'
 
@@ -32,7 +32,7 @@ export function toProxyRequest(req: Request, h2: boolean, target: string | null,
  * Writes the response and streams its body. `close` (HTTP/1.1 only: HTTP/2 has no Connection
  * header, its sessions get GOAWAY instead) tells the client the connection ends after it.
  */
-export function writeResponse(res: Response, response: ProxyResponse, h2: boolean, close: boolean): void {
+export function writeResponse(res: Response, response: ProxyResponse, h2: boolean, close: boolean, trailers = h2): void {
   const body = response.body
   if (h2 ? (res as http2.Http2ServerResponse).stream.destroyed : (res as http.ServerResponse).destroyed) {
     // The client left while the pipeline worked: release the upstream body. Destroying it may
@@ -56,8 +56,18 @@ export function writeResponse(res: Response, response: ProxyResponse, h2: boolea
     res.once('close', () => {
       if (!body.readableEnded) body.on('error', noop).destroy()
     })
+    // before pipe's own 'end' listener ends `res`: the trailers go out with the end
+    const sent = response.trailers
+    if (sent !== undefined && trailers) body.once('end', () => addTrailers(res, sent))
     body.pipe(res as NodeJS.WritableStream)
   }
+}
+
+/** The app's trailers, end-to-end ones only, for a client that takes them (HTTP/2, or HTTP/1.1
+ *  with `TE: trailers` on a chunked answer). */
+function addTrailers(res: Response, trailers: Readonly<Record<string, string | string[] | undefined>>): void {
+  const end = endToEnd(trailers)
+  if (Object.keys(end).length > 0) res.addTrailers(end)
 }
 
 /** Whether the whole response went out. HTTP/2's compatibility response reports writableFinished

@@ -73,7 +73,7 @@ export class Upstream {
       res.body.once('error', (err) => {
         ctx.error ??= upstreamErrorCode(err)
       })
-      return { status: res.statusCode, headers: endToEnd(res.headers) as HeaderMap, body: res.body }
+      return { status: res.statusCode, headers: endToEnd(res.headers) as HeaderMap, body: res.body, trailers: res.trailers }
     } catch (err) {
       const code = upstreamErrorCode(err)
       this.metrics.countAttempt(backend, code)
