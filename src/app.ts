@@ -92,7 +92,14 @@ export async function startApp(initial: Config, deps: AppDeps): Promise<App> {
   )
   const backendHealth = () => Object.fromEntries(live.current.config.backends.map((b) => [b.name, backends.snapshot(b.name)?.health]))
   const status = () =>
-    statusOf({ ...live.current, holding: readiness.holding(), backend: (name) => backends.snapshot(name), recent, certificate: tls?.certificate.material })
+    statusOf({
+      ...live.current,
+      holding: readiness.holding(),
+      backend: (name) => backends.snapshot(name),
+      recent,
+      tunnels: listener.tunnelCount,
+      certificate: tls?.certificate.material,
+    })
   const admin = new AdminServer(parseAddress(initial.admin.address)!, {
     readiness,
     metrics: () => metrics.exposition(),

@@ -135,6 +135,7 @@ export const ERRORS = {
     'the proxy is out of file descriptors (ulimit -n) or socket memory for a new upstream connection',
   ),
   overloaded: heldBack(503, 'the backend has limits.maxConcurrentRequests in flight and limits.maxPendingRequests waiting'),
+  too_many_tunnels: heldBack(503, 'limits.maxTunnels upgraded connections (WebSocket) are open already'),
 } as const satisfies Record<string, CatalogueEntry>
 
 export type ErrorCode = keyof typeof ERRORS

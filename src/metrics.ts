@@ -63,6 +63,11 @@ export function createMetrics(opts: { observer?: MetricsObserver } = {}) {
     registers,
   })
 
+  const openTunnels = new Gauge({
+    name: 'sidecar_open_tunnels',
+    help: 'Upgraded connections (WebSocket and other HTTP/1.1 upgrades) joined to the app now.',
+    registers,
+  })
   const drainingGauge = new Gauge({
     name: 'sidecar_draining',
     help: '1 from the start of a drain (SIGTERM, POST /drain) until the process exits, else 0.',
@@ -187,6 +192,12 @@ export function createMetrics(opts: { observer?: MetricsObserver } = {}) {
     },
     connectionClosed(): void {
       openConnections.dec()
+    },
+    tunnelOpened(): void {
+      openTunnels.inc()
+    },
+    tunnelClosed(): void {
+      openTunnels.dec()
     },
     setDraining(draining: boolean): void {
       drainingGauge.set(draining ? 1 : 0)

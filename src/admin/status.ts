@@ -12,6 +12,8 @@ export interface StatusSources extends InForce {
   holding: Record<string, string>
   backend: (name: string) => BackendSnapshot | undefined
   recent: RecentRequests
+  /** Upgraded connections (WebSocket) open now. */
+  tunnels: number
   certificate: { subject: string; notAfter: Date } | undefined
 }
 
@@ -49,6 +51,7 @@ export function statusOf(s: StatusSources) {
     /** Retries made in the last minute, per backend of the failed try and reason (retryOn
      *  condition), and retries not made because the retry budget was spent. */
     retries: { windowSeconds: 60, total: sum(Object.values(retries.byBackend).flatMap((byReason) => Object.values(byReason))), ...retries },
+    tunnels: { open: s.tunnels },
     /** Requests refused before reaching a backend in the last minute, per reason (error code). */
     rejections: { windowSeconds: 60, total: sum(Object.values(rejections)), byReason: rejections },
   }

@@ -134,6 +134,8 @@ const RESTART_ONLY: ReadonlyArray<readonly string[]> = [
   ['admin'],
   ['limits', 'maxHeaderBytes'],
   ['limits', 'maxConcurrentStreams'],
+  ['limits', 'maxTunnels'],
+  ['limits', 'tunnelIdleTimeoutMs'],
 ]
 
 /** The reloaded config as it will run: `next`, with the restart-only settings of `running`,

@@ -238,6 +238,10 @@ export const configSchema = z
         maxConcurrentRequests: z.number().int().min(1).max(1_000_000).default(1024),
         /** ...and requests waiting for one of those slots; past both, 503 overloaded at once. */
         maxPendingRequests: z.number().int().min(0).max(1_000_000).default(1024),
+        /** Upgraded connections (WebSocket) open at once; past it, 503 too_many_tunnels. */
+        maxTunnels: z.number().int().min(0).max(1_000_000).default(1024),
+        /** A tunnel with no bytes either way for this long is closed. */
+        tunnelIdleTimeoutMs: ms(3_600_000),
       })
       .prefault({}),
     log: z

@@ -31,6 +31,7 @@ export function createAccessLogLayer(opts: AccessLogOptions, deps: { logger: Log
           ...(ctx.attempt > 1 && { attempts: ctx.attempt }),
           ...(ctx.error && { error: ctx.error }),
           ...(!outcome.complete && { incomplete: true }),
+          ...(outcome.tunnel && { tunnel: outcome.tunnel }),
         },
       )
     })

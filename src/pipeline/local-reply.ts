@@ -3,7 +3,6 @@
 // carries `x-sidecar-error`, `x-request-id` and `cache-control: no-store`; a gRPC request gets a
 // gRPC-shaped answer (HTTP 200, `grpc-status` and `grpc-message` in a trailers-only response)
 // that gRPC clients can read, everything else a small JSON body.
-import { STATUS_CODES } from 'node:http'
 import { ERRORS, type SidecarError } from '../errors.js'
 import type { HeaderMap, ProxyResponse } from './types.js'
 
@@ -35,11 +34,4 @@ export function localReply(error: SidecarError, o: LocalReplyOptions): ProxyResp
 /** Whether a request is gRPC (and so must get gRPC-shaped answers). */
 export function isGrpc(contentType: string | string[] | undefined): boolean {
   return typeof contentType === 'string' && contentType.startsWith('application/grpc')
-}
-
-/** A local reply as bytes for a raw HTTP/1.1 socket (parser refusals, CONNECT), closing it. */
-export function rawHttp1(reply: ProxyResponse & { body: Buffer }): string {
-  let head = `HTTP/1.1 ${reply.status} ${STATUS_CODES[reply.status] ?? ''}\r\n`
-  for (const [name, value] of Object.entries(reply.headers)) head += `${name}: ${Array.isArray(value) ? value.join(', ') : value}\r\n`
-  return `${head}connection: close\r\n\r\n${reply.body.toString()}`
 }

@@ -1,6 +1,6 @@
 // The shapes every layer speaks. A layer is `(next) => handler`; the request path is one ordered
 // list of layers in src/stack.ts. Nothing here knows about sockets, undici or config.
-import type { Readable } from 'node:stream'
+import type { Duplex, Readable } from 'node:stream'
 import type { ErrorCode } from '../errors.js'
 import type { Cancel } from './cancel.js'
 
@@ -21,6 +21,8 @@ export interface ProxyRequest {
   readonly headerCount: number
   /** The client's Transfer-Encoding (hop-by-hop, so not in `headers`), or null. */
   readonly transferEncoding: string | null
+  /** HTTP/1.1 Upgrade: the protocol the client asks to switch to (`websocket`), when it does. */
+  readonly upgrade?: string | undefined
 }
 
 export interface ProxyResponse {
@@ -30,6 +32,8 @@ export interface ProxyResponse {
   body: Readable | Buffer | null
   /** Trailers of a streamed body, filled in by the time the body ends (gRPC's grpc-status). */
   trailers?: Readonly<Record<string, string | string[] | undefined>>
+  /** After a 101 to an upgrade: the connection to the app, now the app's half of a tunnel. */
+  tunnel?: Duplex
 }
 
 /** How a request ended, known only once the last byte went out (or the client left). */
@@ -41,6 +45,8 @@ export interface RequestOutcome {
   /** False when the response was cut short (client left, upstream broke mid-body). */
   complete: boolean
   durationSeconds: number
+  /** An upgraded connection: how its tunnel ended (both sides closed, idle timeout, error). */
+  tunnel?: 'closed' | 'idle' | 'error'
 }
 
 export interface RequestContext {

@@ -1,5 +1,5 @@
 // The listener's connections: every socket and HTTP/2 session, the requests in flight on each,
-// and the graceful stop. A drain first asks clients to go (HTTP/1.1 answers say
+// the tunnels (upgraded connections), and the graceful stop. A drain first asks clients to go (HTTP/1.1 answers say
 // `Connection: close`, HTTP/2 sessions get GOAWAY); a close then ends idle connections at once,
 // lets what is in flight finish, and cuts whatever outlives the deadline.
 import type { IncomingMessage, ServerResponse } from 'node:http'
@@ -31,6 +31,8 @@ export class Connections {
   /** HTTP/1 connections accepted that have not sent a request yet. */
   private readonly fresh = new Set<Socket>()
   private readonly http1 = new Map<Socket, Http1Conn>()
+  /** Connections upgraded to a tunnel: in flight until they close; cut only at the deadline. */
+  private readonly tunnels = new Set<Socket>()
   private inFlightNow = 0
   private drainingNow = false
   private closingNow = false
@@ -106,6 +108,25 @@ export class Connections {
     return bytes
   }
 
+  get tunnelCount(): number {
+    return this.tunnels.size
+  }
+
+  /** A connection turned into a tunnel (its upgrade answered 101): in flight until it closes. */
+  beginTunnel(socket: Socket): void {
+    this.inFlightNow++
+    this.tunnels.add(socket)
+    this.deps.metrics.tunnelOpened()
+    if (this.fresh.delete(socket)) this.notify()
+  }
+
+  endTunnel(socket: Socket): void {
+    this.inFlightNow--
+    this.tunnels.delete(socket)
+    this.deps.metrics.tunnelClosed()
+    this.notify()
+  }
+
   /** An HTTP/1 connection's state, while it has had a request. */
   http1Of(socket: Socket): Http1Conn | undefined {
     return this.http1.get(socket)
@@ -136,7 +157,7 @@ export class Connections {
     const { clock } = this.deps
     this.closingNow = true
     for (const session of this.sessions) session.close()
-    for (const [socket, conn] of this.http1) if (conn.busy === 0) socket.end()
+    for (const [socket, conn] of this.http1) if (conn.busy === 0 && !this.tunnels.has(socket)) socket.end()
     const deadline = clock.now() + timeoutMs
     // A connection accepted just before the listener closed may not have sent its request yet:
     // give such connections up to FRESH_GRACE_MS to do so, then finish what is in flight.

@@ -16,12 +16,13 @@ import { acceptsTrailers, requestIdFrom, type ForwardingInfo } from '../headers.
 import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
 import { Cancel } from '../pipeline/cancel.js'
-import { isGrpc, localReply, rawHttp1 } from '../pipeline/local-reply.js'
+import { isGrpc, localReply } from '../pipeline/local-reply.js'
 import type { Handler, RequestContext, RequestOutcome } from '../pipeline/types.js'
 import { Connections } from './connections.js'
 import { listenOn } from './listen.js'
+import { joinTunnel, type TunnelEnd } from './tunnel.js'
 import { policy, rotateTicketKeys, type ListenerTlsOptions, type TlsMaterial } from './tls.js'
-import { clientAddressOf, completed, declaredBytes, toProxyRequest, verifiedSubject, writeResponse, type Request, type Response } from './translate.js'
+import { clientAddressOf, completed, declaredBytes, toProxyRequest, verifiedSubject, writeRaw, writeResponse, type Request, type Response } from './translate.js'
 import { CONNECT_REFUSED, checkHttp1Request, checkHttp2Request, parserErrorCode, type Refusal } from './validate.js'
 
 export interface ListenerOptions {
@@ -35,6 +36,8 @@ export interface ListenerOptions {
   maxHeaderBytes: number
   maxHeaderCount: number
   maxConcurrentStreams: number
+  maxTunnels: number
+  tunnelIdleTimeoutMs: number
   tls: ListenerTlsOptions | false
 }
 
@@ -68,6 +71,8 @@ export class Listener {
     // by Node at once: a request refused from its headers alone (too large, overloaded, no
     // backend) is refused without inviting the client to upload a body nobody will read.
     this.server.on('checkContinue', (req: Request, res: Response) => this.onRequest(req, res, true))
+    // HTTP/1.1 Upgrade (WebSocket): Node hands the connection over as a raw socket
+    this.server.on('upgrade', (req: http.IncomingMessage, socket: Socket, head: Buffer) => this.onUpgrade(req, socket, head))
     this.server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => this.onParserError(err, socket))
     // CONNECT: a raw socket on HTTP/1, a stream's request and response on HTTP/2
     this.server.on('connect', (req: Request, socket: Socket | http2.Http2ServerResponse) => {
@@ -93,6 +98,10 @@ export class Listener {
 
   get inFlightCount(): number {
     return this.connections.inFlight
+  }
+
+  get tunnelCount(): number {
+    return this.connections.tunnelCount
   }
 
   /** New handshakes get `material`; established connections keep what they have. */
@@ -130,20 +139,8 @@ export class Listener {
     const target = h2 ? checkHttp2Request(req as http2.Http2ServerRequest) : checkHttp1Request(req as http.IncomingMessage)
     if (target !== null && typeof target !== 'string') return this.refuse(req, res, target, h2)
 
-    const cancel = new Cancel()
-    const clientAddress = clientAddressOf(socket)
-    const ctx: RequestContext = {
-      id: requestIdFrom(req.headers['x-request-id']),
-      clientAddress,
-      protocol: this.protocol,
-      startedAt,
-      signal: cancel,
-      backend: undefined,
-      attempt: 1,
-      attemptSignal: cancel,
-      error: undefined,
-      onEnd: [],
-    }
+    const ctx = this.context(req, startedAt)
+    const cancel = ctx.signal
     const http1 = h2 ? undefined : socket
     const conn = this.connections.begin(h2 ? undefined : { req: req as http.IncomingMessage, res: res as http.ServerResponse })
     res.once('close', () => {
@@ -161,20 +158,8 @@ export class Listener {
       })
     })
 
-    const tls = this.opts.tls
-    const forwarding: ForwardingInfo = {
-      clientAddress,
-      protocol: this.protocol,
-      trustForwardedHeaders: this.opts.trustForwardedHeaders,
-      headersWithUnderscores: this.opts.headersWithUnderscores,
-      ...(tls && tls.clientSubjectHeader && { clientSubjectHeader: tls.clientSubjectHeader, clientSubject: verifiedSubject(socket as TLSSocket) }),
-    }
-    const proxyReq = toProxyRequest(req, h2, target, ctx.id, forwarding)
+    const proxyReq = this.proxyRequest(req, h2, target, ctx)
     if (expectsContinue && proxyReq.body !== null) req.once('resume', () => res.writeContinue())
-    if (forwarding.dropped) {
-      this.deps.metrics.countDroppedHeaders('underscore', forwarding.dropped.length)
-      this.deps.logger.debug({ requestId: ctx.id, headers: forwarding.dropped }, 'request headers with underscores dropped')
-    }
     this.handler(proxyReq, ctx).then(
       (response) => {
         response.headers['x-request-id'] = ctx.id
@@ -189,6 +174,112 @@ export class Listener {
         res.destroy()
       },
     )
+  }
+
+  /**
+   * An HTTP/1.1 Upgrade. The handshake goes through the pipeline like any request (pick, breaker,
+   * overload, access log); a 101 from the app joins the two connections (tunnel.ts), any other
+   * answer is passed on and the connection closes. `Upgrade: h2c` is refused: a tunnel to the
+   * app speaking HTTP/2 would carry requests past every check of the proxy (h2c smuggling).
+   */
+  private onUpgrade(req: http.IncomingMessage, socket: Socket, head: Buffer): void {
+    const startedAt = process.hrtime.bigint()
+    const protocol = (req.headers.upgrade ?? '').trim()
+    const checked = checkHttp1Request(req)
+    const refusal: Refusal | null =
+      checked !== null && typeof checked !== 'string'
+        ? checked
+        : /^h2c$/i.test(protocol)
+          ? { code: 'bad_request', detail: 'Upgrade: h2c is not proxied; send HTTP/2 with prior knowledge' }
+          : req.headers['content-length'] !== undefined || req.headers['transfer-encoding'] !== undefined
+            ? { code: 'bad_request', detail: 'an upgrade request with a body' }
+            : this.connections.tunnelCount >= this.opts.maxTunnels
+              ? { code: 'too_many_tunnels', detail: `${this.connections.tunnelCount} open` }
+              : null
+    if (refusal) return this.refuseRaw(socket, refusal, requestIdFrom(req.headers['x-request-id']))
+
+    const ctx = this.context(req, startedAt)
+    const leave = () => ctx.signal.abort(new SidecarError('client_closed'))
+    socket.once('close', leave)
+    socket.on('error', noop) // a reset before the answer: 'close' follows and says it
+    const proxyReq = { ...this.proxyRequest(req, false, typeof checked === 'string' ? checked : null, ctx), upgrade: protocol }
+    const base = this.connections.http1Of(socket) ?? { read: 0, written: 0 }
+    const end = (status: number, complete: boolean, tunnel?: TunnelEnd) => {
+      if (!complete) ctx.error ??= 'client_closed'
+      this.finish(ctx, {
+        status,
+        complete,
+        bytesIn: socket.bytesRead - base.read,
+        bytesOut: socket.bytesWritten - base.written,
+        durationSeconds: Number(process.hrtime.bigint() - startedAt) / 1e9,
+        ...(tunnel && { tunnel }),
+      })
+    }
+    this.handler(proxyReq, ctx).then(
+      (response) => {
+        socket.off('close', leave)
+        response.headers['x-request-id'] = ctx.id
+        const tunnel = response.tunnel
+        if (socket.destroyed) {
+          tunnel?.destroy()
+          if (response.body !== null && !Buffer.isBuffer(response.body)) response.body.on('error', noop).destroy()
+          return end(ERRORS.client_closed.status, false)
+        }
+        if (!tunnel || response.status !== 101) {
+          tunnel?.destroy()
+          socket.once('close', () => end(response.status, socket.bytesWritten > base.written && !socket.errored))
+          return writeRaw(socket, response)
+        }
+        this.connections.beginTunnel(socket)
+        writeRaw(socket, response, protocol)
+        joinTunnel(socket, head, tunnel, {
+          idleTimeoutMs: this.opts.tunnelIdleTimeoutMs,
+          onEnd: (reason) => {
+            this.connections.endTunnel(socket)
+            end(101, reason !== 'error', reason)
+          },
+        })
+      },
+      (err: unknown) => {
+        this.deps.logger.error({ err, requestId: ctx.id }, 'pipeline rejected')
+        socket.destroy()
+      },
+    )
+  }
+
+  /** A new request's context: its id, client, cancellation; filled in by the layers. */
+  private context(req: Request, startedAt: bigint): RequestContext {
+    const cancel = new Cancel()
+    return {
+      id: requestIdFrom(req.headers['x-request-id']),
+      clientAddress: clientAddressOf(req.socket as Socket),
+      protocol: this.protocol,
+      startedAt,
+      signal: cancel,
+      backend: undefined,
+      attempt: 1,
+      attemptSignal: cancel,
+      error: undefined,
+      onEnd: [],
+    }
+  }
+
+  /** The request the app gets (translate.ts), and the count and log of dropped headers. */
+  private proxyRequest(req: Request, h2: boolean, target: string | null, ctx: RequestContext) {
+    const tls = this.opts.tls
+    const forwarding: ForwardingInfo = {
+      clientAddress: ctx.clientAddress,
+      protocol: this.protocol,
+      trustForwardedHeaders: this.opts.trustForwardedHeaders,
+      headersWithUnderscores: this.opts.headersWithUnderscores,
+      ...(tls && tls.clientSubjectHeader && { clientSubjectHeader: tls.clientSubjectHeader, clientSubject: verifiedSubject(req.socket as TLSSocket) }),
+    }
+    const proxyReq = toProxyRequest(req, h2, target, ctx.id, forwarding)
+    if (forwarding.dropped) {
+      this.deps.metrics.countDroppedHeaders('underscore', forwarding.dropped.length)
+      this.deps.logger.debug({ requestId: ctx.id, headers: forwarding.dropped }, 'request headers with underscores dropped')
+    }
+    return proxyReq
   }
 
   private finish(ctx: RequestContext, outcome: RequestOutcome): void {
@@ -236,7 +327,7 @@ export class Listener {
   /** A catalogue answer written on a raw HTTP/1 socket, which then closes. */
   private refuseRaw(socket: Socket, refusal: Refusal, requestId: string, msg = 'request refused'): void {
     this.record(refusal, socket, requestId, msg)
-    socket.end(rawHttp1(localReply(new SidecarError(refusal.code, { detail: refusal.detail }), { requestId, grpc: false })))
+    writeRaw(socket, localReply(new SidecarError(refusal.code, { detail: refusal.detail }), { requestId, grpc: false }))
   }
 
   /** Counts and logs a refusal. */
@@ -289,3 +380,5 @@ function clientAuth(tls: ListenerTlsOptions) {
   if (tls.clientCa === undefined) return {}
   return { ca: tls.clientCa, requestCert: true, rejectUnauthorized: tls.requireClientCert }
 }
+
+function noop(): void {}

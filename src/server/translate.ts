@@ -1,7 +1,7 @@
 // Between Node's request/response objects (HTTP/1 and HTTP/2's compatibility API) and the
 // pipeline's ProxyRequest/ProxyResponse: the request the app will get, and the response written
 // back with its body streamed.
-import type http from 'node:http'
+import { STATUS_CODES, type IncomingMessage, type ServerResponse } from 'node:http'
 import http2 from 'node:http2'
 import type { Socket } from 'node:net'
 import type { TLSSocket } from 'node:tls'
@@ -9,8 +9,8 @@ import { endToEnd, upstreamRequestHeaders, type ForwardingInfo } from '../header
 import type { ProxyRequest, ProxyResponse } from '../pipeline/types.js'
 import { countRegularHeaders } from './validate.js'
 
-export type Request = http.IncomingMessage | http2.Http2ServerRequest
-export type Response = http.ServerResponse | http2.Http2ServerResponse
+export type Request = IncomingMessage | http2.Http2ServerRequest
+export type Response = ServerResponse | http2.Http2ServerResponse
 
 /** The pipeline's request: `target` replaces the URL when the listener rewrote it (absolute-form). */
 export function toProxyRequest(req: Request, h2: boolean, target: string | null, requestId: string, forwarding: ForwardingInfo): ProxyRequest {
@@ -34,7 +34,7 @@ export function toProxyRequest(req: Request, h2: boolean, target: string | null,
  */
 export function writeResponse(res: Response, response: ProxyResponse, h2: boolean, close: boolean, trailers = h2): void {
   const body = response.body
-  if (h2 ? (res as http2.Http2ServerResponse).stream.destroyed : (res as http.ServerResponse).destroyed) {
+  if (h2 ? (res as http2.Http2ServerResponse).stream.destroyed : (res as ServerResponse).destroyed) {
     // The client left while the pipeline worked: release the upstream body. Destroying it may
     // emit 'error'; with no listener that would crash the process.
     if (body !== null && !Buffer.isBuffer(body)) body.on('error', noop).destroy()
@@ -61,6 +61,33 @@ export function writeResponse(res: Response, response: ProxyResponse, h2: boolea
     if (sent !== undefined && trailers) body.once('end', () => addTrailers(res, sent))
     body.pipe(res as NodeJS.WritableStream)
   }
+}
+
+/**
+ * A response written on a raw HTTP/1.1 socket (an upgrade request, which Node hands over as a
+ * socket): the 101 that opens a tunnel (`upgrade` names the protocol), or any other answer, after
+ * which the connection closes (it left Node's HTTP handling at the upgrade). A body without a
+ * length is delimited by that close.
+ */
+export function writeRaw(socket: Socket, response: ProxyResponse, upgrade?: string): void {
+  const headers = { ...response.headers }
+  if (upgrade !== undefined) Object.assign(headers, { connection: 'Upgrade', upgrade })
+  else headers.connection = 'close'
+  let head = `HTTP/1.1 ${response.status} ${STATUS_CODES[response.status] ?? ''}\r\n`
+  for (const [name, value] of Object.entries(headers)) {
+    for (const v of Array.isArray(value) ? value : [value]) head += `${name}: ${v}\r\n`
+  }
+  socket.write(`${head}\r\n`)
+  const body = response.body
+  if (upgrade !== undefined) return
+  if (body === null || Buffer.isBuffer(body)) {
+    if (body === null) socket.end()
+    else socket.end(body)
+    return
+  }
+  body.once('error', () => socket.destroy())
+  socket.once('close', () => body.on('error', noop).destroy())
+  body.pipe(socket)
 }
 
 /** The app's trailers, end-to-end ones only, for a client that takes them (HTTP/2, or HTTP/1.1

@@ -5,6 +5,8 @@ import { Pool } from 'undici'
 import { ERRORS, SidecarError, isErrorCode, type ErrorCode } from '../errors.js'
 import { endToEnd } from '../headers.js'
 import type { Metrics } from '../metrics.js'
+import { Readable, type Duplex } from 'node:stream'
+import type { Cancel } from '../pipeline/cancel.js'
 import type { HeaderMap, ProxyRequest, ProxyResponse, RequestContext } from '../pipeline/types.js'
 
 export interface PoolOptions {
@@ -51,6 +53,7 @@ export class Upstream {
   async request(req: ProxyRequest, ctx: RequestContext, isHealthy: () => boolean): Promise<ProxyResponse> {
     const backend = this.backend
     try {
+      if (req.upgrade !== undefined) return await this.upgrade(req, ctx)
       const res = await this.pool.request({
         method: req.method,
         path: req.path,
@@ -84,6 +87,21 @@ export class Upstream {
     }
   }
 
+  /**
+   * The handshake of an HTTP/1.1 Upgrade: a 101 gives the connection to the app as the tunnel's
+   * upstream half (undici hands it over, any bytes read past the 101 put back); any other answer
+   * is an ordinary response, streamed.
+   */
+  private upgrade(req: ProxyRequest, ctx: RequestContext): Promise<ProxyResponse> {
+    return new Promise((resolve, reject) => {
+      const handler = new UpgradeHandler(ctx.attemptSignal, (response) => {
+        this.metrics.countAttempt(this.backend, STATUS_CLASS[Math.floor(response.status / 100)] ?? 'other')
+        resolve(response)
+      }, reject)
+      this.pool.dispatch({ method: req.method, path: req.path, headers: req.headers, upgrade: req.upgrade }, handler)
+    })
+  }
+
   /** One GET to `path`: is the backend answering HTTP at all? */
   async probe(path: string, timeoutMs: number): Promise<ProbeResult> {
     try {
@@ -106,6 +124,68 @@ export class Upstream {
   close(): Promise<void> {
     return this.pool.close()
   }
+}
+
+/** undici's dispatch handler for an upgrade handshake (its `upgrade()` API refuses any answer but
+ *  a 101, and a refusal such as a 401 is the app's answer to pass on). */
+class UpgradeHandler {
+  private body: Readable | undefined
+  private done = false
+  private unlink: () => void = noop
+
+  constructor(
+    private readonly signal: Cancel,
+    private readonly answer: (response: ProxyResponse) => void,
+    private readonly fail: (err: unknown) => void,
+  ) {}
+
+  onConnect(abort: (reason?: Error) => void): void {
+    this.unlink = this.signal.onAbort((reason) => abort(reason as Error))
+  }
+
+  onUpgrade(status: number, rawHeaders: Buffer[], socket: Duplex): void {
+    this.settle()
+    this.answer({ status, headers: endToEnd(parseRawHeaders(rawHeaders)), body: null, tunnel: socket })
+  }
+
+  onHeaders(status: number, rawHeaders: Buffer[], resume: () => void): boolean {
+    this.body = new Readable({ read: resume })
+    this.settle()
+    this.answer({ status, headers: endToEnd(parseRawHeaders(rawHeaders)), body: this.body })
+    return true
+  }
+
+  onData(chunk: Buffer): boolean {
+    return this.body!.push(chunk)
+  }
+
+  onComplete(): void {
+    this.body?.push(null)
+  }
+
+  onError(err: Error): void {
+    if (this.done) this.body?.destroy(err)
+    else {
+      this.settle()
+      this.fail(err)
+    }
+  }
+
+  private settle(): void {
+    this.done = true
+    this.unlink()
+  }
+}
+
+function parseRawHeaders(raw: Buffer[]): HeaderMap {
+  const headers: HeaderMap = {}
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i]!.toString('latin1').toLowerCase()
+    const value = raw[i + 1]!.toString('latin1')
+    const had = headers[name]
+    headers[name] = had === undefined ? value : Array.isArray(had) ? [...had, value] : [had, value]
+  }
+  return headers
 }
 
 /** RFC 9110 6.4.1: answers to HEAD, and 1xx, 204 and 304 answers, have no content. */

@@ -44,16 +44,6 @@ t.test('hop-by-hop and Connection-named request headers are removed before the p
   t.equal(seen.host, 'app.example', 'Host is kept')
 })
 
-t.test('an Upgrade request is forwarded as a plain request, without the upgrade', async (t) => {
-  const { up, proxy } = await setup(t)
-  const response = await raw(
-    proxy.port,
-    'GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, close\r\nUpgrade: websocket\r\n\r\n',
-  )
-  t.match(response, /^HTTP\/1\.1 200 /)
-  t.equal(up.seen[0]!.headers.upgrade, undefined)
-})
-
 t.test('hop-by-hop and Connection-named response headers are removed', async (t) => {
   const { proxy } = await setup(t)
   const reply = await request(`${proxy.url}/hop-response`)

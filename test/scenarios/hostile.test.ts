@@ -188,15 +188,17 @@ t.test('what is forwarded, and exactly how', async (t) => {
   // Transfer-Encoding spelled in ways RFC 9112 allows
   t.equal((await forward(post('Transfer-Encoding:\tChunked\r\n', '3\r\nabc\r\n0\r\n\r\n'))).complete, true, 'Transfer-Encoding with a tab and in mixed case')
 
-  // Upgrades are not proxied: the request goes on without them, and the client never gets a 101.
-  for (const [what, headers] of [
-    ['WebSocket', 'Connection: Upgrade, close\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n'],
-    ['h2c', 'Connection: Upgrade, HTTP2-Settings, close\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n'],
-  ] as const) {
-    const got = await forward(`GET /${what} HTTP/1.1\r\nHost: app.local\r\n${headers}\r\n`)
-    t.equal(got.headers.upgrade, undefined, `${what}: no Upgrade reaches the app`)
-    t.equal(got.headers['http2-settings'], undefined)
-  }
+  // A WebSocket upgrade reaches the app as one; an app that answers it with anything but a 101
+  // (here a 200) gives an ordinary answer, and the connection is not turned into a tunnel.
+  const ws = 'Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n'
+  const upgraded = await raw(proxy.port, `GET /ws HTTP/1.1\r\nHost: app.local\r\n${ws}\r\n`)
+  t.match(upgraded, /^HTTP\/1\.1 200 [^]*\r\nconnection: close\r\n/i, 'no 101 from the app: its answer, then the connection closes')
+  t.equal(app.received.at(-1)!.headers.upgrade, 'websocket', 'the app saw the upgrade it was asked for')
+  // h2c: a tunnel to the app speaking HTTP/2 would carry requests past the proxy (h2c smuggling)
+  const before = app.received.length
+  const h2c = await raw(proxy.port, 'GET /h2c HTTP/1.1\r\nHost: app.local\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n')
+  t.equal(statusOf(h2c), 400, 'Upgrade: h2c is refused')
+  t.equal(app.received.length, before, 'and reaches nothing')
 
   // Spoofed client identity: dropped (listener.trustForwardedHeaders is off), the proxy's own set.
   const spoofed = await forward(
