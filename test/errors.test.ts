@@ -34,6 +34,7 @@ t.test('the catalogue: every code has a status and a message, and statuses follo
     no_backend: 503,
     local_resources_exhausted: 503,
     overloaded: 503,
+    too_many_tunnels: 503,
   }
   t.same(Object.fromEntries(Object.entries(ERRORS).map(([code, e]) => [code, e.status])), expected)
   for (const [code, entry] of Object.entries(ERRORS)) {

@@ -8,6 +8,7 @@ import { randomUUID } from 'node:crypto'
 import http from 'node:http'
 import http2 from 'node:http2'
 import https from 'node:https'
+import type net from 'node:net'
 import type { AddressInfo, Socket } from 'node:net'
 import type { TLSSocket } from 'node:tls'
 import type { Clock } from '../clock.js'
@@ -21,7 +22,8 @@ import type { Handler, RequestContext, RequestOutcome } from '../pipeline/types.
 import { Connections } from './connections.js'
 import { listenOn } from './listen.js'
 import { joinTunnel, type TunnelEnd } from './tunnel.js'
-import { policy, rotateTicketKeys, type ListenerTlsOptions, type TlsMaterial } from './tls.js'
+import { createServers, secureContext } from './servers.js'
+import { rotateTicketKeys, type ListenerTlsOptions, type TlsMaterial } from './tls.js'
 import { clientAddressOf, completed, declaredBytes, toProxyRequest, verifiedSubject, writeRaw, writeResponse, type Request, type Response } from './translate.js'
 import { CONNECT_REFUSED, checkHttp1Request, checkHttp2Request, parserErrorCode, type Refusal } from './validate.js'
 
@@ -41,8 +43,6 @@ export interface ListenerOptions {
   tls: ListenerTlsOptions | false
 }
 
-type AnyServer = http.Server | https.Server | http2.Http2SecureServer
-
 export interface ListenerDeps {
   logger: Logger
   metrics: Metrics
@@ -50,7 +50,7 @@ export interface ListenerDeps {
 }
 
 export class Listener {
-  readonly server: AnyServer
+  readonly server: net.Server
   readonly protocol: 'http' | 'https'
   private readonly connections: Connections
   private stopTicketRotation: (() => void) | undefined
@@ -62,23 +62,29 @@ export class Listener {
   ) {
     this.protocol = opts.tls ? 'https' : 'http'
     this.connections = new Connections(deps)
-    this.server = createServer(opts, (req: Request, res: Response) => this.onRequest(req, res))
+    const servers = createServers(opts, (req: Request, res: Response) => this.onRequest(req, res))
+    this.server = servers.front
     this.server.on('connection', (socket: Socket) => this.connections.add(socket))
-    this.server.on(opts.tls ? 'secureConnection' : 'connection', (socket: Socket & { alpnProtocol?: string | false }) => {
+    const http1 = servers.http1
+    http1.on(opts.tls ? 'secureConnection' : 'connection', (socket: Socket & { alpnProtocol?: string | false }) => {
       if (socket.alpnProtocol !== 'h2') this.connections.addHttp1(socket) // HTTP/2 sessions are tracked apart
     })
-    // Expect: 100-continue is answered when the body is first wanted (see toProxyRequest), not
-    // by Node at once: a request refused from its headers alone (too large, overloaded, no
-    // backend) is refused without inviting the client to upload a body nobody will read.
-    this.server.on('checkContinue', (req: Request, res: Response) => this.onRequest(req, res, true))
     // HTTP/1.1 Upgrade (WebSocket): Node hands the connection over as a raw socket
-    this.server.on('upgrade', (req: http.IncomingMessage, socket: Socket, head: Buffer) => this.onUpgrade(req, socket, head))
-    this.server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => this.onParserError(err, socket))
-    // CONNECT: a raw socket on HTTP/1, a stream's request and response on HTTP/2
-    this.server.on('connect', (req: Request, socket: Socket | http2.Http2ServerResponse) => {
-      if (req instanceof http2.Http2ServerRequest) this.refuse(req, socket as http2.Http2ServerResponse, CONNECT_REFUSED, true)
-      else this.refuseRaw(socket as Socket, CONNECT_REFUSED, requestIdFrom(req.headers['x-request-id']))
-    })
+    http1.on('upgrade', (req: http.IncomingMessage, socket: Socket, head: Buffer) => this.onUpgrade(req, socket, head))
+    http1.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => this.onParserError(err, socket))
+    for (const server of new Set([http1, servers.http2])) {
+      if (!server) continue
+      // Expect: 100-continue is answered when the body is first wanted (see toProxyRequest), not
+      // by Node at once: a request refused from its headers alone (too large, overloaded, no
+      // backend) is refused without inviting the client to upload a body nobody will read.
+      server.on('checkContinue', (req: Request, res: Response) => this.onRequest(req, res, true))
+      // CONNECT: a raw socket on HTTP/1, a stream's request and response on HTTP/2
+      server.on('connect', (req: Request, socket: Socket | http2.Http2ServerResponse) => {
+        if (req instanceof http2.Http2ServerRequest) this.refuse(req, socket as http2.Http2ServerResponse, CONNECT_REFUSED, true)
+        else this.refuseRaw(socket as Socket, CONNECT_REFUSED, requestIdFrom(req.headers['x-request-id']))
+      })
+    }
+    servers.http2?.on('session', (session: http2.ServerHttp2Session) => this.onSession(session))
     if (opts.tls) {
       // A handshake timeout only emits this event: the socket stays open until someone
       // destroys it, so without the destroy a stalled ClientHello held its connection forever.
@@ -86,7 +92,6 @@ export class Listener {
         deps.logger.debug({ reason: err.code ?? err.message }, 'TLS handshake failed')
         socket.destroy()
       })
-      this.server.on('session', (session: http2.ServerHttp2Session) => this.onSession(session))
     }
   }
 
@@ -335,50 +340,6 @@ export class Listener {
     this.deps.metrics.countRejection(refusal.code)
     this.deps.logger.warn({ error: refusal.code, reason: refusal.detail, client: clientAddressOf(socket), requestId }, msg)
   }
-}
-
-function createServer(opts: ListenerOptions, onRequest: (req: Request, res: Response) => void): AnyServer {
-  const http1 = {
-    headersTimeout: opts.headersTimeoutMs,
-    requestTimeout: opts.receiveTimeoutMs,
-    keepAliveTimeout: opts.keepAliveTimeoutMs,
-    maxHeaderSize: opts.maxHeaderBytes,
-    // how often Node checks the two timeouts above; its default (30 s) lets them overrun
-    connectionsCheckingInterval: Math.min(1000, opts.headersTimeoutMs),
-    // Node would silently drop headers past its count (Host among them); take them all (the
-    // header block is bounded by maxHeaderSize) and let the limits layer answer 431.
-    maxHeadersCount: 0,
-    // Node's own check answers 400 without our error code; validate.ts checks Host instead.
-    requireHostHeader: false,
-    // Explicit, so that NODE_OPTIONS=--insecure-http-parser cannot reopen request smuggling.
-    insecureHTTPParser: false,
-  }
-  const tls = opts.tls
-  if (!tls) return Object.assign(http.createServer(http1, onRequest), http1)
-  const secure = { ...secureContext(tls, tls.material), handshakeTimeout: tls.handshakeTimeoutMs, noDelay: true, ...clientAuth(tls) }
-  if (!tls.http2) return Object.assign(https.createServer({ ...http1, ...secure }, onRequest), http1)
-  // HTTP/2 with HTTP/1.1 fallback. The HTTP/1 side of this server reads its limits from the
-  // same properties http.Server uses, so they are set on it after creation.
-  const server = http2.createSecureServer(
-    {
-      ...secure,
-      allowHTTP1: true,
-      maxSessionMemory: 32, // MiB of buffered frames per connection before new streams are refused
-      maxHeaderListPairs: opts.maxHeaderCount + 8, // pseudo-headers count too; the limits layer counts exactly
-      settings: { maxConcurrentStreams: opts.maxConcurrentStreams, maxHeaderListSize: opts.maxHeaderBytes, enablePush: false },
-    },
-    onRequest,
-  )
-  return Object.assign(server, http1)
-}
-
-function secureContext(tls: ListenerTlsOptions, material: TlsMaterial) {
-  return { ...policy(tls), cert: material.cert, key: material.key, ALPNProtocols: tls.http2 ? ['h2', 'http/1.1'] : ['http/1.1'] }
-}
-
-function clientAuth(tls: ListenerTlsOptions) {
-  if (tls.clientCa === undefined) return {}
-  return { ca: tls.clientCa, requestCert: true, rejectUnauthorized: tls.requireClientCert }
 }
 
 function noop(): void {}

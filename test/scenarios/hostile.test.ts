@@ -92,7 +92,6 @@ const REFUSED: Array<[string, string, number, string]> = [
   ['HTTP/1.2', `GET / HTTP/1.2\r\n${H}\r\n`, 400, 'bad_request'],
   ['HTTP/2.0 written as text on the HTTP/1 port', `GET / HTTP/2.0\r\n${H}\r\n`, 505, 'http_version_not_supported'],
   ['HTTP/3.0', `GET / HTTP/3.0\r\n${H}\r\n`, 400, 'bad_request'],
-  ['the HTTP/2 preface on the plain port', 'PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 400, 'bad_request'],
   // sizes (limits.maxHeaderBytes 16 KiB, limits.maxHeaderCount 100)
   ['a 20 KB request line', `GET /${'a'.repeat(20_000)} HTTP/1.1\r\n${H}\r\n`, 431, 'headers_too_large'],
   ['a 20 KB header', `GET / HTTP/1.1\r\n${H}X-Big: ${'a'.repeat(20_000)}\r\n\r\n`, 431, 'headers_too_large'],
