@@ -39,6 +39,9 @@ const backendSchema = z.strictObject({
    *  one (a canary Service): a broken canary must cost its share of traffic, never the pod's
    *  readiness, or one bad canary would take every pod out of its Service at once. */
   gatesReadiness: z.boolean().optional(),
+  /** How the backend is spoken to: HTTP/1.1, or HTTP/2 in the clear with prior knowledge (h2c:
+   *  gRPC apps). Over h2c each connection carries up to 100 requests at once. */
+  protocol: z.enum(['http1', 'h2c']).default('http1'),
   /** Upper bound on open connections to this backend (undici Pool `connections`). */
   maxConnections: z.number().int().min(1).max(10_000).default(128),
   connectTimeoutMs: ms(2_000),
@@ -61,10 +64,16 @@ const backendSchema = z.strictObject({
         .array(z.union([z.number().int().min(100).max(599), z.string().regex(/^[1-5]\d\d-[1-5]\d\d$/, 'must be a status or a range like "200-399"')]))
         .min(1)
         .default(['200-399']),
+      /** Instead of a GET: the standard gRPC health check (grpc.health.v1.Health/Check) of this
+       *  service ("" is the server as a whole); it passes on SERVING. Needs protocol: h2c. */
+      grpc: z.strictObject({ service: z.string().max(200).default('') }).optional(),
     })
     .refine((h) => h.timeoutMs <= h.intervalMs, { path: ['timeoutMs'], message: 'must not exceed healthCheck.intervalMs' })
     .prefault({}),
-}).transform((b) => ({ ...b, gatesReadiness: b.gatesReadiness ?? isLoopbackUrl(b.url) }))
+})
+  .refine((b) => b.healthCheck.grpc === undefined || b.protocol === 'h2c', { path: ['healthCheck', 'grpc'], message: 'needs protocol: h2c (gRPC is HTTP/2)' })
+  .refine((b) => b.protocol !== 'h2c' || b.url.startsWith('http:'), { path: ['protocol'], message: 'h2c is HTTP/2 in the clear: the url must be http://' })
+  .transform((b) => ({ ...b, gatesReadiness: b.gatesReadiness ?? isLoopbackUrl(b.url) }))
 
 const WILDCARD = new Set(['0.0.0.0', '::', '[::]'])
 

@@ -41,6 +41,15 @@ export function writeResponse(res: Response, response: ProxyResponse, h2: boolea
     return
   }
   if (!h2 && close) response.headers.connection = 'close'
+  if (h2 && (body === null || (Buffer.isBuffer(body) && body.length === 0))) {
+    // Headers set one by one, then end: HTTP/2 sends them in one HEADERS frame that ends the
+    // stream. writeHead would send them apart from an empty end, and a gRPC status in the
+    // headers is read by gRPC clients only as such a "trailers-only" answer.
+    res.statusCode = response.status
+    for (const [name, value] of Object.entries(response.headers)) res.setHeader(name, value)
+    res.end()
+    return
+  }
   res.writeHead(response.status, response.headers)
   if (body === null) {
     res.end()

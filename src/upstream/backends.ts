@@ -180,7 +180,7 @@ export class Backends {
       {
         ...this.deps,
         // the backend's pool of the moment: a reload may replace it under a running loop
-        probe: (path, timeoutMs) => backend.upstream.probe(path, timeoutMs),
+        probe: (check) => backend.upstream.probe(check),
         onCheck: (health, changed) => {
           // Back from down (a restart, a deploy): its breaker, opened while it was gone, would
           // otherwise refuse it for up to resetTimeoutMs more (Envoy un-ejects on the same event).
@@ -205,7 +205,7 @@ export class Backends {
 }
 
 function poolOptions(b: BackendConfig, config: BackendsConfig): PoolOptions {
-  const { url, maxConnections, connectTimeoutMs, idleTimeoutMs } = b
+  const { url, protocol, maxConnections, connectTimeoutMs, idleTimeoutMs } = b
   const { requestTimeoutMs, responseIdleTimeoutMs } = config.limits
-  return { url, maxConnections, connectTimeoutMs, idleTimeoutMs, requestTimeoutMs, responseIdleTimeoutMs }
+  return { url, protocol, maxConnections, connectTimeoutMs, idleTimeoutMs, requestTimeoutMs, responseIdleTimeoutMs }
 }

@@ -6,11 +6,13 @@ import { ERRORS, SidecarError, isErrorCode, type ErrorCode } from '../errors.js'
 import { endToEnd } from '../headers.js'
 import type { Metrics } from '../metrics.js'
 import { Readable, type Duplex } from 'node:stream'
-import type { Cancel } from '../pipeline/cancel.js'
+import { Cancel } from '../pipeline/cancel.js'
 import type { HeaderMap, ProxyRequest, ProxyResponse, RequestContext } from '../pipeline/types.js'
 
 export interface PoolOptions {
   url: string
+  /** HTTP/1.1, or HTTP/2 with prior knowledge in the clear (gRPC apps). */
+  protocol: 'http1' | 'h2c'
   maxConnections: number
   connectTimeoutMs: number
   idleTimeoutMs: number
@@ -22,7 +24,17 @@ export interface PoolOptions {
 
 const STATUS_CLASS = ['0xx', '1xx', '2xx', '3xx', '4xx', '5xx']
 
-export type ProbeResult = { ok: true; status: number } | { ok: false; error: ErrorCode; detail: string }
+/** An answer (the HTTP status, and for a gRPC health check its serving status), or the error. */
+export type ProbeResult = { ok: true; status: number; serving?: string } | { ok: false; error: ErrorCode; detail: string }
+
+export interface ProbeOptions {
+  path: string
+  timeoutMs: number
+  grpc?: { service: string } | undefined
+}
+
+/** grpc.health.v1.HealthCheckResponse.ServingStatus, by number. */
+const SERVING_STATUS = ['UNKNOWN', 'SERVING', 'NOT_SERVING', 'SERVICE_UNKNOWN']
 
 /** One backend's connection pool. */
 export class Upstream {
@@ -35,13 +47,15 @@ export class Upstream {
   ) {
     this.pool = new Pool(opts.url, {
       connections: opts.maxConnections,
-      connect: { timeout: opts.connectTimeoutMs },
+      // h2c: undici's Pool passes `useH2c` to its connector only from here
+      connect: { timeout: opts.connectTimeoutMs, ...(opts.protocol === 'h2c' && { useH2c: true }) },
       // set once per pool rather than per request: the same deadline for every request
       headersTimeout: opts.requestTimeoutMs,
       bodyTimeout: opts.responseIdleTimeoutMs,
       keepAliveTimeout: opts.idleTimeoutMs,
       // an app's `Keep-Alive: timeout=N` may shorten, never lengthen, our idle timeout
       keepAliveMaxTimeout: opts.idleTimeoutMs,
+      ...(opts.protocol === 'h2c' && { allowH2: true }),
     })
   }
 
@@ -51,35 +65,17 @@ export class Upstream {
    * one-off 502.
    */
   async request(req: ProxyRequest, ctx: RequestContext, isHealthy: () => boolean): Promise<ProxyResponse> {
-    const backend = this.backend
     try {
-      if (req.upgrade !== undefined) return await this.upgrade(req, ctx)
-      const res = await this.pool.request({
-        method: req.method,
-        path: req.path,
-        headers: req.headers,
-        body: req.body,
-        // the client leaving or the attempt's deadline (the pool's headersTimeout is a backstop)
-        signal: ctx.attemptSignal,
-      })
-      this.metrics.countAttempt(backend, STATUS_CLASS[Math.floor(res.statusCode / 100)] ?? 'other')
-      if (hasNoBody(req.method, res.statusCode)) {
-        // A 304 may carry the Content-Length of the representation it stands for (RFC 9110
-        // 8.6), and undici 7 then fails the empty body as a length mismatch (closing that
-        // connection); stray bytes after a 204/304 do the same. Neither may cost the client its
-        // answer: relay the headers, and let undici's empty body run out, error or not.
-        res.body.on('error', noop).resume()
-        return { status: res.statusCode, headers: endToEnd(res.headers) as HeaderMap, body: null }
-      }
+      const response = await this.exchange(req, ctx.attemptSignal)
+      this.metrics.countAttempt(this.backend, STATUS_CLASS[Math.floor(response.status / 100)] ?? 'other')
       // A failure mid-body surfaces on the stream (the listener then cuts the client
       // connection, so a truncated response never passes for a complete one); name it for the log.
-      res.body.once('error', (err) => {
-        ctx.error ??= upstreamErrorCode(err)
-      })
-      return { status: res.statusCode, headers: endToEnd(res.headers) as HeaderMap, body: res.body, trailers: res.trailers }
+      const body = response.body
+      if (body !== null && !Buffer.isBuffer(body)) body.once('error', (err) => (ctx.error ??= upstreamErrorCode(err)))
+      return response
     } catch (err) {
       const code = upstreamErrorCode(err)
-      this.metrics.countAttempt(backend, code)
+      this.metrics.countAttempt(this.backend, code)
       const down = ERRORS[code].blame === 'upstream' && !isHealthy()
       // One of ours (a deadline's abort reason) already carries the catalogue message.
       const detail = (err as Error).name === 'SidecarError' ? (err as SidecarError).detail : (err as Error).message
@@ -87,37 +83,50 @@ export class Upstream {
     }
   }
 
-  /**
-   * The handshake of an HTTP/1.1 Upgrade: a 101 gives the connection to the app as the tunnel's
-   * upstream half (undici hands it over, any bytes read past the 101 put back); any other answer
-   * is an ordinary response, streamed.
-   */
-  private upgrade(req: ProxyRequest, ctx: RequestContext): Promise<ProxyResponse> {
-    return new Promise((resolve, reject) => {
-      const handler = new UpgradeHandler(ctx.attemptSignal, (response) => {
-        this.metrics.countAttempt(this.backend, STATUS_CLASS[Math.floor(response.status / 100)] ?? 'other')
-        resolve(response)
-      }, reject)
-      this.pool.dispatch({ method: req.method, path: req.path, headers: req.headers, upgrade: req.upgrade }, handler)
-    })
-  }
-
-  /** One GET to `path`: is the backend answering HTTP at all? */
-  async probe(path: string, timeoutMs: number): Promise<ProbeResult> {
+  /** One health check: a GET to `path` (is the backend answering HTTP at all?), or the standard
+   *  gRPC health check of a service (what is it serving?). */
+  async probe(check: ProbeOptions): Promise<ProbeResult> {
+    const { timeoutMs, grpc } = check
+    const deadline = new Cancel()
+    const timer = setTimeout(() => deadline.abort(new SidecarError('upstream_timeout', { detail: `no answer within ${timeoutMs} ms` })), timeoutMs)
     try {
-      const res = await this.pool.request({
-        method: 'GET',
-        path,
-        headers: { 'user-agent': 'sidecar-proxy-probe' },
-        signal: AbortSignal.timeout(timeoutMs),
-        headersTimeout: timeoutMs,
-        bodyTimeout: timeoutMs,
-      })
-      await res.body.dump()
-      return { ok: true, status: res.statusCode }
+      const res = await this.exchange(
+        {
+          ...(grpc
+            ? {
+                method: 'POST',
+                path: '/grpc.health.v1.Health/Check',
+                headers: { 'user-agent': 'sidecar-proxy-probe', 'content-type': 'application/grpc', te: 'trailers' },
+                body: Readable.from([healthCheckRequest(grpc.service)]),
+                contentLength: null,
+              }
+            : { method: 'GET', path: check.path, headers: { 'user-agent': 'sidecar-proxy-probe' }, body: null, contentLength: null }),
+          headerCount: 0,
+          transferEncoding: null,
+        },
+        deadline,
+      )
+      const chunks: Buffer[] = []
+      if (res.body !== null) for await (const chunk of res.body) chunks.push(chunk as Buffer)
+      if (!grpc) return { ok: true, status: res.status }
+      const body = Buffer.concat(chunks)
+      const status = res.trailers?.['grpc-status'] ?? res.headers['grpc-status']
+      const serving = status === '0' ? SERVING_STATUS[body[5] === 0x08 ? body[6]! : 0] ?? 'UNKNOWN' : `grpc-status ${status}`
+      return { ok: true, status: res.status, serving }
     } catch (err) {
       return { ok: false, error: upstreamErrorCode(err), detail: (err as Error).message }
+    } finally {
+      clearTimeout(timer)
     }
+  }
+
+  /** One request to the pool; resolves at the response's headers (or its 101). */
+  private exchange(req: ProxyRequest, signal: Cancel): Promise<ProxyResponse> {
+    return new Promise((resolve, reject) => {
+      const handler = new Exchange(req.method, signal, resolve, reject)
+      const { method, path, headers, body, upgrade } = req
+      this.pool.dispatch({ method, path, headers, body, ...(upgrade !== undefined && { upgrade }) }, handler)
+    })
   }
 
   /** Graceful: requests already sent finish, then the connections close. */
@@ -126,59 +135,98 @@ export class Upstream {
   }
 }
 
-/** undici's dispatch handler for an upgrade handshake (its `upgrade()` API refuses any answer but
- *  a 101, and a refusal such as a 401 is the app's answer to pass on). */
-class UpgradeHandler {
-  private body: Readable | undefined
-  private done = false
+/** A gRPC message (uncompressed, 5-byte length prefix) holding grpc.health.v1.HealthCheckRequest
+ *  { string service = 1 }. */
+function healthCheckRequest(service: string): Buffer {
+  const name = Buffer.from(service)
+  const message = name.length === 0 ? Buffer.alloc(0) : Buffer.concat([Buffer.from([0x0a, name.length]), name])
+  const frame = Buffer.alloc(5 + message.length)
+  frame.writeUInt32BE(message.length, 1)
+  message.copy(frame, 5)
+  return frame
+}
+
+/**
+ * undici's dispatch handler for one exchange, resolving at the response's headers with the body
+ * streamed behind them (backpressure: undici pauses while the body's buffer is full). It stands
+ * in for undici's `request()` and `upgrade()`: the former loses HTTP/2 trailers (gRPC's status),
+ * the latter refuses any answer but a 101, and a refusal such as a 401 is the app's to pass on.
+ * The signal cancels the exchange until its headers came; after that, destroying the body does.
+ */
+class Exchange {
+  private body: Readable | null = null
+  private readonly trailers: Record<string, string | string[]> = {}
+  private abort: (reason?: Error) => void = noop
+  private settled = false
   private unlink: () => void = noop
 
   constructor(
+    private readonly method: string,
     private readonly signal: Cancel,
     private readonly answer: (response: ProxyResponse) => void,
     private readonly fail: (err: unknown) => void,
   ) {}
 
   onConnect(abort: (reason?: Error) => void): void {
+    this.abort = abort
     this.unlink = this.signal.onAbort((reason) => abort(reason as Error))
   }
 
-  onUpgrade(status: number, rawHeaders: Buffer[], socket: Duplex): void {
-    this.settle()
-    this.answer({ status, headers: endToEnd(parseRawHeaders(rawHeaders)), body: null, tunnel: socket })
+  onUpgrade(status: number, rawHeaders: Array<Buffer | string> | null, socket: Duplex): void {
+    this.settle({ status, headers: endToEnd(parseHeaders(rawHeaders)), body: null, tunnel: socket })
   }
 
-  onHeaders(status: number, rawHeaders: Buffer[], resume: () => void): boolean {
-    this.body = new Readable({ read: resume })
-    this.settle()
-    this.answer({ status, headers: endToEnd(parseRawHeaders(rawHeaders)), body: this.body })
+  onHeaders(status: number, rawHeaders: Array<Buffer | string> | null, resume: () => void): boolean {
+    if (status < 200) return true // 1xx: the final answer follows
+    const headers = endToEnd(parseHeaders(rawHeaders))
+    // gRPC's status in the headers: a "trailers-only" answer, whose one frame ends the stream
+    if (hasNoBody(this.method, status) || headers['grpc-status'] !== undefined) {
+      // A 304 may carry the Content-Length of the representation it stands for (RFC 9110
+      // 8.6), and undici 7 then fails the empty body as a length mismatch (closing that
+      // connection); stray bytes after a 204/304 do the same. Neither may cost the client its
+      // answer: relay the headers, and what undici says next goes nowhere.
+      this.settle({ status, headers, body: null })
+      return true
+    }
+    this.body = new Readable({
+      read: resume,
+      destroy: (err, done) => {
+        if (!this.body?.readableEnded) this.abort(err ?? new SidecarError('client_closed'))
+        done(err)
+      },
+    })
+    this.settle({ status, headers, body: this.body, trailers: this.trailers })
     return true
   }
 
   onData(chunk: Buffer): boolean {
-    return this.body!.push(chunk)
+    return this.body?.push(chunk) ?? true
   }
 
-  onComplete(): void {
+  /** HTTP/1.1 trailers come as raw pairs (Buffers), HTTP/2 trailers as an object. */
+  onComplete(trailers: Array<Buffer | string> | Record<string, string | string[]> | null): void {
+    if (trailers) Object.assign(this.trailers, Array.isArray(trailers) ? parseHeaders(trailers) : trailers)
     this.body?.push(null)
   }
 
   onError(err: Error): void {
-    if (this.done) this.body?.destroy(err)
-    else {
-      this.settle()
+    if (!this.settled) {
+      this.settled = true
+      this.unlink()
       this.fail(err)
-    }
+    } else this.body?.destroy(err)
   }
 
-  private settle(): void {
-    this.done = true
+  private settle(response: ProxyResponse): void {
+    this.settled = true
     this.unlink()
+    this.answer(response)
   }
 }
 
-function parseRawHeaders(raw: Buffer[]): HeaderMap {
+function parseHeaders(raw: Array<Buffer | string> | null): HeaderMap {
   const headers: HeaderMap = {}
+  if (raw === null) return headers
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i]!.toString('latin1').toLowerCase()
     const value = raw[i + 1]!.toString('latin1')

@@ -1,5 +1,5 @@
-// Active health checks, one loop per backend (Envoy's model): a GET to healthCheck.path every
-// intervalMs. healthyThreshold consecutive passes make a backend healthy, unhealthyThreshold
+// Active health checks, one loop per backend (Envoy's model): a GET to healthCheck.path (or the
+// standard gRPC health check) every intervalMs. healthyThreshold consecutive passes make a backend healthy, unhealthyThreshold
 // consecutive failures make it unhealthy. A backend starts unhealthy: the pod is not ready until
 // its app has answered. Every change is counted in sidecar_backend_healthy and logged with why.
 import type { Clock } from '../clock.js'
@@ -14,6 +14,8 @@ export interface HealthCheckOptions {
   healthyThreshold: number
   unhealthyThreshold: number
   expectedStatuses: ReadonlyArray<number | string>
+  /** The standard gRPC health check instead of a GET: passes on SERVING. */
+  grpc?: { service: string } | undefined
 }
 
 export interface BackendHealth {
@@ -29,7 +31,7 @@ export interface HealthDeps {
   clock: Clock
   logger: Logger
   metrics: Metrics
-  probe: (path: string, timeoutMs: number) => Promise<ProbeResult>
+  probe: (check: HealthCheckOptions) => Promise<ProbeResult>
   /** Told the verdict after every check (so a reason can follow the latest failure), and
    *  whether this check changed it. */
   onCheck?: (health: BackendHealth, changed: boolean) => void
@@ -93,10 +95,11 @@ export class HealthCheck {
   /** One check; exported for the loop and for tests. */
   async check(): Promise<void> {
     const opts = this.opts
-    const result = await this.deps.probe(opts.path, opts.timeoutMs)
+    const result = await this.deps.probe(opts)
     if (this.stopped) return // replaced or removed meanwhile
-    const passed = result.ok && statusExpected(result.status, opts.expectedStatuses)
-    const reason = result.ok ? `GET ${opts.path} answered ${result.status}` : `GET ${opts.path} failed: ${result.error}: ${result.detail}`
+    const what = opts.grpc ? `gRPC health check${opts.grpc.service ? ` of ${opts.grpc.service}` : ''}` : `GET ${opts.path}`
+    const passed = result.ok && (opts.grpc ? result.serving === 'SERVING' : statusExpected(result.status, opts.expectedStatuses))
+    const reason = result.ok ? `${what} answered ${result.serving ?? result.status}` : `${what} failed: ${result.error}: ${result.detail}`
     this.checks++
     this.reason = reason
     if (passed) {

@@ -6,7 +6,7 @@ import { validateConfig } from '../../src/config/load.js'
 import type { BackendHealth } from '../../src/upstream/health.js'
 import { Backends } from '../../src/upstream/backends.js'
 import { fakeClock } from '../fixtures/clock.js'
-import { context, deps, metricValue, proxyRequest } from '../fixtures/pipeline.js'
+import { context, deps, metricValue, proxyRequest, textOf } from '../fixtures/pipeline.js'
 import { fakeUpstream, type RunningUpstream } from '../fixtures/upstream.js'
 import { within } from '../fixtures/client.js'
 
@@ -34,7 +34,7 @@ async function setup(t: Test, apps: number) {
   })
   const send = async (b: Backends, backend: string, path = '/') => {
     const res = await b.handler()(proxyRequest({ path }), context({ backend }))
-    await (res.body as Readable & { text(): Promise<string> }).text()
+    await textOf(res.body as Readable)
     return res.status
   }
   /** Until every backend named has had `n` checks. */

@@ -2,10 +2,10 @@ import t from 'tap'
 import { Upstream, upstreamErrorCode } from '../../src/upstream/client.js'
 import { SidecarError } from '../../src/errors.js'
 import type { Readable } from 'node:stream'
-import { context, deps, metricValue, proxyRequest } from '../fixtures/pipeline.js'
+import { context, deps, metricValue, proxyRequest, textOf } from '../fixtures/pipeline.js'
 import { fakeUpstream, freePort } from '../fixtures/upstream.js'
 
-const POOL = { maxConnections: 2, connectTimeoutMs: 500, idleTimeoutMs: 1000, requestTimeoutMs: 5000, responseIdleTimeoutMs: 5000 }
+const POOL = { protocol: 'http1' as const, maxConnections: 2, connectTimeoutMs: 500, idleTimeoutMs: 1000, requestTimeoutMs: 5000, responseIdleTimeoutMs: 5000 }
 
 t.test('undici and socket errors map onto the catalogue', async (t) => {
   const table: Array<[unknown, string]> = [
@@ -50,13 +50,13 @@ t.test('probe: answers from a live app, catalogue codes from a dead or slow one'
     await upstream.close()
     await up.close()
   })
-  t.same(await upstream.probe('/', 1000), { ok: true, status: 200 })
-  t.same(await upstream.probe('/health', 1000), { ok: true, status: 503 }, 'any HTTP answer means reachable')
-  t.match(await upstream.probe('/slow', 100), { ok: false, error: 'upstream_timeout' })
+  t.same(await upstream.probe({ path: '/', timeoutMs: 1000 }), { ok: true, status: 200 })
+  t.same(await upstream.probe({ path: '/health', timeoutMs: 1000 }), { ok: true, status: 503 }, 'any HTTP answer means reachable')
+  t.match(await upstream.probe({ path: '/slow', timeoutMs: 100 }), { ok: false, error: 'upstream_timeout' })
   t.equal(up.healthChecks(), 3, 'probes identify themselves (user-agent sidecar-proxy-probe)')
   const down = new Upstream('down', { ...POOL, url: `http://127.0.0.1:${await freePort()}` }, deps().metrics)
   t.teardown(() => down.close())
-  t.match(await down.probe('/', 1000), { ok: false, error: 'upstream_refused' })
+  t.match(await down.probe({ path: '/', timeoutMs: 1000 }), { ok: false, error: 'upstream_refused' })
 })
 
 t.test('keep-alive within the connection bound: forwarded requests share the pooled connection', async (t) => {
@@ -68,7 +68,7 @@ t.test('keep-alive within the connection bound: forwarded requests share the poo
     await up.close()
   })
   const responses = await Promise.all(Array.from({ length: 5 }, () => upstream.request(proxyRequest({ path: '/k' }), context({ backend: 'app' }), () => true)))
-  for (const r of responses) await (r.body as Readable & { text(): Promise<string> }).text()
+  for (const r of responses) await textOf(r.body as Readable)
   t.same(responses.map((r) => r.status), [200, 200, 200, 200, 200], 'five concurrent requests queue on the one connection')
   t.equal(up.seen.length, 5)
   t.equal(new Set(up.seen.map((s) => s.remotePort)).size, 1, 'all five came over one connection')

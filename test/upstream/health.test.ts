@@ -15,8 +15,8 @@ function setup(results: ProbeResult[]) {
     clock,
     logger: d.logger,
     metrics: d.metrics,
-    probe: async (path, timeoutMs) => {
-      probes.push([path, timeoutMs])
+    probe: async (check) => {
+      probes.push([check.path, check.timeoutMs])
       return results.shift() ?? { ok: false, error: 'internal', detail: 'script ran out' }
     },
     onCheck: (h) => changes.push(['app', h]),
