@@ -11,7 +11,12 @@
 // connection after `close` entries, and the local reply of a gRPC request carries `grpcStatus`.
 
 /** The retry.retryOn conditions (the config's names). */
-export type RetryOn = 'connect-failure' | 'refused' | 'reset' | 'gateway-error' | 'retriable-status-codes'
+export type RetryOn = 'connect-failure' | 'refused' | 'reset' | 'gateway-error' | 'retriable-status-codes' | GrpcRetryOn
+
+/** gRPC statuses a gRPC request may be retried on (Envoy's names), when its answer is only a
+ *  status ("trailers-only": nothing of the response went out yet). */
+export const GRPC_RETRY_ON = { cancelled: 1, 'deadline-exceeded': 4, 'resource-exhausted': 8, internal: 13, unavailable: 14 } as const
+export type GrpcRetryOn = keyof typeof GRPC_RETRY_ON
 
 export interface CatalogueEntry {
   readonly status: number

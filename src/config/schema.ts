@@ -196,8 +196,24 @@ export const configSchema = z
         /** Deadline for each try's response headers; without it each try gets what is left of
          *  limits.requestTimeoutMs. */
         perTryTimeoutMs: z.number().int().min(1).max(86_400_000).optional(),
+        /** gRPC requests may also name gRPC statuses (unavailable, resource-exhausted,
+         *  deadline-exceeded, cancelled, internal): retried, whatever the method, when the app
+         *  answered with that status alone and the request's body was kept (maxReplayBytes). */
         retryOn: z
-          .array(z.enum(['connect-failure', 'refused', 'reset', 'gateway-error', 'retriable-status-codes']))
+          .array(
+            z.enum([
+              'connect-failure',
+              'refused',
+              'reset',
+              'gateway-error',
+              'retriable-status-codes',
+              'unavailable',
+              'resource-exhausted',
+              'deadline-exceeded',
+              'cancelled',
+              'internal',
+            ]),
+          )
           .default(['connect-failure', 'refused', 'reset', 'gateway-error']),
         /** Extra statuses to retry, with retryOn: retriable-status-codes. */
         statusCodes: z.array(z.number().int().min(400).max(599)).default([]),

@@ -10,11 +10,12 @@
 //   made). Which failures are retried at all is the catalogue's `retryOn` (src/errors.ts).
 // - Exponential backoff with full jitter; a Retry-After up to backoff.maxMs is honoured, a longer
 //   one ends the retrying. The whole exchange keeps to limits.requestTimeoutMs.
-import { Readable } from 'node:stream'
+import { PassThrough, Readable } from 'node:stream'
 import type { Clock } from '../clock.js'
-import { ERRORS, SidecarError, isErrorCode, toSidecarError, type CatalogueEntry, type RetryOn } from '../errors.js'
+import { ERRORS, GRPC_RETRY_ON, SidecarError, isErrorCode, toSidecarError, type CatalogueEntry, type GrpcRetryOn, type RetryOn } from '../errors.js'
 import type { Metrics } from '../metrics.js'
 import { Cancel } from '../pipeline/cancel.js'
+import { isGrpc } from '../pipeline/local-reply.js'
 import type { Layer, ProxyRequest, ProxyResponse, RequestContext } from '../pipeline/types.js'
 import { RetryBudget, type RetryBudgetOptions } from './retry-budget.js'
 
@@ -47,10 +48,13 @@ export function createRetryLayer(opts: RetryOptions, deps: RetryDeps): Layer {
   const statusCodes = new Set(opts.statusCodes)
   const methods = new Set(opts.methods)
 
+  const grpcRetryOn = opts.retryOn.filter((c): c is GrpcRetryOn => c in GRPC_RETRY_ON)
+
   /** The retryOn condition an outcome meets, or null when it must not be retried. */
-  const reasonFor = (outcome: Outcome): RetryOn | null => {
+  const reasonFor = (outcome: Outcome, grpc: boolean): RetryOn | null => {
     if (outcome.response) {
       const status = outcome.response.status
+      if (grpc) return grpcRetryOn.find((c) => String(GRPC_RETRY_ON[c]) === outcome.response.headers['grpc-status']) ?? null
       if ((status === 502 || status === 503 || status === 504) && retryOn.has('gateway-error')) return 'gateway-error'
       if (statusCodes.has(status) && retryOn.has('retriable-status-codes')) return 'retriable-status-codes'
       return null
@@ -60,26 +64,38 @@ export function createRetryLayer(opts: RetryOptions, deps: RetryDeps): Layer {
 
   return (next) => async (req, ctx) => {
     budget.deposit()
-    const deadline = deps.clock.now() + opts.requestTimeoutMs
+    // a gRPC client's own deadline (grpc-timeout) caps the proxy's
+    const timeoutMs = Math.min(opts.requestTimeoutMs, grpcTimeoutMs(req.headers['grpc-timeout']) ?? Infinity)
+    const deadline = deps.clock.now() + timeoutMs
     const idempotent = methods.has(req.method) || req.headers['idempotency-key'] !== undefined
-    // Keep the body for a replay only when a retry could use it.
-    const body = req.body !== null && opts.attempts > 1 && idempotent ? await replayable(req.body, req.contentLength, opts.maxReplayBytes) : { replay: null, stream: req.body }
-    const resendable = req.body === null || body.replay !== null
-    let streamed = body.stream
+    const grpc = isGrpc(req.headers['content-type'])
+    // Keep the body for a replay only when a retry could use it. A gRPC body streams as it comes
+    // (a streaming call never ends while it waits for answers) and is recorded on its way.
+    const kept: Kept =
+      req.body === null || opts.attempts === 1 || (grpc ? grpcRetryOn.length === 0 : !idempotent)
+        ? { stream: req.body, replay: () => null }
+        : grpc
+          ? recorded(req.body, opts.maxReplayBytes)
+          : await replayable(req.body, req.contentLength, opts.maxReplayBytes)
+    let streamed = kept.stream
 
     for (let attempt = 1; ; attempt++) {
       const remaining = deadline - deps.clock.now()
-      if (remaining <= 0) throw new SidecarError('upstream_timeout', { detail: `no response within limits.requestTimeoutMs (${opts.requestTimeoutMs} ms)` })
+      if (remaining <= 0) throw new SidecarError('upstream_timeout', { detail: `no response within ${timeoutMs} ms (limits.requestTimeoutMs or grpc-timeout)` })
       ctx.attempt = attempt
+      const replay = streamed === null ? kept.replay() : null
       const attemptReq: ProxyRequest = {
         ...req,
         headers: { ...req.headers, [ATTEMPT_HEADER]: String(attempt) },
-        body: body.replay ? Readable.from(body.replay) : streamed,
+        body: streamed ?? (replay ? Readable.from(replay) : null),
       }
       streamed = null // a streamed body can be sent once
       const outcome = await tryOnce(next, attemptReq, ctx, Math.min(opts.perTryTimeoutMs ?? remaining, remaining), deps.clock)
-      const reason = attempt < opts.attempts ? reasonFor(outcome) : null
-      const allowed = reason !== null && resendable && mayResend(outcome.error && ERRORS[outcome.error.code], idempotent)
+      const reason = attempt < opts.attempts ? reasonFor(outcome, grpc) : null
+      const resendable = req.body === null || kept.replay() !== null
+      // a gRPC status the operator named is retried whatever the method (Envoy's retry_on)
+      const allowed =
+        reason !== null && resendable && (reason in GRPC_RETRY_ON || mayResend(outcome.error && ERRORS[outcome.error.code], idempotent))
       const wait = allowed ? backoffMs(attempt, outcome.response) : null
       if (!allowed || wait === null || deps.clock.now() + wait >= deadline) return settle(outcome)
       if (!budget.tryWithdraw()) {
@@ -152,25 +168,60 @@ function discard(outcome: Outcome): void {
   if (body && !Buffer.isBuffer(body)) body.on('error', () => {}).destroy()
 }
 
+/** A request body for the tries: `stream` for the first (null when it was read whole into
+ *  memory), `replay()` the whole body for another try, or null when there is none to give. */
+interface Kept {
+  stream: Readable | null
+  replay(): Buffer[] | null
+}
+
+/**
+ * A body passed on as it comes, with a copy kept while it fits in `max` bytes: the replay is
+ * that copy once the body has ended whole, else null (not ended yet, or too large).
+ */
+function recorded(body: Readable, max: number): Kept {
+  const copy: Buffer[] = []
+  let size = 0
+  let ended = false
+  const stream = new PassThrough()
+  body.on('data', (chunk: Buffer) => {
+    size += chunk.length
+    if (size <= max) copy.push(chunk)
+    else copy.length = 0
+  })
+  body.once('end', () => (ended = true))
+  body.once('error', (err) => stream.destroy(err))
+  body.pipe(stream)
+  return { stream, replay: () => (ended && size <= max ? copy : null) }
+}
+
+/** grpc-timeout (`100m`, `5S`: digits and a unit) in milliseconds; undefined when absent or bad. */
+export function grpcTimeoutMs(value: string | string[] | undefined): number | undefined {
+  const m = typeof value === 'string' ? /^(\d{1,8})([HMSmun])$/.exec(value) : null
+  if (!m) return undefined
+  const unitMs = { H: 3_600_000, M: 60_000, S: 1000, m: 1, u: 0.001, n: 0.000001 }[m[2] as 'H' | 'M' | 'S' | 'm' | 'u' | 'n']
+  return Math.max(1, Math.ceil(Number(m[1]) * unitMs))
+}
+
 /**
  * Reads the body into memory when it fits in `max` bytes (replay); otherwise returns a stream
  * that yields what was read and then the rest, untouched, and the request is not retried.
  */
-async function replayable(body: Readable, contentLength: number | null, max: number): Promise<{ replay: Buffer[] | null; stream: Readable | null }> {
-  if (contentLength !== null && contentLength > max) return { replay: null, stream: body }
+async function replayable(body: Readable, contentLength: number | null, max: number): Promise<Kept> {
+  if (contentLength !== null && contentLength > max) return { stream: body, replay: () => null }
   const { chunks, complete } = await readUpTo(body, max).catch((err: unknown) => {
     // the client went away mid-body, or the limits layer cut it (body_too_large)
     throw isErrorCode((err as { code?: unknown }).code) ? err : new SidecarError('client_closed', { cause: err })
   })
-  if (complete) return { replay: chunks, stream: null }
+  if (complete) return { stream: null, replay: () => chunks }
   return {
-    replay: null,
     stream: Readable.from(
       (async function* () {
         yield* chunks
         yield* body
       })(),
     ),
+    replay: () => null,
   }
 }
 

@@ -146,3 +146,11 @@ t.test('near-miss keys get a "did you mean"; a duplicate name is reported with t
   t.ok(found.includes('backends[1].name: duplicate backend name "app"'), 'the duplicate name too')
   t.ok(found.some((p) => p.startsWith('backends[1].url: ')), 'and the bad url')
 })
+
+t.test('gRPC backends: h2c over http://, the gRPC health check only with h2c, gRPC retry conditions', async (t) => {
+  t.same(problems({ backends: [{ name: 'app', url: 'http://127.0.0.1:1', protocol: 'h2c', healthCheck: { grpc: {} } }], retry: { retryOn: ['unavailable', 'refused'] } }), [])
+  t.match(problems({ backends: [{ name: 'app', url: 'http://127.0.0.1:1', healthCheck: { grpc: { service: 'shop' } } }] }), [/^backends\[0\]\.healthCheck\.grpc: needs protocol: h2c/])
+  t.match(problems({ backends: [{ name: 'app', url: 'https://shop:8443', protocol: 'h2c' }] }), [/^backends\[0\]\.protocol: h2c is HTTP\/2 in the clear/])
+  t.match(problems({ backends: [{ name: 'app', url: 'http://127.0.0.1:1', protocol: 'h3' }] }), [/^backends\[0\]\.protocol: /])
+  t.equal(validateConfig({}).backends[0]!.protocol, 'http1', 'HTTP/1.1 unless told')
+})

@@ -1,8 +1,8 @@
 import { Readable } from 'node:stream'
 import t from 'tap'
 import { SidecarError } from '../../src/errors.js'
-import { createRetryLayer, retryAfterMs, type RetryOptions } from '../../src/layers/retry.js'
-import type { ProxyRequest } from '../../src/pipeline/types.js'
+import { createRetryLayer, grpcTimeoutMs, retryAfterMs, type RetryOptions } from '../../src/layers/retry.js'
+import type { Handler, ProxyRequest, ProxyResponse } from '../../src/pipeline/types.js'
 import { fakeClock } from '../fixtures/clock.js'
 import { context, deps, metricValue, proxyRequest, response, scripted, type Step } from '../fixtures/pipeline.js'
 import { Cancel } from '../../src/pipeline/cancel.js'
@@ -229,4 +229,54 @@ t.test('a client leaving during the backoff ends the request', async (t) => {
   ac.abort(new SidecarError('client_closed'))
   const { handler } = setup([response(503), response(200)], {}, () => 0.5)
   await t.rejects(handler(proxyRequest(), context({ signal: ac })), { code: 'client_closed' })
+})
+
+t.test('grpc-timeout: digits and a unit, in milliseconds; anything else is no deadline', async (t) => {
+  for (const [value, ms] of [
+    ['100m', 100],
+    ['5S', 5000],
+    ['2M', 120_000],
+    ['1H', 3_600_000],
+    ['1500u', 2],
+    ['7n', 1],
+    ['123456789m', undefined],
+    ['10s', undefined],
+    ['', undefined],
+    [undefined, undefined],
+  ] as const) {
+    t.equal(grpcTimeoutMs(value), ms, String(value))
+  }
+})
+
+t.test("a gRPC request's deadline is its grpc-timeout when shorter than limits.requestTimeoutMs", async (t) => {
+  const clock = fakeClock()
+  const next: Handler = (_req, ctx) => new Promise((_resolve, reject) => ctx.attemptSignal.onAbort(reject))
+  const handler = createRetryLayer({ ...OPTS, attempts: 1 }, { metrics: deps().metrics, clock })(next)
+  const pending = handler(proxyRequest({ method: 'POST', headers: { 'content-type': 'application/grpc', 'grpc-timeout': '250m' } }), context())
+  clock.advance(249)
+  clock.advance(1)
+  await t.rejects(pending, { code: 'upstream_timeout', message: /within 250 ms/ })
+})
+
+t.test('gRPC: a status named in retryOn is retried whatever the method, only with the whole body kept', async (t) => {
+  const grpcReq = (body: Readable) => proxyRequest({ method: 'POST', headers: { 'content-type': 'application/grpc' }, body })
+  const unavailable = (): ProxyResponse => ({ status: 200, headers: { 'grpc-status': '14' }, body: null })
+  const { next, bodies } = recordingBodies([unavailable(), response(200)])
+  const handler = createRetryLayer({ ...OPTS, retryOn: ['unavailable'] }, { metrics: deps().metrics, clock: fakeClock(), random: () => 0 })(next)
+  t.equal((await handler(grpcReq(Readable.from([Buffer.from('msg')])), context({ backend: 'app' }))).status, 200)
+  t.same(bodies, ['msg', 'msg'], 'a POST, retried with its message')
+
+  // a streaming call whose body has not ended when the status comes: nothing to send again
+  const open = new Readable({ read() {} })
+  open.push('part 1')
+  const once = scripted(unavailable(), response(200))
+  const streaming = createRetryLayer({ ...OPTS, retryOn: ['unavailable'] }, { metrics: deps().metrics, clock: fakeClock(), random: () => 0 })(once)
+  t.equal((await streaming(grpcReq(open), context({ backend: 'app' }))).headers['grpc-status'], '14')
+  t.equal(once.calls.length, 1, 'not retried')
+
+  // another status than the ones named
+  const other = scripted({ status: 200, headers: { 'grpc-status': '13' }, body: null }, response(200))
+  const named = createRetryLayer({ ...OPTS, retryOn: ['unavailable'] }, { metrics: deps().metrics, clock: fakeClock(), random: () => 0 })(other)
+  await named(grpcReq(Readable.from([Buffer.from('x')])), context({ backend: 'app' }))
+  t.equal(other.calls.length, 1, 'INTERNAL is not named: not retried')
 })

@@ -2,8 +2,9 @@
 // plain listener, the proxy speaks h2c to the app (backends[].protocol: h2c). Unary and the three
 // kinds of streaming, an app error with its trailing metadata, the app down, the standard health
 // check gating readiness, and a client deadline.
+import http2 from 'node:http2'
 import t from 'tap'
-import { json, request, until } from '../fixtures/client.js'
+import { json, request, until, within } from '../fixtures/client.js'
 import { ECHO, echoClient, grpc, grpcApp, unary } from '../fixtures/grpc.js'
 import { startProxy } from '../fixtures/proxy.js'
 import { freePort } from '../fixtures/upstream.js'
@@ -83,4 +84,44 @@ t.test('the app down: UNAVAILABLE from the proxy, said in gRPC; the health check
   app.serving = 2
   await until(() => proxy.app.backends().app?.healthy === false)
   t.match((await json<{ holding: Record<string, string> }>(`${proxy.adminUrl}/ready`)).body.holding, { 'backend:app': /answered NOT_SERVING/ }, 'NOT_SERVING takes readiness away')
+})
+
+t.test('retry.retryOn: unavailable retries a call the app answered UNAVAILABLE alone, with its message again', async (t) => {
+  const app = await grpcApp(t)
+  const proxy = await startProxy(app.url, { ...h2cBackend(app.url), retry: { attempts: 3, retryOn: ['unavailable'], backoff: { baseMs: 1, maxMs: 1 } } })
+  t.teardown(() => proxy.close())
+  const client = echoClient(t, `127.0.0.1:${proxy.port}`)
+  app.unavailable = 2
+  const got = await unary(client, 'flaky', Buffer.from('order 42'), new grpc.Metadata())
+  t.equal(got.value?.toString(), 'order 42', 'the third try answered')
+  t.same(app.flakyBodies, ['order 42', 'order 42', 'order 42'], 'each try carried the whole message')
+
+  const plain = await startProxy(app.url, h2cBackend(app.url))
+  t.teardown(() => plain.close())
+  app.unavailable = 1
+  const once = await unary(echoClient(t, `127.0.0.1:${plain.port}`), 'flaky', Buffer.from('x'))
+  t.equal(once.error?.code, grpc.status.UNAVAILABLE, 'without it, the UNAVAILABLE is the answer: gRPC retries only when asked')
+})
+
+t.test("grpc-timeout caps the proxy's deadline: DEADLINE_EXCEEDED, said in gRPC", async (t) => {
+  const app = await grpcApp(t)
+  const proxy = await startProxy(app.url, h2cBackend(app.url))
+  t.teardown(() => proxy.close())
+  // Node's http2 client: unlike gRPC clients it keeps no deadline of its own, so the answer is the proxy's
+  const session = http2.connect(`http://127.0.0.1:${proxy.port}`)
+  t.teardown(() => session.destroy())
+  const started = Date.now()
+  const headers = await within(
+    new Promise<http2.IncomingHttpHeaders>((resolve, reject) => {
+      const stream = session.request({ ':method': 'POST', ':path': ECHO.hang.path, 'content-type': 'application/grpc', te: 'trailers', 'grpc-timeout': '300m' })
+      stream.on('response', resolve)
+      stream.on('error', reject)
+      stream.end(Buffer.from([0, 0, 0, 0, 1, 0x78]))
+    }),
+    5000,
+    'an answer',
+  )
+  t.equal(headers['grpc-status'], String(grpc.status.DEADLINE_EXCEEDED))
+  t.equal(headers['x-sidecar-error'], 'upstream_timeout')
+  t.ok(Date.now() - started >= 290, `after ${Date.now() - started} ms (grpc-timeout 300m; limits.requestTimeoutMs 15 s)`)
 })
