@@ -171,8 +171,16 @@ Try, from another terminal in this directory:
        for i in $(seq 50); do ${curl} -s ${url}/; done | sort | uniq -c
        curl -s ${admin}/metrics | grep -E '^sidecar_(retries_total|circuit_state)'
      Heal it with ?failRate=0; make it slow with ?delayMs=1500 (each try gives up after 1 s).
+  5. A WebSocket through the sidecar (wss://; the client is the ws package of the checkout):
+       ${wsTry(url.replace('https:', 'wss:'))}
 
 Ctrl-C stops everything.`
+}
+
+/** A one-line WebSocket client: sends "hello" and prints the echo. */
+function wsTry(url) {
+  const ca = shown(path.join(root, 'certs', 'ca.crt'))
+  return `node -e "const ws = new (require('ws'))('${url}/ws', { ca: require('fs').readFileSync('${ca}') }); ws.on('open', () => ws.send('hello')); ws.on('message', (m) => { console.log(String(m)); ws.close() })"`
 }
 
 /** Starts `node ARGS` in its own process group (a Ctrl-C in the terminal reaches only the demo,

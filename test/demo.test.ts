@@ -1,7 +1,7 @@
 // `npm run demo` as a newcomer meets it: start examples/demo.mjs (with the dist/ that `npm test`
 // builds first) on free ports, wait for its "ready", then do what its printed instructions say,
 // over real TLS with the committed CA; then Ctrl-C, and every process it started is gone.
-import { spawn, type ChildProcess } from 'node:child_process'
+import { execFile, spawn, type ChildProcess } from 'node:child_process'
 import { existsSync, readFileSync, writeFileSync } from 'node:fs'
 import http2 from 'node:http2'
 import https from 'node:https'
@@ -205,6 +205,13 @@ t.test('the demo: ready, what it prints works, Ctrl-C stops every process it sta
   t.match(counters, /^sidecar_circuit_state\{backend="canary"\} 2$/m)
   t.equal((await request(`${admin}/ready`)).status, 200, 'a failing canary does not cost readiness')
   agent.destroy()
+
+  // 5. the printed WebSocket client, run as printed, from the repository as the user would
+  const wsCommand = printed(text, /^ {7}(node -e "const ws = new \(require\('ws'\)\).*)$/m)
+  const echoed = await new Promise<string>((resolve, reject) =>
+    execFile('sh', ['-c', wsCommand], { cwd: ROOT, timeout: 10_000 }, (err, stdout) => (err ? reject(err) : resolve(stdout))),
+  )
+  t.match(JSON.parse(echoed), { app: 'stable', echo: 'hello' }, 'the WebSocket echo, through the sidecar (the broken canary is out of the pick)')
 
   // Ctrl-C: the sidecar drains, the apps stop, exit 0, nothing left behind
   const sidecarLog = readFileSync(path.join(env.DEMO_DIR!, 'sidecar.log'), 'utf8')
