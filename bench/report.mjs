@@ -1,4 +1,5 @@
 // The bench results as a Markdown table (for the README) and an SVG chart (to look at).
+import { renderProtocols } from './protocols.mjs'
 
 const fmt = (x, digits = 0) => (x === null || x === undefined || Number.isNaN(x) ? '-' : x.toFixed(digits))
 
@@ -20,6 +21,7 @@ export function renderMarkdown(r) {
     ...r.ratios.map((x) => `| ${x.what} | ${fmt(x.value, 2)} | ${x.target} | ${x.pass === null ? (x.value === null ? 'not measured (nginx absent)' : '') : x.pass ? 'met' : '**missed**'} |`),
     '',
   ]
+  if (r.protocols) lines.push(renderProtocols(r.protocols))
   if (r.soak) {
     lines.push(
       `Soak: ${r.soak.minutes} min at ${r.plan.fixedRate} req/s over 1,000 connections, ${r.soak.requests} requests, ${r.soak.errors} errors; sidecar RSS ${fmt(r.soak.rssFirstMinuteMiB, 1)} MiB in the first minute after warm-up, ${fmt(r.soak.rssLastMinuteMiB, 1)} MiB in the last.`,

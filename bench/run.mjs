@@ -13,6 +13,8 @@
 //   bare-undici        node:http + an undici Pool in a few lines: the floor of any Node proxy
 //   http-proxy         node http-proxy 1.18.1 with a keep-alive agent
 //   nginx, nginx-tls   when nginx is installed (one worker, like Node's one thread)
+// and, apart (bench/protocols.mjs), WebSocket messages and gRPC unary calls through the sidecar
+// against the same echo servers reached directly.
 // For each: requests/s at saturation (64 connections), latency percentiles and errors; then at a
 // fixed rate the proxy process's CPU time per request (from /proc/PID/stat: at saturation the
 // load generator competes for the same cores) and the p99 it adds over direct; peak RSS. Then
@@ -27,6 +29,7 @@ import { join } from 'node:path'
 import { parseArgs } from 'node:util'
 import autocannon from 'autocannon'
 import { freePort, median, waitReady } from './lib.mjs'
+import { measureProtocols } from './protocols.mjs'
 import { renderMarkdown, renderSvg } from './report.mjs'
 
 const root = new URL('..', import.meta.url).pathname
@@ -205,6 +208,9 @@ async function main() {
 
   const soak = flags.soak ? await runSoak(plainSidecar) : undefined
 
+  // WebSocket messages and gRPC unary calls: the sidecar against the same echo servers direct
+  const protocols = await measureProtocols({ seconds: flags.quick ? 2 : PLAN.saturateS })
+
   const direct = targets.find((t) => t.name === 'direct')
   const results = {
     date: new Date().toISOString(),
@@ -229,6 +235,7 @@ async function main() {
     }),
     manyConnections,
     soak,
+    protocols,
   }
   results.ratios = ratios(results.targets, manyConnections)
   stopping = true
