@@ -169,3 +169,14 @@ t.test('drain: a tunnel keeps working during the delay and is cut at drain.timeo
   t.equal((await cut).code, 1006, 'cut at drain.timeoutMs')
   t.equal(await stopped, 1, 'and counted as cut')
 })
+
+t.test("an app that resets its end of a tunnel: the client's connection is cut, the line says error", async (t) => {
+  const app = await wsApp(t)
+  const proxy = await proxyFor(t, app.url)
+  const ws = await connect(`ws://127.0.0.1:${proxy.port}/echo`, { headers: { 'x-request-id': 'reset-1' } })
+  await until(() => app.sockets.length === 1)
+  const cut = closed(ws)
+  ;(app.sockets[0] as unknown as { _socket: import('node:net').Socket })._socket.resetAndDestroy()
+  t.equal((await cut).code, 1006, 'the client sees the connection end')
+  t.match(await proxy.accessLine('reset-1'), { status: 101, tunnel: 'error', incomplete: true })
+})
