@@ -25,7 +25,7 @@ import { joinTunnel, type TunnelEnd } from './tunnel.js'
 import { createServers, secureContext } from './servers.js'
 import { rotateTicketKeys, type ListenerTlsOptions, type TlsMaterial } from './tls.js'
 import { clientAddressOf, completed, declaredBytes, toProxyRequest, verifiedSubject, writeRaw, writeResponse, type Request, type Response } from './translate.js'
-import { CONNECT_REFUSED, checkHttp1Request, checkHttp2Request, parserErrorCode, type Refusal } from './validate.js'
+import { CONNECT_REFUSED, checkHttp1Request, checkHttp2Request, checkUpgradeRequest, parserErrorCode, type Refusal } from './validate.js'
 
 export interface ListenerOptions {
   host: string
@@ -184,23 +184,17 @@ export class Listener {
   /**
    * An HTTP/1.1 Upgrade. The handshake goes through the pipeline like any request (pick, breaker,
    * overload, access log); a 101 from the app joins the two connections (tunnel.ts), any other
-   * answer is passed on and the connection closes. `Upgrade: h2c` is refused: a tunnel to the
-   * app speaking HTTP/2 would carry requests past every check of the proxy (h2c smuggling).
+   * answer is passed on and the connection closes.
    */
   private onUpgrade(req: http.IncomingMessage, socket: Socket, head: Buffer): void {
     const startedAt = process.hrtime.bigint()
     const protocol = (req.headers.upgrade ?? '').trim()
     const checked = checkHttp1Request(req)
-    const refusal: Refusal | null =
+    const full = this.connections.tunnelCount >= this.opts.maxTunnels
+    const refusal =
       checked !== null && typeof checked !== 'string'
         ? checked
-        : /^h2c$/i.test(protocol)
-          ? { code: 'bad_request', detail: 'Upgrade: h2c is not proxied; send HTTP/2 with prior knowledge' }
-          : req.headers['content-length'] !== undefined || req.headers['transfer-encoding'] !== undefined
-            ? { code: 'bad_request', detail: 'an upgrade request with a body' }
-            : this.connections.tunnelCount >= this.opts.maxTunnels
-              ? { code: 'too_many_tunnels', detail: `${this.connections.tunnelCount} open` }
-              : null
+        : (checkUpgradeRequest(protocol, req.headers) ?? (full ? { code: 'too_many_tunnels' as const, detail: `${this.connections.tunnelCount} open` } : null))
     if (refusal) return this.refuseRaw(socket, refusal, requestIdFrom(req.headers['x-request-id']))
 
     const ctx = this.context(req, startedAt)

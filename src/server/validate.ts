@@ -69,6 +69,18 @@ export function checkHttp2Request(req: { method: string; headers: Readonly<Recor
   return null
 }
 
+/**
+ * An HTTP/1.1 Upgrade the proxy will not tunnel: `h2c` (a tunnel to the app speaking HTTP/2
+ * would carry requests past every check of the proxy: h2c smuggling; HTTP/2 with prior
+ * knowledge is served instead), and an upgrade request carrying a body (after the switch its
+ * bytes would be the new protocol's).
+ */
+export function checkUpgradeRequest(protocol: string, headers: Readonly<Record<string, string | string[] | undefined>>): Refusal | null {
+  if (/^h2c$/i.test(protocol)) return { code: 'bad_request', detail: 'Upgrade: h2c is not proxied; send HTTP/2 with prior knowledge' }
+  if (headers['content-length'] !== undefined || headers['transfer-encoding'] !== undefined) return { code: 'bad_request', detail: 'an upgrade request with a body' }
+  return null
+}
+
 /** A CONNECT on either protocol: a reverse proxy is not a tunnel. */
 export const CONNECT_REFUSED: Refusal = { code: 'method_not_allowed', detail: 'CONNECT' }
 

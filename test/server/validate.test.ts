@@ -1,7 +1,7 @@
 // The listener's request checks as tables, no sockets (the same cases through real sockets are
 // in test/scenarios/hostile.test.ts and http2.test.ts).
 import t from 'tap'
-import { checkHttp1Request, checkHttp2Request, countRegularHeaders, parserErrorCode } from '../../src/server/validate.js'
+import { checkHttp1Request, checkHttp2Request, checkUpgradeRequest, countRegularHeaders, parserErrorCode } from '../../src/server/validate.js'
 
 t.test('HTTP/1: versions, Host and the request-target', async (t) => {
   const host = (value: string) => ['Host', value]
@@ -53,4 +53,16 @@ t.test("the parser's refusals as catalogue codes; pseudo-headers are not counted
   t.equal(parserErrorCode({ code: 'HPE_INVALID_METHOD' }), 'bad_request')
   t.equal(parserErrorCode({}), 'bad_request')
   t.equal(countRegularHeaders([':method', 'GET', ':path', '/', 'accept', '*/*', 'cookie', 'a']), 2)
+})
+
+t.test('upgrades the proxy will not tunnel: h2c, and a handshake carrying a body', async (t) => {
+  const table: Array<[string, string, Record<string, string>, string | null]> = [
+    ['websocket', 'websocket', {}, null],
+    ['another protocol', 'foo/2', {}, null],
+    ['h2c', 'h2c', {}, 'bad_request'],
+    ['H2C', 'H2C', {}, 'bad_request'],
+    ['a Content-Length', 'websocket', { 'content-length': '3' }, 'bad_request'],
+    ['chunked', 'websocket', { 'transfer-encoding': 'chunked' }, 'bad_request'],
+  ]
+  for (const [what, protocol, headers, expected] of table) t.equal(checkUpgradeRequest(protocol, headers)?.code ?? null, expected, what)
 })
