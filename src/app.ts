@@ -13,6 +13,7 @@ import { gatesReadiness, parseAddress, type Config } from './config/schema.js'
 import { drainAndStop } from './lifecycle/drain.js'
 import { levelOf, type Logger } from './log.js'
 import { createMetrics, type Metrics } from './metrics.js'
+import { BufferBudget } from './pipeline/buffers.js'
 import { Listener } from './server/listener.js'
 import { prepareListenerTls } from './server/tls.js'
 import { buildStack } from './stack.js'
@@ -66,12 +67,14 @@ export async function startApp(initial: Config, deps: AppDeps): Promise<App> {
 
   const tls = await prepareListenerTls(initial.listener, { clock, logger, metrics })
   const latches = new BackendLatches(readiness, (name) => backends.snapshot(name)?.health)
-  const backends: Backends = new Backends(initial, { clock, logger, metrics, onHealth: (name) => latches.follow(name) })
+  // request bodies and responses held for slow peers, all under one ceiling
+  const buffers = new BufferBudget(initial.limits.bufferMemoryBytes)
+  const backends: Backends = new Backends(initial, { clock, logger, metrics, buffers, onHealth: (name) => latches.follow(name) })
   latches.set(gatingBackends(initial))
 
   // The request path in force. A request keeps the handler it started with, so a reload
   // (which replaces this binding) never touches a request already under way.
-  const stackDeps = { logger, metrics, clock, backends }
+  const stackDeps = { logger, metrics, clock, backends, buffers }
   let handler = buildStack(initial, stackDeps)
   const live = new LiveConfig(initial, deps.configFile, {
     clock,

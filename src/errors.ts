@@ -95,6 +95,18 @@ export const ERRORS = {
     GRPC.UNIMPLEMENTED,
   ),
   // 499 is nginx's "client closed request": logged and counted, never sent (nobody is listening).
+  client_over_limit: refused(429, 'this client address has limits.maxRequestsPerClient requests in flight', GRPC.RESOURCE_EXHAUSTED, false),
+  // Logged, never sent: the answer had begun when the proxy cut a client that stopped reading.
+  client_slow: {
+    status: 499,
+    message: 'the client read nothing of its response for limits.sendIdleTimeoutMs: cut',
+    blame: 'client',
+    mayHaveReachedApp: true,
+    close: true,
+    breaker: false,
+    retryOn: [],
+    grpcStatus: GRPC.CANCELLED,
+  },
   client_closed: {
     status: 499,
     message: 'the client went away before the response was complete',
@@ -141,6 +153,10 @@ export const ERRORS = {
   ),
   overloaded: heldBack(503, 'the backend has limits.maxConcurrentRequests in flight and limits.maxPendingRequests waiting'),
   too_many_tunnels: heldBack(503, 'limits.maxTunnels upgraded connections (WebSocket) are open already'),
+  // Connections refused at accept and HTTP/2 connections closed for abuse: counted, never answered.
+  too_many_connections: heldBack(503, 'limits.maxConnections or limits.maxConnectionsPerClient connections are open already'),
+  stream_reset_flood: { ...refused(400, 'the HTTP/2 connection reset more than limits.maxStreamResetsPer10s streams in 10 s', GRPC.RESOURCE_EXHAUSTED), close: true },
+  proxy_overloaded: heldBack(503, 'the proxy is shedding load: its event loop runs later than limits.maxEventLoopDelayMs'),
 } as const satisfies Record<string, CatalogueEntry>
 
 export type ErrorCode = keyof typeof ERRORS

@@ -7,11 +7,13 @@ import { createBreakerLayer } from './layers/breaker.js'
 import { createLimitsLayer } from './layers/limits.js'
 import { createOverloadLayer } from './layers/overload.js'
 import { createPickLayer } from './layers/pick.js'
+import { createReceiveLayer } from './layers/receive.js'
 import { createRespondLayer } from './layers/respond.js'
 import { createRetryLayer } from './layers/retry.js'
 import type { Logger } from './log.js'
 import type { Metrics } from './metrics.js'
 import { compose } from './pipeline/compose.js'
+import type { BufferBudget } from './pipeline/buffers.js'
 import type { Handler, Layer } from './pipeline/types.js'
 import type { Backends } from './upstream/backends.js'
 
@@ -21,6 +23,8 @@ export interface StackDeps {
   clock: Clock
   /** Per backend: pool, breaker, health verdict and overload gate. */
   backends: Backends
+  /** The one ceiling for request and response buffers. */
+  buffers: BufferBudget
 }
 
 // Built again from each reloaded config; the state that must outlive a reload (pools, breakers,
@@ -33,6 +37,7 @@ export function buildStack(config: Config, deps: StackDeps): Handler {
     createRespondLayer(), //                                   errors -> the catalogue's local reply
     createAccessLogLayer(config.log, deps), //                 one JSON line and the request metrics
     createLimitsLayer(limits, deps), //                        header count 431, body size 413
+    createReceiveLayer(limits, deps), //                       small bodies received whole first; idle bodies 408
     createRetryLayer({ ...retry, requestTimeoutMs: limits.requestTimeoutMs }, deps), // budgeted tries
     // ---- below here: once per attempt ----
     createPickLayer(config.backends, config.routing, backends), // header, sticky cookie, weights; skips open/unhealthy

@@ -21,6 +21,8 @@ t.test('the catalogue: every code has a status and a message, and statuses follo
     method_not_allowed: 405,
     http_version_not_supported: 505,
     unsupported_transfer_encoding: 501,
+    client_over_limit: 429,
+    client_slow: 499,
     client_closed: 499,
     internal: 500,
     upstream_refused: 502,
@@ -35,6 +37,9 @@ t.test('the catalogue: every code has a status and a message, and statuses follo
     local_resources_exhausted: 503,
     overloaded: 503,
     too_many_tunnels: 503,
+    too_many_connections: 503,
+    stream_reset_flood: 400,
+    proxy_overloaded: 503,
   }
   t.same(Object.fromEntries(Object.entries(ERRORS).map(([code, e]) => [code, e.status])), expected)
   for (const [code, entry] of Object.entries(ERRORS)) {

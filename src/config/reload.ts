@@ -136,6 +136,14 @@ const RESTART_ONLY: ReadonlyArray<readonly string[]> = [
   ['limits', 'maxConcurrentStreams'],
   ['limits', 'maxTunnels'],
   ['limits', 'tunnelIdleTimeoutMs'],
+  ['limits', 'sendIdleTimeoutMs'],
+  ['limits', 'maxConnections'],
+  ['limits', 'maxConnectionsPerClient'],
+  ['limits', 'maxRequestsPerClient'],
+  ['limits', 'maxStreamResetsPer10s'],
+  ['limits', 'maxEventLoopDelayMs'],
+  ['limits', 'responseBufferBytes'],
+  ['limits', 'bufferMemoryBytes'],
 ]
 
 /** The reloaded config as it will run: `next`, with the restart-only settings of `running`,

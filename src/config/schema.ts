@@ -250,7 +250,8 @@ export const configSchema = z
       .prefault({}),
     limits: z
       .strictObject({
-        /** Deadline for the response headers, all tries and backoff included (504 upstream_timeout). */
+        /** Deadline for the response headers, all tries and backoff included (504 upstream_timeout).
+         *  It starts once the request is in: time spent waiting on the client is the client's. */
         requestTimeoutMs: ms(15_000),
         /** Longest silence allowed inside a streamed upstream response body. */
         responseIdleTimeoutMs: ms(60_000),
@@ -263,6 +264,30 @@ export const configSchema = z
         maxConcurrentRequests: z.number().int().min(1).max(1_000_000).default(1024),
         /** ...and requests waiting for one of those slots; past both, 503 overloaded at once. */
         maxPendingRequests: z.number().int().min(0).max(1_000_000).default(1024),
+        /** Request bodies up to this size are received whole before a connection to the app is
+         *  taken (a slow client holds none); larger ones, and gRPC's, stream. 0: always stream. */
+        requestBufferBytes: z.number().int().min(0).max(16 * 1024 * 1024).default(64 * 1024),
+        /** A response is read ahead of a slow client up to this much, so that the app's
+         *  connection is free for typical answers; past it, the app waits for the client. */
+        responseBufferBytes: z.number().int().min(0).max(64 * 1024 * 1024).default(256 * 1024),
+        /** One ceiling for all those buffers together; past it, everything streams. */
+        bufferMemoryBytes: z.number().int().min(0).max(4 * 1024 * 1024 * 1024).default(32 * 1024 * 1024),
+        /** A request body with no byte for this long: 408 request_timeout (nginx client_body_timeout). */
+        bodyIdleTimeoutMs: ms(60_000),
+        /** A client that reads nothing of its response for this long is cut (nginx send_timeout). */
+        sendIdleTimeoutMs: ms(60_000),
+        /** Client connections at once; past it, new ones are closed at once. */
+        maxConnections: z.number().int().min(1).max(1_000_000).default(10_000),
+        /** Per client address: connections, and requests in flight (429 client_over_limit). */
+        maxConnectionsPerClient: z.number().int().min(1).max(1_000_000).default(1024),
+        maxRequestsPerClient: z.number().int().min(1).max(1_000_000).default(256),
+        /** HTTP/2: streams a client may reset per connection in 10 s before the connection is
+         *  closed (GOAWAY ENHANCE_YOUR_CALM): the rapid-reset attack. */
+        maxStreamResetsPer10s: z.number().int().min(1).max(1_000_000).default(200),
+        /** Shed new requests (503 proxy_overloaded, HTTP/2: REFUSED_STREAM) while the event loop
+         *  runs this late (its 99th percentile over the last second): the proxy keeps its core for
+         *  what it has accepted. 0: never. */
+        maxEventLoopDelayMs: z.number().int().min(0).max(60_000).default(500),
         /** Upgraded connections (WebSocket) open at once; past it, 503 too_many_tunnels. */
         maxTunnels: z.number().int().min(0).max(1_000_000).default(1024),
         /** A tunnel with no bytes either way for this long is closed. */

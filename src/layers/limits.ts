@@ -27,7 +27,7 @@ export function createLimitsLayer(opts: LimitsOptions, deps: { metrics: Metrics 
     if (req.transferEncoding !== null && req.transferEncoding.trim().toLowerCase() !== 'chunked') {
       reject('unsupported_transfer_encoding', `Transfer-Encoding: ${req.transferEncoding}`)
     }
-    if (req.body === null) return next(req, ctx)
+    if (req.body === null || Buffer.isBuffer(req.body)) return next(req, ctx)
     if (req.contentLength !== null) {
       if (req.contentLength > opts.maxBodyBytes) {
         reject('body_too_large', `Content-Length ${req.contentLength}, at most ${opts.maxBodyBytes}`)

@@ -71,12 +71,17 @@ export function createRetryLayer(opts: RetryOptions, deps: RetryDeps): Layer {
     const grpc = isGrpc(req.headers['content-type'])
     // Keep the body for a replay only when a retry could use it. A gRPC body streams as it comes
     // (a streaming call never ends while it waits for answers) and is recorded on its way.
+    const body = req.body
     const kept: Kept =
-      req.body === null || opts.attempts === 1 || (grpc ? grpcRetryOn.length === 0 : !idempotent)
-        ? { stream: req.body, replay: () => null }
-        : grpc
-          ? recorded(req.body, opts.maxReplayBytes)
-          : await replayable(req.body, req.contentLength, opts.maxReplayBytes)
+      body === null
+        ? { stream: null, replay: () => null }
+        : Buffer.isBuffer(body)
+          ? { stream: null, replay: () => [body] } // received whole (layers/receive.ts)
+          : opts.attempts === 1 || (grpc ? grpcRetryOn.length === 0 : !idempotent)
+            ? { stream: body, replay: () => null }
+            : grpc
+              ? recorded(body, opts.maxReplayBytes)
+              : await replayable(body, req.contentLength, opts.maxReplayBytes)
     let streamed = kept.stream
 
     for (let attempt = 1; ; attempt++) {
@@ -87,7 +92,7 @@ export function createRetryLayer(opts: RetryOptions, deps: RetryDeps): Layer {
       const attemptReq: ProxyRequest = {
         ...req,
         headers: { ...req.headers, [ATTEMPT_HEADER]: String(attempt) },
-        body: streamed ?? (replay ? Readable.from(replay) : null),
+        body: streamed ?? (replay === null ? null : replay.length === 1 ? replay[0]! : Readable.from(replay)),
       }
       streamed = null // a streamed body can be sent once
       const outcome = await tryOnce(next, attemptReq, ctx, Math.min(opts.perTryTimeoutMs ?? remaining, remaining), deps.clock)
@@ -131,7 +136,7 @@ type Outcome = { response: ProxyResponse; error?: undefined } | { error: Sidecar
 
 /**
  * One attempt with its own cancellation: aborted when the client leaves, or with
- * upstream_timeout when no response headers came within `timeoutMs`. (One per attempt: a shared
+ * upstream_timeout when no response headers came within `timeoutMs` of the request being sent. (One per attempt: a shared
  * one would cancel every attempt in flight at the first timeout.)
  */
 async function tryOnce(
@@ -143,9 +148,18 @@ async function tryOnce(
 ): Promise<Outcome> {
   const attempt = new Cancel()
   const unlink = ctx.signal.onAbort((reason) => attempt.abort(reason))
-  const cancelTimer = clock.timeout(timeoutMs, () =>
-    attempt.abort(new SidecarError('upstream_timeout', { detail: `no response headers within ${timeoutMs} ms` })),
-  )
+  const expire = () => attempt.abort(new SidecarError('upstream_timeout', { detail: `no response headers within ${timeoutMs} ms` }))
+  // The deadline is the app's: it starts once the body is sent, so that a client slow to send
+  // it is never taken for an app slow to answer (Envoy's route timeout starts there too). A
+  // gRPC call's deadline starts at once: its body may go on for as long as the call does.
+  const body = req.body
+  let cancelTimer = noop
+  if (body === null || Buffer.isBuffer(body) || body.readableEnded || isGrpc(req.headers['content-type'])) cancelTimer = clock.timeout(timeoutMs, expire)
+  else {
+    const start = () => (cancelTimer = clock.timeout(timeoutMs, expire))
+    body.once('end', start)
+    cancelTimer = () => body.off('end', start)
+  }
   ctx.attemptSignal = attempt
   try {
     return { response: await next(req, ctx) }
@@ -258,3 +272,5 @@ export function retryAfterMs(value: string | string[] | undefined, now: number):
   const date = Date.parse(v)
   return Number.isNaN(date) ? undefined : Math.max(0, date - now)
 }
+
+function noop(): void {}

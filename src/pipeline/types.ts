@@ -13,8 +13,9 @@ export interface ProxyRequest {
   readonly path: string
   /** End-to-end headers plus the proxy's own (x-forwarded-*, x-request-id): what the app gets. */
   readonly headers: Readonly<HeaderMap>
-  /** The request body, streamed; null when the request has none. */
-  readonly body: Readable | null
+  /** The request body: streamed, or received whole into memory (layers/receive.ts); null when
+   *  the request has none. */
+  readonly body: Readable | Buffer | null
   /** The declared body length (Content-Length), or null when chunked or absent. */
   readonly contentLength: number | null
   /** How many header lines the client sent (repeats included), for the header-count cap. */

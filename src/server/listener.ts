@@ -20,7 +20,11 @@ import { Cancel } from '../pipeline/cancel.js'
 import { isGrpc, localReply } from '../pipeline/local-reply.js'
 import type { Handler, RequestContext, RequestOutcome } from '../pipeline/types.js'
 import { Connections } from './connections.js'
+import { AbuseReport } from './abuse.js'
+import { Admission } from './admission.js'
+import { guardSession } from './h2-guard.js'
 import { listenOn } from './listen.js'
+import { LoadShedder } from './shedding.js'
 import { joinTunnel, type TunnelEnd } from './tunnel.js'
 import { createServers, secureContext } from './servers.js'
 import { rotateTicketKeys, type ListenerTlsOptions, type TlsMaterial } from './tls.js'
@@ -40,6 +44,12 @@ export interface ListenerOptions {
   maxConcurrentStreams: number
   maxTunnels: number
   tunnelIdleTimeoutMs: number
+  sendIdleTimeoutMs: number
+  maxConnections: number
+  maxConnectionsPerClient: number
+  maxRequestsPerClient: number
+  maxStreamResetsPer10s: number
+  maxEventLoopDelayMs: number
   tls: ListenerTlsOptions | false
 }
 
@@ -47,12 +57,17 @@ export interface ListenerDeps {
   logger: Logger
   metrics: Metrics
   clock: Clock
+  /** The event loop's delay (ms) to shed load by; the real loop's unless a test gives one. */
+  loopDelay?: () => number
 }
 
 export class Listener {
   readonly server: net.Server
   readonly protocol: 'http' | 'https'
   private readonly connections: Connections
+  private readonly shedder: LoadShedder
+  private readonly admission: Admission
+  private readonly abuse: AbuseReport
   private stopTicketRotation: (() => void) | undefined
 
   constructor(
@@ -62,9 +77,12 @@ export class Listener {
   ) {
     this.protocol = opts.tls ? 'https' : 'http'
     this.connections = new Connections(deps)
+    this.shedder = new LoadShedder(opts.maxEventLoopDelayMs, deps.clock, deps.loopDelay)
+    this.admission = new Admission(opts, this.shedder)
+    this.abuse = new AbuseReport(deps)
     const servers = createServers(opts, (req: Request, res: Response) => this.onRequest(req, res))
     this.server = servers.front
-    this.server.on('connection', (socket: Socket) => this.connections.add(socket))
+    this.server.on('connection', (socket: Socket) => this.onConnection(socket))
     const http1 = servers.http1
     http1.on(opts.tls ? 'secureConnection' : 'connection', (socket: Socket & { alpnProtocol?: string | false }) => {
       if (socket.alpnProtocol !== 'h2') this.connections.addHttp1(socket) // HTTP/2 sessions are tracked apart
@@ -98,6 +116,7 @@ export class Listener {
   async listen(): Promise<AddressInfo> {
     const address = await listenOn(this.server, this.opts.host, this.opts.port, this.deps.logger, 'listener')
     if (this.opts.tls) this.stopTicketRotation = rotateTicketKeys(this.server as https.Server, this.deps.clock)
+    this.shedder.start()
     return address
   }
 
@@ -124,15 +143,35 @@ export class Listener {
    *  Resolves with the number of requests cut. */
   close(timeoutMs: number): Promise<number> {
     this.stopTicketRotation?.()
+    this.shedder.close()
     const stopped = new Promise<void>((resolve) => this.server.close(() => resolve()))
     return this.connections.close(timeoutMs, stopped)
+  }
+
+  /** A TCP connection: admitted within the connection limits, else closed at once. */
+  private onConnection(socket: Socket): void {
+    const client = clientAddressOf(socket)
+    const refused = this.admission.connection(client)
+    if (refused) {
+      socket.destroy()
+      return this.abuse.note(refused, 'connections refused: over limits.maxConnections or limits.maxConnectionsPerClient', { client })
+    }
+    socket.once('close', () => this.admission.connectionClosed(client))
+    this.connections.add(socket)
   }
 
   private onSession(session: http2.ServerHttp2Session): void {
     this.connections.addSession(session)
     session.on('error', (err) => this.deps.logger.debug({ err: { message: err.message } }, 'HTTP/2 session error'))
-    // An idle HTTP/2 connection is closed like an idle HTTP/1 keep-alive connection.
-    session.setTimeout(this.opts.keepAliveTimeoutMs, () => session.close())
+    // An idle HTTP/2 connection is closed like an idle HTTP/1 keep-alive connection; one that
+    // resets streams faster than a client honestly would is closed for it (h2-guard.ts).
+    guardSession(session, {
+      maxStreamResetsPer10s: this.opts.maxStreamResetsPer10s,
+      keepAliveTimeoutMs: this.opts.keepAliveTimeoutMs,
+      clock: this.deps.clock,
+      onAbuse: (resets) =>
+        this.abuse.note('stream_reset_flood', 'HTTP/2 connections closed for resetting streams (rapid reset)', { resets, client: clientAddressOf(session.socket as Socket) }),
+    })
   }
 
   private onRequest(req: Request, res: Response, expectsContinue = false): void {
@@ -141,14 +180,21 @@ export class Listener {
     // HTTP/1 parser is an HTTP/1 request (and refused below).
     const h2 = req instanceof http2.Http2ServerRequest
     const socket = req.socket as Socket
+    const client = clientAddressOf(socket)
+    const refused = this.admission.request(client)
+    if (refused) return this.shed(req, res, refused, h2, client)
     const target = h2 ? checkHttp2Request(req as http2.Http2ServerRequest) : checkHttp1Request(req as http.IncomingMessage)
-    if (target !== null && typeof target !== 'string') return this.refuse(req, res, target, h2)
+    if (target !== null && typeof target !== 'string') {
+      this.admission.requestDone(client)
+      return this.refuse(req, res, target, h2)
+    }
 
     const ctx = this.context(req, startedAt)
     const cancel = ctx.signal
     const http1 = h2 ? undefined : socket
     const conn = this.connections.begin(h2 ? undefined : { req: req as http.IncomingMessage, res: res as http.ServerResponse })
     res.once('close', () => {
+      this.admission.requestDone(client)
       const complete = completed(req, res, h2)
       if (!complete) {
         ctx.error ??= 'client_closed'
@@ -171,7 +217,12 @@ export class Listener {
         // After a request the catalogue says to close on (its framing or size), what is left on
         // the connection cannot be trusted, nor is a refused body worth reading: close, like nginx.
         const close = this.connections.mustClose(http1) || (ctx.error !== undefined && ERRORS[ctx.error].close)
-        writeResponse(res, response, h2, close, h2 || acceptsTrailers(req.headers.te))
+        writeResponse(res, response, {
+          h2,
+          close,
+          trailers: h2 || acceptsTrailers(req.headers.te),
+          sendIdle: { ms: this.opts.sendIdleTimeoutMs, clock: this.deps.clock, onCut: () => this.cutSlowReader(ctx) },
+        })
       },
       (err: unknown) => {
         // The respond layer turns every error into a response; reaching here is a bug.
@@ -194,7 +245,12 @@ export class Listener {
     const refusal =
       checked !== null && typeof checked !== 'string'
         ? checked
-        : (checkUpgradeRequest(protocol, req.headers) ?? (full ? { code: 'too_many_tunnels' as const, detail: `${this.connections.tunnelCount} open` } : null))
+        : (checkUpgradeRequest(protocol, req.headers) ??
+          (full
+            ? { code: 'too_many_tunnels' as const, detail: `${this.connections.tunnelCount} open` }
+            : this.shedder.shedding
+              ? { code: 'proxy_overloaded' as const, detail: 'the event loop runs late' }
+              : null))
     if (refusal) return this.refuseRaw(socket, refusal, requestIdFrom(req.headers['x-request-id']))
 
     const ctx = this.context(req, startedAt)
@@ -244,6 +300,24 @@ export class Listener {
         socket.destroy()
       },
     )
+  }
+
+  /** A client that stopped reading its answer was cut: its line says so, and it is counted. */
+  private cutSlowReader(ctx: RequestContext): void {
+    ctx.error = 'client_slow'
+    this.abuse.note('client_slow', 'clients cut for reading nothing of their answers for limits.sendIdleTimeoutMs', { requestId: ctx.id, client: ctx.clientAddress })
+  }
+
+  /**
+   * A request refused before anything is built for it: over its client's limit (429), or while
+   * the proxy sheds load (503; on HTTP/2 the stream is refused with REFUSED_STREAM, which
+   * clients retry on another connection).
+   */
+  private shed(req: Request, res: Response, code: 'proxy_overloaded' | 'client_over_limit', h2: boolean, client: string): void {
+    this.abuse.note(code, code === 'proxy_overloaded' ? 'requests shed: the event loop runs late' : 'requests refused: over limits.maxRequestsPerClient', { client })
+    if (h2 && code === 'proxy_overloaded') return void (res as http2.Http2ServerResponse).stream.close(http2.constants.NGHTTP2_REFUSED_STREAM)
+    const reply = localReply(new SidecarError(code), { requestId: requestIdFrom(req.headers['x-request-id']), grpc: isGrpc(req.headers['content-type']) })
+    writeResponse(res, reply, { h2, close: ERRORS[code].close, trailers: false })
   }
 
   /** A new request's context: its id, client, cancellation; filled in by the layers. */
@@ -296,7 +370,7 @@ export class Listener {
     const requestId = requestIdFrom(req.headers['x-request-id'])
     this.record(refusal, req.socket as Socket, requestId)
     const reply = localReply(new SidecarError(refusal.code, { detail: refusal.detail }), { requestId, grpc: isGrpc(req.headers['content-type']) })
-    writeResponse(res, reply, h2, ERRORS[refusal.code].close)
+    writeResponse(res, reply, { h2, close: ERRORS[refusal.code].close, trailers: false })
   }
 
   /**

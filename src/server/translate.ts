@@ -4,8 +4,10 @@
 import { STATUS_CODES, type IncomingMessage, type ServerResponse } from 'node:http'
 import http2 from 'node:http2'
 import type { Socket } from 'node:net'
+import type { Readable } from 'node:stream'
 import type { TLSSocket } from 'node:tls'
 import { endToEnd, upstreamRequestHeaders, type ForwardingInfo } from '../headers.js'
+import type { Clock } from '../clock.js'
 import type { ProxyRequest, ProxyResponse } from '../pipeline/types.js'
 import { countRegularHeaders } from './validate.js'
 
@@ -28,11 +30,20 @@ export function toProxyRequest(req: Request, h2: boolean, target: string | null,
   }
 }
 
-/**
- * Writes the response and streams its body. `close` (HTTP/1.1 only: HTTP/2 has no Connection
- * header, its sessions get GOAWAY instead) tells the client the connection ends after it.
- */
-export function writeResponse(res: Response, response: ProxyResponse, h2: boolean, close: boolean, trailers = h2): void {
+export interface WriteOptions {
+  h2: boolean
+  /** HTTP/1.1: tell the client the connection ends after this answer (HTTP/2 has no Connection
+   *  header; its sessions get GOAWAY instead). */
+  close: boolean
+  /** The client takes trailers (HTTP/2, or HTTP/1.1 with TE: trailers). */
+  trailers: boolean
+  /** A client that reads nothing of a streamed body for `ms` is cut, and `onCut` told. */
+  sendIdle?: { ms: number; clock: Clock; onCut: () => void }
+}
+
+/** Writes the response and streams its body. */
+export function writeResponse(res: Response, response: ProxyResponse, o: WriteOptions): void {
+  const { h2, close, trailers } = o
   const body = response.body
   if (h2 ? (res as http2.Http2ServerResponse).stream.destroyed : (res as ServerResponse).destroyed) {
     // The client left while the pipeline worked: release the upstream body. Destroying it may
@@ -68,8 +79,29 @@ export function writeResponse(res: Response, response: ProxyResponse, h2: boolea
     // before pipe's own 'end' listener ends `res`: the trailers go out with the end
     const sent = response.trailers
     if (sent !== undefined && trailers) body.once('end', () => addTrailers(res, sent))
+    if (o.sendIdle) cutWhenStalled(res, body, o.sendIdle)
     body.pipe(res as NodeJS.WritableStream)
   }
+}
+
+/**
+ * pipe() pauses the body while the client's connection does not take more (its buffers are
+ * full: the client reads nothing); if that lasts `ms`, the client is cut (nginx's send_timeout).
+ */
+function cutWhenStalled(res: Response, body: Readable, o: NonNullable<WriteOptions['sendIdle']>): void {
+  let stop = noop
+  const stall = () => {
+    stop = o.clock.timeout(o.ms, () => {
+      o.onCut()
+      res.destroy()
+    })
+  }
+  const flow = () => stop()
+  body.on('pause', stall).on('resume', flow)
+  res.once('close', () => {
+    stop()
+    body.off('pause', stall).off('resume', flow)
+  })
 }
 
 /**

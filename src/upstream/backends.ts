@@ -7,6 +7,7 @@ import type { Config } from '../config/schema.js'
 import { SidecarError } from '../errors.js'
 import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
+import type { BufferBudget } from '../pipeline/buffers.js'
 import type { Handler } from '../pipeline/types.js'
 import { Breaker, type BreakerState } from './breaker.js'
 import { Upstream, type PoolOptions } from './client.js'
@@ -17,6 +18,8 @@ export type BackendsConfig = Pick<Config, 'backends' | 'limits' | 'circuitBreake
 
 export interface BackendsDeps {
   clock: Clock
+  /** What responses are read ahead of slow clients from. */
+  buffers?: BufferBudget
   logger: Logger
   metrics: Metrics
   /** Told every health verdict (readiness follows the gating backends'), and whether it changed. */
@@ -112,7 +115,7 @@ export class Backends {
       backend.config = b
       if (backend.keys.pool !== keys.pool) {
         this.retire(backend.upstream)
-        backend.upstream = new Upstream(b.name, pool, this.deps.metrics)
+        backend.upstream = new Upstream(b.name, pool, this.deps.metrics, this.deps.buffers)
       }
       if (backend.keys.breaker !== keys.breaker) {
         backend.breaker.shutdown()
@@ -163,7 +166,7 @@ export class Backends {
       name: b.name,
       config: b,
       keys,
-      upstream: new Upstream(b.name, poolOptions(b, config), this.deps.metrics),
+      upstream: new Upstream(b.name, poolOptions(b, config), this.deps.metrics, this.deps.buffers),
       breaker: new Breaker(b.name, config.circuitBreaker, this.deps),
       gate: new Gate(),
     } as Backend
@@ -206,6 +209,6 @@ export class Backends {
 
 function poolOptions(b: BackendConfig, config: BackendsConfig): PoolOptions {
   const { url, protocol, maxConnections, connectTimeoutMs, idleTimeoutMs } = b
-  const { requestTimeoutMs, responseIdleTimeoutMs } = config.limits
-  return { url, protocol, maxConnections, connectTimeoutMs, idleTimeoutMs, requestTimeoutMs, responseIdleTimeoutMs }
+  const { requestTimeoutMs, responseIdleTimeoutMs, responseBufferBytes } = config.limits
+  return { url, protocol, maxConnections, connectTimeoutMs, idleTimeoutMs, requestTimeoutMs, responseIdleTimeoutMs, responseBufferBytes }
 }

@@ -6,6 +6,7 @@ import { ERRORS, SidecarError, isErrorCode, type ErrorCode } from '../errors.js'
 import { endToEnd } from '../headers.js'
 import type { Metrics } from '../metrics.js'
 import { Readable, type Duplex } from 'node:stream'
+import type { BufferBudget } from '../pipeline/buffers.js'
 import { Cancel } from '../pipeline/cancel.js'
 import type { HeaderMap, ProxyRequest, ProxyResponse, RequestContext } from '../pipeline/types.js'
 
@@ -20,6 +21,8 @@ export interface PoolOptions {
   requestTimeoutMs: number
   /** Longest silence inside a response body. */
   responseIdleTimeoutMs: number
+  /** How far a response may be read ahead of a slow client. */
+  responseBufferBytes?: number
 }
 
 const STATUS_CLASS = ['0xx', '1xx', '2xx', '3xx', '4xx', '5xx']
@@ -39,12 +42,16 @@ const SERVING_STATUS = ['UNKNOWN', 'SERVING', 'NOT_SERVING', 'SERVICE_UNKNOWN']
 /** One backend's connection pool. */
 export class Upstream {
   private readonly pool: Pool
+  private readonly readAhead: { bytes: number; budget: BufferBudget | undefined }
 
+  /** `buffers`: the budget responses are read ahead of slow clients from (limits.responseBufferBytes each). */
   constructor(
     readonly backend: string,
     opts: PoolOptions,
     private readonly metrics: Metrics,
+    buffers?: BufferBudget,
   ) {
+    this.readAhead = { bytes: opts.responseBufferBytes ?? 0, budget: buffers }
     this.pool = new Pool(opts.url, {
       connections: opts.maxConnections,
       // h2c: undici's Pool passes `useH2c` to its connector only from here
@@ -66,7 +73,7 @@ export class Upstream {
    */
   async request(req: ProxyRequest, ctx: RequestContext, isHealthy: () => boolean): Promise<ProxyResponse> {
     try {
-      const response = await this.exchange(req, ctx.attemptSignal)
+      const response = await this.exchange(req, ctx.attemptSignal, this.readAhead)
       this.metrics.countAttempt(this.backend, STATUS_CLASS[Math.floor(response.status / 100)] ?? 'other')
       // A failure mid-body surfaces on the stream (the listener then cuts the client
       // connection, so a truncated response never passes for a complete one); name it for the log.
@@ -121,9 +128,9 @@ export class Upstream {
   }
 
   /** One request to the pool; resolves at the response's headers (or its 101). */
-  private exchange(req: ProxyRequest, signal: Cancel): Promise<ProxyResponse> {
+  private exchange(req: ProxyRequest, signal: Cancel, readAhead?: Exchange['readAhead']): Promise<ProxyResponse> {
     return new Promise((resolve, reject) => {
-      const handler = new Exchange(req.method, signal, resolve, reject)
+      const handler = new Exchange(req.method, signal, resolve, reject, readAhead)
       const { method, path, headers, body, upgrade } = req
       this.pool.dispatch({ method, path, headers, body, ...(upgrade !== undefined && { upgrade }) }, handler)
     })
@@ -159,12 +166,15 @@ class Exchange {
   private abort: (reason?: Error) => void = noop
   private settled = false
   private unlink: () => void = noop
+  /** Bytes read ahead of the client, past the body's own buffer, taken from the budget. */
+  private ahead = 0
 
   constructor(
     private readonly method: string,
     private readonly signal: Cancel,
     private readonly answer: (response: ProxyResponse) => void,
     private readonly fail: (err: unknown) => void,
+    private readonly readAhead: { bytes: number; budget: BufferBudget | undefined } = { bytes: 0, budget: undefined },
   ) {}
 
   onConnect(abort: (reason?: Error) => void): void {
@@ -189,18 +199,41 @@ class Exchange {
       return true
     }
     this.body = new Readable({
-      read: resume,
+      read: () => {
+        this.giveBack() // below its own buffer again: what was read ahead has gone to the client
+        resume()
+      },
       destroy: (err, done) => {
+        this.giveBack()
         if (!this.body?.readableEnded) this.abort(err ?? new SidecarError('client_closed'))
         done(err)
       },
     })
+    this.body.once('end', () => this.giveBack())
     this.settle({ status, headers, body: this.body, trailers: this.trailers })
     return true
   }
 
+  /**
+   * A chunk from the app. Past the body's own buffer (a client reading slower than the app
+   * writes), the app is still read from while this response's read-ahead stays within its
+   * limit and the budget for all buffers allows: a typical answer is then read whole, and the
+   * app's connection freed, however slow the client. Beyond that, the app waits (backpressure).
+   */
   onData(chunk: Buffer): boolean {
-    return this.body?.push(chunk) ?? true
+    const body = this.body
+    if (!body) return true
+    if (body.push(chunk)) return true
+    const { bytes, budget } = this.readAhead
+    if (this.ahead + chunk.length > bytes || !budget?.take(chunk.length)) return false
+    this.ahead += chunk.length
+    return true
+  }
+
+  private giveBack(): void {
+    if (this.ahead === 0) return
+    this.readAhead.budget?.give(this.ahead)
+    this.ahead = 0
   }
 
   /** HTTP/1.1 trailers come as raw pairs (Buffers), HTTP/2 trailers as an object. */

@@ -50,7 +50,7 @@ t.test('an error on the client body reaches the counted stream', async (t) => {
   const next = scripted(response())
   const source = new Readable({ read() {} })
   await createLimitsLayer(opts, d)(next)(proxyRequest({ body: source }), context())
-  const counted = next.calls[0]!.req.body!
+  const counted = next.calls[0]!.req.body as Readable
   const failed = new Promise((resolve) => counted.once('error', resolve))
   source.destroy(new Error('aborted'))
   t.match(await failed, { message: 'aborted' })

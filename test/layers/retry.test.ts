@@ -28,6 +28,7 @@ function setup(steps: Step[], opts: Partial<RetryOptions> = {}, random = () => 0
 
 async function bodyOf(req: ProxyRequest): Promise<string> {
   if (!req.body) return ''
+  if (Buffer.isBuffer(req.body)) return req.body.toString()
   const chunks: Buffer[] = []
   for await (const c of req.body) chunks.push(c as Buffer)
   return Buffer.concat(chunks).toString()

@@ -2,6 +2,7 @@
 // catalogue, nothing half-forwarded passed off as complete, and the upstream released at once.
 import net from 'node:net'
 import http from 'node:http'
+import { Readable } from 'node:stream'
 import t, { type Test } from 'tap'
 import { metric, raw, request } from '../fixtures/client.js'
 import { proxied, startProxy } from '../fixtures/proxy.js'
@@ -124,7 +125,8 @@ t.test('a declared body over limits.maxBodyBytes: 413 before anything is forward
 })
 
 t.test('a chunked body passing the cap: the upstream request is aborted and the client gets 413', async (t) => {
-  const { up, proxy } = await setup(t, { limits: { maxBodyBytes: 1500 } })
+  // requestBufferBytes 0: the body streams to the app as it comes (a larger body does by default)
+  const { up, proxy } = await setup(t, { limits: { maxBodyBytes: 1500, requestBufferBytes: 0 } })
   const status = await new Promise<{ status: number; code: unknown }>((resolve, reject) => {
     const req = http.request(`${proxy.url}/upload`, { method: 'POST', agent: false }, (res) => {
       res.resume()
@@ -140,6 +142,13 @@ t.test('a chunked body passing the cap: the upstream request is aborted and the 
   t.same(status, { status: 413, code: 'body_too_large' })
   t.equal(up.seen.length, 1, 'forwarding had started')
   t.not(await within(up.seen[0]!.closed, 1000), 'timeout', 'the app saw the request cut, never a complete body')
+})
+
+t.test('a chunked body passing the cap within limits.requestBufferBytes: 413, and the app never hears of it', async (t) => {
+  const { up, proxy } = await setup(t, { limits: { maxBodyBytes: 1500 } })
+  const reply = await request(`${proxy.url}/upload`, { method: 'POST', body: Readable.from([Buffer.alloc(1000, 1), Buffer.alloc(1000, 2)]) })
+  t.same([reply.status, reply.headers['x-sidecar-error']], [413, 'body_too_large'])
+  t.equal(up.seen.length, 0, 'received before forwarding: nothing went to the app')
 })
 
 t.test('more headers than limits.maxHeaderCount: 431', async (t) => {

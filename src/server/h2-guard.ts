@@ -1,0 +1,52 @@
+// HTTP/2 connections against abuse. Node (nghttp2) already refuses streams over the advertised
+// SETTINGS_MAX_CONCURRENT_STREAMS with REFUSED_STREAM, and floods of CONTINUATION frames end the
+// session. Left to the proxy:
+// - rapid reset (CVE-2023-44487): streams opened and reset at once cost the server a request each
+//   and the client nothing. Past limits.maxStreamResetsPer10s resets on one connection, it gets
+//   GOAWAY (ENHANCE_YOUR_CALM) and is closed. (nghttp2's own limit answers GOAWAY later, and then
+//   leaves the connection open, in CLOSE-WAIT once the client goes.)
+// - every GOAWAY the proxy sends (idle, drain, abuse) is followed by the socket's close within a
+//   grace period, whatever the client does.
+import http2 from 'node:http2'
+import type { Clock } from '../clock.js'
+
+const WINDOW_MS = 10_000
+/** How long a session told GOAWAY may finish its streams before its socket is closed. */
+export const GOAWAY_GRACE_MS = 1000
+
+export interface GuardOptions {
+  maxStreamResetsPer10s: number
+  keepAliveTimeoutMs: number
+  clock: Clock
+  /** Told once when the session is closed for resetting too many streams. */
+  onAbuse: (resets: number) => void
+}
+
+export function guardSession(session: http2.ServerHttp2Session, o: GuardOptions): void {
+  let windowStart = o.clock.now()
+  let resets = 0
+  let closing = false
+  const goaway = (code: number) => {
+    if (closing) return
+    closing = true
+    if (!session.destroyed && !session.closed) session.goaway(code)
+    const stop = o.clock.timeout(GOAWAY_GRACE_MS, () => session.destroy())
+    session.once('close', stop)
+  }
+  session.on('stream', (stream: http2.ServerHttp2Stream) => {
+    stream.once('close', () => {
+      if (stream.rstCode === http2.constants.NGHTTP2_NO_ERROR || closing) return
+      const now = o.clock.now()
+      if (now - windowStart >= WINDOW_MS) [windowStart, resets] = [now, 0]
+      if (++resets > o.maxStreamResetsPer10s) {
+        o.onAbuse(resets)
+        goaway(http2.constants.NGHTTP2_ENHANCE_YOUR_CALM)
+      }
+    })
+  })
+  // An idle connection is told to go, then closed (a client may never answer the GOAWAY).
+  session.setTimeout(o.keepAliveTimeoutMs, () => {
+    session.close()
+    goaway(http2.constants.NGHTTP2_NO_ERROR)
+  })
+}
