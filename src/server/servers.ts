@@ -91,6 +91,9 @@ function byPreface(socket: Socket, http1: http.Server, h2c: http2.Http2Server, t
     socket.pause()
     socket.unshift(seen)
     if (h2) {
+      // Node's HTTP/2 session learns that the client went only from the socket's close; a
+      // half-open socket (the HTTP/1.1 server's need) would never close on the client's FIN.
+      socket.allowHalfOpen = false
       h2c.emit('connection', socket) // the session reads what was put back itself
     } else {
       http1.emit('connection', socket)

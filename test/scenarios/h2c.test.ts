@@ -4,7 +4,8 @@ import { execFile } from 'node:child_process'
 import http2 from 'node:http2'
 import net from 'node:net'
 import t, { type Test } from 'tap'
-import { request, within } from '../fixtures/client.js'
+import { request, until, within } from '../fixtures/client.js'
+import { get, rawSession } from '../fixtures/h2-frames.js'
 import { startProxy } from '../fixtures/proxy.js'
 import { fakeUpstream, type Echo } from '../fixtures/upstream.js'
 
@@ -75,4 +76,20 @@ t.test('a plain connection that sends nothing, or half a preface, is closed afte
     await within(new Promise((resolve) => socket.once('close', resolve)), 3000, `${what}: closed`)
     t.ok(Date.now() - started >= 250, `${what}: closed after ${Date.now() - started} ms`)
   }
+})
+
+t.test('an h2c client that closes its end of the connection cancels its requests at the app', async (t) => {
+  const up = await fakeUpstream().route('/hang', () => {}).listen()
+  const proxy = await startProxy(up.url)
+  t.teardown(async () => {
+    await proxy.close()
+    await up.close()
+  })
+  const client = rawSession(proxy.port)
+  client.socket.write(Buffer.concat([get(1, '/hang'), get(3, '/hang')]))
+  await until(() => up.seen.length === 2)
+  client.socket.end() // a FIN, as a client process exiting sends
+  await within(Promise.all(up.seen.map((s) => s.closed)), 2000, 'the app\'s requests cancelled')
+  await until(() => proxy.app.status().connections.open === 0)
+  t.equal(proxy.app.status().backends[0]!.inFlight.active, 0, 'attempts in flight: 0')
 })
