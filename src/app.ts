@@ -69,6 +69,7 @@ export async function startApp(initial: Config, deps: AppDeps): Promise<App> {
   const latches = new BackendLatches(readiness, (name) => backends.snapshot(name)?.health)
   // request bodies and responses held for slow peers, all under one ceiling
   const buffers = new BufferBudget(initial.limits.bufferMemoryBytes)
+  metrics.watchBuffers(() => buffers.used)
   const backends: Backends = new Backends(initial, { clock, logger, metrics, buffers, onHealth: (name) => latches.follow(name) })
   latches.set(gatingBackends(initial))
 
@@ -101,6 +102,7 @@ export async function startApp(initial: Config, deps: AppDeps): Promise<App> {
       backend: (name) => backends.snapshot(name),
       recent,
       tunnels: listener.tunnelCount,
+      connections: listener.connectionCount,
       certificate: tls?.certificate.material,
     })
   const admin = new AdminServer(parseAddress(initial.admin.address)!, {

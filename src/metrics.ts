@@ -68,6 +68,15 @@ export function createMetrics(opts: { observer?: MetricsObserver } = {}) {
     help: 'Upgraded connections (WebSocket and other HTTP/1.1 upgrades) joined to the app now.',
     registers,
   })
+  let readBuffered = () => 0
+  new Gauge({
+    name: 'sidecar_buffered_bytes',
+    help: 'Bytes held for slow peers: request bodies received before the app is asked, responses read ahead of slow clients (limits.bufferMemoryBytes at most).',
+    registers,
+    collect() {
+      this.set(readBuffered())
+    },
+  })
   const drainingGauge = new Gauge({
     name: 'sidecar_draining',
     help: '1 from the start of a drain (SIGTERM, POST /drain) until the process exits, else 0.',
@@ -198,6 +207,10 @@ export function createMetrics(opts: { observer?: MetricsObserver } = {}) {
     },
     tunnelClosed(): void {
       openTunnels.dec()
+    },
+    /** sidecar_buffered_bytes is read from `read` when scraped. */
+    watchBuffers(read: () => number): void {
+      readBuffered = read
     },
     setDraining(draining: boolean): void {
       drainingGauge.set(draining ? 1 : 0)

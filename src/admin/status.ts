@@ -14,6 +14,8 @@ export interface StatusSources extends InForce {
   recent: RecentRequests
   /** Upgraded connections (WebSocket) open now. */
   tunnels: number
+  /** Client connections open on the listener. */
+  connections: number
   certificate: { subject: string; notAfter: Date } | undefined
 }
 
@@ -51,6 +53,7 @@ export function statusOf(s: StatusSources) {
     /** Retries made in the last minute, per backend of the failed try and reason (retryOn
      *  condition), and retries not made because the retry budget was spent. */
     retries: { windowSeconds: 60, total: sum(Object.values(retries.byBackend).flatMap((byReason) => Object.values(byReason))), ...retries },
+    connections: { open: s.connections },
     tunnels: { open: s.tunnels },
     /** Requests refused before reaching a backend in the last minute, per reason (error code). */
     rejections: { windowSeconds: 60, total: sum(Object.values(rejections)), byReason: rejections },

@@ -37,10 +37,14 @@ export function createReceiveLayer(opts: ReceiveOptions, deps: { clock: Clock; b
   }
 }
 
-/** `body` through `guard`: its errors reach the guard's reader, the guard's go back to it. */
+/**
+ * `body` through `guard`: the body's errors reach the guard's reader. When the guard fails, the
+ * body is left paused, not destroyed: destroying a request destroys its socket, and the client
+ * is owed its answer (408, with Connection: close).
+ */
 function guarded(body: Readable, guard: IdleGuard): Readable {
   body.once('error', (err) => guard.destroy(err))
-  guard.once('error', (err) => body.destroy(err))
+  guard.once('error', () => body.unpipe(guard).pause())
   return body.pipe(guard)
 }
 
@@ -76,7 +80,7 @@ export function readUpTo(body: Readable, max: number, idleMs: number, clock: Clo
     }
     function fail(err: Error) {
       finish()
-      body.destroy(err)
+      body.pause() // left to the socket's close: destroying the request would cut its answer
       reject(err)
     }
     body.on('data', onData).on('end', onEnd).on('error', fail)

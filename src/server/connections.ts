@@ -41,6 +41,11 @@ export class Connections {
 
   constructor(private readonly deps: { metrics: Metrics; clock: Clock }) {}
 
+  /** Client connections open (TCP). */
+  get count(): number {
+    return this.sockets.size
+  }
+
   get inFlight(): number {
     return this.inFlightNow
   }

@@ -124,6 +124,10 @@ export class Listener {
     return this.connections.inFlight
   }
 
+  get connectionCount(): number {
+    return this.connections.count
+  }
+
   get tunnelCount(): number {
     return this.connections.tunnelCount
   }
