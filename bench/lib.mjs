@@ -1,4 +1,6 @@
 // Helpers shared by the benchmark (run.mjs) and the soak (soak.mjs).
+import { execFileSync } from 'node:child_process'
+import { readFileSync } from 'node:fs'
 import net from 'node:net'
 
 /** A loopback port nothing listens on (bound, then released). */
@@ -26,4 +28,40 @@ export async function waitReady(adminPort) {
 export function median(xs) {
   const s = xs.filter((x) => Number.isFinite(x)).sort((a, b) => a - b)
   return s.length === 0 ? null : s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2
+}
+
+const CLK_TCK = Number(execFileSync('getconf', ['CLK_TCK']).toString()) || 100
+
+/** CPU seconds (user + system) a process has used so far; NaN once it is gone. */
+export function cpuSeconds(pid) {
+  try {
+    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ')
+    return (Number(fields[11]) + Number(fields[12])) / CLK_TCK
+  } catch {
+    return NaN
+  }
+}
+
+/** A memory field of /proc/PID/status (VmRSS, VmHWM) in MiB; NaN once the process is gone. */
+export function memoryMiB(pid, field) {
+  try {
+    const line = readFileSync(`/proc/${pid}/status`, 'utf8').split('\n').find((l) => l.startsWith(`${field}:`))
+    return Number(line.split(/\s+/)[1]) / 1024
+  } catch {
+    return NaN
+  }
+}
+
+/** The path of `cmd` on PATH, or undefined. */
+export function which(cmd) {
+  try {
+    return execFileSync('sh', ['-c', `command -v ${cmd}`]).toString().trim() || undefined
+  } catch {
+    return undefined
+  }
+}
+
+/** nginx's worker: the master's (only) child. */
+export function nginxWorker(masterPid) {
+  return Number(execFileSync('pgrep', ['-P', String(masterPid)]).toString().trim().split('\n')[0])
 }

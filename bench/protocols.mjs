@@ -4,13 +4,13 @@
 // The clients (`ws`, `@grpc/grpc-js`) run in the bench process; the servers and the sidecar in
 // their own. Run by bench/run.mjs, or alone: `node bench/protocols.mjs [--seconds N]`.
 import { spawn } from 'node:child_process'
-import { readFileSync, writeFileSync, mkdtempSync } from 'node:fs'
+import { writeFileSync, mkdtempSync } from 'node:fs'
 import os from 'node:os'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
 import * as grpc from '@grpc/grpc-js'
 import WebSocket from 'ws'
-import { freePort, waitReady } from './lib.mjs'
+import { cpuSeconds, freePort, waitReady } from './lib.mjs'
 
 const root = new URL('..', import.meta.url).pathname
 const CLIENTS = 32
@@ -34,11 +34,6 @@ async function startSidecar(children, tmp, name, backend) {
   children.push(child)
   await waitReady(admin)
   return { port, pid: child.pid }
-}
-
-function cpuSeconds(pid) {
-  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ')
-  return (Number(fields[11]) + Number(fields[12])) / 100
 }
 
 /** Messages per second over `seconds`, CLIENTS WebSocket clients each echoing back to back. */

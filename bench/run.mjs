@@ -20,15 +20,15 @@
 // load generator competes for the same cores) and the p99 it adds over direct; peak RSS. Then
 // RSS with 1,000 keep-alive connections open. Medians over the rounds. Results go to
 // bench/results/ as JSON, Markdown and SVG.
-import { execFileSync, spawn } from 'node:child_process'
+import { spawn } from 'node:child_process'
 import https from 'node:https'
-import { mkdtempSync, openSync, readFileSync, writeFileSync } from 'node:fs'
+import { mkdtempSync, openSync, writeFileSync } from 'node:fs'
 import net from 'node:net'
 import os from 'node:os'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
 import autocannon from 'autocannon'
-import { freePort, median, waitReady } from './lib.mjs'
+import { cpuSeconds, freePort, median, memoryMiB, nginxWorker, waitReady, which } from './lib.mjs'
 import { measureProtocols } from './protocols.mjs'
 import { renderMarkdown, renderSvg } from './report.mjs'
 
@@ -43,7 +43,6 @@ if (flags.rounds) PLAN.rounds = Number(flags.rounds)
 const RATE = Number(flags.rate ?? 3000)
 const CONNECTIONS = 64
 const HANDSHAKE_RATE = 200
-const CLK_TCK = Number(execFileSync('getconf', ['CLK_TCK']).toString()) || 100
 const tmp = mkdtempSync(join(os.tmpdir(), 'sidecar-bench-'))
 const children = []
 
@@ -74,17 +73,6 @@ async function start(name, command, args, port, env = {}) {
   return child.pid
 }
 let stopping = false
-
-/** CPU seconds (user + system) a process has used so far. */
-function cpuSeconds(pid) {
-  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ')
-  return (Number(fields[11]) + Number(fields[12])) / CLK_TCK
-}
-
-function memoryMiB(pid, field) {
-  const line = readFileSync(`/proc/${pid}/status`, 'utf8').split('\n').find((l) => l.startsWith(`${field}:`))
-  return Number(line.split(/\s+/)[1]) / 1024
-}
 
 const load = (url, opts) => (opts.newConnections ? handshakes(url, opts) : autocannon({ url, connections: CONNECTIONS, ...opts }))
 
@@ -277,19 +265,6 @@ async function runSoak(target) {
   const lastMinute = median(samples.filter((x) => x.s >= (minutes - 1) * 60).map((x) => x.rssMiB))
   console.log(`soak: ${r.requests.total} requests, RSS ${firstMinute?.toFixed(1)} MiB after warm-up -> ${lastMinute?.toFixed(1)} MiB in the last minute`)
   return { minutes, requests: r.requests.total, errors: r.errors + r.timeouts + r.non2xx, rssFirstMinuteMiB: firstMinute, rssLastMinuteMiB: lastMinute, samples }
-}
-
-function which(cmd) {
-  try {
-    return execFileSync('sh', ['-c', `command -v ${cmd}`]).toString().trim() || undefined
-  } catch {
-    return undefined
-  }
-}
-
-/** nginx's one worker process (the master only forks it). */
-function nginxWorker(masterPid) {
-  return Number(execFileSync('pgrep', ['-P', String(masterPid)]).toString().trim().split('\n')[0])
 }
 
 function nginxConfig(plain, tls, upstreamPort, certs) {
