@@ -3,8 +3,8 @@
 // session. Left to the proxy:
 // - rapid reset (CVE-2023-44487): streams opened and reset at once cost the server a request each
 //   and the client nothing. Past limits.maxStreamResetsPer10s resets on one connection, it gets
-//   GOAWAY (ENHANCE_YOUR_CALM) and is closed. (nghttp2's own limit answers GOAWAY later, and then
-//   leaves the connection open, in CLOSE-WAIT once the client goes.)
+//   GOAWAY (ENHANCE_YOUR_CALM) and is closed at once. (nghttp2's own limit answers GOAWAY later,
+//   and then leaves the connection open, in CLOSE-WAIT once the client goes.)
 // - every GOAWAY the proxy sends (idle, drain, abuse) is followed by the socket's close within a
 //   grace period, whatever the client does.
 import http2 from 'node:http2'
@@ -13,6 +13,8 @@ import type { Clock } from '../clock.js'
 const WINDOW_MS = 10_000
 /** How long a session told GOAWAY may finish its streams before its socket is closed. */
 export const GOAWAY_GRACE_MS = 1000
+/** How long a session closed for abuse has for its GOAWAY to be written. */
+const ABUSE_GRACE_MS = 20
 
 export interface GuardOptions {
   maxStreamResetsPer10s: number
@@ -26,11 +28,14 @@ export function guardSession(session: http2.ServerHttp2Session, o: GuardOptions)
   let windowStart = o.clock.now()
   let resets = 0
   let closing = false
+  // After a GOAWAY, the socket is closed: for an idle connection once its streams have had the
+  // grace to finish, for abuse as soon as the GOAWAY is written (nothing of it is worth finishing;
+  // destroying the session at once would discard the GOAWAY, and the client would not learn why).
   const goaway = (code: number) => {
     if (closing) return
     closing = true
     if (!session.destroyed && !session.closed) session.goaway(code)
-    const stop = o.clock.timeout(GOAWAY_GRACE_MS, () => session.destroy())
+    const stop = o.clock.timeout(code === http2.constants.NGHTTP2_NO_ERROR ? GOAWAY_GRACE_MS : ABUSE_GRACE_MS, () => session.destroy())
     session.once('close', stop)
   }
   session.on('stream', (stream: http2.ServerHttp2Stream) => {

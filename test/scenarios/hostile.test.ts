@@ -222,12 +222,19 @@ t.test('refusals are counted and logged with the reason', async (t) => {
   const { proxy } = await setup(t)
   await raw(proxy.port, `GET / HTTP/1.1\r\n${H}Host: evil.example\r\n\r\n`)
   await raw(proxy.port, 'CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\n\r\n')
+  await raw(proxy.port, `GET / HTTP/1.1\r\n${H}Host: evil.example\r\n\r\n`)
   t.match(proxy.logs.filter((l) => l.msg === 'request refused'), [
-    { level: 'warn', error: 'bad_request', reason: '2 Host headers', client: '127.0.0.1' },
-    { level: 'warn', error: 'method_not_allowed', reason: 'CONNECT' },
+    { level: 'info', error: 'bad_request', reason: '2 Host headers', client: '127.0.0.1' },
+    { level: 'info', error: 'method_not_allowed', reason: 'CONNECT' },
+    { level: 'info', error: 'bad_request' },
   ])
+  t.match(
+    proxy.logs.filter((l) => l.level === 'warn'),
+    [{ msg: 'requests refused', kind: 'bad_request' }, { msg: 'requests refused', kind: 'method_not_allowed' }],
+    'one warning per kind, not per refusal',
+  )
   const metrics = await (await fetch(`${proxy.adminUrl}/metrics`)).text()
-  t.match(metrics, /sidecar_rejected_requests_total\{reason="bad_request"\} 1/)
+  t.match(metrics, /sidecar_rejected_requests_total\{reason="bad_request"\} 2/)
   t.match(metrics, /sidecar_rejected_requests_total\{reason="method_not_allowed"\} 1/)
 })
 
@@ -244,7 +251,7 @@ t.test('garbage pipelined after a valid request: the executed request is answere
   t.notOk(access && 'error' in access, 'not client_closed')
   t.match(
     proxy.logs.filter((l) => typeof l.msg === 'string' && l.msg.startsWith('request refused by the parser')),
-    [{ level: 'warn', error: 'bad_request' }],
+    [{ level: 'info', error: 'bad_request' }],
     'and the garbage is logged as refused',
   )
 })
