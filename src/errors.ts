@@ -152,6 +152,9 @@ export const ERRORS = {
     'the proxy is out of file descriptors (ulimit -n) or socket memory for a new upstream connection',
   ),
   overloaded: heldBack(503, 'the backend has limits.maxConcurrentRequests in flight and limits.maxPendingRequests waiting'),
+  // The deadline passed while the request waited for one of the backend's pooled connections
+  // (all held, e.g. by slow clients): the app never had it, and is not blamed.
+  upstream_busy: heldBack(503, 'no connection to the backend came free before the deadline: its backends[].maxConnections are all in use'),
   too_many_tunnels: heldBack(503, 'limits.maxTunnels upgraded connections (WebSocket) are open already'),
   // Connections refused at accept and HTTP/2 connections closed for abuse: counted, never answered.
   too_many_connections: heldBack(503, 'limits.maxConnections or limits.maxConnectionsPerClient connections are open already'),

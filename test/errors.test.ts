@@ -36,6 +36,7 @@ t.test('the catalogue: every code has a status and a message, and statuses follo
     no_backend: 503,
     local_resources_exhausted: 503,
     overloaded: 503,
+    upstream_busy: 503,
     too_many_tunnels: 503,
     too_many_connections: 503,
     stream_reset_flood: 400,

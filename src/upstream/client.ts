@@ -39,9 +39,12 @@ export interface ProbeOptions {
 /** grpc.health.v1.HealthCheckResponse.ServingStatus, by number. */
 const SERVING_STATUS = ['UNKNOWN', 'SERVING', 'NOT_SERVING', 'SERVICE_UNKNOWN']
 
-/** One backend's connection pool. */
+/** One backend's connection pool, and the one connection its health checks use. */
 export class Upstream {
   private readonly pool: Pool
+  /** Health checks go on a connection of their own (as Envoy's do): a pool whose connections
+   *  are all busy (slow clients holding them) must not make a healthy app look down. */
+  private readonly probes: Pool
   private readonly readAhead: { bytes: number; budget: BufferBudget | undefined }
 
   /** `buffers`: the budget responses are read ahead of slow clients from (limits.responseBufferBytes each). */
@@ -52,18 +55,21 @@ export class Upstream {
     buffers?: BufferBudget,
   ) {
     this.readAhead = { bytes: opts.responseBufferBytes ?? 0, budget: buffers }
-    this.pool = new Pool(opts.url, {
-      connections: opts.maxConnections,
-      // h2c: undici's Pool passes `useH2c` to its connector only from here
-      connect: { timeout: opts.connectTimeoutMs, ...(opts.protocol === 'h2c' && { useH2c: true }) },
-      // set once per pool rather than per request: the same deadline for every request
-      headersTimeout: opts.requestTimeoutMs,
-      bodyTimeout: opts.responseIdleTimeoutMs,
-      keepAliveTimeout: opts.idleTimeoutMs,
-      // an app's `Keep-Alive: timeout=N` may shorten, never lengthen, our idle timeout
-      keepAliveMaxTimeout: opts.idleTimeoutMs,
-      ...(opts.protocol === 'h2c' && { allowH2: true }),
-    })
+    const pool = (connections: number) =>
+      new Pool(opts.url, {
+        connections,
+        // h2c: undici's Pool passes `useH2c` to its connector only from here
+        connect: { timeout: opts.connectTimeoutMs, ...(opts.protocol === 'h2c' && { useH2c: true }) },
+        // set once per pool rather than per request: the same deadline for every request
+        headersTimeout: opts.requestTimeoutMs,
+        bodyTimeout: opts.responseIdleTimeoutMs,
+        keepAliveTimeout: opts.idleTimeoutMs,
+        // an app's `Keep-Alive: timeout=N` may shorten, never lengthen, our idle timeout
+        keepAliveMaxTimeout: opts.idleTimeoutMs,
+        ...(opts.protocol === 'h2c' && { allowH2: true }),
+      })
+    this.pool = pool(opts.maxConnections)
+    this.probes = pool(1)
   }
 
   /**
@@ -112,6 +118,8 @@ export class Upstream {
           transferEncoding: null,
         },
         deadline,
+        undefined,
+        this.probes,
       )
       const chunks: Buffer[] = []
       if (res.body !== null) for await (const chunk of res.body) chunks.push(chunk as Buffer)
@@ -127,18 +135,18 @@ export class Upstream {
     }
   }
 
-  /** One request to the pool; resolves at the response's headers (or its 101). */
-  private exchange(req: ProxyRequest, signal: Cancel, readAhead?: Exchange['readAhead']): Promise<ProxyResponse> {
+  /** One request to `pool`; resolves at the response's headers (or its 101). */
+  private exchange(req: ProxyRequest, signal: Cancel, readAhead?: Exchange['readAhead'], pool = this.pool): Promise<ProxyResponse> {
     return new Promise((resolve, reject) => {
       const handler = new Exchange(req.method, signal, resolve, reject, readAhead)
       const { method, path, headers, body, upgrade } = req
-      this.pool.dispatch({ method, path, headers, body, ...(upgrade !== undefined && { upgrade }) }, handler)
+      pool.dispatch({ method, path, headers, body, ...(upgrade !== undefined && { upgrade }) }, handler)
     })
   }
 
   /** Graceful: requests already sent finish, then the connections close. */
-  close(): Promise<void> {
-    return this.pool.close()
+  async close(): Promise<void> {
+    await Promise.all([this.pool.close(), this.probes.close()])
   }
 }
 
@@ -175,9 +183,19 @@ class Exchange {
     private readonly answer: (response: ProxyResponse) => void,
     private readonly fail: (err: unknown) => void,
     private readonly readAhead: { bytes: number; budget: BufferBudget | undefined } = { bytes: 0, budget: undefined },
-  ) {}
+  ) {
+    // Cancelled while still waiting for a pooled connection: it fails now, and is dropped when
+    // its turn comes (onConnect). Its deadline passing there is no fault of the app's.
+    this.unlink = signal.onAbort((reason) => {
+      this.settled = true
+      const timedOut = (reason as { code?: unknown } | null)?.code === 'upstream_timeout'
+      this.fail(timedOut ? new SidecarError('upstream_busy', { cause: reason, detail: 'every pooled connection stayed in use' }) : reason)
+    })
+  }
 
   onConnect(abort: (reason?: Error) => void): void {
+    this.unlink()
+    if (this.settled) return abort(new SidecarError('client_closed'))
     this.abort = abort
     this.unlink = this.signal.onAbort((reason) => abort(reason as Error))
   }

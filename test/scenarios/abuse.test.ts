@@ -59,6 +59,39 @@ t.test('a body that stops coming: 408 request_timeout, the client\'s fault; 25 o
   t.equal((await request(`${proxy.url}/after`)).status, 200, 'and the app is still served')
 })
 
+t.test('every app connection held: a request that waits past its deadline is 503 upstream_busy, not the app\'s fault, and health checks still pass', async (t) => {
+  let release!: () => void
+  const held = new Promise<void>((resolve) => (release = resolve))
+  // the answer has begun (its headers are in: no deadline runs) and holds its connection
+  const hold = (_req: http.IncomingMessage, res: http.ServerResponse) => {
+    res.writeHead(200).write('begun ')
+    void held.then(() => res.end('done'))
+  }
+  const { up, proxy } = await proxied(t, fakeUpstream().route('/hold', hold), {
+    backends: [{ name: 'app', url: 'http://127.0.0.1:1', maxConnections: 1, healthCheck: { intervalMs: 100, timeoutMs: 100 } }],
+    limits: { requestTimeoutMs: 300 },
+    circuitBreaker: { volumeThreshold: 1, errorThresholdPercentage: 1 },
+  })
+  t.teardown(() => release())
+  const holding = request(`${proxy.url}/hold`)
+  await until(() => up.seen.length === 1)
+  const checks = up.healthChecks()
+  const waited = await within(request(`${proxy.url}/queued`), 3000, 'the queued request answered')
+  t.equal(waited.status, 503)
+  t.equal(waited.headers['x-sidecar-error'], 'upstream_busy')
+  await until(() => up.healthChecks() >= checks + 2)
+  t.equal(proxy.app.status().backends[0]!.health?.healthy, true, 'health checks pass on their own connection')
+  t.equal(await breakerOf(proxy.adminUrl), 0, 'breaker closed')
+  release()
+  t.equal((await holding).status, 200)
+  await new Promise((resolve) => setTimeout(resolve, 100))
+  t.same(
+    up.seen.map((s) => s.url),
+    ['/hold'],
+    'the request given up on is never sent once a connection frees',
+  )
+})
+
 t.test('a client that reads nothing of a streamed answer is cut after sendIdleTimeoutMs; the app is not blamed', async (t) => {
   const { proxy } = await proxied(
     t,
@@ -198,6 +231,22 @@ t.test('HTTP/2 streams past the advertised maximum are refused, and the session 
   t.equal(up.seen.length, 10, 'the app got the 10 admitted')
   t.notOk(client.socket.destroyed, 'the connection lives on')
   client.socket.destroy()
+})
+
+t.test('HTTP/2 streams past a maximum the client has acknowledged: nghttp2 ends the connection, which is closed, not hung', async (t) => {
+  // RFC 9113 5.1.2 allows PROTOCOL_ERROR or REFUSED_STREAM here; nghttp2 (Node) takes the first
+  // once the client has acknowledged the SETTINGS, and Node offers no switch. No client library
+  // does this; what matters is that the connection ends cleanly and the others serve on.
+  const { proxy } = await proxied(t, fakeUpstream().route('/hang', () => {}), { limits: { maxConcurrentStreams: 10 } })
+  const client = rawSession(proxy.port)
+  await until(() => client.frames.some((f) => f.type === 4 && !(f.flags & 1)))
+  await new Promise((resolve) => setTimeout(resolve, 50)) // our acknowledgement has arrived
+  const burst: Buffer[] = []
+  for (let stream = 1; stream <= 2 * 20 - 1; stream += 2) burst.push(get(stream, '/hang'))
+  client.socket.write(Buffer.concat(burst))
+  await within(client.closed, 2000, 'the connection closed')
+  t.ok(client.goawayCode() !== undefined, 'after a GOAWAY')
+  t.equal((await request(`${proxy.url}/`)).status, 200, 'and the proxy serves on')
 })
 
 t.test('an idle HTTP/2 connection gets GOAWAY, then its socket is closed even if the client never answers', async (t) => {
