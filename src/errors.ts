@@ -158,7 +158,7 @@ export const ERRORS = {
   too_many_tunnels: heldBack(503, 'limits.maxTunnels upgraded connections (WebSocket) are open already'),
   // Connections refused at accept and HTTP/2 connections closed for abuse: counted, never answered.
   too_many_connections: heldBack(503, 'limits.maxConnections or limits.maxConnectionsPerClient connections are open already'),
-  stream_reset_flood: { ...refused(400, 'the HTTP/2 connection reset more than limits.maxStreamResetsPer10s streams in 10 s', GRPC.RESOURCE_EXHAUSTED), close: true },
+  stream_reset_flood: { ...refused(400, 'the HTTP/2 connection reset, or had refused for being over its limit, more than limits.maxStreamResetsPer10s streams in 10 s', GRPC.RESOURCE_EXHAUSTED), close: true },
   proxy_overloaded: heldBack(503, 'the proxy is shedding load: its event loop runs later than limits.maxEventLoopDelayMs'),
 } as const satisfies Record<string, CatalogueEntry>
 

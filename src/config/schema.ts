@@ -42,8 +42,10 @@ const backendSchema = z.strictObject({
   /** How the backend is spoken to: HTTP/1.1, or HTTP/2 in the clear with prior knowledge (h2c:
    *  gRPC apps). Over h2c each connection carries up to 100 requests at once. */
   protocol: z.enum(['http1', 'h2c']).default('http1'),
-  /** Upper bound on open connections to this backend (undici Pool `connections`). */
-  maxConnections: z.number().int().min(1).max(10_000).default(128),
+  /** Upper bound on open connections to this backend (undici Pool `connections`). As many as
+   *  limits.maxConcurrentRequests by default (Envoy's max_connections too): over HTTP/1.1 each
+   *  request in flight needs one, and slow clients holding some must leave the rest to others. */
+  maxConnections: z.number().int().min(1).max(10_000).default(1024),
   connectTimeoutMs: ms(2_000),
   /** Idle keep-alive sockets are closed after this; keep it below the app's own keep-alive
    *  timeout (Node's default is 5 s) or a request may land on a socket the app just closed. */
@@ -281,8 +283,9 @@ export const configSchema = z
         /** Per client address: connections, and requests in flight (429 client_over_limit). */
         maxConnectionsPerClient: z.number().int().min(1).max(1_000_000).default(1024),
         maxRequestsPerClient: z.number().int().min(1).max(1_000_000).default(256),
-        /** HTTP/2: streams a client may reset per connection in 10 s before the connection is
-         *  closed (GOAWAY ENHANCE_YOUR_CALM): the rapid-reset attack. */
+        /** HTTP/2: streams a client may reset, or have refused as over maxRequestsPerClient, per
+         *  connection in 10 s before the connection is closed (GOAWAY ENHANCE_YOUR_CALM): the
+         *  rapid-reset attack, and floods of streams past the client's limit. */
         maxStreamResetsPer10s: z.number().int().min(1).max(1_000_000).default(200),
         /** Shed new requests (503 proxy_overloaded, HTTP/2: REFUSED_STREAM) while the event loop
          *  runs this late (its 99th percentile over the last second): the proxy keeps its core for

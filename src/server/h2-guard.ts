@@ -2,9 +2,12 @@
 // SETTINGS_MAX_CONCURRENT_STREAMS with REFUSED_STREAM, and floods of CONTINUATION frames end the
 // session. Left to the proxy:
 // - rapid reset (CVE-2023-44487): streams opened and reset at once cost the server a request each
-//   and the client nothing. Past limits.maxStreamResetsPer10s resets on one connection, it gets
-//   GOAWAY (ENHANCE_YOUR_CALM) and is closed at once. (nghttp2's own limit answers GOAWAY later,
-//   and then leaves the connection open, in CLOSE-WAIT once the client goes.)
+//   and the client nothing; and a client past its limit (limits.maxRequestsPerClient) that keeps
+//   opening streams only to be refused costs the same. Past limits.maxStreamResetsPer10s such
+//   streams on one connection, it gets GOAWAY (ENHANCE_YOUR_CALM) and is closed at once.
+//   (nghttp2's own limit answers GOAWAY later, and then leaves the connection open, in
+//   CLOSE-WAIT once the client goes.) Streams the proxy refuses while it sheds load are not the
+//   client's doing and do not count.
 // - every GOAWAY the proxy sends (idle, drain, abuse) is followed by the socket's close within a
 //   grace period, whatever the client does.
 import http2 from 'node:http2'
@@ -24,6 +27,14 @@ export interface GuardOptions {
   onAbuse: (resets: number) => void
 }
 
+/** Each guarded session's budget, spent by streams reset by the client and by refusals. */
+const budgets = new WeakMap<http2.Http2Session, () => void>()
+
+/** A stream of `session` refused for its client's doing (over its limit): spends its budget. */
+export function spendOnRefusal(session: http2.Http2Session): void {
+  budgets.get(session)?.()
+}
+
 export function guardSession(session: http2.ServerHttp2Session, o: GuardOptions): void {
   let windowStart = o.clock.now()
   let resets = 0
@@ -38,15 +49,20 @@ export function guardSession(session: http2.ServerHttp2Session, o: GuardOptions)
     const stop = o.clock.timeout(code === http2.constants.NGHTTP2_NO_ERROR ? GOAWAY_GRACE_MS : ABUSE_GRACE_MS, () => session.destroy())
     session.once('close', stop)
   }
+  const spend = () => {
+    if (closing) return
+    const now = o.clock.now()
+    if (now - windowStart >= WINDOW_MS) [windowStart, resets] = [now, 0]
+    if (++resets > o.maxStreamResetsPer10s) {
+      o.onAbuse(resets)
+      goaway(http2.constants.NGHTTP2_ENHANCE_YOUR_CALM)
+    }
+  }
+  budgets.set(session, spend)
   session.on('stream', (stream: http2.ServerHttp2Stream) => {
     stream.once('close', () => {
-      if (stream.rstCode === http2.constants.NGHTTP2_NO_ERROR || closing) return
-      const now = o.clock.now()
-      if (now - windowStart >= WINDOW_MS) [windowStart, resets] = [now, 0]
-      if (++resets > o.maxStreamResetsPer10s) {
-        o.onAbuse(resets)
-        goaway(http2.constants.NGHTTP2_ENHANCE_YOUR_CALM)
-      }
+      const code = stream.rstCode
+      if (code !== http2.constants.NGHTTP2_NO_ERROR && code !== http2.constants.NGHTTP2_REFUSED_STREAM) spend()
     })
   })
   // An idle connection is told to go, then closed (a client may never answer the GOAWAY).

@@ -22,7 +22,7 @@ import type { Handler, RequestContext, RequestOutcome } from '../pipeline/types.
 import { Connections } from './connections.js'
 import { AbuseReport } from './abuse.js'
 import { Admission } from './admission.js'
-import { guardSession } from './h2-guard.js'
+import { guardSession, spendOnRefusal } from './h2-guard.js'
 import { listenOn } from './listen.js'
 import { LoadShedder } from './shedding.js'
 import { joinTunnel, type TunnelEnd } from './tunnel.js'
@@ -174,7 +174,7 @@ export class Listener {
       keepAliveTimeoutMs: this.opts.keepAliveTimeoutMs,
       clock: this.deps.clock,
       onAbuse: (resets) =>
-        this.abuse.note('stream_reset_flood', 'HTTP/2 connections closed for resetting streams (rapid reset)', { resets, client: clientAddressOf(session.socket as Socket) }),
+        this.abuse.note('stream_reset_flood', 'HTTP/2 connections closed for resetting streams or opening them past their limit', { resets, client: clientAddressOf(session.socket as Socket) }),
     })
   }
 
@@ -332,6 +332,7 @@ export class Listener {
   private shed(req: Request, res: Response, code: 'proxy_overloaded' | 'client_over_limit', h2: boolean, client: string): void {
     this.abuse.note(code, code === 'proxy_overloaded' ? 'requests shed: the event loop runs late' : 'requests refused: over limits.maxRequestsPerClient', { client })
     if (h2 && code === 'proxy_overloaded') return void (res as http2.Http2ServerResponse).stream.close(http2.constants.NGHTTP2_REFUSED_STREAM)
+    if (h2) spendOnRefusal((res as http2.Http2ServerResponse).stream.session!)
     const reply = localReply(new SidecarError(code), { requestId: requestIdFrom(req.headers['x-request-id']), grpc: isGrpc(req.headers['content-type']) })
     writeResponse(res, reply, { h2, close: ERRORS[code].close, trailers: false })
   }

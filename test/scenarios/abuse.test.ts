@@ -218,6 +218,30 @@ t.test('HTTP/2 rapid reset past maxStreamResetsPer10s: GOAWAY ENHANCE_YOUR_CALM 
   t.equal(status, 200)
 })
 
+t.test('an HTTP/2 client opening stream after stream past maxRequestsPerClient: 429 each, then its connection closed', async (t) => {
+  const { up, proxy } = await proxied(t, fakeUpstream().route('/hang', () => {}), { limits: { maxRequestsPerClient: 2, maxStreamResetsPer10s: 5 } })
+  const session = http2.connect(proxy.url)
+  session.on('error', () => {})
+  t.teardown(() => session.destroy())
+  const goaway = new Promise<number>((resolve) => session.once('goaway', (code) => resolve(code)))
+  for (let i = 0; i < 2; i++) session.request({ ':path': '/hang' }).on('error', () => {}).end()
+  await until(() => up.seen.length === 2)
+  const statuses: Array<number | string> = []
+  for (let i = 0; i < 10 && !session.closed && !session.destroyed; i++) {
+    statuses.push(
+      await new Promise<number | string>((resolve) => {
+        const stream = session.request({ ':path': '/more' })
+        stream.on('response', (h) => resolve(h[':status']!)).on('error', (err: Error) => resolve(err.message)).end()
+        stream.resume()
+      }),
+    )
+  }
+  t.same(statuses.slice(0, 5), [429, 429, 429, 429, 429], 'refused with 429 while within the budget (5)')
+  t.match(statuses[5], /code 11/, 'the one past it ends the connection')
+  t.equal(await within(goaway, 2000, 'the GOAWAY'), http2.constants.NGHTTP2_ENHANCE_YOUR_CALM)
+  t.equal(up.seen.length, 2, 'the app saw only the two within the limit')
+})
+
 t.test('HTTP/2 streams past the advertised maximum are refused, and the session serves on', async (t) => {
   const { up, proxy } = await proxied(t, fakeUpstream().route('/hang', () => {}), { limits: { maxConcurrentStreams: 10 } })
   const client = rawSession(proxy.port)
