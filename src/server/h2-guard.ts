@@ -61,6 +61,8 @@ export function guardSession(session: http2.ServerHttp2Session, o: GuardOptions)
   budgets.set(session, spend)
   session.on('stream', (stream: http2.ServerHttp2Stream) => {
     stream.once('close', () => {
+      // a connection that ends cancels its open streams: that is no reset by the client
+      if (session.destroyed) return
       const code = stream.rstCode
       if (code !== http2.constants.NGHTTP2_NO_ERROR && code !== http2.constants.NGHTTP2_REFUSED_STREAM) spend()
     })

@@ -165,6 +165,7 @@ export class Listener {
   }
 
   private onSession(session: http2.ServerHttp2Session): void {
+    const client = clientAddressOf(session.socket as Socket) // the socket is gone once the session is
     this.connections.addSession(session)
     session.on('error', (err) => this.deps.logger.debug({ err: { message: err.message } }, 'HTTP/2 session error'))
     // An idle HTTP/2 connection is closed like an idle HTTP/1 keep-alive connection; one that
@@ -173,8 +174,7 @@ export class Listener {
       maxStreamResetsPer10s: this.opts.maxStreamResetsPer10s,
       keepAliveTimeoutMs: this.opts.keepAliveTimeoutMs,
       clock: this.deps.clock,
-      onAbuse: (resets) =>
-        this.abuse.note('stream_reset_flood', 'HTTP/2 connections closed for resetting streams or opening them past their limit', { resets, client: clientAddressOf(session.socket as Socket) }),
+      onAbuse: (resets) => this.abuse.note('stream_reset_flood', 'HTTP/2 connections closed for resetting streams or opening them past their limit', { resets, client }),
     })
   }
 

@@ -242,6 +242,20 @@ t.test('an HTTP/2 client opening stream after stream past maxRequestsPerClient: 
   t.equal(up.seen.length, 2, 'the app saw only the two within the limit')
 })
 
+t.test('an HTTP/2 client that goes with streams open is no abuser: its cancelled streams spend no budget', async (t) => {
+  const { up, proxy } = await proxied(t, fakeUpstream().route('/hang', () => {}), { limits: { maxStreamResetsPer10s: 1 } })
+  for (let round = 0; round < 2; round++) {
+    const client = rawSession(proxy.port)
+    client.socket.write(Buffer.concat([1, 3, 5, 7, 9].map((stream) => get(stream, '/hang'))))
+    await until(() => up.seen.length === 5 * (round + 1))
+    client.socket.destroy() // the client process dies, its streams open
+    await until(() => proxy.app.status().connections.open === 0)
+  }
+  await until(() => proxy.logs.filter((l) => l.msg === 'request').length === 10)
+  t.equal(await metric(proxy.adminUrl, 'sidecar_rejected_requests_total{reason="stream_reset_flood"}'), 0, 'not taken for a flood')
+  t.equal((await request(`${proxy.url}/`)).status, 200, 'and the proxy lives on')
+})
+
 t.test('HTTP/2 streams past the advertised maximum are refused, and the session serves on', async (t) => {
   const { up, proxy } = await proxied(t, fakeUpstream().route('/hang', () => {}), { limits: { maxConcurrentStreams: 10 } })
   const client = rawSession(proxy.port)
