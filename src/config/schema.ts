@@ -278,8 +278,10 @@ export const configSchema = z
         bodyIdleTimeoutMs: ms(60_000),
         /** A client that reads nothing of its response for this long is cut (nginx send_timeout). */
         sendIdleTimeoutMs: ms(60_000),
-        /** Client connections at once; past it, new ones are closed at once. */
-        maxConnections: z.number().int().min(1).max(1_000_000).default(10_000),
+        /** Client connections at once; past it, new ones are closed at once. Size it with the
+         *  container's memory: an idle TLS connection costs ~37 KiB (OpenSSL's buffers, which
+         *  Node keeps), so the default's 2,048 take ~75 MiB over the proxy's own ~90. */
+        maxConnections: z.number().int().min(1).max(1_000_000).default(2048),
         /** Per client address: connections, and requests in flight (429 client_over_limit). */
         maxConnectionsPerClient: z.number().int().min(1).max(1_000_000).default(1024),
         maxRequestsPerClient: z.number().int().min(1).max(1_000_000).default(256),

@@ -1,5 +1,6 @@
 // Who gets in at the front door, decided before any per-request state is built: connections
-// within limits.maxConnections and, per client address, limits.maxConnectionsPerClient; requests
+// within limits.maxConnections (at the limit, the oldest idle one makes room) and, per client
+// address, limits.maxConnectionsPerClient; requests
 // within limits.maxRequestsPerClient in flight per address (so one address cannot take every
 // slot), and none while the proxy sheds load (shedding.ts). Behind a load balancer that does not
 // keep client addresses, "a client" is that balancer: raise the per-client limits there.
@@ -21,10 +22,13 @@ export class Admission {
     private readonly shedder: LoadShedder,
   ) {}
 
-  /** A new connection from `address`: null when admitted (then counted until connectionClosed). */
-  connection(address: string): ErrorCode | null {
+  /**
+   * A new connection from `address`: null when admitted (then counted until connectionClosed).
+   * At limits.maxConnections, `makeRoom` may close an idle connection for it.
+   */
+  connection(address: string, makeRoom: () => boolean = () => false): ErrorCode | null {
     const client = this.client(address)
-    if (this.connections >= this.limits.maxConnections || client.connections >= this.limits.maxConnectionsPerClient) {
+    if (client.connections >= this.limits.maxConnectionsPerClient || (this.connections >= this.limits.maxConnections && !makeRoom())) {
       this.forget(address, client)
       return 'too_many_connections'
     }

@@ -26,8 +26,8 @@ export interface Http1Conn {
 export class Connections {
   /** Every TCP connection, for the final cut. */
   private readonly sockets = new Set<Socket>()
-  /** HTTP/2 sessions, closed with GOAWAY on drain and stop. */
-  private readonly sessions = new Set<http2.ServerHttp2Session>()
+  /** HTTP/2 sessions, closed with GOAWAY on drain and stop, with their streams open. */
+  private readonly sessions = new Map<http2.ServerHttp2Session, { open: number }>()
   /** HTTP/1 connections accepted that have not sent a request yet. */
   private readonly fresh = new Set<Socket>()
   private readonly http1 = new Map<Socket, Http1Conn>()
@@ -74,9 +74,39 @@ export class Connections {
   }
 
   addSession(session: http2.ServerHttp2Session): void {
-    this.sessions.add(session)
+    const streams = { open: 0 }
+    this.sessions.set(session, streams)
+    session.on('stream', (stream: http2.ServerHttp2Stream) => {
+      streams.open++
+      stream.once('close', () => streams.open--)
+    })
     session.once('close', () => this.sessions.delete(session))
     if (this.closingNow) session.close()
+  }
+
+  /**
+   * Closes the oldest idle connection (accepted but silent, an HTTP/1 keep-alive connection
+   * between requests, an HTTP/2 session with no stream open) to make room for a new one at
+   * limits.maxConnections: an idle connection is worth less than one about to send a request
+   * (Envoy's overload manager shortens idle timeouts for the same reason). False if none is idle.
+   */
+  evictIdle(): boolean {
+    for (const socket of this.fresh) {
+      if (socket.destroyed) continue
+      socket.destroy()
+      return true
+    }
+    for (const [socket, conn] of this.http1) {
+      if (conn.busy > 0 || socket.destroyed || this.tunnels.has(socket)) continue
+      socket.destroy()
+      return true
+    }
+    for (const [session, streams] of this.sessions) {
+      if (streams.open > 0 || session.destroyed) continue
+      session.destroy()
+      return true
+    }
+    return false
   }
 
   /** A request begins; on HTTP/1 (`exchange` given) its connection's state comes back. */
@@ -149,7 +179,7 @@ export class Connections {
    */
   drain(): void {
     this.drainingNow = true
-    for (const session of this.sessions) session.close()
+    for (const session of this.sessions.keys()) session.close()
   }
 
   /**
@@ -161,7 +191,7 @@ export class Connections {
   async close(timeoutMs: number, stopped: Promise<void>): Promise<number> {
     const { clock } = this.deps
     this.closingNow = true
-    for (const session of this.sessions) session.close()
+    for (const session of this.sessions.keys()) session.close()
     for (const [socket, conn] of this.http1) if (conn.busy === 0 && !this.tunnels.has(socket)) socket.end()
     const deadline = clock.now() + timeoutMs
     // A connection accepted just before the listener closed may not have sent its request yet:
@@ -182,7 +212,7 @@ export class Connections {
       await Promise.race([stopped, new Promise<void>((resolve) => (cancel = clock.timeout(Math.max(0, Math.min(1000, deadline - clock.now())), resolve)))])
       cancel()
     }
-    for (const session of this.sessions) session.destroy()
+    for (const session of this.sessions.keys()) session.destroy()
     for (const socket of this.sockets) socket.destroy()
     await stopped
     return cut

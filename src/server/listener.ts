@@ -152,13 +152,18 @@ export class Listener {
     return this.connections.close(timeoutMs, stopped)
   }
 
-  /** A TCP connection: admitted within the connection limits, else closed at once. */
+  /** A TCP connection: admitted within the connection limits (at the total, in place of the
+   *  oldest idle one), else closed at once. */
   private onConnection(socket: Socket): void {
     const client = clientAddressOf(socket)
-    const refused = this.admission.connection(client)
+    const refused = this.admission.connection(client, () => {
+      const evicted = this.connections.evictIdle()
+      if (evicted) this.abuse.note('too_many_connections', OVER_CONNECTION_LIMITS)
+      return evicted
+    })
     if (refused) {
       socket.destroy()
-      return this.abuse.note(refused, 'connections refused: over limits.maxConnections or limits.maxConnectionsPerClient', { client })
+      return this.abuse.note(refused, OVER_CONNECTION_LIMITS, { client })
     }
     socket.once('close', () => this.admission.connectionClosed(client))
     this.connections.add(socket)
@@ -428,5 +433,7 @@ export class Listener {
     this.abuse.note(refusal.code, 'requests refused', fields)
   }
 }
+
+const OVER_CONNECTION_LIMITS = 'connections past limits.maxConnections (the oldest idle one closed to make room) or limits.maxConnectionsPerClient (refused)'
 
 function noop(): void {}

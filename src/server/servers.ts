@@ -48,7 +48,7 @@ export function createServers(opts: ServerLimits, onRequest: (req: Request, res:
     insecureHTTPParser: false,
   }
   const h2 = {
-    maxSessionMemory: 32, // MiB of buffered frames per connection before new streams are refused
+    maxSessionMemory: 10, // MiB of buffered frames per connection before new streams are refused (Node's default)
     maxHeaderListPairs: opts.maxHeaderCount + 8, // pseudo-headers count too; the limits layer counts exactly
     settings: { maxConcurrentStreams: opts.maxConcurrentStreams, maxHeaderListSize: opts.maxHeaderBytes, enablePush: false },
   }

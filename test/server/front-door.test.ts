@@ -25,6 +25,9 @@ t.test('admission: connections within the total and per client; a closed one fre
   t.equal(admission.connection('10.0.0.1'), 'too_many_connections', 'the total holds again')
   admission.connectionClosed('10.0.0.9') // never admitted: nothing to free
   t.equal(admission.connection('10.0.0.4'), 'too_many_connections')
+  t.equal(admission.connection('10.0.0.4', () => true), null, 'at the total, admitted when an idle one makes room')
+  t.equal(admission.connection('10.0.0.4', () => true), null)
+  t.equal(admission.connection('10.0.0.4', () => true), 'too_many_connections', 'never past its own client\'s limit')
 })
 
 t.test('admission: requests in flight per client; refused ones take no slot', async (t) => {
