@@ -7,7 +7,8 @@
 //                       first third of the post-warm-up samples against the median of the last
 //                       third, within max(--rss-growth-pct %, --rss-growth-mib MiB) (heap alike).
 //                       Runs shorter than --judge-min-seconds after warm-up only report these.
-//   upstream-bound      the upstream never has more open connections than the pool bound
+//   upstream-bound      the upstream never has more open connections than the pool bound (and the
+//                       health checks' own one)
 //                       (backends[0].maxConnections; the health checker probes through the same
 //                       undici Pool, src/upstream/client.ts `probe`, so it adds none). Counted
 //                       by the upstream; a count above the bound leaves out sockets the proxy
@@ -225,7 +226,7 @@ function startUpstream() {
     checkQueued = false
     let open = up.open
     up.maxOpenCounted = Math.max(up.maxOpenCounted, open)
-    if (open > POOL) {
+    if (open > POOL + 1) {
       const peers = closeWaitPeers(server.address().port)
       const closed = peers === null ? null : [...live.values()].filter((p) => peers.has(p)).length
       if (up.overBound.length < 100) up.overBound.push({ atS: (Date.now() - t0) / 1000, counted: open, closedByProxy: closed })
@@ -524,7 +525,7 @@ async function main() {
   const memVerdict = (g) => (!judgeMemory ? null : g.growthMiB !== null && g.growthMiB <= g.allowedMiB)
   judge('rss', `RSS ${f(rss.warmupEndMiB)} -> ${f(rss.endMiB)} MiB after warm-up: ${sign(rss.growthMiB)} MiB (${sign(rss.growthPct)} %), allowed ${f(rss.allowedMiB)} MiB`, memVerdict(rss))
   judge('heap', `heap used ${f(heap.warmupEndMiB)} -> ${f(heap.endMiB)} MiB after warm-up: ${sign(heap.growthMiB)} MiB (${sign(heap.growthPct)} %), allowed ${f(heap.allowedMiB)} MiB`, memVerdict(heap))
-  judge('upstream-bound', `upstream open connections max ${up.maxOpen} (pool bound ${POOL}; counted by the upstream ${up.maxOpenCounted}, ${up.maxOpenAtAccept} at accept, ${up.overBound.length} count(s) over it corrected for sockets in CLOSE_WAIT; ${up.accepted} accepted in all)`, up.maxOpen <= POOL)
+  judge('upstream-bound', `upstream open connections max ${up.maxOpen} (pool bound ${POOL} and the health checks' 1; counted by the upstream ${up.maxOpenCounted}, ${up.maxOpenAtAccept} at accept, ${up.overBound.length} count(s) over it corrected for sockets in CLOSE_WAIT; ${up.accepted} accepted in all)`, up.maxOpen <= POOL + 1)
   judge('settle-proxy', `proxy open connections after the load: ${last.proxyOpenConnections} (${settleMs} ms after the client closed its sockets)`, settled !== null && last.proxyOpenConnections === 0)
   judge('settle-upstream', `upstream requests in flight after the load: ${last.upstreamInFlight}`, settled !== null && last.upstreamInFlight === 0)
   judge('upstream-idle', `upstream open connections after the pool's idle timeout (${IDLE_TIMEOUT_MS} ms): ${idleLeft}`, idleLeft <= 1)

@@ -121,7 +121,8 @@ t.test('out of file descriptors (ulimit -n 128): refusals, no crash, and recover
     .route('/slow', (_req, res) => setTimeout(() => res.end('ok'), 1000))
     .listen()
   t.teardown(() => up.close())
-  const dir = t.testdir({ 'c.yaml': 'drain:\n  delayMs: 0\n' })
+  // a pool of 128: the app's connections alone could take every descriptor
+  const dir = t.testdir({ 'c.yaml': 'drain:\n  delayMs: 0\nbackends:\n  - name: app\n    url: http://127.0.0.1:1\n    maxConnections: 128\n' })
   const child = runBinary(['--config', `${dir}/c.yaml`, '--plaintext', '--listen', '127.0.0.1:0', '--admin', '127.0.0.1:0', '--upstream', up.url], {}, [
     'bash', '-c', 'ulimit -n 128 && exec "$0" "$@"',
   ])
