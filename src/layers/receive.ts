@@ -9,7 +9,7 @@ import type { Clock } from '../clock.js'
 import { SidecarError, isErrorCode } from '../errors.js'
 import type { BufferBudget } from '../pipeline/buffers.js'
 import { isGrpc } from '../pipeline/local-reply.js'
-import type { Layer } from '../pipeline/types.js'
+import type { Handler, Layer, ProxyRequest, ProxyResponse, RequestContext } from '../pipeline/types.js'
 
 export interface ReceiveOptions {
   requestBufferBytes: number
@@ -18,9 +18,10 @@ export interface ReceiveOptions {
 
 export function createReceiveLayer(opts: ReceiveOptions, deps: { clock: Clock; buffers: BufferBudget }): Layer {
   const idle = () => new SidecarError('request_timeout', { detail: `no byte of the body for limits.bodyIdleTimeoutMs (${opts.bodyIdleTimeoutMs} ms)` })
-  return (next) => async (req, ctx) => {
-    const body = req.body
-    if (body === null || Buffer.isBuffer(body)) return next(req, ctx)
+  // not async itself: a request without a body (most) passes at the cost of one call
+  return (next) => (req, ctx) => (req.body === null || Buffer.isBuffer(req.body) ? next(req, ctx) : receive(req, ctx, next))
+  async function receive(req: ProxyRequest, ctx: RequestContext, next: Handler): Promise<ProxyResponse> {
+    const body = req.body as Readable
     const declared = req.contentLength
     const room = declared ?? opts.requestBufferBytes
     if (isGrpc(req.headers['content-type']) || room > opts.requestBufferBytes || room === 0 || !deps.buffers.take(room)) {

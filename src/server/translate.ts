@@ -89,18 +89,19 @@ export function writeResponse(res: Response, response: ProxyResponse, o: WriteOp
  * full: the client reads nothing); if that lasts `ms`, the client is cut (nginx's send_timeout).
  */
 function cutWhenStalled(res: Response, body: Readable, o: NonNullable<WriteOptions['sendIdle']>): void {
-  let stop = noop
-  const stall = () => {
-    stop = o.clock.timeout(o.ms, () => {
+  // Only 'pause' is listened to up front: a response that never stalls costs one listener.
+  body.on('pause', () => {
+    const stop = o.clock.timeout(o.ms, () => {
       o.onCut()
       res.destroy()
     })
-  }
-  const flow = () => stop()
-  body.on('pause', stall).on('resume', flow)
-  res.once('close', () => {
-    stop()
-    body.off('pause', stall).off('resume', flow)
+    const flowing = () => {
+      stop()
+      res.off('close', flowing)
+      body.off('resume', flowing)
+    }
+    body.once('resume', flowing)
+    res.once('close', flowing)
   })
 }
 

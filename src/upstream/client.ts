@@ -176,6 +176,7 @@ class Exchange {
   private unlink: () => void = noop
   /** Bytes read ahead of the client, past the body's own buffer, taken from the budget. */
   private ahead = 0
+  private watchingEnd = false
 
   constructor(
     private readonly method: string,
@@ -227,7 +228,6 @@ class Exchange {
         done(err)
       },
     })
-    this.body.once('end', () => this.giveBack())
     this.settle({ status, headers, body: this.body, trailers: this.trailers })
     return true
   }
@@ -244,6 +244,10 @@ class Exchange {
     if (body.push(chunk)) return true
     const { bytes, budget } = this.readAhead
     if (this.ahead + chunk.length > bytes || !budget?.take(chunk.length)) return false
+    if (!this.watchingEnd) {
+      this.watchingEnd = true
+      body.once('end', () => this.giveBack()) // the rest may be read without another read()
+    }
     this.ahead += chunk.length
     return true
   }
