@@ -7,6 +7,9 @@
 // the target's peak RSS and CPU, sockets left in CLOSE-WAIT after the attack, the sidecar's
 // breaker, whether the target serves in the 2 s after, and the memory an idle TLS connection
 // costs. slowhttptest and h2load (nghttp2-client) are installed with apt when missing and root.
+// `-- --heap MiB` runs the sidecar with that V8 heap ceiling (--max-old-space-size), as Node sizes
+// it in a container with a memory limit; without it, V8 on a large machine collects lazily and
+// the peak RSS is mostly garbage.
 // Results go to bench/results/attack-*.{json,md}.
 import { execFileSync, spawn, spawnSync } from 'node:child_process'
 import { mkdtempSync, openSync, readFileSync, writeFileSync } from 'node:fs'
@@ -16,7 +19,7 @@ import { parseArgs } from 'node:util'
 import { cpuSeconds, freePort, memoryMiB, nginxWorker, waitReady, which } from './lib.mjs'
 
 const root = new URL('..', import.meta.url).pathname
-const { values: flags } = parseArgs({ options: { seconds: { type: 'string' }, only: { type: 'string' } } })
+const { values: flags } = parseArgs({ options: { seconds: { type: 'string' }, only: { type: 'string' }, heap: { type: 'string' } } })
 const SECONDS = Number(flags.seconds ?? 20)
 const HONEST = '127.0.0.9'
 const tmp = mkdtempSync(join(os.tmpdir(), 'sidecar-attack-'))
@@ -112,7 +115,8 @@ async function sidecarTarget(name, appPort, certs) {
     backends: [{ name: 'app', url: `http://127.0.0.1:${appPort}` }],
   }
   writeFileSync(file, JSON.stringify(config))
-  const child = await start(name, node('dist/main.js', '--config', file), () => waitReady(admin))
+  const heap = flags.heap ? [`--max-old-space-size=${flags.heap}`] : []
+  const child = await start(name, [process.execPath, ...heap, join(root, 'dist/main.js'), '--config', file], () => waitReady(admin))
   const breaker = async () => {
     const text = await fetch(`http://127.0.0.1:${admin}/metrics`, { signal: AbortSignal.timeout(1000) }).then((r) => r.text(), () => '')
     return Number(/^sidecar_circuit_state\{backend="app"\} (\d)/m.exec(text)?.[1] ?? NaN)
@@ -259,7 +263,7 @@ async function main() {
     memory[targetName] = await perConnection(make)
     console.log(`${targetName}: ${memory[targetName].kibPerConnection} KiB per idle TLS connection (${memory[targetName].rssBeforeMiB} -> ${memory[targetName].rssWithMiB} MiB with 5,000)`)
   }
-  const results = { date: new Date().toISOString(), seconds: SECONDS, machine: { cores: os.cpus().length, node: process.version }, rows, memory }
+  const results = { date: new Date().toISOString(), seconds: SECONDS, heapMiB: flags.heap ? Number(flags.heap) : undefined, machine: { cores: os.cpus().length, node: process.version }, rows, memory }
   const stamp = results.date.slice(0, 16).replace(/[-:]/g, '').replace('T', '-')
   const file = join(root, 'bench/results', `attack-${stamp}`)
   writeFileSync(`${file}.json`, JSON.stringify(results, null, 2) + '\n')
@@ -274,7 +278,7 @@ const pct = (x) => (x === null || x === undefined ? 'n/a' : `${Math.round(x * 10
 function markdown(r) {
   const cell = (x) => (x ? `${pct(x.served)}, ${x.peakRssMiB} MiB, CPU ${x.cpuPercent}%, CLOSE-WAIT ${x.closeWait}${x.alive ? '' : ', **died**'}` : 'not run')
   const lines = [
-    `Attacks of ${r.seconds} s each (${r.date.slice(0, 10)}, ${r.machine.cores} cores, Node ${r.machine.node}); honest requests answered 200 within 1 s during the attack, then the target's peak RSS, CPU and sockets left in CLOSE-WAIT.`,
+    `Attacks of ${r.seconds} s each (${r.date.slice(0, 10)}, ${r.machine.cores} cores, Node ${r.machine.node}${r.heapMiB ? `, the sidecar's V8 heap at most ${r.heapMiB} MiB` : ''}); honest requests answered 200 within 1 s during the attack, then the target's peak RSS, CPU and sockets left in CLOSE-WAIT.`,
     '',
     '| attack | sidecar | served after | breaker | nginx |',
     '|---|---|---|---|---|',
