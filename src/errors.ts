@@ -50,6 +50,19 @@ const refused = (status: number, message: string, grpcStatus: number, close = tr
   grpcStatus,
 })
 
+/** The client left, or was cut, mid-exchange. 499 is nginx's "client closed request": logged
+ *  and counted, never sent (nobody is listening). */
+const gone = (message: string): CatalogueEntry => ({
+  status: 499,
+  message,
+  blame: 'client',
+  mayHaveReachedApp: true,
+  close: true,
+  breaker: false,
+  retryOn: [],
+  grpcStatus: GRPC.CANCELLED,
+})
+
 /** The proxy chose not to forward (its own limits or policy): the app got nothing. */
 const heldBack = (status: number, message: string): CatalogueEntry => ({
   status,
@@ -94,29 +107,10 @@ export const ERRORS = {
     'request Transfer-Encoding other than chunked: the proxy would pass a coded body off as plain',
     GRPC.UNIMPLEMENTED,
   ),
-  // 499 is nginx's "client closed request": logged and counted, never sent (nobody is listening).
   client_over_limit: refused(429, 'this client address has limits.maxRequestsPerClient requests in flight', GRPC.RESOURCE_EXHAUSTED, false),
-  // Logged, never sent: the answer had begun when the proxy cut a client that stopped reading.
-  client_slow: {
-    status: 499,
-    message: 'the client read nothing of its response for limits.sendIdleTimeoutMs: cut',
-    blame: 'client',
-    mayHaveReachedApp: true,
-    close: true,
-    breaker: false,
-    retryOn: [],
-    grpcStatus: GRPC.CANCELLED,
-  },
-  client_closed: {
-    status: 499,
-    message: 'the client went away before the response was complete',
-    blame: 'client',
-    mayHaveReachedApp: true,
-    close: true,
-    breaker: false,
-    retryOn: [],
-    grpcStatus: GRPC.CANCELLED,
-  },
+  // The answer had begun when the proxy cut a client that stopped reading.
+  client_slow: gone('the client read nothing of its response for limits.sendIdleTimeoutMs: cut'),
+  client_closed: gone('the client went away before the response was complete'),
   internal: {
     status: 500,
     message: 'internal proxy error',

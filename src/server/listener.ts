@@ -21,36 +21,27 @@ import { isGrpc, localReply } from '../pipeline/local-reply.js'
 import type { Handler, RequestContext, RequestOutcome } from '../pipeline/types.js'
 import { Connections } from './connections.js'
 import { AbuseReport } from './abuse.js'
-import { Admission } from './admission.js'
+import { Admission, type AdmissionLimits } from './admission.js'
 import { guardSession, spendOnRefusal } from './h2-guard.js'
 import { listenOn } from './listen.js'
 import { LoadShedder } from './shedding.js'
 import { joinTunnel, type TunnelEnd } from './tunnel.js'
-import { createServers, secureContext } from './servers.js'
+import { createServers, secureContext, type ServerLimits } from './servers.js'
 import { rotateTicketKeys, type ListenerTlsOptions, type TlsMaterial } from './tls.js'
 import { clientAddressOf, completed, declaredBytes, toProxyRequest, verifiedSubject, writeRaw, writeResponse, type Request, type Response } from './translate.js'
 import { CONNECT_REFUSED, checkHttp1Request, checkHttp2Request, checkUpgradeRequest, parserErrorCode, type Refusal } from './validate.js'
 
-export interface ListenerOptions {
+/** Node's server objects' limits (servers.ts), and what the listener itself enforces. */
+export interface ListenerOptions extends ServerLimits, AdmissionLimits {
   host: string
   port: number
   trustForwardedHeaders: boolean
   headersWithUnderscores: 'drop' | 'allow'
-  headersTimeoutMs: number
-  receiveTimeoutMs: number
-  keepAliveTimeoutMs: number
-  maxHeaderBytes: number
-  maxHeaderCount: number
-  maxConcurrentStreams: number
   maxTunnels: number
   tunnelIdleTimeoutMs: number
   sendIdleTimeoutMs: number
-  maxConnections: number
-  maxConnectionsPerClient: number
-  maxRequestsPerClient: number
   maxStreamResetsPer10s: number
   maxEventLoopDelayMs: number
-  tls: ListenerTlsOptions | false
 }
 
 export interface ListenerDeps {
