@@ -89,19 +89,21 @@ export function writeResponse(res: Response, response: ProxyResponse, o: WriteOp
  * full: the client reads nothing); if that lasts `ms`, the client is cut (nginx's send_timeout).
  */
 function cutWhenStalled(res: Response, body: Readable, o: NonNullable<WriteOptions['sendIdle']>): void {
-  // Only 'pause' is listened to up front: a response that never stalls costs one listener.
+  // Registered before pipe() registers its own: when the client goes, pipe's unpiping pauses
+  // the body, and that pause must not be taken for a stall.
+  let closed = false
+  let stop = noop
+  res.once('close', () => {
+    closed = true
+    stop()
+  })
   body.on('pause', () => {
-    const stop = o.clock.timeout(o.ms, () => {
+    if (closed) return
+    stop = o.clock.timeout(o.ms, () => {
       o.onCut()
       res.destroy()
     })
-    const flowing = () => {
-      stop()
-      res.off('close', flowing)
-      body.off('resume', flowing)
-    }
-    body.once('resume', flowing)
-    res.once('close', flowing)
+    body.once('resume', () => stop())
   })
 }
 

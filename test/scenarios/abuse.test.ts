@@ -124,6 +124,32 @@ t.test('a client that reads nothing of a streamed answer is cut after sendIdleTi
   t.ok(proxy.logs.some((l) => l.level === 'warn' && l.kind === 'client_slow'), 'warned')
 })
 
+t.test('a client that goes mid-answer is client_closed, never taken for a slow reader later', async (t) => {
+  const { proxy } = await proxied(
+    t,
+    // a trickle: the answer flows, never backed up, when the client goes
+    fakeUpstream().route('/trickle', (_req, res) => {
+      res.writeHead(200)
+      const timer = setInterval(() => res.write('tick\n'), 20)
+      res.on('close', () => clearInterval(timer))
+    }),
+    { limits: { sendIdleTimeoutMs: 200 } },
+  )
+  await new Promise<void>((resolve) => {
+    const req = http.get(`${proxy.url}/trickle`, { agent: false, headers: { 'x-request-id': 'gone' } }, (res) => {
+      res.once('data', () => {
+        req.destroy()
+        resolve()
+      })
+    })
+    req.on('error', () => {})
+  })
+  t.match(await proxy.accessLine('gone'), { error: 'client_closed' })
+  await new Promise((resolve) => setTimeout(resolve, 400)) // past sendIdleTimeoutMs
+  t.equal(await metric(proxy.adminUrl, 'sidecar_rejected_requests_total{reason="client_slow"}'), 0, 'no slow reader counted')
+  t.notOk(proxy.logs.some((l) => l.kind === 'client_slow'), 'nor warned of')
+})
+
 t.test('responses are read ahead of a slow client within responseBufferBytes, under one ceiling for all', async (t) => {
   const SIZE = 16 * 1024 * 1024
   const finished: string[] = []
