@@ -25,7 +25,7 @@ export function createReceiveLayer(opts: ReceiveOptions, deps: { clock: Clock; b
     const declared = req.contentLength
     const room = declared ?? opts.requestBufferBytes
     if (isGrpc(req.headers['content-type']) || room > opts.requestBufferBytes || room === 0 || !deps.buffers.take(room)) {
-      return next({ ...req, body: guarded(body, new IdleGuard(opts.bodyIdleTimeoutMs, deps.clock, idle)) }, ctx)
+      return next({ ...req, body: guarded(body, new IdleGuard(opts.bodyIdleTimeoutMs, deps.clock, idle), ctx) }, ctx)
     }
     ctx.onEnd.push(() => deps.buffers.give(room))
     const { chunks, complete } = await readUpTo(body, opts.requestBufferBytes, opts.bodyIdleTimeoutMs, deps.clock, idle).catch((err: unknown) => {
@@ -34,18 +34,20 @@ export function createReceiveLayer(opts: ReceiveOptions, deps: { clock: Clock; b
     })
     if (complete) return next({ ...req, body: chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks) }, ctx)
     // a chunked body past the buffer: what was read, then the rest as it comes
-    return next({ ...req, body: guarded(body, new IdleGuard(opts.bodyIdleTimeoutMs, deps.clock, idle, chunks)) }, ctx)
+    return next({ ...req, body: guarded(body, new IdleGuard(opts.bodyIdleTimeoutMs, deps.clock, idle, chunks), ctx) }, ctx)
   }
 }
 
 /**
  * `body` through `guard`: the body's errors reach the guard's reader. When the guard fails, the
  * body is left paused, not destroyed: destroying a request destroys its socket, and the client
- * is owed its answer (408, with Connection: close).
+ * is owed its answer (408, with Connection: close). The guard (and its timer) ends with the
+ * request, whether or not the app read the body.
  */
-function guarded(body: Readable, guard: IdleGuard): Readable {
+function guarded(body: Readable, guard: IdleGuard, ctx: RequestContext): Readable {
   body.once('error', (err) => guard.destroy(err))
   guard.once('error', () => body.unpipe(guard).pause())
+  ctx.onEnd.push(() => guard.destroy())
   return body.pipe(guard)
 }
 

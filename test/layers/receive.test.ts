@@ -137,3 +137,18 @@ t.test('a streamed body: a silent client fails it, an app that does not read doe
   t.match(errors, [{ code: 'request_timeout' }], 'the client sent nothing while the app waited')
   t.ok(b.isPaused() && !b.destroyed, 'the client\'s body is left paused, its socket alive for the answer')
 })
+
+t.test('a streamed body the app never read ends with its request: no timer left waiting on it', async (t) => {
+  const { clock, next, handler } = setup()
+  const b = body()
+  const ctx = context()
+  await handler(proxyRequest({ method: 'POST', body: b, contentLength: 1 << 20 }), ctx)
+  const sent = next.calls[0]!.req.body as Readable
+  b.write(Buffer.alloc(64 * 1024)) // backed up: nobody reads
+  await tick()
+  end(ctx) // the app answered (or failed) without reading it
+  t.ok(sent.destroyed, 'the guard is let go')
+  const before = clock.timeouts.length
+  clock.advance(10 * 60_000)
+  t.equal(clock.timeouts.length, before, 'and sets no timer again')
+})
