@@ -79,14 +79,18 @@ export function createServers(opts: ServerLimits, onRequest: (req: Request, res:
  */
 function byPreface(socket: Socket, http1: http.Server, h2c: http2.Http2Server, timeoutMs: number): void {
   let seen: Buffer = Buffer.alloc(0)
-  // a connection that says nothing is closed, as the HTTP/1.1 server's headersTimeout would
+  // a connection that says nothing is closed, as the HTTP/1.1 server's headersTimeout would;
+  // one whose client goes before saying anything is closed at once (the socket is half-open)
   socket.setTimeout(timeoutMs, () => socket.destroy())
+  const gone = () => socket.destroy()
+  socket.once('end', gone)
   const onData = (chunk: Buffer) => {
     seen = seen.length === 0 ? chunk : Buffer.concat([seen, chunk])
     const n = Math.min(seen.length, PREFACE.length)
     const h2 = seen.subarray(0, n).equals(PREFACE.subarray(0, n))
     if (h2 && seen.length < PREFACE.length) return // a preface still arriving
     socket.off('data', onData)
+    socket.off('end', gone)
     socket.setTimeout(0)
     socket.pause()
     socket.unshift(seen)

@@ -93,3 +93,16 @@ t.test('an h2c client that closes its end of the connection cancels its requests
   await until(() => proxy.app.status().connections.open === 0)
   t.equal(proxy.app.status().backends[0]!.inFlight.active, 0, 'attempts in flight: 0')
 })
+
+t.test('a plain connection whose client goes before saying anything is closed at once, not at headersTimeoutMs', async (t) => {
+  const { proxy } = await setup(t, { listener: { headersTimeoutMs: 30_000 } })
+  const sockets = await Promise.all(
+    Array.from({ length: 5 }, () => new Promise<net.Socket>((resolve) => {
+      const s = net.connect(proxy.port, '127.0.0.1', () => resolve(s))
+    })),
+  )
+  await until(() => proxy.app.status().connections.open === 5)
+  for (const s of sockets) s.end() // a FIN, no byte
+  await within(until(() => proxy.app.status().connections.open === 0), 1500, 'the half-open sockets closed')
+  t.pass('each descriptor given back at once')
+})
