@@ -52,7 +52,9 @@ export function writeResponse(res: Response, response: ProxyResponse, o: WriteOp
     return
   }
   if (!h2 && close) response.headers.connection = 'close'
-  if (h2 && (body === null || (Buffer.isBuffer(body) && body.length === 0))) {
+  const sent = trailers ? response.trailers : undefined
+  const whole = body === null || Buffer.isBuffer(body)
+  if (h2 && whole && (body === null || body.length === 0) && (sent === undefined || Object.keys(sent).length === 0)) {
     // Headers set one by one, then end: HTTP/2 sends them in one HEADERS frame that ends the
     // stream. writeHead would send them apart from an empty end, and a gRPC status in the
     // headers is read by gRPC clients only as such a "trailers-only" answer.
@@ -62,10 +64,10 @@ export function writeResponse(res: Response, response: ProxyResponse, o: WriteOp
     return
   }
   res.writeHead(response.status, response.headers)
-  if (body === null) {
-    res.end()
-  } else if (Buffer.isBuffer(body)) {
-    res.end(body)
+  if (whole) {
+    if (sent !== undefined) addTrailers(res, sent)
+    if (body === null) res.end()
+    else res.end(body)
   } else {
     // Not stream.pipeline: it makes and aborts an AbortController per call, a measurable
     // share of the per-request cost. An upstream failure mid-body destroys `res` and with it
@@ -77,8 +79,7 @@ export function writeResponse(res: Response, response: ProxyResponse, o: WriteOp
       if (!body.readableEnded) body.on('error', noop).destroy()
     })
     // before pipe's own 'end' listener ends `res`: the trailers go out with the end
-    const sent = response.trailers
-    if (sent !== undefined && trailers) body.once('end', () => addTrailers(res, sent))
+    if (sent !== undefined) body.once('end', () => addTrailers(res, sent))
     if (o.sendIdle) cutWhenStalled(res, body, o.sendIdle)
     body.pipe(res as NodeJS.WritableStream)
   }

@@ -122,7 +122,8 @@ export class Upstream {
         this.probes,
       )
       const chunks: Buffer[] = []
-      if (res.body !== null) for await (const chunk of res.body) chunks.push(chunk as Buffer)
+      if (Buffer.isBuffer(res.body)) chunks.push(res.body)
+      else if (res.body !== null) for await (const chunk of res.body) chunks.push(chunk as Buffer)
       if (!grpc) return { ok: true, status: res.status }
       const body = Buffer.concat(chunks)
       const status = res.trailers?.['grpc-status'] ?? res.headers['grpc-status']
@@ -163,10 +164,16 @@ function healthCheckRequest(service: string): Buffer {
 
 /**
  * undici's dispatch handler for one exchange, resolving at the response's headers with the body
- * streamed behind them (backpressure: undici pauses while the body's buffer is full). It stands
- * in for undici's `request()` and `upgrade()`: the former loses HTTP/2 trailers (gRPC's status),
- * the latter refuses any answer but a 101, and a refusal such as a 401 is the app's to pass on.
- * The signal cancels the exchange until its headers came; after that, destroying the body does.
+ * behind them. It stands in for undici's `request()` and `upgrade()`: the former loses HTTP/2
+ * trailers (gRPC's status), the latter refuses any answer but a 101, and a refusal such as a 401
+ * is the app's to pass on. The signal cancels the exchange until its headers came; after that,
+ * destroying the body does.
+ *
+ * The answer is handed on a microtask after its headers: undici's parser calls onHeaders,
+ * onData and onComplete in one go for what arrived in one read, so a typical small answer is
+ * complete by then and goes on as one Buffer, with no stream, pipe or listeners for it (most of
+ * what a forwarded request costs beyond the bare minimum). A longer one goes on as a Readable
+ * that streams the rest with backpressure (undici pauses while the body's buffer is full).
  */
 class Exchange {
   private body: Readable | null = null
@@ -177,6 +184,8 @@ class Exchange {
   /** Bytes read ahead of the client, past the body's own buffer, taken from the budget. */
   private ahead = 0
   private watchingEnd = false
+  /** Between the headers and the hand-over: the answer so far. */
+  private head: { status: number; headers: HeaderMap; resume: () => void; chunks: Buffer[]; ended: boolean; error?: Error } | null = null
 
   constructor(
     private readonly method: string,
@@ -217,6 +226,21 @@ class Exchange {
       this.settle({ status, headers, body: null })
       return true
     }
+    this.head = { status, headers, resume, chunks: [], ended: false }
+    queueMicrotask(() => this.handOver())
+    return true
+  }
+
+  /** The answer goes on: whole as a Buffer when it already ended, else as a stream. */
+  private handOver(): void {
+    const head = this.head!
+    this.head = null
+    const { status, headers, chunks } = head
+    if (head.ended) {
+      const body = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks)
+      return this.settle({ status, headers, body, trailers: this.trailers })
+    }
+    const resume = head.resume
     this.body = new Readable({
       read: () => {
         this.giveBack() // below its own buffer again: what was read ahead has gone to the client
@@ -229,7 +253,8 @@ class Exchange {
       },
     })
     this.settle({ status, headers, body: this.body, trailers: this.trailers })
-    return true
+    for (const chunk of chunks) this.onData(chunk)
+    if (head.error) this.body.destroy(head.error)
   }
 
   /**
@@ -239,6 +264,7 @@ class Exchange {
    * app's connection freed, however slow the client. Beyond that, the app waits (backpressure).
    */
   onData(chunk: Buffer): boolean {
+    if (this.head) return this.head.chunks.push(chunk) > 0 // what one read brought: in memory already
     const body = this.body
     if (!body) return true
     if (body.push(chunk)) return true
@@ -261,11 +287,13 @@ class Exchange {
   /** HTTP/1.1 trailers come as raw pairs (Buffers), HTTP/2 trailers as an object. */
   onComplete(trailers: Array<Buffer | string> | Record<string, string | string[]> | null): void {
     if (trailers) Object.assign(this.trailers, Array.isArray(trailers) ? parseHeaders(trailers) : trailers)
-    this.body?.push(null)
+    if (this.head) this.head.ended = true
+    else this.body?.push(null)
   }
 
   onError(err: Error): void {
-    if (!this.settled) {
+    if (this.head) this.head.error = err
+    else if (!this.settled) {
       this.settled = true
       this.unlink()
       this.fail(err)

@@ -85,3 +85,40 @@ t.test('an unhealthy backend that fails a request answers upstream_unhealthy (50
   healthy = false
   await t.rejects(send(), { code: 'upstream_unhealthy', status: 503, message: /upstream_refused/ })
 })
+
+t.test('an answer that came whole is handed on as one Buffer; one still coming streams, trailers and all', async (t) => {
+  let finish: () => void = () => {}
+  const up = await fakeUpstream()
+    .route('/small', (_req, res) => res.writeHead(200, { 'content-type': 'text/plain', 'content-length': '5' }).end('hello'))
+    .route('/stream', (_req, res) => {
+      res.writeHead(200, { 'content-type': 'text/plain', trailer: 'x-checksum' })
+      res.write('first ')
+      finish = () => {
+        res.addTrailers({ 'x-checksum': 'abc' })
+        res.end('second')
+      }
+    })
+    .listen()
+  const upstream = new Upstream('app', { ...POOL, url: up.url }, deps().metrics)
+  t.teardown(async () => {
+    await upstream.close()
+    await up.close()
+  })
+  const send = (path: string) => upstream.request(proxyRequest({ path, headers: { te: 'trailers' } }), context({ backend: 'app' }), () => true)
+
+  const small = await send('/small')
+  t.ok(Buffer.isBuffer(small.body), 'no stream for an answer that is already in memory')
+  t.equal(String(small.body), 'hello')
+
+  const streamed = await send('/stream')
+  t.notOk(Buffer.isBuffer(streamed.body), 'the rest has yet to come: a stream')
+  const body = streamed.body as Readable
+  const chunks: string[] = []
+  body.on('data', (c: Buffer) => {
+    chunks.push(String(c))
+    if (chunks.length === 1) finish()
+  })
+  await new Promise((resolve) => body.once('end', resolve))
+  t.equal(chunks.join(''), 'first second', 'what came before the hand-over and after it, in order')
+  t.same(streamed.trailers, { 'x-checksum': 'abc' }, 'trailers filled in by the end')
+})
