@@ -1,6 +1,6 @@
 // Access log + request metrics: one JSON line and one count per request, written when the
 // exchange is over (the status alone is known earlier, the bytes and duration only at the end).
-import type { Logger } from '../log.js'
+import { infoLine, type Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
 import type { Layer } from '../pipeline/types.js'
 
@@ -16,24 +16,22 @@ export function createAccessLogLayer(opts: AccessLogOptions, deps: { logger: Log
       const backend = ctx.backend ?? 'none'
       metrics.observeRequest(backend, req.method, outcome.status, outcome.durationSeconds)
       if (!opts.accessLog) return
-      logger.info(
-        {
-          msg: 'request',
-          requestId: ctx.id,
-          client: ctx.clientAddress,
-          method: req.method,
-          path: req.path,
-          status: outcome.status,
-          backend,
-          durationMs: Math.round(outcome.durationSeconds * 1e6) / 1e3,
-          bytesIn: outcome.bytesIn,
-          bytesOut: outcome.bytesOut,
-          ...(ctx.attempt > 1 && { attempts: ctx.attempt }),
-          ...(ctx.error && { error: ctx.error }),
-          ...(!outcome.complete && { incomplete: true }),
-          ...(outcome.tunnel && { tunnel: outcome.tunnel }),
-        },
-      )
+      infoLine(logger, {
+        msg: 'request',
+        requestId: ctx.id,
+        client: ctx.clientAddress,
+        method: req.method,
+        path: req.path,
+        status: outcome.status,
+        backend,
+        durationMs: Math.round(outcome.durationSeconds * 1e6) / 1e3,
+        bytesIn: outcome.bytesIn,
+        bytesOut: outcome.bytesOut,
+        attempts: ctx.attempt > 1 ? ctx.attempt : undefined,
+        error: ctx.error,
+        incomplete: outcome.complete ? undefined : true,
+        tunnel: outcome.tunnel,
+      })
     })
     return next(req, ctx)
   }
