@@ -22,7 +22,7 @@ t.test('a response ready only after the client left is released without crashing
   let destroyed!: () => void
   const bodyDestroyed = new Promise<void>((resolve) => (destroyed = resolve))
   const { port } = await start(t, async (_req, ctx) => {
-    await new Promise((resolve) => ctx.signal.once('abort', resolve))
+    await new Promise((resolve) => ctx.signal.onAbort(resolve))
     const body = new Readable({
       read() {},
       destroy(_err, cb) {
