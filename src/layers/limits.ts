@@ -16,21 +16,21 @@ export interface LimitsOptions {
 }
 
 export function createLimitsLayer(opts: LimitsOptions, deps: { metrics: Metrics }): Layer {
-  const reject = (code: 'headers_too_large' | 'unsupported_transfer_encoding' | 'body_too_large', detail: string): never => {
+  const reject = (code: 'headers_too_large' | 'unsupported_transfer_encoding' | 'body_too_large', detail: string): Promise<never> => {
     deps.metrics.countRejection(code)
-    throw new SidecarError(code, { detail })
+    return Promise.reject(new SidecarError(code, { detail }))
   }
-  return (next) => async (req, ctx) => {
+  return (next) => (req, ctx) => {
     if (req.headerCount > opts.maxHeaderCount) {
-      reject('headers_too_large', `${req.headerCount} headers, at most ${opts.maxHeaderCount}`)
+      return reject('headers_too_large', `${req.headerCount} headers, at most ${opts.maxHeaderCount}`)
     }
     if (req.transferEncoding !== null && req.transferEncoding.trim().toLowerCase() !== 'chunked') {
-      reject('unsupported_transfer_encoding', `Transfer-Encoding: ${req.transferEncoding}`)
+      return reject('unsupported_transfer_encoding', `Transfer-Encoding: ${req.transferEncoding}`)
     }
     if (req.body === null || Buffer.isBuffer(req.body)) return next(req, ctx)
     if (req.contentLength !== null) {
       if (req.contentLength > opts.maxBodyBytes) {
-        reject('body_too_large', `Content-Length ${req.contentLength}, at most ${opts.maxBodyBytes}`)
+        return reject('body_too_large', `Content-Length ${req.contentLength}, at most ${opts.maxBodyBytes}`)
       }
       return next(req, ctx)
     }

@@ -5,7 +5,7 @@
 import { SidecarError } from '../errors.js'
 import type { Metrics } from '../metrics.js'
 import type { Cancel } from '../pipeline/cancel.js'
-import type { Layer, ProxyResponse } from '../pipeline/types.js'
+import type { Handler, Layer, ProxyRequest, ProxyResponse, RequestContext } from '../pipeline/types.js'
 import type { Gate } from '../upstream/backends.js'
 
 export interface OverloadOptions {
@@ -15,9 +15,9 @@ export interface OverloadOptions {
 
 /** `gateOf`: the backend's count of attempts in flight and waiting (none: the backend is gone). */
 export function createOverloadLayer(opts: OverloadOptions, deps: { metrics: Metrics; gateOf: (backend: string) => Gate | undefined }): Layer {
-  const reject = (detail: string): never => {
+  const reject = (detail: string): Promise<never> => {
     deps.metrics.countRejection('overloaded')
-    throw new SidecarError('overloaded', { detail, retryAfterSeconds: 1 })
+    return Promise.reject(new SidecarError('overloaded', { detail, retryAfterSeconds: 1 }))
   }
   const release = (gate: Gate) => {
     const waiter = gate.waiting.shift()
@@ -25,25 +25,38 @@ export function createOverloadLayer(opts: OverloadOptions, deps: { metrics: Metr
     else gate.active--
   }
 
-  return (next) => async (req, ctx) => {
+  /** The attempt, in a slot it holds until the response body is done. */
+  const inSlot = (gate: Gate, next: Handler, req: ProxyRequest, ctx: RequestContext): Promise<ProxyResponse> => {
+    let attempt: Promise<ProxyResponse>
+    try {
+      attempt = next(req, ctx)
+    } catch (err) {
+      attempt = Promise.reject(err)
+    }
+    return attempt.then(
+      (response) => {
+        const body = response.body
+        if (body === null || Buffer.isBuffer(body)) release(gate)
+        else body.once('close', () => release(gate))
+        return response
+      },
+      (err: unknown) => {
+        release(gate)
+        throw err
+      },
+    )
+  }
+
+  return (next) => (req, ctx) => {
     const backend = ctx.backend ?? 'none'
     const gate = deps.gateOf(backend)
     if (!gate) return next(req, ctx)
-    if (gate.active < opts.maxConcurrentRequests) gate.active++
-    else if (gate.waiting.length < opts.maxPendingRequests) await waitForSlot(gate, ctx.attemptSignal)
-    else reject(`${gate.active} in flight and ${gate.waiting.length} waiting for backend ${backend}`)
-
-    let response: ProxyResponse
-    try {
-      response = await next(req, ctx)
-    } catch (err) {
-      release(gate)
-      throw err
+    if (gate.active < opts.maxConcurrentRequests) {
+      gate.active++
+      return inSlot(gate, next, req, ctx)
     }
-    const body = response.body
-    if (body === null || Buffer.isBuffer(body)) release(gate)
-    else body.once('close', () => release(gate))
-    return response
+    if (gate.waiting.length < opts.maxPendingRequests) return waitForSlot(gate, ctx.attemptSignal).then(() => inSlot(gate, next, req, ctx))
+    return reject(`${gate.active} in flight and ${gate.waiting.length} waiting for backend ${backend}`)
   }
 }
 

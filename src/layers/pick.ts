@@ -71,18 +71,19 @@ export function createPickLayer(backends: readonly WeightedBackend[], routing: R
     return name !== undefined && live.some((b) => b.name === name) && isAvailable(name) ? name : undefined
   }
 
-  return (next) => async (req, ctx) => {
+  return (next) => (req, ctx) => {
     const forced = routing.header === false ? undefined : override(req.headers[routing.header])
     const stuck = forced ?? stuckTo(req.headers)
     const backend = forced ?? stuck ?? pick()
     ctx.backend = backend
-    const response = await next(req, ctx)
-    if (sticky && forced === undefined && stuck !== backend) {
-      const cookie = `${sticky.cookie}=${backend}; Path=/; Max-Age=${sticky.maxAgeSeconds}; HttpOnly; SameSite=Lax`
+    if (!sticky || forced !== undefined || stuck === backend) return next(req, ctx)
+    // the response sticks the client to the backend that answered it
+    const cookie = `${sticky.cookie}=${backend}; Path=/; Max-Age=${sticky.maxAgeSeconds}; HttpOnly; SameSite=Lax`
+    return next(req, ctx).then((response) => {
       const set = response.headers['set-cookie']
       response.headers['set-cookie'] = set === undefined ? cookie : [...(Array.isArray(set) ? set : [set]), cookie]
-    }
-    return response
+      return response
+    })
   }
 }
 

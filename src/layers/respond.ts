@@ -3,16 +3,19 @@
 // code is also put on the context for the access log and metrics.
 import { toSidecarError } from '../errors.js'
 import { isGrpc, localReply } from '../pipeline/local-reply.js'
-import type { Layer } from '../pipeline/types.js'
+import type { Layer, ProxyResponse } from '../pipeline/types.js'
 
 export function createRespondLayer(): Layer {
-  return (next) => async (req, ctx) => {
-    try {
-      return await next(req, ctx)
-    } catch (err) {
+  return (next) => (req, ctx) => {
+    const reply = (err: unknown): ProxyResponse => {
       const error = toSidecarError(err)
       ctx.error = error.code
       return localReply(error, { requestId: ctx.id, grpc: isGrpc(req.headers['content-type']) })
+    }
+    try {
+      return next(req, ctx).then(undefined, reply)
+    } catch (err) {
+      return Promise.resolve(reply(err)) // a layer that threw instead of rejecting
     }
   }
 }

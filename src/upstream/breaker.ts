@@ -84,18 +84,15 @@ export class Breaker {
   }
 
   /** Runs one attempt through the breaker: a 5xx is returned (and counted), never thrown. */
-  async run(attempt: Attempt): Promise<ProxyResponse> {
-    try {
-      return await this.opossum.fire(attempt)
-    } catch (err) {
-      const e = err as { code?: unknown; response?: ProxyResponse }
-      if (e.code === 'FAILED_RESPONSE') return e.response!
-      if (e.code === 'EOPENBREAKER') {
+  run(attempt: Attempt): Promise<ProxyResponse> {
+    return this.opossum.fire(attempt).then(undefined, (err: { code?: unknown; response?: ProxyResponse }) => {
+      if (err.code === 'FAILED_RESPONSE') return err.response!
+      if (err.code === 'EOPENBREAKER') {
         const resting = this.opts.resetTimeoutMs - (this.deps.clock.now() - this.openedAt)
         throw new SidecarError('circuit_open', { detail: `backend ${this.backend}`, retryAfterSeconds: Math.max(1, resting / 1000) })
       }
       throw err
-    }
+    })
   }
 
   /** The backend passes its health checks again after failing them: an open breaker closes. */
@@ -131,11 +128,14 @@ export class Breaker {
       errorFilter: (err: { code?: unknown }) => !countsAsFailure(err),
       ...(halfOpen && { state: { closed: false, halfOpen: true } }),
     }
-    const breaker: Opossum = new CircuitBreaker(async (attempt: Attempt) => {
-      const response = await attempt()
-      if (response.status >= 500) throw new FailedResponse(response)
-      return response
-    }, options)
+    const breaker: Opossum = new CircuitBreaker(
+      (attempt: Attempt) =>
+        attempt().then((response) => {
+          if (response.status >= 500) throw new FailedResponse(response)
+          return response
+        }),
+      options,
+    )
     breaker.on('open', () => {
       this.openedAt = this.deps.clock.now()
       this.stopRest = this.deps.clock.timeout(this.opts.resetTimeoutMs, () => this.halfOpen())

@@ -77,23 +77,25 @@ export class Upstream {
    * backend is answered as upstream_unhealthy (503), the app being known to be down, not as a
    * one-off 502.
    */
-  async request(req: ProxyRequest, ctx: RequestContext, isHealthy: () => boolean): Promise<ProxyResponse> {
-    try {
-      const response = await this.exchange(req, ctx.attemptSignal, this.readAhead)
-      this.metrics.countAttempt(this.backend, STATUS_CLASS[Math.floor(response.status / 100)] ?? 'other')
-      // A failure mid-body surfaces on the stream (the listener then cuts the client
-      // connection, so a truncated response never passes for a complete one); name it for the log.
-      const body = response.body
-      if (body !== null && !Buffer.isBuffer(body)) body.once('error', (err) => (ctx.error ??= upstreamErrorCode(err)))
-      return response
-    } catch (err) {
-      const code = upstreamErrorCode(err)
-      this.metrics.countAttempt(this.backend, code)
-      const down = ERRORS[code].blame === 'upstream' && !isHealthy()
-      // One of ours (a deadline's abort reason) already carries the catalogue message.
-      const detail = (err as Error).name === 'SidecarError' ? (err as SidecarError).detail : (err as Error).message
-      throw new SidecarError(down ? 'upstream_unhealthy' : code, { cause: err, detail: down ? `${code}: ${detail}` : detail })
-    }
+  request(req: ProxyRequest, ctx: RequestContext, isHealthy: () => boolean): Promise<ProxyResponse> {
+    return this.exchange(req, ctx.attemptSignal, this.readAhead).then(
+      (response) => {
+        this.metrics.countAttempt(this.backend, STATUS_CLASS[Math.floor(response.status / 100)] ?? 'other')
+        // A failure mid-body surfaces on the stream (the listener then cuts the client
+        // connection, so a truncated response never passes for a complete one); name it for the log.
+        const body = response.body
+        if (body !== null && !Buffer.isBuffer(body)) body.once('error', (err) => (ctx.error ??= upstreamErrorCode(err)))
+        return response
+      },
+      (err: unknown) => {
+        const code = upstreamErrorCode(err)
+        this.metrics.countAttempt(this.backend, code)
+        const down = ERRORS[code].blame === 'upstream' && !isHealthy()
+        // One of ours (a deadline's abort reason) already carries the catalogue message.
+        const detail = (err as Error).name === 'SidecarError' ? (err as SidecarError).detail : (err as Error).message
+        throw new SidecarError(down ? 'upstream_unhealthy' : code, { cause: err, detail: down ? `${code}: ${detail}` : detail })
+      },
+    )
   }
 
   /** One health check: a GET to `path` (is the backend answering HTTP at all?), or the standard
@@ -141,7 +143,7 @@ export class Upstream {
     return new Promise((resolve, reject) => {
       const handler = new Exchange(req.method, signal, resolve, reject, readAhead)
       const { method, path, headers, body, upgrade } = req
-      pool.dispatch({ method, path, headers, body, ...(upgrade !== undefined && { upgrade }) }, handler)
+      pool.dispatch(upgrade === undefined ? { method, path, headers, body } : { method, path, headers, body, upgrade }, handler)
     })
   }
 
