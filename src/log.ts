@@ -8,27 +8,82 @@ export interface LogOptions {
 }
 
 /**
- * Lines are buffered and written when 4 KiB have gathered or every FLUSH_INTERVAL_MS,
+ * Lines are gathered and written when 4 KiB have gathered or every FLUSH_INTERVAL_MS,
  * whichever comes first (Envoy's access log flushes every second; nginx's `access_log ...
  * buffer= flush=` does the same). One asynchronous write per line cost about 70 us of CPU per
  * request at 3,000 req/s, a third of the proxy's whole cost: each write is a round trip through
- * libuv's thread pool. pino flushes what is pending synchronously when the process exits.
+ * libuv's thread pool. The gathering is ours (Batched), the writing pino's sonic-boom: sonic-boom
+ * measures the byte length of its whole pending buffer on every write, about 1.5 us per line
+ * when fed line by line. What is pending is written synchronously when the process exits.
  * `SIDECAR_LOG_LEVEL` overrides the configured level, at start and after every reload (levelOf).
  * Tests pass their own destination.
  */
 const FLUSH_INTERVAL_MS = 100
+const BATCH_CHARS = 4096
 
 export function createLogger(opts: LogOptions, destination?: DestinationStream): Logger {
-  const dest = destination ?? pino.destination({ dest: 1, sync: false, minLength: 4096, periodicFlush: FLUSH_INTERVAL_MS })
   return pino(
     {
       level: levelOf(opts.level),
       base: { pid: process.pid },
-      timestamp: pino.stdTimeFunctions.isoTime,
+      timestamp: () => `,"time":"${isoNow()}"`,
       formatters: { level: (label) => ({ level: label }) },
     },
-    dest,
+    destination ?? stdout(),
   )
+}
+
+/** Standard output, written in batches (see above). */
+function stdout(): DestinationStream {
+  const batched = new Batched(pino.destination({ dest: 1, sync: false }))
+  setInterval(() => batched.flush(), FLUSH_INTERVAL_MS).unref()
+  process.once('exit', () => batched.flushSync())
+  return batched
+}
+
+class Batched implements DestinationStream {
+  private lines: string[] = []
+  private chars = 0
+
+  constructor(private readonly out: DestinationStream & { flushSync(): void }) {}
+
+  write(line: string): void {
+    this.lines.push(line)
+    this.chars += line.length
+    if (this.chars >= BATCH_CHARS) this.flush()
+  }
+
+  flush(): void {
+    if (this.chars === 0) return
+    const batch = this.lines.join('')
+    this.lines = []
+    this.chars = 0
+    this.out.write(batch)
+  }
+
+  flushSync(): void {
+    this.flush()
+    try {
+      this.out.flushSync()
+    } catch {
+      // not open yet (nothing was written), or already closed
+    }
+  }
+}
+
+let isoSecond = -1
+let isoPrefix = ''
+
+/** `new Date().toISOString()`, with the part up to the second made once a second. */
+function isoNow(): string {
+  const now = Date.now()
+  const ms = now % 1000
+  const second = now - ms
+  if (second !== isoSecond) {
+    isoSecond = second
+    isoPrefix = new Date(second).toISOString().slice(0, 20)
+  }
+  return `${isoPrefix}${ms < 10 ? '00' : ms < 100 ? '0' : ''}${ms}Z`
 }
 
 /** The level to log at: `SIDECAR_LOG_LEVEL` when set (an operator turning debug on for a pod
@@ -50,7 +105,7 @@ const INFO = 30
  */
 export function infoLine(logger: Logger, fields: LineFields): void {
   if (logger.levelVal > INFO) return
-  let line = `{"level":"info","time":"${new Date().toISOString()}","pid":${process.pid}`
+  let line = `{"level":"info","time":"${isoNow()}","pid":${process.pid}`
   for (const key in fields) {
     const value = fields[key]
     if (value === undefined) continue
