@@ -16,7 +16,7 @@ import { ERRORS, GRPC_RETRY_ON, SidecarError, isErrorCode, toSidecarError, type 
 import type { Metrics } from '../metrics.js'
 import { Cancel } from '../pipeline/cancel.js'
 import { isGrpc } from '../pipeline/local-reply.js'
-import type { Layer, ProxyRequest, ProxyResponse, RequestContext } from '../pipeline/types.js'
+import type { HeaderMap, Layer, ProxyRequest, ProxyResponse, RequestContext } from '../pipeline/types.js'
 import { RetryBudget, type RetryBudgetOptions } from './retry-budget.js'
 
 export interface RetryOptions {
@@ -65,7 +65,8 @@ export function createRetryLayer(opts: RetryOptions, deps: RetryDeps): Layer {
   return (next) => async (req, ctx) => {
     budget.deposit()
     // a gRPC client's own deadline (grpc-timeout) caps the proxy's
-    const timeoutMs = Math.min(opts.requestTimeoutMs, grpcTimeoutMs(req.headers['grpc-timeout']) ?? Infinity)
+    const grpcTimeout = req.headers['grpc-timeout'] === undefined ? undefined : grpcTimeoutMs(req.headers['grpc-timeout'])
+    const timeoutMs = grpcTimeout === undefined ? opts.requestTimeoutMs : Math.min(opts.requestTimeoutMs, grpcTimeout)
     const deadline = deps.clock.now() + timeoutMs
     const idempotent = methods.has(req.method) || req.headers['idempotency-key'] !== undefined
     const grpc = isGrpc(req.headers['content-type'])
@@ -74,7 +75,7 @@ export function createRetryLayer(opts: RetryOptions, deps: RetryDeps): Layer {
     const body = req.body
     const kept: Kept =
       body === null
-        ? { stream: null, replay: () => null }
+        ? NOTHING_TO_KEEP
         : Buffer.isBuffer(body)
           ? { stream: null, replay: () => [body] } // received whole (layers/receive.ts)
           : opts.attempts === 1 || (grpc ? grpcRetryOn.length === 0 : !idempotent)
@@ -89,12 +90,13 @@ export function createRetryLayer(opts: RetryOptions, deps: RetryDeps): Layer {
       if (remaining <= 0) throw new SidecarError('upstream_timeout', { detail: `no response within ${timeoutMs} ms (limits.requestTimeoutMs or grpc-timeout)` })
       ctx.attempt = attempt
       const replay = streamed === null ? kept.replay() : null
-      const attemptReq: ProxyRequest = {
-        ...req,
-        headers: { ...req.headers, [ATTEMPT_HEADER]: String(attempt) },
-        body: streamed ?? (replay === null ? null : replay.length === 1 ? replay[0]! : Readable.from(replay)),
-      }
+      const attemptBody = streamed ?? (replay === null ? null : replay.length === 1 ? replay[0]! : Readable.from(replay))
       streamed = null // a streamed body can be sent once
+      // The first attempt is sent as the request itself: its headers are the request's own (the
+      // listener built them for it). Each later one gets a copy, numbered anew.
+      const headers = attempt === 1 ? (req.headers as HeaderMap) : { ...req.headers }
+      headers[ATTEMPT_HEADER] = String(attempt)
+      const attemptReq: ProxyRequest = attempt === 1 && attemptBody === req.body ? req : { ...req, headers, body: attemptBody }
       const outcome = await tryOnce(next, attemptReq, ctx, Math.min(opts.perTryTimeoutMs ?? remaining, remaining), deps.clock)
       const reason = attempt < opts.attempts ? reasonFor(outcome, grpc) : null
       const resendable = req.body === null || kept.replay() !== null
@@ -139,7 +141,7 @@ type Outcome = { response: ProxyResponse; error?: undefined } | { error: Sidecar
  * upstream_timeout when no response headers came within `timeoutMs` of the request being sent. (One per attempt: a shared
  * one would cancel every attempt in flight at the first timeout.)
  */
-async function tryOnce(
+function tryOnce(
   next: (req: ProxyRequest, ctx: RequestContext) => Promise<ProxyResponse>,
   req: ProxyRequest,
   ctx: RequestContext,
@@ -153,7 +155,7 @@ async function tryOnce(
   // it is never taken for an app slow to answer (Envoy's route timeout starts there too). A
   // gRPC call's deadline starts at once: its body may go on for as long as the call does.
   const body = req.body
-  let cancelTimer = noop
+  let cancelTimer: () => void
   if (body === null || Buffer.isBuffer(body) || body.readableEnded || isGrpc(req.headers['content-type'])) cancelTimer = clock.timeout(timeoutMs, expire)
   else {
     const start = () => (cancelTimer = clock.timeout(timeoutMs, expire))
@@ -161,15 +163,27 @@ async function tryOnce(
     cancelTimer = () => body.off('end', start)
   }
   ctx.attemptSignal = attempt
-  try {
-    return { response: await next(req, ctx) }
-  } catch (err) {
-    return { error: toSidecarError(err) }
-  } finally {
-    // From here the response body is the listener's: it destroys the body if the client leaves.
+  // From the outcome on, the response body is the listener's: it destroys the body if the client leaves.
+  const over = () => {
     cancelTimer()
     unlink()
   }
+  let sent: Promise<ProxyResponse>
+  try {
+    sent = next(req, ctx)
+  } catch (err) {
+    sent = Promise.reject(err)
+  }
+  return sent.then(
+    (response) => {
+      over()
+      return { response }
+    },
+    (err: unknown) => {
+      over()
+      return { error: toSidecarError(err) }
+    },
+  )
 }
 
 function settle(outcome: Outcome): ProxyResponse {
@@ -181,6 +195,8 @@ function discard(outcome: Outcome): void {
   const body = outcome.response?.body
   if (body && !Buffer.isBuffer(body)) body.on('error', () => {}).destroy()
 }
+
+const NOTHING_TO_KEEP: Kept = { stream: null, replay: () => null }
 
 /** A request body for the tries: `stream` for the first (null when it was read whole into
  *  memory), `replay()` the whole body for another try, or null when there is none to give. */
@@ -272,5 +288,3 @@ export function retryAfterMs(value: string | string[] | undefined, now: number):
   const date = Date.parse(v)
   return Number.isNaN(date) ? undefined : Math.max(0, date - now)
 }
-
-function noop(): void {}
