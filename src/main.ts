@@ -3,25 +3,23 @@
 // (0 clean stop, 1 runtime failure, 2 bad usage or invalid config: errors.ts's exitCodeOf).
 import { realpathSync } from 'node:fs'
 import { pathToFileURL } from 'node:url'
-import { awaitCommand } from './cli/await.js'
-import { certsCommand } from './cli/certs.js'
 import { stdio, type Io } from './cli/io.js'
-import { runCommand } from './cli/run.js'
 import { USAGE, UsageError } from './cli/usage.js'
-import { validateCommand } from './cli/validate.js'
 import { exitCodeOf, isStartupError } from './errors.js'
 
-/** Runs one command line. `run` resolves only once the proxy has stopped. */
+/** Runs one command line. `run` resolves only once the proxy has stopped. Each command's module
+ *  is loaded when it runs: a running proxy does not carry the certificate generator's library
+ *  (node-forge, about 10 MiB of memory), nor the others' code. */
 export async function main(argv: readonly string[], io: Io = stdio): Promise<number> {
   const [first, ...rest] = argv
   try {
     switch (first) {
       case 'validate':
-        return await validateCommand(rest, io)
+        return await (await import('./cli/validate.js')).validateCommand(rest, io)
       case 'certs':
-        return await certsCommand(rest, io)
+        return await (await import('./cli/certs.js')).certsCommand(rest, io)
       case 'await':
-        return await awaitCommand(rest, io)
+        return await (await import('./cli/await.js')).awaitCommand(rest, io)
       case 'help':
       case '--help':
       case '-h':
@@ -29,7 +27,7 @@ export async function main(argv: readonly string[], io: Io = stdio): Promise<num
         return 0
       default:
         if (first !== undefined && !first.startsWith('-')) throw new UsageError(`unknown command "${first}"`)
-        return await runCommand(argv, io)
+        return await (await import('./cli/run.js')).runCommand(argv, io)
     }
   } catch (err) {
     // A start-up error's message is the whole story: one line (the usage text after bad usage).

@@ -11,13 +11,22 @@ function files(dir: string): string[] {
   return readdirSync(dir, { withFileTypes: true }).flatMap((e) => (e.isDirectory() ? files(join(dir, e.name)) : e.name.endsWith('.ts') ? [join(dir, e.name)] : []))
 }
 
-/** Every `from '...'` of a file: relative ones resolved to src files, packages by name. */
-function importsOf(file: string): { local: string[]; packages: string[] } {
+interface Imports {
+  local: string[]
+  packages: string[]
+}
+
+/** Every `from '...'` of a file (`static`) and every `import('...')` (`lazy`): relative ones
+ *  resolved to src files, packages by name. */
+function importsOf(file: string): Imports & { lazy: Imports } {
   const text = readFileSync(file, 'utf8')
-  const specs = [...text.matchAll(/^(?:import|export)\b[^'"]*?from\s+'([^']+)'/gm)].map((m) => m[1]!)
-  return {
+  const split = (specs: string[]): Imports => ({
     local: specs.filter((s) => s.startsWith('.')).map((s) => resolve(dirname(file), s).replace(/\.js$/, '.ts')),
     packages: specs.filter((s) => !s.startsWith('.') && !s.startsWith('node:')).map((s) => (s.startsWith('@') ? s.split('/').slice(0, 2).join('/') : s.split('/')[0]!)),
+  })
+  return {
+    ...split([...text.matchAll(/^(?:import|export)\b[^'"]*?from\s+'([^']+)'/gm)].map((m) => m[1]!)),
+    lazy: split([...text.matchAll(/\bimport\('([^']+)'\)/g)].map((m) => m[1]!)),
   }
 }
 
@@ -53,12 +62,39 @@ t.test('each library has one door', async (t) => {
     'node-forge': (f) => f.startsWith('certs/'),
   }
   const seen = new Set<string>()
-  for (const [file, { packages }] of graph) {
+  for (const [file, { packages, lazy }] of graph) {
     const rel = relative(SRC, file)
-    for (const pkg of packages) {
+    for (const pkg of [...packages, ...lazy.packages]) {
       seen.add(pkg)
       t.ok(doors[pkg]?.(rel), `${rel} imports ${pkg}`)
     }
   }
   t.same([...seen].sort(), Object.keys(doors).sort(), 'every runtime dependency is imported, through its door')
 })
+
+t.test('what only some runs need is loaded when needed: a running proxy carries neither node-forge nor yaml', async (t) => {
+  // the packages reached through static imports alone from main.ts and the run command (what a
+  // running proxy always loads), and those reached through any import at all
+  const reach = (withLazy: boolean): Set<string> => {
+    const files = new Set<string>()
+    const packages = new Set<string>()
+    const visit = (file: string) => {
+      if (files.has(file)) return
+      files.add(file)
+      const imports = graph.get(file)!
+      for (const pkg of [...imports.packages, ...(withLazy ? imports.lazy.packages : [])]) packages.add(pkg)
+      for (const next of [...imports.local, ...(withLazy ? imports.lazy.local : [])]) visit(next)
+    }
+    visit(join(SRC, 'main.ts'))
+    visit(join(SRC, 'cli/run.ts'))
+    return packages
+  }
+  const always = reach(false)
+  const ever = reach(true)
+  for (const pkg of ['node-forge', 'yaml']) {
+    t.notOk(always.has(pkg), `${pkg}: loaded only on demand`)
+    t.ok(ever.has(pkg), `${pkg}: still reachable, through import()`)
+  }
+  t.ok(always.has('undici') && always.has('pino'), 'the hot path\'s libraries are loaded at start')
+})
+

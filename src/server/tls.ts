@@ -13,7 +13,6 @@ import { X509Certificate, constants, createPrivateKey, randomBytes } from 'node:
 import { readFile } from 'node:fs/promises'
 import { hostname } from 'node:os'
 import { createSecureContext, type SecureContextOptions, type Server } from 'node:tls'
-import { selfSigned } from '../certs/generate.js'
 import type { Config } from '../config/schema.js'
 import { StartupError } from '../errors.js'
 import type { Clock } from '../clock.js'
@@ -257,6 +256,8 @@ export async function prepareListenerTls(
   let material = loaded.material
   if (!material) {
     const hosts = ['localhost', '127.0.0.1', '::1', hostname()]
+    // node-forge (about 10 MiB of memory) is loaded only by a pod that needs it
+    const { selfSigned } = await import('../certs/generate.js')
     const pem = selfSigned({ commonName: 'sidecar-proxy ephemeral', hosts, days: 365 })
     material = checkTlsMaterial(pem.cert, pem.key)
     deps.logger.warn(
