@@ -1,24 +1,68 @@
 // The bench results as a Markdown table (for the README) and an SVG chart (to look at).
 import { renderProtocols } from './protocols.mjs'
 
+/**
+ * The generator's own jitter at the fixed rate, from direct's rounds: how far its p99 sits above
+ * its p50, or how far the p99 moves between rounds, whichever is more (ms).
+ */
+export function generatorJitterMs(directRuns) {
+  const p99s = directRuns.map((r) => r.fixedP99)
+  const p50s = directRuns.map((r) => r.fixedP50)
+  const mid = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]
+  return Math.max(mid(p99s) - mid(p50s), Math.max(...p99s) - Math.min(...p99s))
+}
+
+/** The p99 a target adds over direct, when it exceeds the generator's jitter; within it, what
+ *  was measured cannot tell the proxy from the generator: said so, never a number (a negative
+ *  or a small one would read as "met"). */
+export function addedP99(addedMs, jitterMs) {
+  return Number.isFinite(addedMs) && addedMs > jitterMs ? addedMs : `not resolvable on this machine (generator jitter ${jitterMs} ms)`
+}
+
+/** The ratios the targets are stated in (docs/benchmarks.md), each with its verdict (null:
+ *  a reference, or not measured). */
+export function ratios(ts, many, soak) {
+  const get = (n) => ts.find((t) => t.name === n)
+  const out = []
+  const add = (what, value, target, pass) => out.push({ what, value, target, pass: value === null || value === undefined || Number.isNaN(value) ? null : pass })
+  const [sc, bare, hp, tls, ngTls, full] = ['sidecar', 'bare-undici', 'http-proxy', 'sidecar-tls', 'nginx-tls', 'sidecar-full'].map(get)
+  const cpu = sc.fixedRate.cpuUsPerRequest / bare.fixedRate.cpuUsPerRequest
+  add('sidecar CPU per request / bare undici forwarder (fixed rate)', cpu, '<= 1.3 (goal 1.2)', cpu <= 1.3)
+  add('sidecar CPU per request / the app\'s (fixed rate)', sc.fixedRate.cpuUsPerRequest / sc.fixedRate.upstreamUsPerRequest, 'reference', null)
+  add('sidecar throughput / node http-proxy (saturation)', sc.rps / hp.rps, '>= 1.8', sc.rps / hp.rps >= 1.8)
+  add('bare undici throughput / node http-proxy (reference)', bare.rps / hp.rps, 'reference', null)
+  const added = sc.fixedRate.addedP99Ms
+  out.push(typeof added === 'string' ? { what: 'sidecar added p99 over direct at the fixed rate (ms)', value: null, target: '<= 1', pass: null, note: added } : { what: 'sidecar added p99 over direct at the fixed rate (ms)', value: added, target: '<= 1', pass: added <= 1 })
+  add('sidecar-full CPU per request / sidecar', full.fixedRate.cpuUsPerRequest / sc.fixedRate.cpuUsPerRequest, 'reference', null)
+  add('sidecar TLS keep-alive throughput / nginx TLS', ngTls ? tls.rps / ngTls.rps : null, '>= 0.4', ngTls && tls.rps / ngTls.rps >= 0.4)
+  add('sidecar HTTP/2 throughput / nginx HTTP/2 (h2load)', ngTls?.h2Rps ? tls.h2Rps / ngTls.h2Rps : null, 'reference', null)
+  add('sidecar idle RSS / bare undici forwarder', sc.idleRssMiB / bare.idleRssMiB, '<= 1.15', sc.idleRssMiB / bare.idleRssMiB <= 1.15)
+  add('sidecar RSS with 1,000 busy connections (MiB)', many.sidecar.rssMiB, '<= 100', many.sidecar.rssMiB <= 100)
+  add('bare undici forwarder RSS with 1,000 busy connections (MiB)', many['bare-undici'].rssMiB, 'reference', null)
+  if (soak) add('sidecar RSS over the soak: last minute / first minute', soak.rssLastMinuteMiB / soak.rssFirstMinuteMiB, '<= 1.1 (flat)', soak.rssLastMinuteMiB / soak.rssFirstMinuteMiB <= 1.1)
+  return out
+}
+
 const fmt = (x, digits = 0) => (x === null || x === undefined || Number.isNaN(x) ? '-' : x.toFixed(digits))
 
 export function renderMarkdown(r) {
   const m = r.machine
+  const gen = r.plan.generator ?? 'autocannon'
+  const num = (x, digits) => (typeof x === 'string' ? x : fmt(x, digits))
   const lines = [
     `Run ${r.date.slice(0, 16).replace('T', ' ')} UTC on ${m.cores} x ${m.cpu}, ${m.memoryGiB} GiB, Node ${m.node}, Linux ${m.kernel}.`,
-    `${r.plan.rounds} round(s), medians; saturation: ${r.plan.connections} connections for ${r.plan.saturateS} s; fixed rate: ${r.plan.fixedRate} req/s for ${r.plan.fixedS} s (sidecar-tls-new: 16 clients, a new TLS connection per request, fixed rate ${r.targets.find((t) => t.name === 'sidecar-tls-new')?.fixedRate.rate} req/s).`,
+    `${r.plan.rounds} round(s), medians; saturation: ${r.plan.connections} connections for ${r.plan.saturateS} s by ${gen}${gen === 'wrk' ? ' (autocannon beside it)' : ''}${r.plan.h2load ? ', HTTP/2 by h2load (16 connections x 10 streams)' : ''}; fixed rate: ${r.plan.fixedRate} req/s for ${r.plan.fixedS} s by autocannon (sidecar-tls-new: 16 clients, a new TLS connection per request, fixed rate ${r.targets.find((t) => t.name === 'sidecar-tls-new')?.fixedRate.rate} req/s).`,
     '',
-    '| target | req/s (saturated) | p50 ms | p90 ms | p99 ms | max ms | errors | CPU us/req at fixed rate | p99 ms at fixed rate | added p99 ms | peak RSS MiB |',
-    '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
+    `| target | req/s (${gen}) | req/s (autocannon) | HTTP/2 req/s (h2load) | p50 ms | p99 ms | max ms | errors | CPU us/req at fixed rate | the app's CPU us/req | p99 ms at fixed rate | added p99 ms | idle RSS MiB | peak RSS MiB |`,
+    '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
     ...r.targets.map(
       (t) =>
-        `| ${t.name} | ${fmt(t.rps)} | ${fmt(t.latencyMs.p50)} | ${fmt(t.latencyMs.p90)} | ${fmt(t.latencyMs.p99)} | ${fmt(t.latencyMs.max)} | ${t.errors} | ${fmt(t.fixedRate.cpuUsPerRequest)} | ${fmt(t.fixedRate.p99Ms)} | ${fmt(t.fixedRate.addedP99Ms)} | ${fmt(t.peakRssMiB, 1)} |`,
+        `| ${t.name} | ${fmt(t.rps)} | ${fmt(t.autocannonRps)} | ${fmt(t.h2Rps)} | ${fmt(t.latencyMs.p50, 1)} | ${fmt(t.latencyMs.p99, 1)} | ${fmt(t.latencyMs.max)} | ${t.errors} | ${fmt(t.fixedRate.cpuUsPerRequest)} | ${fmt(t.fixedRate.upstreamUsPerRequest)} | ${fmt(t.fixedRate.p99Ms)} | ${typeof t.fixedRate.addedP99Ms === 'string' ? 'not resolvable' : fmt(t.fixedRate.addedP99Ms)} | ${fmt(t.idleRssMiB, 1)} | ${fmt(t.peakRssMiB, 1)} |`,
     ),
     '',
     '| ratio | value | target | verdict |',
     '| --- | ---: | --- | --- |',
-    ...r.ratios.map((x) => `| ${x.what} | ${fmt(x.value, 2)} | ${x.target} | ${x.pass === null ? (x.value === null ? 'not measured (nginx absent)' : '') : x.pass ? 'met' : '**missed**'} |`),
+    ...r.ratios.map((x) => `| ${x.what} | ${x.value === null ? (x.note ?? 'not measured') : num(x.value, 2)} | ${x.target} | ${x.pass === null ? '' : x.pass ? 'met' : '**missed**'} |`),
     '',
   ]
   if (r.protocols) lines.push(renderProtocols(r.protocols))
