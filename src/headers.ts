@@ -47,6 +47,21 @@ export function endToEnd(
   return out
 }
 
+/** endToEnd for raw name/value pairs (undici's response headers): one pass into a HeaderMap, a
+ *  second only when Connection names headers beyond the hop-by-hop set. */
+export function endToEndRaw(raw: ReadonlyArray<Buffer | string> | null): HeaderMap {
+  const headers: HeaderMap = {}
+  if (raw === null) return headers
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i]!.toString('latin1').toLowerCase()
+    const value = raw[i + 1]!.toString('latin1')
+    if ((HOP_BY_HOP.has(name) && name !== 'connection') || name.charCodeAt(0) === 58) continue
+    const had = headers[name]
+    headers[name] = had === undefined ? value : Array.isArray(had) ? [...had, value] : [had, value]
+  }
+  return headers.connection === undefined ? headers : endToEnd(headers)
+}
+
 function connectionNamed(value: string | string[] | undefined): Set<string> | null {
   // the common values name nothing beyond the hop-by-hop set: skip the parse on the hot path
   if (value === undefined || value === 'keep-alive' || value === 'close') return null

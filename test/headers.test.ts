@@ -1,5 +1,5 @@
 import t from 'tap'
-import { endToEnd, requestIdFrom, upstreamRequestHeaders } from '../src/headers.js'
+import { endToEnd, endToEndRaw, requestIdFrom, upstreamRequestHeaders } from '../src/headers.js'
 
 const info = { clientAddress: '10.1.2.3', protocol: 'https' as const, trustForwardedHeaders: false, headersWithUnderscores: 'drop' as const }
 
@@ -33,6 +33,13 @@ t.test('TE: only `trailers` is passed on, whatever else the client takes', async
   ] as const) {
     t.equal(upstreamRequestHeaders(te === undefined ? {} : { te: te as string | string[] }, 'id', info).te, forwarded, JSON.stringify(te))
   }
+})
+
+t.test('endToEndRaw: raw pairs (Buffers, any case) to the same headers as endToEnd of the parsed ones', async (t) => {
+  const raw = ['Connection', 'keep-alive, X-Foo', 'Keep-Alive', 'timeout=5', 'Transfer-Encoding', 'chunked', 'X-Foo', '1', 'Set-Cookie', 'a=1', 'set-cookie', 'b=2', 'Content-Type', 'text/plain', ':status', '200']
+  t.same(endToEndRaw(raw.map((s) => Buffer.from(s, 'latin1'))), { 'set-cookie': ['a=1', 'b=2'], 'content-type': 'text/plain' }, 'repeats kept as a list; named, hop-by-hop and pseudo-headers dropped')
+  t.same(endToEndRaw(['Content-Length', '2', 'Connection', 'close']), { 'content-length': '2' }, 'Connection: close names nothing more')
+  t.same(endToEndRaw(null), {})
 })
 
 t.test('endToEnd reads a Connection header given as a list', async (t) => {

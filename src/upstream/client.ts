@@ -3,7 +3,7 @@
 // here and nowhere else.
 import { Pool } from 'undici'
 import { ERRORS, SidecarError, isErrorCode, type ErrorCode } from '../errors.js'
-import { endToEnd } from '../headers.js'
+import { endToEndRaw } from '../headers.js'
 import type { Metrics } from '../metrics.js'
 import { Readable, type Duplex } from 'node:stream'
 import type { BufferBudget } from '../pipeline/buffers.js'
@@ -213,12 +213,12 @@ class Exchange {
   }
 
   onUpgrade(status: number, rawHeaders: Array<Buffer | string> | null, socket: Duplex): void {
-    this.settle({ status, headers: endToEnd(parseHeaders(rawHeaders)), body: null, tunnel: socket })
+    this.settle({ status, headers: endToEndRaw(rawHeaders), body: null, tunnel: socket })
   }
 
   onHeaders(status: number, rawHeaders: Array<Buffer | string> | null, resume: () => void): boolean {
     if (status < 200) return true // 1xx: the final answer follows
-    const headers = endToEnd(parseHeaders(rawHeaders))
+    const headers = endToEndRaw(rawHeaders)
     // gRPC's status in the headers: a "trailers-only" answer, whose one frame ends the stream
     if (hasNoBody(this.method, status) || headers['grpc-status'] !== undefined) {
       // A 304 may carry the Content-Length of the representation it stands for (RFC 9110
@@ -288,7 +288,7 @@ class Exchange {
 
   /** HTTP/1.1 trailers come as raw pairs (Buffers), HTTP/2 trailers as an object. */
   onComplete(trailers: Array<Buffer | string> | Record<string, string | string[]> | null): void {
-    if (trailers) Object.assign(this.trailers, Array.isArray(trailers) ? parseHeaders(trailers) : trailers)
+    if (trailers) Object.assign(this.trailers, Array.isArray(trailers) ? endToEndRaw(trailers) : trailers)
     if (this.head) this.head.ended = true
     else this.body?.push(null)
   }
@@ -307,18 +307,6 @@ class Exchange {
     this.unlink()
     this.answer(response)
   }
-}
-
-function parseHeaders(raw: Array<Buffer | string> | null): HeaderMap {
-  const headers: HeaderMap = {}
-  if (raw === null) return headers
-  for (let i = 0; i < raw.length; i += 2) {
-    const name = raw[i]!.toString('latin1').toLowerCase()
-    const value = raw[i + 1]!.toString('latin1')
-    const had = headers[name]
-    headers[name] = had === undefined ? value : Array.isArray(had) ? [...had, value] : [had, value]
-  }
-  return headers
 }
 
 /** RFC 9110 6.4.1: answers to HEAD, and 1xx, 204 and 304 answers, have no content. */
