@@ -1,4 +1,4 @@
-// The load-test harness: `npm run bench` (about 15 minutes), `npm run bench -- --quick` (about two
+// The load-test harness: `npm run bench` (about 20 minutes), `npm run bench -- --quick` (about two
 // minutes), `npm run bench -- --soak` (adds the 5-minute memory soak).
 //
 // One fast upstream on loopback, then every target in its own process, measured in the same run
@@ -242,7 +242,7 @@ async function main() {
       })
       const r = t.runs.at(-1)
       console.log(
-        `round ${round} ${t.name.padEnd(16)} ${Math.round(r.rps).toString().padStart(6)} req/s (${generator}${h2 ? `; h2 ${Math.round(h2.rps)}` : ''})  p99 ${r.p99} ms  | at ${rate}/s: ${r.cpuUsPerRequest.toFixed(0)} us CPU/req (app ${r.upstreamUsPerRequest.toFixed(0)}), p99 ${r.fixedP99} ms`,
+        `round ${round} ${t.name.padEnd(16)} ${Math.round(r.rps).toString().padStart(6)} req/s (${t.newConnections ? 'a handshake each' : generator}${h2 ? `; h2 ${Math.round(h2.rps)}` : ''})  p99 ${r.p99} ms  | at ${rate}/s: ${r.cpuUsPerRequest.toFixed(0)} us CPU/req (app ${r.upstreamUsPerRequest.toFixed(0)}), p99 ${r.fixedP99} ms`,
       )
     }
   }

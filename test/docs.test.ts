@@ -67,7 +67,7 @@ t.test('the metrics table names every metric the proxy defines', async (t) => {
 })
 
 t.test('every link between the pages leads to a page that exists', async (t) => {
-  const pages = ['README.md', ...['architecture', 'configuration', 'protocols', 'requests', 'errors', 'admin', 'metrics', 'benchmarks', 'demo', 'hostile-input'].map((p) => `docs/${p}.md`)]
+  const pages = ['README.md', ...['architecture', 'configuration', 'protocols', 'requests', 'errors', 'admin', 'metrics', 'benchmarks', 'performance', 'demo', 'hostile-input'].map((p) => `docs/${p}.md`)]
   for (const page of pages) {
     const text = readFileSync(new URL(`../${page}`, import.meta.url), 'utf8')
     for (const [, target] of text.matchAll(/\]\(([^)#\s]+\.(?:md|png))(?:#[^)]*)?\)/g)) {
