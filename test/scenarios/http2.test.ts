@@ -139,6 +139,12 @@ t.test('HTTP/2 requests the HTTP/1 rules refuse are refused the same way: forwar
   ]
   for (const headers of refused) {
     const reply = await exchange(session, headers)
+    // The nghttp2 of Node 22 and later refuses userinfo in :authority itself (the stream is
+    // reset before any handler sees it); Node 20's passes it on, and the proxy answers 400.
+    if (String(headers[':authority']).includes('@') && reply.status === undefined) {
+      t.equal(reply.rstCode, http2.constants.NGHTTP2_PROTOCOL_ERROR, `${JSON.stringify(headers)}: reset by nghttp2`)
+      continue
+    }
     t.equal(reply.status, 400, JSON.stringify(headers))
     t.equal(reply.headers?.['x-sidecar-error'], 'bad_request')
   }
