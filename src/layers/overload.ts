@@ -5,6 +5,7 @@
 import { SidecarError } from '../errors.js'
 import type { Metrics } from '../metrics.js'
 import type { Cancel } from '../pipeline/cancel.js'
+import { callNext } from '../pipeline/compose.js'
 import type { Handler, Layer, ProxyRequest, ProxyResponse, RequestContext } from '../pipeline/types.js'
 import type { Gate } from '../upstream/backends.js'
 
@@ -27,13 +28,7 @@ export function createOverloadLayer(opts: OverloadOptions, deps: { metrics: Metr
 
   /** The attempt, in a slot it holds until the response body is done. */
   const inSlot = (gate: Gate, next: Handler, req: ProxyRequest, ctx: RequestContext): Promise<ProxyResponse> => {
-    let attempt: Promise<ProxyResponse>
-    try {
-      attempt = next(req, ctx)
-    } catch (err) {
-      attempt = Promise.reject(err)
-    }
-    return attempt.then(
+    return callNext(next, req, ctx).then(
       (response) => {
         const body = response.body
         if (body === null || Buffer.isBuffer(body)) release(gate)

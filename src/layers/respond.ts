@@ -2,6 +2,7 @@
 // layer below throws leaves here as the catalogue's local reply (pipeline/local-reply.ts); the
 // code is also put on the context for the access log and metrics.
 import { toSidecarError } from '../errors.js'
+import { callNext } from '../pipeline/compose.js'
 import { isGrpc, localReply } from '../pipeline/local-reply.js'
 import type { Layer, ProxyResponse } from '../pipeline/types.js'
 
@@ -12,10 +13,6 @@ export function createRespondLayer(): Layer {
       ctx.error = error.code
       return localReply(error, { requestId: ctx.id, grpc: isGrpc(req.headers['content-type']) })
     }
-    try {
-      return next(req, ctx).then(undefined, reply)
-    } catch (err) {
-      return Promise.resolve(reply(err)) // a layer that threw instead of rejecting
-    }
+    return callNext(next, req, ctx).then(undefined, reply)
   }
 }

@@ -15,6 +15,7 @@ import type { Clock } from '../clock.js'
 import { ERRORS, GRPC_RETRY_ON, SidecarError, isErrorCode, toSidecarError, type CatalogueEntry, type GrpcRetryOn, type RetryOn } from '../errors.js'
 import type { Metrics } from '../metrics.js'
 import { Cancel } from '../pipeline/cancel.js'
+import { callNext } from '../pipeline/compose.js'
 import { isGrpc } from '../pipeline/local-reply.js'
 import type { HeaderMap, Layer, ProxyRequest, ProxyResponse, RequestContext } from '../pipeline/types.js'
 import { RetryBudget, type RetryBudgetOptions } from './retry-budget.js'
@@ -168,13 +169,7 @@ function tryOnce(
     cancelTimer()
     unlink()
   }
-  let sent: Promise<ProxyResponse>
-  try {
-    sent = next(req, ctx)
-  } catch (err) {
-    sent = Promise.reject(err)
-  }
-  return sent.then(
+  return callNext(next, req, ctx).then(
     (response) => {
       over()
       return { response }

@@ -29,3 +29,14 @@ t.test('anything else thrown becomes 500 internal, never a crash', async (t) => 
   t.equal(res.headers['x-sidecar-error'], 'internal')
   t.equal(ctx.error, 'internal')
 })
+
+t.test('a layer below that throws instead of rejecting still gets its local reply', async (t) => {
+  const ctx = context()
+  const throwing = () => {
+    throw new SidecarError('overloaded')
+  }
+  const res = await createRespondLayer()(throwing)(proxyRequest(), ctx)
+  t.equal(res.status, 503)
+  t.equal(res.headers['x-sidecar-error'], 'overloaded')
+  t.equal(ctx.error, 'overloaded')
+})
