@@ -1,6 +1,6 @@
 // Access log + request metrics: one JSON line and one count per request, written when the
 // exchange is over (the status alone is known earlier, the bytes and duration only at the end).
-import { infoLine, type Logger } from '../log.js'
+import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
 import type { Layer } from '../pipeline/types.js'
 
@@ -16,7 +16,8 @@ export function createAccessLogLayer(opts: AccessLogOptions, deps: { logger: Log
       const backend = ctx.backend ?? 'none'
       metrics.observeRequest(backend, req.method, outcome.status, outcome.durationSeconds)
       if (!opts.accessLog) return
-      infoLine(logger, {
+      // one flat object (pino leaves the undefined fields out): no spread per optional field
+      logger.info({
         msg: 'request',
         requestId: ctx.id,
         client: ctx.clientAddress,

@@ -266,7 +266,10 @@ class Exchange {
    * app's connection freed, however slow the client. Beyond that, the app waits (backpressure).
    */
   onData(chunk: Buffer): boolean {
-    if (this.head) return this.head.chunks.push(chunk) > 0 // what one read brought: in memory already
+    if (this.head) {
+      this.head.chunks.push(chunk) // what one read brought: in memory already
+      return true
+    }
     const body = this.body
     if (!body) return true
     if (body.push(chunk)) return true
