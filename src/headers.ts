@@ -48,18 +48,21 @@ export function endToEnd(
 }
 
 /** endToEnd for raw name/value pairs (undici's response headers): one pass into a HeaderMap, a
- *  second only when Connection names headers beyond the hop-by-hop set. */
+ *  second only when Connection names headers beyond the hop-by-hop set (rare). */
 export function endToEndRaw(raw: ReadonlyArray<Buffer | string> | null): HeaderMap {
   const headers: HeaderMap = {}
   if (raw === null) return headers
+  let connection: string | undefined
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i]!.toString('latin1').toLowerCase()
     const value = raw[i + 1]!.toString('latin1')
-    if ((HOP_BY_HOP.has(name) && name !== 'connection') || name.charCodeAt(0) === 58) continue
+    if (name === 'connection') connection = connection === undefined ? value : `${connection}, ${value}`
+    if (HOP_BY_HOP.has(name) || name.charCodeAt(0) === 58) continue
     const had = headers[name]
     headers[name] = had === undefined ? value : Array.isArray(had) ? [...had, value] : [had, value]
   }
-  return headers.connection === undefined ? headers : endToEnd(headers)
+  const named = connectionNamed(connection?.toLowerCase())
+  return named === null ? headers : endToEnd(headers, named)
 }
 
 function connectionNamed(value: string | string[] | undefined): Set<string> | null {
