@@ -3,12 +3,12 @@
 // here and nowhere else.
 import { Pool } from 'undici'
 import { ERRORS, SidecarError, isErrorCode, type ErrorCode } from '../errors.js'
-import { endToEndRaw } from '../headers.js'
 import type { Metrics } from '../metrics.js'
-import { Readable, type Duplex } from 'node:stream'
+import { Readable } from 'node:stream'
 import type { BufferBudget } from '../pipeline/buffers.js'
 import { Cancel } from '../pipeline/cancel.js'
-import type { HeaderMap, ProxyRequest, ProxyResponse, RequestContext } from '../pipeline/types.js'
+import type { ProxyRequest, ProxyResponse, RequestContext } from '../pipeline/types.js'
+import { Exchange } from './exchange.js'
 
 export interface PoolOptions {
   url: string
@@ -163,161 +163,6 @@ function healthCheckRequest(service: string): Buffer {
   message.copy(frame, 5)
   return frame
 }
-
-/**
- * undici's dispatch handler for one exchange, resolving at the response's headers with the body
- * behind them. It stands in for undici's `request()` and `upgrade()`: the former loses HTTP/2
- * trailers (gRPC's status), the latter refuses any answer but a 101, and a refusal such as a 401
- * is the app's to pass on. The signal cancels the exchange until its headers came; after that,
- * destroying the body does.
- *
- * The answer is handed on a microtask after its headers: undici's parser calls onHeaders,
- * onData and onComplete in one go for what arrived in one read, so a typical small answer is
- * complete by then and goes on as one Buffer, with no stream, pipe or listeners for it (most of
- * what a forwarded request costs beyond the bare minimum). A longer one goes on as a Readable
- * that streams the rest with backpressure (undici pauses while the body's buffer is full).
- */
-class Exchange {
-  private body: Readable | null = null
-  private readonly trailers: Record<string, string | string[]> = {}
-  private abort: (reason?: Error) => void = noop
-  private settled = false
-  private unlink: () => void = noop
-  /** Bytes read ahead of the client, past the body's own buffer, taken from the budget. */
-  private ahead = 0
-  private watchingEnd = false
-  /** Between the headers and the hand-over: the answer so far. */
-  private head: { status: number; headers: HeaderMap; resume: () => void; chunks: Buffer[]; ended: boolean; error?: Error } | null = null
-
-  constructor(
-    private readonly method: string,
-    private readonly signal: Cancel,
-    private readonly answer: (response: ProxyResponse) => void,
-    private readonly fail: (err: unknown) => void,
-    private readonly readAhead: { bytes: number; budget: BufferBudget | undefined } = { bytes: 0, budget: undefined },
-  ) {
-    // Cancelled while still waiting for a pooled connection: it fails now, and is dropped when
-    // its turn comes (onConnect). Its deadline passing there is no fault of the app's.
-    this.unlink = signal.onAbort((reason) => {
-      this.settled = true
-      const timedOut = (reason as { code?: unknown } | null)?.code === 'upstream_timeout'
-      this.fail(timedOut ? new SidecarError('upstream_busy', { cause: reason, detail: 'every pooled connection stayed in use' }) : reason)
-    })
-  }
-
-  onConnect(abort: (reason?: Error) => void): void {
-    this.unlink()
-    if (this.settled) return abort(new SidecarError('client_closed'))
-    this.abort = abort
-    this.unlink = this.signal.onAbort((reason) => abort(reason as Error))
-  }
-
-  onUpgrade(status: number, rawHeaders: Array<Buffer | string> | null, socket: Duplex): void {
-    this.settle({ status, headers: endToEndRaw(rawHeaders), body: null, tunnel: socket })
-  }
-
-  onHeaders(status: number, rawHeaders: Array<Buffer | string> | null, resume: () => void): boolean {
-    if (status < 200) return true // 1xx: the final answer follows
-    const headers = endToEndRaw(rawHeaders)
-    // gRPC's status in the headers: a "trailers-only" answer, whose one frame ends the stream
-    if (hasNoBody(this.method, status) || headers['grpc-status'] !== undefined) {
-      // A 304 may carry the Content-Length of the representation it stands for (RFC 9110
-      // 8.6), and undici 7 then fails the empty body as a length mismatch (closing that
-      // connection); stray bytes after a 204/304 do the same. Neither may cost the client its
-      // answer: relay the headers, and what undici says next goes nowhere.
-      this.settle({ status, headers, body: null })
-      return true
-    }
-    this.head = { status, headers, resume, chunks: [], ended: false }
-    queueMicrotask(() => this.handOver())
-    return true
-  }
-
-  /** The answer goes on: whole as a Buffer when it already ended, else as a stream. */
-  private handOver(): void {
-    const head = this.head!
-    this.head = null
-    const { status, headers, chunks } = head
-    if (head.ended) {
-      const body = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks)
-      return this.settle({ status, headers, body, trailers: this.trailers })
-    }
-    const resume = head.resume
-    this.body = new Readable({
-      read: () => {
-        this.giveBack() // below its own buffer again: what was read ahead has gone to the client
-        resume()
-      },
-      destroy: (err, done) => {
-        this.giveBack()
-        if (!this.body?.readableEnded) this.abort(err ?? new SidecarError('client_closed'))
-        done(err)
-      },
-    })
-    this.settle({ status, headers, body: this.body, trailers: this.trailers })
-    for (const chunk of chunks) this.onData(chunk)
-    if (head.error) this.body.destroy(head.error)
-  }
-
-  /**
-   * A chunk from the app. Past the body's own buffer (a client reading slower than the app
-   * writes), the app is still read from while this response's read-ahead stays within its
-   * limit and the budget for all buffers allows: a typical answer is then read whole, and the
-   * app's connection freed, however slow the client. Beyond that, the app waits (backpressure).
-   */
-  onData(chunk: Buffer): boolean {
-    if (this.head) {
-      this.head.chunks.push(chunk) // what one read brought: in memory already
-      return true
-    }
-    const body = this.body
-    if (!body) return true
-    if (body.push(chunk)) return true
-    const { bytes, budget } = this.readAhead
-    if (this.ahead + chunk.length > bytes || !budget?.take(chunk.length)) return false
-    if (!this.watchingEnd) {
-      this.watchingEnd = true
-      body.once('end', () => this.giveBack()) // the rest may be read without another read()
-    }
-    this.ahead += chunk.length
-    return true
-  }
-
-  private giveBack(): void {
-    if (this.ahead === 0) return
-    this.readAhead.budget?.give(this.ahead)
-    this.ahead = 0
-  }
-
-  /** HTTP/1.1 trailers come as raw pairs (Buffers), HTTP/2 trailers as an object. */
-  onComplete(trailers: Array<Buffer | string> | Record<string, string | string[]> | null): void {
-    if (trailers) Object.assign(this.trailers, Array.isArray(trailers) ? endToEndRaw(trailers) : trailers)
-    if (this.head) this.head.ended = true
-    else this.body?.push(null)
-  }
-
-  onError(err: Error): void {
-    if (this.head) this.head.error = err
-    else if (!this.settled) {
-      this.settled = true
-      this.unlink()
-      this.fail(err)
-    } else this.body?.destroy(err)
-  }
-
-  private settle(response: ProxyResponse): void {
-    this.settled = true
-    this.unlink()
-    this.answer(response)
-  }
-}
-
-/** RFC 9110 6.4.1: answers to HEAD, and 1xx, 204 and 304 answers, have no content. */
-function hasNoBody(method: string, status: number): boolean {
-  return method === 'HEAD' || status === 204 || status === 304 || status < 200
-}
-
-function noop(): void {}
 
 /** undici / socket error -> catalogue code. */
 export function upstreamErrorCode(err: unknown): ErrorCode {
