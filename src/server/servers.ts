@@ -7,7 +7,8 @@ import http from 'node:http'
 import http2 from 'node:http2'
 import https from 'node:https'
 import net, { type Socket } from 'node:net'
-import { policy, type ListenerTlsOptions, type TlsMaterial } from './tls.js'
+import type { TlsMaterial } from '../certs/material.js'
+import { policy, type ListenerTlsOptions } from './tls.js'
 import type { Request, Response } from './translate.js'
 
 export interface ServerLimits {

@@ -5,20 +5,16 @@
 // AES-GCM or ChaCha20-Poly1305; the three TLS 1.3 suites; curves X25519, P-256, P-384; no
 // renegotiation; a short handshake timeout.
 //
-// Reload: the Secret's directory is watched (see watch.ts); after a short quiet period both files
+// Reload: the Secret's files are watched (certs/material.ts); after a short quiet period both
 // are read again, checked (parses, key matches, loads into a context) and only then handed to
-// `setSecureContext`. New handshakes get
-// the new certificate; open connections keep theirs. Anything wrong keeps the last good pair.
-import { X509Certificate, constants, createPrivateKey, randomBytes } from 'node:crypto'
-import { readFile } from 'node:fs/promises'
+// `setSecureContext`. New handshakes get the new certificate; open connections keep theirs.
+// Anything wrong keeps the last good pair.
+import { constants, randomBytes } from 'node:crypto'
 import { hostname } from 'node:os'
 import { createSecureContext, type SecureContextOptions, type Server } from 'node:tls'
 import type { Config } from '../config/schema.js'
-import { StartupError } from '../errors.js'
+import { at, checkTlsMaterial, loadCaBundle, loadTlsMaterial, WatchedMaterial, type ReloadDeps, type TlsFiles, type TlsMaterial } from '../certs/material.js'
 import type { Clock } from '../clock.js'
-import type { Logger } from '../log.js'
-import type { Metrics } from '../metrics.js'
-import { watchFiles } from '../watch.js'
 
 const TLS_CIPHERS = [
   // TLS 1.3 (OpenSSL's names; order is the client's choice)
@@ -83,133 +79,64 @@ export interface ListenerTlsOptions {
   clientSubjectHeader?: string
 }
 
-/** A certificate and key that have been checked to belong together. */
-export interface TlsMaterial {
-  cert: string
-  key: string
-  serial: string
-  subject: string
-  notAfter: Date
-}
-
-export interface TlsFiles {
-  certFile: string
-  keyFile: string
-}
-
-/** The problem, in words an operator can act on (a start-up error: exit code 2). */
-export class TlsMaterialError extends StartupError {
-  constructor(message: string) {
-    super('tls_material_invalid', message)
-  }
-}
-
-/** Reads and checks a pair of PEM files; throws TlsMaterialError naming the file at fault. */
-async function loadTlsMaterial(files: TlsFiles): Promise<TlsMaterial> {
-  const read = async (file: string, what: string) => {
-    try {
-      return await readFile(file, 'utf8')
-    } catch (err) {
-      throw new TlsMaterialError(`cannot read the ${what} ${file}: ${(err as Error).message}`)
-    }
-  }
-  const [cert, key] = await Promise.all([read(files.certFile, 'certificate'), read(files.keyFile, 'key')])
-  return checkTlsMaterial(cert, key, files)
-}
-
-function checkTlsMaterial(cert: string, key: string, files: TlsFiles = { certFile: 'certificate', keyFile: 'key' }): TlsMaterial {
-  let x509: X509Certificate
-  try {
-    x509 = new X509Certificate(cert)
-  } catch (err) {
-    throw new TlsMaterialError(`${files.certFile} is not a PEM certificate: ${(err as Error).message}`)
-  }
-  let privateKey
-  try {
-    privateKey = createPrivateKey(key)
-  } catch (err) {
-    throw new TlsMaterialError(`${files.keyFile} is not a PEM private key: ${(err as Error).message}`)
-  }
-  if (!x509.checkPrivateKey(privateKey)) {
-    throw new TlsMaterialError(`${files.keyFile} does not match the certificate in ${files.certFile}`)
-  }
-  return { cert, key, serial: x509.serialNumber, subject: x509.subject.replace(/\n/g, ', '), notAfter: new Date(x509.validTo) }
-}
-
-export interface CertificateDeps {
-  clock: Clock
-  logger: Logger
-  metrics: Metrics
-  /** Quiet period after the last file event before reading (a rotation touches several files). */
-  debounceMs?: number
-}
+export type CertificateDeps = ReloadDeps
 
 /**
  * The listener's certificate: the one owner of what is served and of its expiry metric. With
- * files, watches their directories and applies each good new pair as it appears.
+ * files, watches them and applies each good new pair as it appears.
  */
 export class ListenerCertificate {
-  private unwatch: (() => void) | undefined
-  private current!: TlsMaterial
-  private reloading: Promise<void> = Promise.resolve()
-  private apply: (material: TlsMaterial) => void = () => {}
+  private readonly files: WatchedMaterial<TlsMaterial> | undefined
+  private readonly fixed: TlsMaterial
 
   constructor(
     initial: TlsMaterial,
-    private readonly files: TlsFiles | undefined,
+    files: TlsFiles | undefined,
     private readonly deps: CertificateDeps,
   ) {
-    this.set(initial)
+    this.fixed = initial
+    deps.metrics.setCertExpiry(initial.notAfter)
+    this.files =
+      files &&
+      new WatchedMaterial(
+        initial,
+        {
+          names: { certFile: files.certFile },
+          files: [files.certFile, files.keyFile],
+          load: async () => {
+            const next = await loadTlsMaterial(files)
+            createSecureContext({ cert: next.cert, key: next.key }) // what the server will do; throws on what Node rejects
+            return next
+          },
+          same: (a, b) => a.cert === b.cert && a.key === b.key,
+          describe: ({ serial, subject, notAfter }) => ({ serial, subject, notAfter: notAfter.toISOString() }),
+          kind: 'tls',
+          messages: { reloaded: 'certificate reloaded', failed: 'certificate reload failed; still serving the last good certificate' },
+        },
+        deps,
+      )
   }
 
   get material(): TlsMaterial {
-    return this.current
+    return this.files?.value ?? this.fixed
   }
 
   /** Watches the files (if the certificate came from files); `apply` installs a new pair for new
    *  handshakes (tls.Server#setSecureContext). */
   watch(apply: (material: TlsMaterial) => void): void {
-    this.apply = apply
-    if (!this.files) return
-    const files = [this.files.certFile, this.files.keyFile]
-    this.unwatch = watchFiles(files, () => void this.reload(), { logger: this.deps.logger, debounceMs: this.deps.debounceMs ?? 250, clock: this.deps.clock })
+    this.files?.watch((material) => {
+      apply(material)
+      this.deps.metrics.setCertExpiry(material.notAfter)
+    })
   }
 
   close(): void {
-    this.unwatch?.()
+    this.files?.close()
   }
 
   /** Reads the files now; resolves once the result is applied or rejected. */
   reload(): Promise<void> {
-    this.reloading = this.reloading.then(() => this.reloadOnce())
-    return this.reloading
-  }
-
-  private set(material: TlsMaterial): void {
-    this.current = material
-    this.deps.metrics.setCertExpiry(material.notAfter)
-  }
-
-  private async reloadOnce(): Promise<void> {
-    const { logger, metrics } = this.deps
-    if (!this.files) return
-    let next: TlsMaterial
-    try {
-      next = await loadTlsMaterial(this.files)
-      createSecureContext({ cert: next.cert, key: next.key }) // what the server will do; throws on what Node rejects
-    } catch (err) {
-      metrics.countConfigReload('tls', 'failure')
-      logger.error(
-        { err: { message: (err as Error).message }, certFile: this.files.certFile, serving: this.current.serial },
-        'certificate reload failed; still serving the last good certificate',
-      )
-      return
-    }
-    if (next.cert === this.current.cert && next.key === this.current.key) return // a touch, not a change
-    this.apply(next)
-    this.set(next)
-    metrics.countConfigReload('tls', 'success')
-    logger.info({ serial: next.serial, subject: next.subject, notAfter: next.notAfter.toISOString() }, 'certificate reloaded')
+    return this.files?.reload() ?? Promise.resolve()
   }
 }
 
@@ -224,21 +151,9 @@ export async function loadListenerTlsFiles(
   const out: { files?: TlsFiles; material?: TlsMaterial; clientCa?: string } = {}
   if (tls.certFile !== undefined && tls.keyFile !== undefined) {
     out.files = { certFile: tls.certFile, keyFile: tls.keyFile }
-    out.material = await loadTlsMaterial(out.files).catch((err: Error) => Promise.reject(new TlsMaterialError(`listener.tls: ${err.message}`)))
+    out.material = await at('listener.tls', loadTlsMaterial(out.files))
   }
-  if (tls.clientCaFile !== undefined) {
-    const file = tls.clientCaFile
-    try {
-      out.clientCa = await readFile(file, 'utf8')
-    } catch (err) {
-      throw new TlsMaterialError(`listener.tls.clientCaFile: cannot read the CA bundle ${file}: ${(err as Error).message}`)
-    }
-    try {
-      new X509Certificate(out.clientCa)
-    } catch (err) {
-      throw new TlsMaterialError(`listener.tls.clientCaFile: ${file} holds no PEM certificate: ${(err as Error).message}`)
-    }
-  }
+  if (tls.clientCaFile !== undefined) out.clientCa = await at('listener.tls.clientCaFile', loadCaBundle(tls.clientCaFile))
   return out
 }
 
