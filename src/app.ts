@@ -1,7 +1,8 @@
 // Wiring only: builds the backends, the request path, the listener and the admin server from one
 // Config, swaps a reloaded config in, and takes everything down in order. Each concept has its
 // owner elsewhere: backends (upstream/backends.ts), reload (config/reload.ts), readiness
-// (admin/readiness.ts), drain (lifecycle/drain.ts), the listener's certificate (server/tls.ts).
+// (admin/readiness.ts), drain (lifecycle/drain.ts), the listener's certificate (server/tls.ts),
+// the backends' TLS files (upstream/tls.ts).
 import type { AddressInfo } from 'node:net'
 import { BackendLatches, Readiness } from './admin/readiness.js'
 import { RecentRequests } from './admin/recent.js'
@@ -18,6 +19,7 @@ import { Listener } from './server/listener.js'
 import { prepareListenerTls } from './server/tls.js'
 import { buildStack } from './stack.js'
 import { Backends } from './upstream/backends.js'
+import { loadBackendTls } from './upstream/tls.js'
 import type { BackendHealth } from './upstream/health.js'
 
 export type { ReloadResult }
@@ -70,7 +72,11 @@ export async function startApp(initial: Config, deps: AppDeps): Promise<App> {
   // request bodies and responses held for slow peers, all under one ceiling
   const buffers = new BufferBudget(initial.limits.bufferMemoryBytes)
   metrics.watchBuffers(() => buffers.used)
-  const backends: Backends = new Backends(initial, { clock, logger, metrics, buffers, onHealth: (name) => latches.follow(name) })
+  const backends: Backends = new Backends(
+    initial,
+    { clock, logger, metrics, buffers, onHealth: (name) => latches.follow(name) },
+    await loadBackendTls(initial.backends),
+  )
   latches.set(gatingBackends(initial))
 
   // The request path in force. A request keeps the handler it started with, so a reload
@@ -81,8 +87,9 @@ export async function startApp(initial: Config, deps: AppDeps): Promise<App> {
     clock,
     logger,
     metrics,
-    apply: (config) => {
-      backends.sync(config)
+    apply: async (config) => {
+      const tls = await loadBackendTls(config.backends) // a file that cannot be used fails the reload here
+      backends.sync(config, tls)
       handler = buildStack(config, stackDeps)
       latches.set(gatingBackends(config))
       logger.level = levelOf(config.log.level)

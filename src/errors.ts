@@ -123,6 +123,8 @@ export const ERRORS = {
   },
   upstream_refused: upstream(502, 'the upstream refused the connection', { mayHaveReachedApp: false, retryOn: ['refused', 'connect-failure'] }),
   upstream_unreachable: upstream(502, 'the upstream address could not be reached', { mayHaveReachedApp: false, retryOn: ['connect-failure'] }),
+  // a handshake refused either way: the backend's TLS layer answered, its app got nothing
+  upstream_tls: upstream(502, 'the TLS handshake with the upstream failed', { mayHaveReachedApp: false, retryOn: ['connect-failure'] }),
   upstream_reset: upstream(502, 'the upstream closed the connection before the response was complete', {
     mayHaveReachedApp: true,
     retryOn: ['reset'],

@@ -20,7 +20,7 @@ export type CircuitState = 'closed' | 'half-open' | 'open'
 /** sidecar_circuit_state's encoding, documented in its help text. */
 const CIRCUIT_VALUE: Record<CircuitState, number> = { closed: 0, 'half-open': 1, open: 2 }
 
-export type ReloadKind = 'config' | 'tls'
+export type ReloadKind = 'config' | 'tls' | 'upstream_tls'
 
 export function createMetrics(opts: { observer?: MetricsObserver } = {}) {
   const observer = opts.observer
@@ -129,13 +129,19 @@ export function createMetrics(opts: { observer?: MetricsObserver } = {}) {
   })
   const configReloads = new Counter({
     name: 'sidecar_config_reloads_total',
-    help: 'Reloads of the config file or the TLS certificate, by kind (config, tls) and result (success, failure).',
+    help: "Reloads of the config file, the listener's certificate or a backend's TLS files, by kind (config, tls, upstream_tls) and result (success, failure).",
     labelNames: ['kind', 'result'] as const,
     registers,
   })
   const certExpiry = new Gauge({
     name: 'sidecar_tls_cert_expiry_timestamp_seconds',
     help: 'notAfter of the certificate the listener serves, as a Unix timestamp.',
+    registers,
+  })
+  const upstreamCertExpiry = new Gauge({
+    name: 'sidecar_upstream_tls_cert_expiry_timestamp_seconds',
+    help: 'notAfter of the client certificate shown to each https backend (backends[].tls.certFile), as a Unix timestamp.',
+    labelNames: ['backend'] as const,
     registers,
   })
 
@@ -188,6 +194,7 @@ export function createMetrics(opts: { observer?: MetricsObserver } = {}) {
     removeBackend(backend: string): void {
       circuitState.remove(backend)
       backendHealthy.remove(backend)
+      upstreamCertExpiry.remove(backend)
     },
     countConfigReload(kind: ReloadKind, result: 'success' | 'failure'): void {
       configReloads.labels(kind, result).inc()
@@ -195,6 +202,10 @@ export function createMetrics(opts: { observer?: MetricsObserver } = {}) {
     /** The notAfter of the certificate the listener serves. */
     setCertExpiry(notAfter: Date): void {
       certExpiry.set(notAfter.getTime() / 1000)
+    },
+    /** The notAfter of the client certificate a backend is shown. */
+    setUpstreamCertExpiry(backend: string, notAfter: Date): void {
+      upstreamCertExpiry.labels(backend).set(notAfter.getTime() / 1000)
     },
     connectionOpened(): void {
       openConnections.inc()

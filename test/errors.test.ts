@@ -27,6 +27,7 @@ t.test('the catalogue: every code has a status and a message, and statuses follo
     internal: 500,
     upstream_refused: 502,
     upstream_unreachable: 502,
+    upstream_tls: 502,
     upstream_reset: 502,
     upstream_bad_response: 502,
     upstream_connect_timeout: 504,

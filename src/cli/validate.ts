@@ -5,6 +5,7 @@ import { loadConfig } from '../config/load.js'
 import { configVersion } from '../config/reload.js'
 import { gatesReadiness } from '../config/schema.js'
 import { loadListenerTlsFiles } from '../server/tls.js'
+import { loadBackendTls } from '../upstream/tls.js'
 import type { Io } from './io.js'
 import { UsageError, parseFlags } from './usage.js'
 
@@ -15,6 +16,7 @@ export async function validateCommand(argv: readonly string[], io: Io): Promise<
   if (file === undefined) throw new UsageError('validate needs --config FILE', 'validate')
   const config = await loadConfig(file)
   if (config.listener.tls !== false) await loadListenerTlsFiles(config.listener.tls)
+  await loadBackendTls(config.backends)
   const total = config.backends.reduce((sum, b) => sum + b.weight, 0)
   io.out(`${file}: valid, version ${configVersion(config)}`)
   for (const b of config.backends) {

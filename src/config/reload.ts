@@ -38,8 +38,10 @@ export interface LiveConfigDeps {
   clock: Clock
   logger: Logger
   metrics: Metrics
-  /** Swaps a new config in (pools, breakers, health checks, then the request path). */
-  apply: (config: Config) => void
+  /** Swaps a new config in (pools, breakers, health checks, then the request path). It may
+   *  first read what the config names (TLS files): a rejection before anything changed fails
+   *  the reload like a bad file. */
+  apply: (config: Config) => void | Promise<void>
 }
 
 /** The config in force, and its reloads from the file (when there is one), one at a time, in order. */
@@ -96,11 +98,7 @@ export class LiveConfig {
     try {
       loaded = await this.file.load()
     } catch (err) {
-      const problems = isConfigError(err) ? err.problems : [(err as Error).message]
-      this.lastFailed = true
-      metrics.countConfigReload('config', 'failure')
-      logger.error({ reason, file: this.file.path, problems, version: this.now.version }, 'config reload failed; the last good config stays in force')
-      return { result: 'failure', version: this.now.version, problems }
+      return this.failed(reason, err)
     }
     const fixed = this.lastFailed
     this.lastFailed = false
@@ -119,12 +117,25 @@ export class LiveConfig {
       else logger[reason === 'file changed' ? 'debug' : 'info']({ reason, version }, 'config read again: nothing changed')
       return { result: 'unchanged', version, pendingRestart }
     }
-    this.deps.apply(config)
+    try {
+      await this.deps.apply(config)
+    } catch (err) {
+      return this.failed(reason, err)
+    }
     const previous = this.now.version
     this.now = { config, version, loadedAt: new Date(), pendingRestart }
     metrics.countConfigReload('config', 'success')
     logger.info({ reason, version, previous, backends: config.backends.map((b) => ({ name: b.name, url: b.url, weight: b.weight })) }, 'config reloaded')
     return { result: 'success', version, pendingRestart }
+  }
+
+  /** The file, or what it names, cannot be used: the last good config stays. */
+  private failed(reason: string, err: unknown): ReloadResult {
+    const problems = isConfigError(err) ? err.problems : [(err as Error).message]
+    this.lastFailed = true
+    this.deps.metrics.countConfigReload('config', 'failure')
+    this.deps.logger.error({ reason, file: this.file?.path, problems, version: this.now.version }, 'config reload failed; the last good config stays in force')
+    return { result: 'failure', version: this.now.version, problems }
   }
 }
 

@@ -17,6 +17,14 @@ export function parseAddress(address: string): { host: string; port: number } | 
   return { host: (m[1] ?? m[2]) as string, port }
 }
 
+/** A certificate without its key (or the reverse) is a half-done edit: say which is missing. */
+function certAndKeyTogether(tls: { certFile?: string | undefined; keyFile?: string | undefined }, ctx: z.RefinementCtx): void {
+  if ((tls.certFile === undefined) !== (tls.keyFile === undefined)) {
+    const missing = tls.certFile === undefined ? 'certFile' : 'keyFile'
+    ctx.addIssue({ code: 'custom', path: [missing], message: 'required: certFile and keyFile go together' })
+  }
+}
+
 const backendUrl = z.string().refine(
   (s) => {
     try {
@@ -26,7 +34,7 @@ const backendUrl = z.string().refine(
       return false
     }
   },
-  { message: 'must be an http:// URL with no path, e.g. http://127.0.0.1:8080' },
+  { message: 'must be an http:// or https:// URL with no path, e.g. http://127.0.0.1:8080' },
 )
 
 const backendSchema = z.strictObject({
@@ -52,6 +60,24 @@ const backendSchema = z.strictObject({
   idleTimeoutMs: ms(4_000),
   /** Active health checks (like Envoy's): a GET every intervalMs decides whether the backend
    *  is healthy; the pod is ready only while every backend with weight > 0 is. */
+  /** For an https:// backend (another pod's sidecar): how it is verified and who we are to it.
+   *  Without it: the system CAs, the URL's host, no client certificate. The files are watched
+   *  and reloaded like the listener's; new connections use the last good set. */
+  tls: z
+    .strictObject({
+      /** PEM bundle of the CAs the backend's certificate must chain to (default: the system's). */
+      caFile: z.string().min(1).optional(),
+      /** A client certificate and key presented to a backend that asks for one (mTLS). */
+      certFile: z.string().min(1).optional(),
+      keyFile: z.string().min(1).optional(),
+      /** The name sent in SNI and checked against the backend's certificate (default: the URL's host). */
+      serverName: z
+        .string()
+        .regex(/^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$/, 'must be a DNS name, e.g. shop-canary.default.svc')
+        .optional(),
+    })
+    .superRefine(certAndKeyTogether)
+    .optional(),
   healthCheck: z
     .strictObject({
       path: z.string().startsWith('/', 'must start with /').default('/'),
@@ -75,6 +101,7 @@ const backendSchema = z.strictObject({
 })
   .refine((b) => b.healthCheck.grpc === undefined || b.protocol === 'h2c', { path: ['healthCheck', 'grpc'], message: 'needs protocol: h2c (gRPC is HTTP/2)' })
   .refine((b) => b.protocol !== 'h2c' || b.url.startsWith('http:'), { path: ['protocol'], message: 'h2c is HTTP/2 in the clear: the url must be http://' })
+  .refine((b) => b.tls === undefined || b.url.startsWith('https:'), { path: ['tls'], message: 'is for https:// backends: this url is http://, spoken in the clear' })
   .transform((b) => ({ ...b, gatesReadiness: b.gatesReadiness ?? isLoopbackUrl(b.url) }))
 
 const WILDCARD = new Set(['0.0.0.0', '::', '[::]'])
@@ -126,10 +153,7 @@ export const configSchema = z
                   .optional(),
               })
               .superRefine((tls, ctx) => {
-                if ((tls.certFile === undefined) !== (tls.keyFile === undefined)) {
-                  const missing = tls.certFile === undefined ? 'certFile' : 'keyFile'
-                  ctx.addIssue({ code: 'custom', path: [missing], message: 'required: certFile and keyFile go together' })
-                }
+                certAndKeyTogether(tls, ctx)
                 if (tls.clientSubjectHeader !== undefined && tls.clientCaFile === undefined) {
                   ctx.addIssue({ code: 'custom', path: ['clientSubjectHeader'], message: 'needs listener.tls.clientCaFile' })
                 }

@@ -12,6 +12,8 @@ import type { Handler } from '../pipeline/types.js'
 import { Breaker, type BreakerState } from './breaker.js'
 import { Upstream, type PoolOptions } from './client.js'
 import { HealthCheck, type BackendHealth } from './health.js'
+import { WatchedMaterial } from '../certs/material.js'
+import { HandshakeLog, loadUpstreamTls, namedTls, sameTls, tlsFiles, type UpstreamTls } from './tls.js'
 
 export type BackendConfig = Config['backends'][number]
 export type BackendsConfig = Pick<Config, 'backends' | 'limits' | 'circuitBreaker'>
@@ -38,8 +40,14 @@ export class Gate {
 export interface Backend {
   readonly name: string
   config: BackendConfig
-  keys: { pool: string; breaker: string; health: string }
+  keys: { pool: string; breaker: string; health: string; tlsFiles: string }
+  /** What the pool was built from (a TLS file change rebuilds it with the rest as it was). */
+  pool: PoolOptions
   upstream: Upstream
+  /** An https backend's TLS files, watched while configured. */
+  tlsFiles: WatchedMaterial<UpstreamTls> | undefined
+  /** An https backend's handshakes, for the log. */
+  readonly handshakes: HandshakeLog
   breaker: Breaker
   health: HealthCheck
   readonly gate: Gate
@@ -60,8 +68,9 @@ export class Backends {
   constructor(
     config: BackendsConfig,
     private readonly deps: BackendsDeps,
+    tls?: ReadonlyMap<string, UpstreamTls>,
   ) {
-    this.sync(config)
+    this.sync(config, tls)
   }
 
   get(name: string): Backend | undefined {
@@ -84,14 +93,18 @@ export class Backends {
 
   /**
    * Makes the backends match a (reloaded) config, part by part:
-   * - pool: new settings get a new pool; the old one finishes what it has in flight, then closes;
+   * - pool: new settings (TLS material included) get a new pool; the old one finishes what it has
+   *   in flight, then closes;
+   * - TLS files: watched from the first config naming them; a good change rebuilds the pool;
    * - breaker: new circuitBreaker settings give a fresh closed breaker, else state and counts stay;
    * - health: a new url starts unhealthy and is checked at once; new check settings restart the
    *   loop but keep the verdict;
    * - gate: kept while the backend exists.
    * A removed backend is taken down whole and its gauges removed; a new one is built whole.
    */
-  sync(config: BackendsConfig): void {
+  /** `tls`: each https backend's TLS as read from its files (loadBackendTls) before this config
+   *  was put in force; a backend without files needs no entry. */
+  sync(config: BackendsConfig, tls: ReadonlyMap<string, UpstreamTls> = new Map()): void {
     const wanted = new Set(config.backends.map((b) => b.name))
     for (const [name, backend] of this.byName) {
       if (wanted.has(name)) continue
@@ -100,23 +113,21 @@ export class Backends {
       this.deps.metrics.removeBackend(name)
     }
     for (const b of config.backends) {
-      const pool = poolOptions(b, config)
+      const pool = poolOptions(b, config, tls)
       const keys = {
         pool: JSON.stringify(pool),
         breaker: JSON.stringify(config.circuitBreaker),
         health: JSON.stringify([b.url, b.healthCheck]),
+        tlsFiles: JSON.stringify([b.url, b.tls]),
       }
       const backend = this.byName.get(b.name)
       if (!backend) {
-        this.add(b, config, keys)
+        this.add(b, config, keys, pool)
         continue
       }
       const sameApp = backend.config.url === b.url
       backend.config = b
-      if (backend.keys.pool !== keys.pool) {
-        this.retire(backend.upstream)
-        backend.upstream = new Upstream(b.name, pool, this.deps.metrics, this.deps.buffers)
-      }
+      if (backend.keys.pool !== keys.pool) this.replacePool(backend, pool)
       if (backend.keys.breaker !== keys.breaker) {
         backend.breaker.shutdown()
         backend.breaker = new Breaker(b.name, config.circuitBreaker, this.deps)
@@ -126,6 +137,10 @@ export class Backends {
         // the same url is the same app: its verdict carries over to the new loop
         backend.health = this.healthCheck(backend, sameApp ? backend.health : undefined)
         if (this.started) backend.health.start()
+      }
+      if (backend.keys.tlsFiles !== keys.tlsFiles) {
+        backend.tlsFiles?.close()
+        backend.tlsFiles = this.watchTls(backend)
       }
       backend.keys = keys
     }
@@ -161,16 +176,19 @@ export class Backends {
     }
   }
 
-  private add(b: BackendConfig, config: BackendsConfig, keys: Backend['keys']): void {
+  private add(b: BackendConfig, config: BackendsConfig, keys: Backend['keys'], pool: PoolOptions): void {
     const backend = {
       name: b.name,
       config: b,
       keys,
-      upstream: new Upstream(b.name, poolOptions(b, config), this.deps.metrics, this.deps.buffers),
+      pool,
       breaker: new Breaker(b.name, config.circuitBreaker, this.deps),
       gate: new Gate(),
+      handshakes: new HandshakeLog(b.name, this.deps.logger),
     } as Backend
+    backend.upstream = this.newUpstream(backend, pool)
     backend.health = this.healthCheck(backend)
+    backend.tlsFiles = this.watchTls(backend)
     this.byName.set(b.name, backend)
     if (this.started) backend.health.start()
   }
@@ -195,7 +213,44 @@ export class Backends {
     )
   }
 
+  /** A new pool for new settings; the old one finishes what it has in flight. */
+  private replacePool(backend: Backend, pool: PoolOptions): void {
+    this.retire(backend.upstream)
+    backend.pool = pool
+    backend.upstream = this.newUpstream(backend, pool)
+  }
+
+  private newUpstream(backend: Backend, pool: PoolOptions): Upstream {
+    const client = pool.tls?.client
+    if (client) this.deps.metrics.setUpstreamCertExpiry(backend.name, client.notAfter)
+    return new Upstream(backend.name, pool, { ...this.deps, ...(pool.tls && { handshakes: backend.handshakes }) })
+  }
+
+  /** Watches an https backend's TLS files: a good change rebuilds its pool, so that new
+   *  connections present the rotated client certificate and trust the new CA. */
+  private watchTls(backend: Backend): WatchedMaterial<UpstreamTls> | undefined {
+    const { tls } = backend.pool
+    const files = tlsFiles(backend.config)
+    if (tls === undefined || files.length === 0) return undefined
+    const watched = new WatchedMaterial(
+      tls,
+      {
+        names: { backend: backend.name },
+        files,
+        load: () => loadUpstreamTls(backend.config, `backend "${backend.name}": tls`),
+        same: sameTls,
+        describe: (t) => ({ ca: t.ca !== undefined, client: t.client && { serial: t.client.serial, notAfter: t.client.notAfter.toISOString() } }),
+        kind: 'upstream_tls',
+        messages: { reloaded: "a backend's TLS files reloaded: new connections use them", failed: "a backend's TLS files reload failed; the last good ones stay in force" },
+      },
+      this.deps,
+    )
+    watched.watch((next) => this.replacePool(backend, { ...backend.pool, tls: next }))
+    return watched
+  }
+
   private takeDown(backend: Backend): void {
+    backend.tlsFiles?.close()
     backend.health.stop()
     backend.breaker.shutdown()
     this.retire(backend.upstream)
@@ -207,8 +262,14 @@ export class Backends {
   }
 }
 
-function poolOptions(b: BackendConfig, config: BackendsConfig): PoolOptions {
+function poolOptions(b: BackendConfig, config: BackendsConfig, tls: ReadonlyMap<string, UpstreamTls>): PoolOptions {
   const { url, protocol, maxConnections, connectTimeoutMs, idleTimeoutMs } = b
   const { requestTimeoutMs, responseIdleTimeoutMs, responseBufferBytes } = config.limits
-  return { url, protocol, maxConnections, connectTimeoutMs, idleTimeoutMs, requestTimeoutMs, responseIdleTimeoutMs, responseBufferBytes }
+  const pool: PoolOptions = { url, protocol, maxConnections, connectTimeoutMs, idleTimeoutMs, requestTimeoutMs, responseIdleTimeoutMs, responseBufferBytes }
+  if (url.startsWith('https:')) {
+    const read = tls.get(b.name)
+    if (read === undefined && tlsFiles(b).length > 0) throw new Error(`backend ${b.name}: its TLS files were not read before the config was put in force`)
+    pool.tls = read ?? namedTls(b)
+  }
+  return pool
 }

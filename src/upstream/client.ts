@@ -1,7 +1,7 @@
 // The upstream client: one undici Pool per backend (keep-alive, bounded connections), bodies
 // streamed both ways. The only module that imports undici; its errors become SidecarError codes
 // here and nowhere else.
-import { Pool } from 'undici'
+import { Pool, type Dispatcher } from 'undici'
 import { ERRORS, SidecarError, isErrorCode, type ErrorCode } from '../errors.js'
 import type { Metrics } from '../metrics.js'
 import { Readable } from 'node:stream'
@@ -9,6 +9,7 @@ import type { BufferBudget } from '../pipeline/buffers.js'
 import { Cancel } from '../pipeline/cancel.js'
 import type { ProxyRequest, ProxyResponse, RequestContext } from '../pipeline/types.js'
 import { Exchange } from './exchange.js'
+import { connectOptions, tlsFailure, type HandshakeLog, type UpstreamTls } from './tls.js'
 
 export interface PoolOptions {
   url: string
@@ -23,6 +24,8 @@ export interface PoolOptions {
   responseIdleTimeoutMs: number
   /** How far a response may be read ahead of a slow client. */
   responseBufferBytes?: number
+  /** For an https:// url: what the backend is verified against and shown (upstream/tls.ts). */
+  tls?: UpstreamTls
 }
 
 const STATUS_CLASS = ['0xx', '1xx', '2xx', '3xx', '4xx', '5xx']
@@ -46,20 +49,28 @@ export class Upstream {
    *  are all busy (slow clients holding them) must not make a healthy app look down. */
   private readonly probes: Pool
   private readonly readAhead: { bytes: number; budget: BufferBudget | undefined }
+  /** The SNI name of every request: undici would take it from each request's Host header. */
+  private readonly servername: string | undefined
+  private readonly https: boolean
 
   /** `buffers`: the budget responses are read ahead of slow clients from (limits.responseBufferBytes each). */
   constructor(
     readonly backend: string,
     opts: PoolOptions,
-    private readonly metrics: Metrics,
-    buffers?: BufferBudget,
+    private readonly deps: { metrics: Metrics; buffers?: BufferBudget | undefined; handshakes?: HandshakeLog | undefined },
   ) {
-    this.readAhead = { bytes: opts.responseBufferBytes ?? 0, budget: buffers }
+    this.readAhead = { bytes: opts.responseBufferBytes ?? 0, budget: deps.buffers }
+    this.servername = opts.tls?.servername ?? undefined
+    this.https = opts.url.startsWith('https:')
     const pool = (connections: number) =>
       new Pool(opts.url, {
         connections,
-        // h2c: undici's Pool passes `useH2c` to its connector only from here
-        connect: { timeout: opts.connectTimeoutMs, ...(opts.protocol === 'h2c' && { useH2c: true }) },
+        connect: {
+          timeout: opts.connectTimeoutMs,
+          // h2c: undici's Pool passes `useH2c` to its connector only from here
+          ...(opts.protocol === 'h2c' && { useH2c: true }),
+          ...(opts.tls && connectOptions(opts.tls)),
+        },
         // set once per pool rather than per request: the same deadline for every request
         headersTimeout: opts.requestTimeoutMs,
         bodyTimeout: opts.responseIdleTimeoutMs,
@@ -80,7 +91,8 @@ export class Upstream {
   request(req: ProxyRequest, ctx: RequestContext, isHealthy: () => boolean): Promise<ProxyResponse> {
     return this.exchange(req, ctx.attemptSignal, this.readAhead).then(
       (response) => {
-        this.metrics.countAttempt(this.backend, STATUS_CLASS[Math.floor(response.status / 100)] ?? 'other')
+        this.deps.handshakes?.succeeded()
+        this.deps.metrics.countAttempt(this.backend, STATUS_CLASS[Math.floor(response.status / 100)] ?? 'other')
         // A failure mid-body surfaces on the stream (the listener then cuts the client
         // connection, so a truncated response never passes for a complete one); name it for the log.
         const body = response.body
@@ -88,11 +100,11 @@ export class Upstream {
         return response
       },
       (err: unknown) => {
-        const code = upstreamErrorCode(err)
-        this.metrics.countAttempt(this.backend, code)
-        const down = ERRORS[code].blame === 'upstream' && !isHealthy()
-        // One of ours (a deadline's abort reason) already carries the catalogue message.
-        const detail = (err as Error).name === 'SidecarError' ? (err as SidecarError).detail : (err as Error).message
+        const { code, detail } = describeUpstreamError(err, this.https)
+        this.deps.metrics.countAttempt(this.backend, code)
+        if (code === 'upstream_tls') this.deps.handshakes?.failed(detail!)
+        // A handshake refused says what to fix; "unhealthy" (its health checks fail the same way) would not.
+        const down = ERRORS[code].blame === 'upstream' && code !== 'upstream_tls' && !isHealthy()
         throw new SidecarError(down ? 'upstream_unhealthy' : code, { cause: err, detail: down ? `${code}: ${detail}` : detail })
       },
     )
@@ -132,7 +144,8 @@ export class Upstream {
       const serving = status === '0' ? SERVING_STATUS[body[5] === 0x08 ? body[6]! : 0] ?? 'UNKNOWN' : `grpc-status ${status}`
       return { ok: true, status: res.status, serving }
     } catch (err) {
-      return { ok: false, error: upstreamErrorCode(err), detail: (err as Error).message }
+      const { code, detail } = describeUpstreamError(err, this.https)
+      return { ok: false, error: code, detail: detail ?? ERRORS[code].message }
     } finally {
       clearTimeout(timer)
     }
@@ -143,7 +156,11 @@ export class Upstream {
     return new Promise((resolve, reject) => {
       const handler = new Exchange(req.method, signal, resolve, reject, readAhead)
       const { method, path, headers, body, upgrade } = req
-      pool.dispatch(upgrade === undefined ? { method, path, headers, body } : { method, path, headers, body, upgrade }, handler)
+      const servername = this.servername
+      // `servername` is read by undici's Request, though its types leave it out
+      const opts: Dispatcher.DispatchOptions & { servername: string | undefined } =
+        upgrade === undefined ? { method, path, headers, body, servername } : { method, path, headers, body, upgrade, servername }
+      pool.dispatch(opts, handler)
     })
   }
 
@@ -162,6 +179,17 @@ function healthCheckRequest(service: string): Buffer {
   frame.writeUInt32BE(message.length, 1)
   message.copy(frame, 5)
   return frame
+}
+
+/** An upstream error's catalogue code, and what this occurrence adds to its message: words, never
+ *  OpenSSL's text (a body must not carry it). */
+function describeUpstreamError(err: unknown, https: boolean): { code: ErrorCode; detail: string | undefined } {
+  const tls = https ? tlsFailure(err) : undefined
+  if (tls !== undefined) return { code: 'upstream_tls', detail: tls }
+  const code = upstreamErrorCode(err)
+  const e = err as Error | null
+  // One of ours (a deadline's abort reason) already carries the catalogue message.
+  return { code, detail: e?.name === 'SidecarError' ? (e as SidecarError).detail : e?.message }
 }
 
 /** undici / socket error -> catalogue code. */

@@ -9,6 +9,7 @@ import { BIN, runBinary, waitForLine } from '../fixtures/binary.js'
 import { raw, request } from '../fixtures/client.js'
 import { devCerts, serverCert } from '../fixtures/tls.js'
 import { fakeUpstream } from '../fixtures/upstream.js'
+import { opensslCa, opensslIssue } from '../fixtures/openssl.js'
 
 function io() {
   const out: string[] = []
@@ -30,12 +31,32 @@ t.test('validate: a good file exits 0, a broken one exits 2 naming every bad fie
   const bad = io()
   t.equal(await main(['validate', '--config', `${dir}/broken.yaml`], bad.sink), 2)
   t.match(bad.text(), /listener\.address: must be host:port/)
-  t.match(bad.text(), /backends\[0\]\.url: must be an http:\/\/ URL/)
+  t.match(bad.text(), /backends\[0\]\.url: must be an http:\/\/ or https:\/\/ URL/)
   t.match(bad.text(), /backends\[0\]\.weight: /)
   t.match(bad.text(), /retries: unknown key/)
   const missing = io()
   t.equal(await main(['validate', '--config', `${dir}/nope.yaml`], missing.sink), 2)
   t.match(missing.text(), /cannot read the file/)
+})
+
+t.test('validate: an https backend with its TLS files, and the files checked as a start would', async (t) => {
+  const ca = opensslCa('mesh CA')
+  const client = opensslIssue(ca, { commonName: 'stable', names: ['shop'], usage: 'client' })
+  const dir = t.testdir({ 'ca.crt': ca.cert, 'tls.crt': client.cert, 'tls.key': client.key })
+  const backend = (tls: string) => `backends:\n  - name: app\n    url: http://127.0.0.1:8080\n  - name: canary\n    url: https://shop-canary:8443\n    weight: 10\n    tls:\n${tls}`
+  const files = `      caFile: ${dir}/ca.crt\n      certFile: ${dir}/tls.crt\n      keyFile: ${dir}/tls.key\n      serverName: shop-canary.default.svc\n`
+  writeFileSync(`${dir}/good.yaml`, backend(files))
+  writeFileSync(`${dir}/no-ca.yaml`, backend(files.replace(`${dir}/ca.crt`, `${dir}/nope.crt`)))
+  writeFileSync(`${dir}/plain.yaml`, backend(files).replace('https://shop-canary', 'http://shop-canary'))
+  const good = io()
+  t.equal(await main(['validate', '--config', `${dir}/good.yaml`], good.sink), 0, good.text())
+  t.match(good.text(), /canary {2}weight 10 .* {2}https:\/\/shop-canary:8443/)
+  const noCa = io()
+  t.equal(await main(['validate', '--config', `${dir}/no-ca.yaml`], noCa.sink), 2)
+  t.match(noCa.text(), /backends\[1\]\.tls\.caFile: cannot read the CA bundle .*nope\.crt/)
+  const plain = io()
+  t.equal(await main(['validate', '--config', `${dir}/plain.yaml`], plain.sink), 2)
+  t.match(plain.text(), /backends\[1\]\.tls: is for https:\/\/ backends: this url is http:\/\/, spoken in the clear/)
 })
 
 t.test('bad usage exits 2 with the usage text', async (t) => {
@@ -52,7 +73,7 @@ t.test('bad usage exits 2 with the usage text', async (t) => {
 t.test('run: an invalid config or flag never starts the proxy, exit 2', async (t) => {
   const r = io()
   t.equal(await main(['--plaintext', '--upstream', 'localhost:8080'], r.sink), 2)
-  t.match(r.text(), /backends\[0\]\.url: must be an http:\/\/ URL/)
+  t.match(r.text(), /backends\[0\]\.url: must be an http:\/\/ or https:\/\/ URL/)
   const dir = t.testdir({ 'bad.crt': 'not a certificate', 'k.pem': 'not a key' })
   const tls = io()
   t.equal(await main(['--listen', '127.0.0.1:0', '--admin', '127.0.0.1:0', '--tls-cert', `${dir}/bad.crt`, '--tls-key', `${dir}/k.pem`], tls.sink), 2)

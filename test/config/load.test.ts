@@ -41,8 +41,8 @@ t.test('every problem is reported with its path', async (t) => {
     /^listener\.address: must be host:port/,
     /^listener\.headersTimeoutMs: /,
     /^listener\.tls\.keyFile: required: certFile and keyFile go together/,
-    /^backends\[0\]\.url: must be an http:\/\/ URL/,
-    /^backends\[1\]\.url: must be an http:\/\/ URL/,
+    /^backends\[0\]\.url: must be an http:\/\/ or https:\/\/ URL/,
+    /^backends\[1\]\.url: must be an http:\/\/ or https:\/\/ URL/,
     /^backends\[1\]\.weight: /,
     /^limits\.maxBodyBytes: /,
     /^typo: unknown key$/,
@@ -104,7 +104,7 @@ t.test('files: YAML and JSON load; unreadable, unparsable and empty files', asyn
   t.equal((await loadConfig(undefined, { listen: '127.0.0.1:9' })).listener.address, '127.0.0.1:9')
   await t.rejects(loadConfig(`${dir}/missing.yaml`), { code: 'config_invalid', problems: [/^cannot read the file: /] })
   await t.rejects(loadConfig(`${dir}/broken.yaml`), { code: 'config_invalid', problems: [/^not valid YAML or JSON \(line \d+, column \d+\): [^\n]*[^:\n]$/] }, 'one line, where, and no dangling colon')
-  await t.rejects(loadConfig(`${dir}/bad.yaml`), { message: /bad\.yaml[\s\S]*backends\[0\]\.url: must be an http:\/\/ URL/ })
+  await t.rejects(loadConfig(`${dir}/bad.yaml`), { message: /bad\.yaml[\s\S]*backends\[0\]\.url: must be an http:\/\/ or https:\/\/ URL/ })
   writeFileSync(`${dir}/good.yaml`, 'typo: 1\n')
   await t.rejects(loadConfig(`${dir}/good.yaml`), new ConfigError(`${dir}/good.yaml`, ['typo: unknown key']))
 })

@@ -45,7 +45,7 @@ t.test('probe: answers from a live app, catalogue codes from a dead or slow one'
     .seq('/health', 503)
     .route('/slow', () => {})
     .listen()
-  const upstream = new Upstream('app', { ...POOL, url: up.url }, deps().metrics)
+  const upstream = new Upstream('app', { ...POOL, url: up.url }, { metrics: deps().metrics })
   t.teardown(async () => {
     await upstream.close()
     await up.close()
@@ -54,7 +54,7 @@ t.test('probe: answers from a live app, catalogue codes from a dead or slow one'
   t.same(await upstream.probe({ path: '/health', timeoutMs: 1000 }), { ok: true, status: 503 }, 'any HTTP answer means reachable')
   t.match(await upstream.probe({ path: '/slow', timeoutMs: 100 }), { ok: false, error: 'upstream_timeout' })
   t.equal(up.healthChecks(), 3, 'probes identify themselves (user-agent sidecar-proxy-probe)')
-  const down = new Upstream('down', { ...POOL, url: `http://127.0.0.1:${await freePort()}` }, deps().metrics)
+  const down = new Upstream('down', { ...POOL, url: `http://127.0.0.1:${await freePort()}` }, { metrics: deps().metrics })
   t.teardown(() => down.close())
   t.match(await down.probe({ path: '/', timeoutMs: 1000 }), { ok: false, error: 'upstream_refused' })
 })
@@ -62,7 +62,7 @@ t.test('probe: answers from a live app, catalogue codes from a dead or slow one'
 t.test('keep-alive within the connection bound: forwarded requests share the pooled connection', async (t) => {
   const up = await fakeUpstream().listen()
   const d = deps()
-  const upstream = new Upstream('app', { ...POOL, url: up.url, maxConnections: 1 }, d.metrics)
+  const upstream = new Upstream('app', { ...POOL, url: up.url, maxConnections: 1 }, { metrics: d.metrics })
   t.teardown(async () => {
     await upstream.close()
     await up.close()
@@ -77,7 +77,7 @@ t.test('keep-alive within the connection bound: forwarded requests share the poo
 
 t.test('an unhealthy backend that fails a request answers upstream_unhealthy (503)', async (t) => {
   const port = await freePort()
-  const upstream = new Upstream('app', { ...POOL, url: `http://127.0.0.1:${port}`, maxConnections: 1 }, deps().metrics)
+  const upstream = new Upstream('app', { ...POOL, url: `http://127.0.0.1:${port}`, maxConnections: 1 }, { metrics: deps().metrics })
   t.teardown(() => upstream.close())
   let healthy = true
   const send = () => upstream.request(proxyRequest(), context({ backend: 'app' }), () => healthy)
@@ -99,7 +99,7 @@ t.test('an answer that came whole is handed on as one Buffer; one still coming s
       }
     })
     .listen()
-  const upstream = new Upstream('app', { ...POOL, url: up.url }, deps().metrics)
+  const upstream = new Upstream('app', { ...POOL, url: up.url }, { metrics: deps().metrics })
   t.teardown(async () => {
     await upstream.close()
     await up.close()
