@@ -133,7 +133,7 @@ export async function startApp(initial: Config, deps: AppDeps): Promise<App> {
     throw err
   }
   live.watch()
-  tls?.certificate.watch((material) => listener.setCertificate(material))
+  tls?.certificate.watch((served) => listener.setCertificate(served))
   backends.start()
   readiness.release('listener')
   logger.info(

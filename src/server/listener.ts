@@ -27,8 +27,7 @@ import { listenOn } from './listen.js'
 import { LoadShedder } from './shedding.js'
 import { joinTunnel, type TunnelEnd } from './tunnel.js'
 import { createServers, secureContext, type ServerLimits } from './servers.js'
-import type { TlsMaterial } from '../certs/material.js'
-import { rotateTicketKeys, type ListenerTlsOptions } from './tls.js'
+import { rotateTicketKeys, type ListenerTlsOptions, type Served } from './tls.js'
 import { clientAddressOf, completed, declaredBytes, toProxyRequest, verifiedSubject, writeRaw, writeResponse, type Request, type Response } from './translate.js'
 import { CONNECT_REFUSED, checkHttp1Request, checkHttp2Request, checkUpgradeRequest, parserErrorCode, type Refusal } from './validate.js'
 
@@ -125,8 +124,8 @@ export class Listener {
   }
 
   /** New handshakes get `material`; established connections keep what they have. */
-  setCertificate(material: TlsMaterial): void {
-    ;(this.server as https.Server).setSecureContext(secureContext(this.opts.tls as ListenerTlsOptions, material))
+  setCertificate(served: Served): void {
+    ;(this.server as https.Server).setSecureContext(secureContext(this.opts.tls as ListenerTlsOptions, served))
   }
 
   /** Drain, first step: still serving, but HTTP/1.1 answers say Connection: close and HTTP/2

@@ -7,8 +7,7 @@ import http from 'node:http'
 import http2 from 'node:http2'
 import https from 'node:https'
 import net, { type Socket } from 'node:net'
-import type { TlsMaterial } from '../certs/material.js'
-import { policy, type ListenerTlsOptions } from './tls.js'
+import { policy, type ListenerTlsOptions, type Served } from './tls.js'
 import type { Request, Response } from './translate.js'
 
 export interface ServerLimits {
@@ -63,7 +62,7 @@ export function createServers(opts: ServerLimits, onRequest: (req: Request, res:
     front.once('close', () => plain.close())
     return { front, http1: plain, http2: h2c }
   }
-  const secure = { ...secureContext(tls, tls.material), handshakeTimeout: tls.handshakeTimeoutMs, noDelay: true, ...clientAuth(tls) }
+  const secure = { ...secureContext(tls, { material: tls.material, clientCa: tls.clientCa }), handshakeTimeout: tls.handshakeTimeoutMs, noDelay: true, ...clientAuth(tls) }
   if (!tls.http2) {
     const server = Object.assign(https.createServer({ ...http1, ...secure }, onRequest), http1)
     return { front: server, http1: server, http2: undefined }
@@ -108,11 +107,20 @@ function byPreface(socket: Socket, http1: http.Server, h2c: http2.Http2Server, t
   socket.on('data', onData)
 }
 
-export function secureContext(tls: ListenerTlsOptions, material: TlsMaterial) {
-  return { ...policy(tls), cert: material.cert, key: material.key, ALPNProtocols: tls.http2 ? ['h2', 'http/1.1'] : ['http/1.1'] }
+/** Everything of a secure context, the first and each reload's: without `ca` a reloaded
+ *  context would check client certificates against Node's public CAs. */
+export function secureContext(tls: ListenerTlsOptions, served: Served) {
+  const { material, clientCa } = served
+  return {
+    ...policy(tls),
+    cert: material.cert,
+    key: material.key,
+    ...(clientCa !== undefined && { ca: clientCa }),
+    ALPNProtocols: tls.http2 ? ['h2', 'http/1.1'] : ['http/1.1'],
+  }
 }
 
 function clientAuth(tls: ListenerTlsOptions) {
   if (tls.clientCa === undefined) return {}
-  return { ca: tls.clientCa, requestCert: true, rejectUnauthorized: tls.requireClientCert }
+  return { requestCert: true, rejectUnauthorized: tls.requireClientCert }
 }

@@ -81,52 +81,67 @@ export interface ListenerTlsOptions {
 
 export type CertificateDeps = ReloadDeps
 
+/** What new handshakes get: the certificate, and the CAs client certificates must chain to. */
+export interface Served {
+  material: TlsMaterial
+  clientCa: string | undefined
+}
+
+/** The files the listener's TLS comes from; the certificate may be ephemeral (no files). */
+export interface ListenerTlsFiles {
+  pair?: TlsFiles
+  clientCaFile?: string
+}
+
 /**
- * The listener's certificate: the one owner of what is served and of its expiry metric. With
- * files, watches them and applies each good new pair as it appears.
+ * The listener's certificate and client CA bundle: the one owner of what is served and of the
+ * certificate's expiry metric. With files, watches them and applies each good new set as it
+ * appears (a cert-manager Secret renews tls.crt, tls.key and ca.crt together).
  */
 export class ListenerCertificate {
-  private readonly files: WatchedMaterial<TlsMaterial> | undefined
-  private readonly fixed: TlsMaterial
+  private readonly files: WatchedMaterial<Served> | undefined
+  private readonly fixed: Served
 
   constructor(
-    initial: TlsMaterial,
-    files: TlsFiles | undefined,
+    initial: Served,
+    files: ListenerTlsFiles,
     private readonly deps: CertificateDeps,
   ) {
     this.fixed = initial
-    deps.metrics.setCertExpiry(initial.notAfter)
-    this.files =
-      files &&
-      new WatchedMaterial(
-        initial,
-        {
-          names: { certFile: files.certFile },
-          files: [files.certFile, files.keyFile],
-          load: async () => {
-            const next = await loadTlsMaterial(files)
-            createSecureContext({ cert: next.cert, key: next.key }) // what the server will do; throws on what Node rejects
-            return next
-          },
-          same: (a, b) => a.cert === b.cert && a.key === b.key,
-          describe: ({ serial, subject, notAfter }) => ({ serial, subject, notAfter: notAfter.toISOString() }),
-          kind: 'tls',
-          messages: { reloaded: 'certificate reloaded', failed: 'certificate reload failed; still serving the last good certificate' },
+    deps.metrics.setCertExpiry(initial.material.notAfter)
+    const { pair, clientCaFile } = files
+    const watched = [pair?.certFile, pair?.keyFile, clientCaFile].filter((f): f is string => f !== undefined)
+    if (watched.length === 0) return
+    this.files = new WatchedMaterial(
+      initial,
+      {
+        names: pair ? { certFile: pair.certFile } : { clientCaFile: clientCaFile! },
+        files: watched,
+        load: async () => {
+          const material = pair ? await loadTlsMaterial(pair) : this.fixed.material
+          const clientCa = clientCaFile === undefined ? undefined : await loadCaBundle(clientCaFile)
+          createSecureContext({ cert: material.cert, key: material.key, ca: clientCa }) // what the server will do; throws on what Node rejects
+          return { material, clientCa }
         },
-        deps,
-      )
+        same: (a, b) => a.material.cert === b.material.cert && a.material.key === b.material.key && a.clientCa === b.clientCa,
+        describe: ({ material: { serial, subject, notAfter } }) => ({ serial, subject, notAfter: notAfter.toISOString() }),
+        kind: 'tls',
+        messages: { reloaded: 'certificate reloaded', failed: 'certificate reload failed; still serving the last good certificate' },
+      },
+      deps,
+    )
   }
 
   get material(): TlsMaterial {
-    return this.files?.value ?? this.fixed
+    return (this.files?.value ?? this.fixed).material
   }
 
-  /** Watches the files (if the certificate came from files); `apply` installs a new pair for new
-   *  handshakes (tls.Server#setSecureContext). */
-  watch(apply: (material: TlsMaterial) => void): void {
-    this.files?.watch((material) => {
-      apply(material)
-      this.deps.metrics.setCertExpiry(material.notAfter)
+  /** Watches the files (if any); `apply` installs a new set for new handshakes
+   *  (tls.Server#setSecureContext); open connections keep theirs. */
+  watch(apply: (served: Served) => void): void {
+    this.files?.watch((served) => {
+      apply(served)
+      this.deps.metrics.setCertExpiry(served.material.notAfter)
     })
   }
 
@@ -182,6 +197,10 @@ export async function prepareListenerTls(
   }
   return {
     options: { ...tls, material, http2: listener.http2, ...(clientCa !== undefined && { clientCa }) },
-    certificate: new ListenerCertificate(material, files, deps),
+    certificate: new ListenerCertificate(
+      { material, clientCa },
+      { ...(files && { pair: files }), ...(tls.clientCaFile !== undefined && { clientCaFile: tls.clientCaFile }) },
+      deps,
+    ),
   }
 }

@@ -1,7 +1,8 @@
 // Sidecar to sidecar over mTLS, with two real proxies on loopback: a "stable" sidecar whose
 // backend is https://, and a "canary" sidecar in front of its own app that requires client
 // certificates from the mesh CA. Certificates are made by the openssl command. Each failure of
-// trust, either way, is a 502 upstream_tls that reaches no app and says in words what is wrong.
+// trust, either way, is a 502 upstream_tls that reaches no app and says in words what is wrong;
+// rotations on either side are picked up without a restart.
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -9,6 +10,7 @@ import t, { type Test } from 'tap'
 import { metric, request, until } from '../fixtures/client.js'
 import { opensslCa, opensslIssue, type Pem } from '../fixtures/openssl.js'
 import { startProxy, startProxyFromFile, type RunningProxy } from '../fixtures/proxy.js'
+import { MountedDir } from '../fixtures/mount.js'
 import { SecretDir } from '../fixtures/tls.js'
 import { fakeUpstream, type RunningUpstream } from '../fixtures/upstream.js'
 
@@ -204,5 +206,45 @@ t.test('a config reload naming a TLS file that cannot be used fails whole; the l
   write(50, tls.caFile!)
   t.equal((await stable.app.reload('test')).result, 'success')
   t.equal((await request(`${stable.url}/three`)).status, 200)
+  t.equal(app.seen.length, 3)
+})
+
+t.test("the canary's listener: a rotated certificate keeps client certificates checked against the mesh CA; a renewed CA bundle is read live", async (t) => {
+  const dir = tempDir(t)
+  // cert-manager's Secret: tls.crt, tls.key and ca.crt, renewed together
+  const mount = new MountedDir(join(dir, 'tls'), ['tls.crt', 'tls.key', 'ca.crt'])
+  mount.update({ 'tls.crt': canaryServer.cert, 'tls.key': canaryServer.key, 'ca.crt': mesh.cert })
+  const app = await fakeUpstream().listen()
+  const canary = await startProxy(app.url, {
+    listener: { tls: { certFile: mount.path('tls.crt'), keyFile: mount.path('tls.key'), clientCaFile: mount.path('ca.crt'), clientSubjectHeader: 'x-client-subject' } },
+  })
+  t.teardown(async () => {
+    await canary.close()
+    await app.close()
+  })
+  const reloads = () => canary.logs.filter((l) => l.msg === 'certificate reloaded').length
+  const through = async (client: Pem, ca: string) => {
+    const stable = await stableSidecar(t, canary, meshFiles(t, client, ca))
+    const reply = await request(`${stable.url}/`)
+    await stable.close()
+    return reply.headers['x-sidecar-error'] ?? reply.status
+  }
+  t.equal(await through(stableClient, mesh.cert), 200)
+
+  // the server certificate alone is rotated: mesh clients still pass, strangers still do not
+  const renewed = opensslIssue(mesh, { commonName: 'shop-canary', names: [CANARY_NAME], usage: 'server' })
+  mount.update({ 'tls.crt': renewed.cert, 'tls.key': renewed.key, 'ca.crt': mesh.cert })
+  await until(() => reloads() === 1)
+  t.equal(await through(stableClient, mesh.cert), 200, 'a mesh client certificate is still accepted after a rotation')
+  t.equal(await through(strangerClient, mesh.cert), 'upstream_tls', 'a stranger is still refused')
+
+  // a new mesh CA: its server certificate and its bundle in one swap
+  const mesh2 = opensslCa('mesh CA 2')
+  const server2 = opensslIssue(mesh2, { commonName: 'shop-canary', names: [CANARY_NAME], usage: 'server' })
+  const client2 = opensslIssue(mesh2, { commonName: 'stable-2', names: ['shop'], usage: 'client' })
+  mount.update({ 'tls.crt': server2.cert, 'tls.key': server2.key, 'ca.crt': mesh2.cert })
+  await until(() => reloads() === 2)
+  t.equal(await through(client2, mesh2.cert), 200, 'a client of the new CA is accepted, no restart')
+  t.equal(await through(stableClient, mesh2.cert), 'upstream_tls', 'one of the old CA is not')
   t.equal(app.seen.length, 3)
 })
