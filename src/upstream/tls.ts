@@ -39,7 +39,7 @@ export async function loadUpstreamTls(b: BackendConfig, path: string): Promise<U
   const { caFile, certFile, keyFile } = b.tls ?? {}
   const [ca, client] = await Promise.all([
     caFile === undefined ? undefined : at(`${path}.caFile`, loadCaBundle(caFile)),
-    certFile === undefined || keyFile === undefined ? undefined : at(`${path}.certFile`, loadTlsMaterial({ certFile, keyFile })),
+    certFile === undefined || keyFile === undefined ? undefined : at(path, loadTlsMaterial({ certFile, keyFile })),
   ])
   return { ...namedTls(b), ...(ca !== undefined && { ca }), ...(client !== undefined && { client }) }
 }

@@ -69,7 +69,7 @@ t.test('settings from files: checked, with the config path in every error', asyn
 
   await t.rejects(loadBackendTls(config({ caFile: join(dir, 'missing.crt') })), { code: 'tls_material_invalid', message: /^backends\[1\]\.tls\.caFile: cannot read the CA bundle/ })
   await t.rejects(loadBackendTls(config({ caFile: keyFile })), { message: /^backends\[1\]\.tls\.caFile: .* holds no PEM certificate/ })
-  await t.rejects(loadBackendTls(config({ certFile, keyFile: file('other.key', other.key) })), { message: /^backends\[1\]\.tls\.certFile: .*other\.key does not match the certificate/ })
+  await t.rejects(loadBackendTls(config({ certFile, keyFile: file('other.key', other.key) })), { message: /^backends\[1\]\.tls: .*other\.key does not match the certificate/ })
 
   const again = (await loadBackendTls(config({ caFile, certFile, keyFile, serverName: 'shop-canary.default.svc' }))).get('canary')!
   t.ok(sameTls(canary, again), 'the same files read twice are the same')
