@@ -190,7 +190,7 @@ t.test('certificate rotation under load: new handshakes get the new serial withi
     while (!stop) {
       try {
         const r = await request(`${base}/load`, { tls: { ca: ca.cert } })
-        if (r.status !== 200) failures.push(`status ${r.status}`)
+        if (r.status !== 200) failures.push(`status ${r.status} ${String(r.headers['x-sidecar-error'])}`)
       } catch (err) {
         failures.push((err as Error).message)
       }
