@@ -13,6 +13,7 @@ import { createBreakerLayer } from './layers/breaker.js'
 import { createLimitsLayer } from './layers/limits.js'
 import { createOverloadLayer } from './layers/overload.js'
 import { createPickLayer } from './layers/pick.js'
+import { createRateLimitLayer, RateLimitTables } from './layers/rate-limit.js'
 import { createReceiveLayer } from './layers/receive.js'
 import { createRespondLayer } from './layers/respond.js'
 import { RetryBudget, type RetryBudgetOptions } from './layers/retry-budget.js'
@@ -34,14 +35,19 @@ export interface StackDeps {
   backends: Backends
   /** The one ceiling for request and response buffers. */
   buffers: BufferBudget
+  /** Rate-limit buckets kept across reloads (without it: fresh ones with each stack). */
+  rateLimits?: RateLimitTables
 }
 
 // Built again from each reloaded config; the state that must outlive a reload (pools, breakers,
 // health, in-flight counts) lives in `backends` and is shared by every generation of the stack
 // and by every route. Retry budgets live here, one per distinct budget setting, shared by the
-// routes that have it.
+// routes that have it. Rate-limit buckets live in `rateLimits`, per route, kept while the
+// route's rateLimit stays the same.
 
 export function buildStack(config: Config, deps: StackDeps): Handler {
+  const rateLimits = deps.rateLimits ?? new RateLimitTables(deps.clock)
+  rateLimits.begin()
   const budgets = new Map<string, RetryBudget>()
   const budgetFor = (o: RetryBudgetOptions): RetryBudget => {
     const key = `${o.ratio} ${o.minPerSecond} ${o.windowMs}`
@@ -49,8 +55,9 @@ export function buildStack(config: Config, deps: StackDeps): Handler {
     if (!budget) budgets.set(key, (budget = new RetryBudget(o, deps.clock)))
     return budget
   }
-  const byRoute = new Map<string, Handler>([[DEFAULT_ROUTE, buildRoute(config, undefined, deps, budgetFor)]])
-  for (const route of config.routes) byRoute.set(route.name, buildRoute(config, route, deps, budgetFor))
+  const byRoute = new Map<string, Handler>([[DEFAULT_ROUTE, buildRoute(config, undefined, deps, budgetFor, rateLimits)]])
+  for (const route of config.routes) byRoute.set(route.name, buildRoute(config, route, deps, budgetFor, rateLimits))
+  rateLimits.commit()
   const top: Layer[] = [
     createRespondLayer(), //                                   errors -> the catalogue's local reply
     createAccessLogLayer(config.log, deps), //                 one JSON line and the request metrics
@@ -61,16 +68,25 @@ export function buildStack(config: Config, deps: StackDeps): Handler {
 
 /** One route's layers below the match, its settings over the top level's (`route` undefined:
  *  the default route, the top level itself). */
-function buildRoute(config: Config, route: RouteConfig | undefined, deps: StackDeps, budgetFor: (o: RetryBudgetOptions) => RetryBudget): Handler {
+function buildRoute(
+  config: Config,
+  route: RouteConfig | undefined,
+  deps: StackDeps,
+  budgetFor: (o: RetryBudgetOptions) => RetryBudget,
+  rateLimits: RateLimitTables,
+): Handler {
   const { backends } = deps
   const limits = { ...config.limits, maxBodyBytes: route?.limits?.maxBodyBytes ?? config.limits.maxBodyBytes }
   const retry = routeRetry(config.retry, route?.retry)
   const requestTimeoutMs = route?.timeoutMs ?? config.limits.requestTimeoutMs // 0: none
   const weights = route?.weights
   const direct = route?.direct
+  const rateLimit = route?.rateLimit
   const layers: Layer[] = [
     createLimitsLayer(limits, deps), //                        header count 431, body size 413
   ]
+  // token buckets per route, client or header value: 429 rate_limited (no rateLimit: not in the list)
+  if (rateLimit) layers.push(createRateLimitLayer(rateLimit, { ...deps, buckets: rateLimits.get(route.name, rateLimit) }))
   // a fixed answer: the request goes no further than the proxy
   if (direct) {
     const body = Buffer.from(direct.body)

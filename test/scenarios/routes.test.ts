@@ -6,6 +6,7 @@ import http from 'node:http'
 import { join } from 'node:path'
 import t from 'tap'
 import type { Test } from 'tap'
+import { fakeClock } from '../fixtures/clock.js'
 import { json, metric, request } from '../fixtures/client.js'
 import { startProxy, startProxyFromFile } from '../fixtures/proxy.js'
 import { fakeUpstream, type RunningUpstream } from '../fixtures/upstream.js'
@@ -192,4 +193,29 @@ t.test('a reload changes the route table live', async (t) => {
   const bad = await proxy.app.reload('test')
   t.match(bad, { result: 'failure', problems: [/^routes\[0\]\.match\.pathRegex: a quantified group holds a quantifier/] })
   t.equal((await request(`${proxy.url}/internal/x`)).status, 404, 'a bad table keeps the last good one')
+})
+
+t.test('a login rate limit: 429 with Retry-After past the burst, served again after the refill', async (t) => {
+  const up = await upstream(t)
+  const clock = fakeClock()
+  const proxy = await startProxy(
+    up.url,
+    { routes: [{ name: 'login', match: { path: '/login', methods: ['POST'] }, rateLimit: { requestsPerSecond: 0.5, burst: 3, key: 'client' } }] },
+    { clock },
+  )
+  t.teardown(() => proxy.close())
+  const login = () => send(proxy.port, '/login', { method: 'POST', body: Buffer.from('user=a') })
+  const first = [await login(), await login(), await login(), await login()]
+  t.same(first.map((r) => r.status), [200, 200, 200, 429], 'the burst, then 429')
+  const limited = first[3]!
+  t.equal(limited.headers['x-sidecar-error'], 'rate_limited')
+  t.equal(limited.headers['retry-after'], '2', 'a token every 2 s at 0.5/s')
+  t.equal((await send(proxy.port, '/elsewhere', { method: 'POST' })).status, 200, 'other routes are not limited')
+  t.equal(up.seen.filter((s) => s.url === '/login').length, 3, 'the refused one never reached the app')
+  t.equal(await metric(proxy.adminUrl, 'sidecar_rejected_requests_total{reason="rate_limited"}'), 1)
+  clock.advance(1999)
+  t.equal((await login()).status, 429, 'not yet')
+  clock.advance(1)
+  t.equal((await login()).status, 200, 'one token after 2 s')
+  t.equal((await login()).status, 429)
 })
