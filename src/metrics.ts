@@ -146,7 +146,7 @@ export function createMetrics(opts: { observer?: MetricsObserver } = {}) {
   })
 
   // The histogram's label child is cached: labels() builds a new one on every call.
-  const durations = new Map<string, { observe(seconds: number): void }>()
+  const durations = new Map<string, Map<string, { observe(seconds: number): void }>>()
   return {
     /** For reading in tests; the proxy itself writes only through the recorders below. */
     registry,
@@ -177,9 +177,10 @@ export function createMetrics(opts: { observer?: MetricsObserver } = {}) {
      *  configured route's name (bounded by the config), never the path. */
     observeRequest(backend: string, method: string, code: number, seconds: number, route = 'default'): void {
       requestTally.add(backend, KNOWN_METHODS.has(method) ? method : 'OTHER', code, route)
-      const key = `${backend} ${route}`
-      let d = durations.get(key)
-      if (!d) durations.set(key, (d = duration.labels(backend, route)))
+      let byRoute = durations.get(backend)
+      if (!byRoute) durations.set(backend, (byRoute = new Map()))
+      let d = byRoute.get(route)
+      if (!d) byRoute.set(route, (d = duration.labels(backend, route)))
       d.observe(seconds)
       observer?.record(backend, code, route)
     },
