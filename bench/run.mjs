@@ -10,6 +10,7 @@
 //                      autocannon's reconnectRate drops the response it reconnects after), at
 //                      a fixed rate of HANDSHAKE_RATE
 //   sidecar-full       sidecar-proxy with retries, breaker and a 90/10 canary split
+//   sidecar-routes     the plain sidecar with a table of 20 routes, the request matching the last
 //   bare-undici        node:http + undici's Pool.dispatch with a raw handler (bench/servers/
 //                      bare-undici.mjs): the floor of any Node proxy
 //   http-proxy         node http-proxy 1.18.1 with a keep-alive agent
@@ -192,6 +193,8 @@ async function main() {
     circuitBreaker: { volumeThreshold: 20 },
   })
   add('sidecar-full', s.pid, `http://127.0.0.1:${s.port}/`)
+  s = await sidecar('sidecar-routes', { listener: { tls: false }, backends: [app], routes: twentyRoutes() })
+  add('sidecar-routes', s.pid, `http://127.0.0.1:${s.port}/`)
   let port = await freePort()
   add('bare-undici', await start('bare-undici', process.execPath, [join(root, 'bench/servers/bare-undici.mjs'), String(port), upstream], port), `http://127.0.0.1:${port}/`)
   port = await freePort()
@@ -318,6 +321,24 @@ async function runSoak(target) {
   const lastMinute = median(samples.filter((x) => x.s >= (minutes - 1) * 60).map((x) => x.rssMiB))
   console.log(`soak: ${r.requests.total} requests, RSS ${firstMinute?.toFixed(1)} MiB after warm-up -> ${lastMinute?.toFixed(1)} MiB in the last minute`)
   return { minutes, requests: r.requests.total, errors: r.errors + r.timeouts + r.non2xx, rssFirstMinuteMiB: firstMinute, rssLastMinuteMiB: lastMinute, samples }
+}
+
+/** A route table as an app with many endpoints has one: prefixes, exact paths, regexes, methods
+ *  and headers, with per-route policy; "/" (what the load generators ask for) matches only the
+ *  last route, so every request is tried against all twenty. */
+function twentyRoutes() {
+  const routes = []
+  for (let i = 0; i < 19; i++) {
+    const match = [
+      { pathPrefix: `/api/v${i}/` },
+      { path: `/exact/${i}` },
+      { pathRegex: `^/items/[0-9]+/part-${i}$` },
+      { pathPrefix: '/admin/', methods: ['POST', 'DELETE'], headers: { 'x-tenant': { regex: `^t${i}-` } } },
+    ][i % 4]
+    routes.push({ name: `route-${i}`, match, ...(i % 3 === 0 && { timeoutMs: 30_000 }), ...(i % 5 === 0 && { retry: { attempts: 1 } }), ...(i % 7 === 0 && { limits: { maxBodyBytes: 1 << 20 } }) })
+  }
+  routes.push({ name: 'everything-else', match: { pathPrefix: '/' }, retry: { attempts: 2 } })
+  return routes
 }
 
 function nginxConfig(plain, tls, upstreamPort, certs) {

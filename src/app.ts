@@ -18,6 +18,7 @@ import { BufferBudget } from './pipeline/buffers.js'
 import { Listener } from './server/listener.js'
 import { prepareListenerTls } from './server/tls.js'
 import { buildStack } from './stack.js'
+import { RateLimitTables } from './layers/rate-limit.js'
 import { Backends } from './upstream/backends.js'
 import { loadBackendTls } from './upstream/tls.js'
 import type { BackendHealth } from './upstream/health.js'
@@ -81,7 +82,7 @@ export async function startApp(initial: Config, deps: AppDeps): Promise<App> {
 
   // The request path in force. A request keeps the handler it started with, so a reload
   // (which replaces this binding) never touches a request already under way.
-  const stackDeps = { logger, metrics, clock, backends, buffers }
+  const stackDeps = { logger, metrics, clock, backends, buffers, rateLimits: new RateLimitTables(clock) }
   let handler = buildStack(initial, stackDeps)
   const live = new LiveConfig(initial, deps.configFile, {
     clock,

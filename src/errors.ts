@@ -108,6 +108,7 @@ export const ERRORS = {
     GRPC.UNIMPLEMENTED,
   ),
   client_over_limit: refused(429, 'this client address has limits.maxRequestsPerClient requests in flight', GRPC.RESOURCE_EXHAUSTED, false),
+  rate_limited: refused(429, "over the route's rateLimit: try again after Retry-After", GRPC.RESOURCE_EXHAUSTED, false),
   // The answer had begun when the proxy cut a client that stopped reading.
   client_slow: gone('the client read nothing of its response for limits.sendIdleTimeoutMs: cut'),
   client_closed: gone('the client went away before the response was complete'),

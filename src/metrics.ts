@@ -10,7 +10,7 @@ const KNOWN_METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'PATCH', 
 /** Hears what the counters count, for views Prometheus cannot give alone (the admin's "last
  *  minute", admin/recent.ts). */
 export interface MetricsObserver {
-  record(backend: string, status: number): void
+  record(backend: string, status: number, route: string): void
   recordRetry(backend: string, reason: string): void
   recordRejection(reason: string): void
   recordBudgetExhausted(): void
@@ -30,21 +30,21 @@ export function createMetrics(opts: { observer?: MetricsObserver } = {}) {
 
   // The two counters bumped on every request count in plain numbers and hand the counts to
   // prom-client when it is scraped: prom-client hashes and validates the label set on each inc().
-  const requestTally = new Tally(3)
+  const requestTally = new Tally(4)
   const attemptTally = new Tally(2)
   new Counter({
     name: 'sidecar_requests_total',
-    help: 'Requests answered, by backend ("none" when the proxy answered itself), method and status code.',
-    labelNames: ['backend', 'method', 'code'] as const,
+    help: 'Requests answered, by backend ("none" when the proxy answered itself), method, status code and route (its name; "default": no route matched).',
+    labelNames: ['backend', 'method', 'code', 'route'] as const,
     registers,
     collect() {
-      requestTally.drain((labels, n) => this.inc({ backend: labels[0]!, method: labels[1]!, code: labels[2]! }, n))
+      requestTally.drain((labels, n) => this.inc({ backend: labels[0]!, method: labels[1]!, code: labels[2]!, route: labels[3]! }, n))
     },
   })
   const duration = new Histogram({
     name: 'sidecar_request_duration_seconds',
-    help: 'Time from the request arriving to the last response byte written, by backend.',
-    labelNames: ['backend'] as const,
+    help: 'Time from the request arriving to the last response byte written, by backend and route.',
+    labelNames: ['backend', 'route'] as const,
     buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
     registers,
   })
@@ -146,7 +146,7 @@ export function createMetrics(opts: { observer?: MetricsObserver } = {}) {
   })
 
   // The histogram's label child is cached: labels() builds a new one on every call.
-  const durations = new Map<string, { observe(seconds: number): void }>()
+  const durations = new Map<string, Map<string, { observe(seconds: number): void }>>()
   return {
     /** For reading in tests; the proxy itself writes only through the recorders below. */
     registry,
@@ -173,13 +173,16 @@ export function createMetrics(opts: { observer?: MetricsObserver } = {}) {
       rejectionTally.add(reason)
       observer?.recordRejection(reason)
     },
-    /** Counts one finished request: requests_total and request_duration_seconds. */
-    observeRequest(backend: string, method: string, code: number, seconds: number): void {
-      requestTally.add(backend, KNOWN_METHODS.has(method) ? method : 'OTHER', code)
-      let d = durations.get(backend)
-      if (!d) durations.set(backend, (d = duration.labels(backend)))
+    /** Counts one finished request: requests_total and request_duration_seconds. `route` is a
+     *  configured route's name (bounded by the config), never the path. */
+    observeRequest(backend: string, method: string, code: number, seconds: number, route = 'default'): void {
+      requestTally.add(backend, KNOWN_METHODS.has(method) ? method : 'OTHER', code, route)
+      let byRoute = durations.get(backend)
+      if (!byRoute) durations.set(backend, (byRoute = new Map()))
+      let d = byRoute.get(route)
+      if (!d) byRoute.set(route, (d = duration.labels(backend, route)))
       d.observe(seconds)
-      observer?.record(backend, code)
+      observer?.record(backend, code, route)
     },
     countDroppedHeaders(reason: 'underscore', n: number): void {
       droppedHeaders.labels(reason).inc(n)

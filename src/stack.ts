@@ -1,19 +1,29 @@
 // The request path, top to bottom: the one ordered list of layers. Nothing is inserted by name
 // anywhere else; a new policy is a new line here and a new file in layers/.
-import type { Config } from './config/schema.js'
+//
+// The top of the list runs once for every request; the route-match layer then names the
+// request's route, and the rest of the list runs as that route built it: the same layers for
+// every route, each with the route's settings merged over the top level's (routes[]: timeoutMs,
+// retry, limits, weights; the top level is the route "default").
+import type { Config, RouteConfig } from './config/schema.js'
+import { routeRetry } from './config/schema.js'
 import type { Clock } from './clock.js'
 import { createAccessLogLayer } from './layers/access-log.js'
 import { createBreakerLayer } from './layers/breaker.js'
 import { createLimitsLayer } from './layers/limits.js'
 import { createOverloadLayer } from './layers/overload.js'
 import { createPickLayer } from './layers/pick.js'
+import { createRateLimitLayer, RateLimitTables } from './layers/rate-limit.js'
 import { createReceiveLayer } from './layers/receive.js'
 import { createRespondLayer } from './layers/respond.js'
+import { RetryBudget, type RetryBudgetOptions } from './layers/retry-budget.js'
 import { createRetryLayer } from './layers/retry.js'
+import { DEFAULT_ROUTE, createRouteMatchLayer } from './layers/route-match.js'
 import type { Logger } from './log.js'
 import type { Metrics } from './metrics.js'
 import { compose } from './pipeline/compose.js'
 import type { BufferBudget } from './pipeline/buffers.js'
+import { directReply } from './pipeline/local-reply.js'
 import type { Handler, Layer } from './pipeline/types.js'
 import type { Backends } from './upstream/backends.js'
 
@@ -25,24 +35,76 @@ export interface StackDeps {
   backends: Backends
   /** The one ceiling for request and response buffers. */
   buffers: BufferBudget
+  /** Rate-limit buckets kept across reloads (without it: fresh ones with each stack). */
+  rateLimits?: RateLimitTables
 }
 
 // Built again from each reloaded config; the state that must outlive a reload (pools, breakers,
-// health, in-flight counts) lives in `backends` and is shared by every generation of the stack.
+// health, in-flight counts) lives in `backends` and is shared by every generation of the stack
+// and by every route. Retry budgets live here, one per distinct budget setting, shared by the
+// routes that have it. Rate-limit buckets live in `rateLimits`, per route, kept while the
+// route's rateLimit stays the same.
 
 export function buildStack(config: Config, deps: StackDeps): Handler {
-  const { retry, limits } = config
-  const { backends } = deps
-  const layers: Layer[] = [
+  const rateLimits = deps.rateLimits ?? new RateLimitTables(deps.clock)
+  rateLimits.begin()
+  const budgets = new Map<string, RetryBudget>()
+  const budgetFor = (o: RetryBudgetOptions): RetryBudget => {
+    const key = `${o.ratio} ${o.minPerSecond} ${o.windowMs}`
+    let budget = budgets.get(key)
+    if (!budget) budgets.set(key, (budget = new RetryBudget(o, deps.clock)))
+    return budget
+  }
+  const byRoute = new Map<string, Handler>([[DEFAULT_ROUTE, buildRoute(config, undefined, deps, budgetFor, rateLimits)]])
+  for (const route of config.routes) byRoute.set(route.name, buildRoute(config, route, deps, budgetFor, rateLimits))
+  rateLimits.commit()
+  const top: Layer[] = [
     createRespondLayer(), //                                   errors -> the catalogue's local reply
     createAccessLogLayer(config.log, deps), //                 one JSON line and the request metrics
+    createRouteMatchLayer(config.routes), //                   first matching route's name on the context
+  ]
+  return compose(top, (req, ctx) => byRoute.get(ctx.route)!(req, ctx))
+}
+
+/** One route's layers below the match, its settings over the top level's (`route` undefined:
+ *  the default route, the top level itself). */
+function buildRoute(
+  config: Config,
+  route: RouteConfig | undefined,
+  deps: StackDeps,
+  budgetFor: (o: RetryBudgetOptions) => RetryBudget,
+  rateLimits: RateLimitTables,
+): Handler {
+  const { backends } = deps
+  const limits = { ...config.limits, maxBodyBytes: route?.limits?.maxBodyBytes ?? config.limits.maxBodyBytes }
+  const retry = routeRetry(config.retry, route?.retry)
+  const requestTimeoutMs = route?.timeoutMs ?? config.limits.requestTimeoutMs // 0: none
+  const weights = route?.weights
+  const direct = route?.direct
+  const rateLimit = route?.rateLimit
+  const layers: Layer[] = [
     createLimitsLayer(limits, deps), //                        header count 431, body size 413
+  ]
+  // token buckets per route, client or header value: 429 rate_limited (no rateLimit: not in the list)
+  if (rateLimit) layers.push(createRateLimitLayer(rateLimit, { ...deps, buckets: rateLimits.get(route.name, rateLimit) }))
+  // a fixed answer: the request goes no further than the proxy
+  if (direct) {
+    const body = Buffer.from(direct.body)
+    return compose(layers, (_req, ctx) => Promise.resolve(directReply(direct.status, body, ctx.id)))
+  }
+  layers.push(
     createReceiveLayer(limits, deps), //                       small bodies received whole first; idle bodies 408
-    createRetryLayer({ ...retry, requestTimeoutMs: limits.requestTimeoutMs }, deps), // budgeted tries
+    createRetryLayer({ ...retry, requestTimeoutMs }, { ...deps, budget: budgetFor(retry.budget) }), // budgeted tries
     // ---- below here: once per attempt ----
-    createPickLayer(config.backends, config.routing, backends), // header, sticky cookie, weights; skips open/unhealthy
+    createPickLayer(
+      // a route's weights: backends it leaves out get none, and the override header cannot
+      // overrule them (a route that keeps /admin off the canary keeps it off)
+      weights ? config.backends.map((b) => ({ name: b.name, weight: weights[b.name] ?? 0 })) : config.backends,
+      weights ? { ...config.routing, header: false } : config.routing,
+      backends,
+    ), //                                                      header, sticky cookie, weights; skips open/unhealthy
     createOverloadLayer(limits, { ...deps, gateOf: (name) => backends.get(name)?.gate }), // per backend: in flight + waiting, else 503
     createBreakerLayer((name) => backends.get(name)?.breaker), // per backend: counts attempts
-  ]
+  )
   return compose(layers, backends.handler()) //                  undici Pool per backend
 }

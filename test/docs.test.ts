@@ -76,3 +76,16 @@ t.test('every link between the pages leads to a page that exists', async (t) => 
     }
   }
 })
+
+t.test('the Routes example validates and holds the cases it describes', async (t) => {
+  const from = configuration.indexOf('## Routes')
+  const start = configuration.indexOf('```yaml', from) + 7
+  const example = validateConfig(parse(configuration.slice(start, configuration.indexOf('```', start))))
+  const route = (name: string) => example.routes.find((r) => r.name === name)
+  t.match(route('internal'), { direct: { status: 404 } })
+  t.ok(route('upload')!.limits!.maxBodyBytes! > example.limits.maxBodyBytes, 'upload: a larger body cap')
+  t.equal(route('long-poll')!.timeoutMs, 0)
+  t.equal(route('payments')!.retry!.attempts, 1)
+  t.same(route('admin')!.weights, { app: 1 })
+  t.match(route('login'), { rateLimit: { key: 'client' } })
+})

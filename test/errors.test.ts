@@ -22,6 +22,7 @@ t.test('the catalogue: every code has a status and a message, and statuses follo
     http_version_not_supported: 505,
     unsupported_transfer_encoding: 501,
     client_over_limit: 429,
+    rate_limited: 429,
     client_slow: 499,
     client_closed: 499,
     internal: 500,

@@ -14,12 +14,10 @@ export class RecentRequests implements MetricsObserver {
 
   constructor(private readonly now: () => number) {}
 
-  record(backend: string, status: number): void {
-    const counts = this.current().counts
-    let c = counts.get(backend)
-    if (!c) counts.set(backend, (c = { requests: 0, errors: 0 }))
-    c.requests++
-    if (status >= 500) c.errors++
+  record(backend: string, status: number, route = 'default'): void {
+    const bucket = this.current()
+    count(bucket.counts, backend, status)
+    count(bucket.routes, route, status)
   }
 
   /** A retry after a failed try on `backend`, for `reason` (the retryOn condition). */
@@ -47,6 +45,19 @@ export class RecentRequests implements MetricsObserver {
     for (const b of this.since(windowMs)) {
       for (const [backend, c] of b.counts) {
         const o = (out[backend] ??= { requests: 0, errors: 0 })
+        o.requests += c.requests
+        o.errors += c.errors
+      }
+    }
+    return out
+  }
+
+  /** Totals per route over the last `windowMs`. */
+  routeTotals(windowMs = 60_000): Record<string, { requests: number; errors: number }> {
+    const out: Record<string, { requests: number; errors: number }> = {}
+    for (const b of this.since(windowMs)) {
+      for (const [route, c] of b.routes) {
+        const o = (out[route] ??= { requests: 0, errors: 0 })
         o.requests += c.requests
         o.errors += c.errors
       }
@@ -98,7 +109,7 @@ export class RecentRequests implements MetricsObserver {
     const start = Math.floor(this.now() / RecentRequests.BUCKET_MS) * RecentRequests.BUCKET_MS
     let bucket = this.buckets.at(-1)
     if (bucket?.start !== start) {
-      this.buckets.push((bucket = { start, counts: new Map(), retries: new Map(), rejections: new Map(), budgetExhausted: 0 }))
+      this.buckets.push((bucket = { start, counts: new Map(), routes: new Map(), retries: new Map(), rejections: new Map(), budgetExhausted: 0 }))
       if (this.buckets.length > RecentRequests.BUCKETS) this.buckets.shift()
     }
     return bucket
@@ -113,9 +124,18 @@ export class RecentRequests implements MetricsObserver {
 interface Bucket {
   start: number
   counts: Map<string, { requests: number; errors: number }>
+  /** route name -> requests and 5xx */
+  routes: Map<string, { requests: number; errors: number }>
   /** backend -> reason -> retries */
   retries: Map<string, Map<string, number>>
   /** reason -> refusals */
   rejections: Map<string, number>
   budgetExhausted: number
+}
+
+function count(counts: Map<string, { requests: number; errors: number }>, key: string, status: number): void {
+  let c = counts.get(key)
+  if (!c) counts.set(key, (c = { requests: 0, errors: 0 }))
+  c.requests++
+  if (status >= 500) c.errors++
 }

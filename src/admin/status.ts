@@ -22,6 +22,7 @@ export interface StatusSources extends InForce {
 export function statusOf(s: StatusSources) {
   const totalWeight = s.config.backends.reduce((sum, b) => sum + b.weight, 0)
   const lastMinute = s.recent.totals(60_000)
+  const routeMinute = s.recent.routeTotals(60_000)
   const retries = s.recent.retries(60_000)
   const rejections = s.recent.rejections(60_000)
   const answered = Object.values(lastMinute).reduce((sum, c) => sum + c.requests, 0)
@@ -45,6 +46,13 @@ export function statusOf(s: StatusSources) {
         lastMinute: { ...recent, percent: percent(recent.requests, answered) },
       }
     }),
+    /** The route table in order, the default (top-level settings) last: what each matches and
+     *  its requests and 5xx in the last minute. */
+    routes: [...s.config.routes, { name: 'default', match: {} }].map((r) => ({
+      name: r.name,
+      match: r.match,
+      lastMinute: routeMinute[r.name] ?? { requests: 0, errors: 0 },
+    })),
     /** Every request of the last minute, by who answered it ("none": the proxy itself). */
     lastMinute,
     /** Requests and 5xx per 10 s over the last 5 minutes, oldest first. */

@@ -1,9 +1,9 @@
 // `sidecar-proxy validate --config FILE`: the whole schema, every problem with its path, then the
 // files it names, as a start would check them before binding. A valid file prints its version
-// (the one GET /config shows once it is loaded) and the split it makes.
+// (the one GET /config shows once it is loaded), the split it makes and the route table.
 import { loadConfig } from '../config/load.js'
 import { configVersion } from '../config/reload.js'
-import { gatesReadiness } from '../config/schema.js'
+import { gatesReadiness, type RouteConfig } from '../config/schema.js'
 import { loadListenerTlsFiles } from '../server/tls.js'
 import { loadBackendTls } from '../upstream/tls.js'
 import type { Io } from './io.js'
@@ -23,5 +23,29 @@ export async function validateCommand(argv: readonly string[], io: Io): Promise<
     const share = `${Math.round((b.weight / total) * 1000) / 10}%`
     io.out(`  ${b.name}  weight ${b.weight} (${share})  ${b.url}${gatesReadiness(b) ? '  gates readiness' : ''}`)
   }
+  if (config.routes.length > 0) {
+    io.out('routes (first match wins):')
+    for (const r of config.routes) io.out(`  ${r.name}  ${describeMatch(r.match)}${describePolicy(r)}`)
+    io.out('  default  every other request: the top-level settings')
+  }
   return 0
+}
+
+/** `POST,PUT /upload/*`, `/login`, `~^/users/[0-9]+$`, plus the headers; "every request" when empty. */
+function describeMatch(m: RouteConfig['match']): string {
+  const path = m.pathPrefix !== undefined ? `${m.pathPrefix}*` : m.path ?? (m.pathRegex !== undefined ? `~${m.pathRegex}` : undefined)
+  const parts = [m.methods?.join(','), path, ...Object.entries(m.headers ?? {}).map(([name, v]) => `${name}: ${typeof v === 'string' ? v : `~${v.regex}`}`)]
+  const said = parts.filter((p) => p !== undefined).join(' ')
+  return said === '' ? 'every request' : said
+}
+
+function describePolicy(r: RouteConfig): string {
+  const out: string[] = []
+  if (r.direct) out.push(`answers ${r.direct.status} itself`)
+  if (r.timeoutMs !== undefined) out.push(r.timeoutMs === 0 ? 'no timeout' : `timeout ${r.timeoutMs} ms`)
+  if (r.retry?.attempts !== undefined) out.push(`attempts ${r.retry.attempts}`)
+  if (r.limits?.maxBodyBytes !== undefined) out.push(`body up to ${r.limits.maxBodyBytes} bytes`)
+  if (r.weights) out.push(`weights ${Object.entries(r.weights).map(([b, w]) => `${b}=${w}`).join(' ')}`)
+  if (r.rateLimit) out.push(`${r.rateLimit.requestsPerSecond}/s burst ${r.rateLimit.burst} per ${r.rateLimit.key}`)
+  return out.length === 0 ? '' : `  -> ${out.join(', ')}`
 }

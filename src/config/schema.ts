@@ -1,6 +1,7 @@
 // The one source of truth for configuration: keys, defaults and the TypeScript types (inferred).
 // Every default is visible here. Unknown keys are errors, so a typo never silently does nothing.
 import { z } from 'zod'
+import { regexProblem } from './regex-guard.js'
 
 const ms = (def: number) => z.number().int().min(1).max(86_400_000).default(def)
 
@@ -125,6 +126,131 @@ export function gatesReadiness(b: { weight: number; gatesReadiness: boolean }): 
 
 const DEFAULT_BACKEND_URL = 'http://127.0.0.1:8080'
 
+/** retry's fields, without defaults: the top-level `retry` gives them defaults, a route's
+ *  `retry` leaves out what it takes from the top level. */
+const RETRY = {
+  attempts: z.number().int().min(1).max(5),
+  perTryTimeoutMs: z.number().int().min(1).max(86_400_000),
+  retryOn: z.array(
+    z.enum([
+      'connect-failure',
+      'refused',
+      'reset',
+      'gateway-error',
+      'retriable-status-codes',
+      'unavailable',
+      'resource-exhausted',
+      'deadline-exceeded',
+      'cancelled',
+      'internal',
+    ]),
+  ),
+  statusCodes: z.array(z.number().int().min(400).max(599)),
+  methods: z.array(z.string().regex(/^[A-Z]+$/, 'must be an upper-case method')),
+  backoffMs: z.number().int().min(1).max(86_400_000),
+  ratio: z.number().min(0).max(1),
+  minPerSecond: z.number().int().min(0).max(10_000),
+  windowMs: z.number().int().min(1000).max(600_000),
+  maxReplayBytes: z.number().int().min(0).max(16 * 1024 * 1024),
+}
+
+/** A regular expression the route matcher may run on a client's input (config/regex-guard.ts). */
+const guardedRegex = z.string().superRefine((source, ctx) => {
+  const problem = regexProblem(source)
+  if (problem !== null) ctx.addIssue({ code: 'custom', message: problem })
+})
+
+/** A path as requests are matched against it: normalised (no empty, `.` or `..` segments, no
+ *  percent-escapes), so that a route cannot be written that no request could ever match. */
+const matchPath = z
+  .string()
+  .startsWith('/', 'must start with /')
+  .max(2048)
+  .refine((p) => !p.includes('%') && !p.includes('//') && !/\/\.\.?(\/|$)/.test(p) && !p.includes('?'), {
+    message: 'must be a plain normalised path (no %-escapes, //, /./, /../ or ?): requests are matched after normalisation',
+  })
+
+const lowerHeaderName = z.string().regex(/^[a-z0-9-]+$/, 'must be a lower-case header name')
+
+const routeSchema = z
+  .strictObject({
+    /** Names the route in metrics, the access log and /status; "default" is the top level's. */
+    name: z
+      .string()
+      .regex(/^[a-z0-9][a-z0-9_-]{0,62}$/, 'must be 1-63 of a-z, 0-9, - and _')
+      .refine((n) => n !== 'default', { message: '"default" names the top-level settings (requests no route matches)' }),
+    /** Which requests the route takes; every condition given must hold. No path form: every path. */
+    match: z
+      .strictObject({
+        /** A plain string prefix of the normalised path: end it with / to match whole segments. */
+        pathPrefix: matchPath.optional(),
+        /** The whole normalised path, exactly (the query is never part of it). */
+        path: matchPath.optional(),
+        /** A regular expression searched in the normalised path (anchor it with ^ and $). */
+        pathRegex: guardedRegex.optional(),
+        /** Upper-case methods; HEAD does not match GET. */
+        methods: z.array(z.string().regex(/^[A-Z]+$/, 'must be an upper-case method')).min(1).optional(),
+        /** Header name -> exact value, or { regex }; a repeated header matches when one value does. */
+        headers: z.record(lowerHeaderName, z.union([z.string(), z.strictObject({ regex: guardedRegex })])).optional(),
+      })
+      .refine((m) => [m.pathPrefix, m.path, m.pathRegex].filter((p) => p !== undefined).length <= 1, {
+        message: 'at most one of pathPrefix, path and pathRegex',
+      })
+      .prefault({}),
+    /** Deadline for the response headers, all tries included (limits.requestTimeoutMs); 0: none. */
+    timeoutMs: z.number().int().min(0).max(86_400_000).optional(),
+    /** Merged over the top-level retry: what is left out comes from there (backoff and budget
+     *  field by field). */
+    retry: z
+      .strictObject({
+        attempts: RETRY.attempts.optional(),
+        perTryTimeoutMs: RETRY.perTryTimeoutMs.optional(),
+        retryOn: RETRY.retryOn.optional(),
+        statusCodes: RETRY.statusCodes.optional(),
+        methods: RETRY.methods.optional(),
+        backoff: z.strictObject({ baseMs: RETRY.backoffMs.optional(), maxMs: RETRY.backoffMs.optional() }).optional(),
+        budget: z
+          .strictObject({ ratio: RETRY.ratio.optional(), minPerSecond: RETRY.minPerSecond.optional(), windowMs: RETRY.windowMs.optional() })
+          .optional(),
+        maxReplayBytes: RETRY.maxReplayBytes.optional(),
+      })
+      .optional(),
+    limits: z.strictObject({ maxBodyBytes: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER).optional() }).optional(),
+    /** Backend name -> weight for this route's requests; backends not named get 0. */
+    weights: z.record(z.string(), z.number().int().min(0).max(1_000_000)).optional(),
+    /** A token bucket per key: requestsPerSecond refill, up to burst tokens; over it, 429. */
+    rateLimit: z
+      .strictObject({
+        requestsPerSecond: z.number().positive().max(1_000_000),
+        /** Requests allowed at once after a quiet spell (the bucket's size). Default: one second's worth. */
+        burst: z.number().int().min(1).max(1_000_000).optional(),
+        /** One bucket for the route, one per client address, or one per value of a header
+         *  (`header:x-api-key`; requests without it share the bucket of their client address). */
+        key: z
+          .union([z.literal('route'), z.literal('client'), z.string().regex(/^header:[a-z0-9-]+$/, 'must be route, client or header:NAME (a lower-case header name)')])
+          .default('route'),
+        /** Keys remembered at once; the least recently used is forgotten past it. */
+        maxKeys: z.number().int().min(1).max(1_000_000).default(10_000),
+      })
+      .transform((r) => ({ ...r, burst: r.burst ?? Math.max(1, Math.ceil(r.requestsPerSecond)) }))
+      .optional(),
+    /** A fixed answer from the proxy: the request never reaches a backend. */
+    direct: z
+      .strictObject({
+        status: z.number().int().min(200).max(599),
+        body: z.string().max(65_536).default(''),
+      })
+      .optional(),
+  })
+  .superRefine((r, ctx) => {
+    if (r.direct === undefined) return
+    for (const key of ['weights', 'retry', 'timeoutMs'] as const) {
+      if (r[key] !== undefined) ctx.addIssue({ code: 'custom', path: [key], message: 'has no meaning with direct (the proxy answers itself)' })
+    }
+  })
+
+export type RouteConfig = z.output<typeof routeSchema>
+
 export const configSchema = z
   .strictObject({
     listener: z
@@ -218,34 +344,19 @@ export const configSchema = z
     retry: z
       .strictObject({
         /** Total tries per request, the first included. 1 turns retries off. */
-        attempts: z.number().int().min(1).max(5).default(2),
+        attempts: RETRY.attempts.default(2),
         /** Deadline for each try's response headers; without it each try gets what is left of
          *  limits.requestTimeoutMs. */
-        perTryTimeoutMs: z.number().int().min(1).max(86_400_000).optional(),
+        perTryTimeoutMs: RETRY.perTryTimeoutMs.optional(),
         /** gRPC requests may also name gRPC statuses (unavailable, resource-exhausted,
          *  deadline-exceeded, cancelled, internal): retried, whatever the method, when the app
          *  answered with that status alone and the request's body was kept (maxReplayBytes). */
-        retryOn: z
-          .array(
-            z.enum([
-              'connect-failure',
-              'refused',
-              'reset',
-              'gateway-error',
-              'retriable-status-codes',
-              'unavailable',
-              'resource-exhausted',
-              'deadline-exceeded',
-              'cancelled',
-              'internal',
-            ]),
-          )
-          .default(['connect-failure', 'refused', 'reset', 'gateway-error']),
+        retryOn: RETRY.retryOn.default(['connect-failure', 'refused', 'reset', 'gateway-error']),
         /** Extra statuses to retry, with retryOn: retriable-status-codes. */
-        statusCodes: z.array(z.number().int().min(400).max(599)).default([]),
+        statusCodes: RETRY.statusCodes.default([]),
         /** Methods retried on any retryOn condition. Others (POST, PATCH) only when the request
          *  carries an Idempotency-Key header, or when the connection was refused (nothing sent). */
-        methods: z.array(z.string().regex(/^[A-Z]+$/, 'must be an upper-case method')).default(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE']),
+        methods: RETRY.methods.default(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE']),
         backoff: z
           .strictObject({ baseMs: ms(25), maxMs: ms(250) })
           .refine((b) => b.baseMs <= b.maxMs, { path: ['baseMs'], message: 'must not exceed retry.backoff.maxMs' })
@@ -253,15 +364,18 @@ export const configSchema = z
         /** Retries allowed: ratio x requests over the last windowMs, plus minPerSecond. */
         budget: z
           .strictObject({
-            ratio: z.number().min(0).max(1).default(0.2),
-            minPerSecond: z.number().int().min(0).max(10_000).default(10),
-            windowMs: z.number().int().min(1000).max(600_000).default(10_000),
+            ratio: RETRY.ratio.default(0.2),
+            minPerSecond: RETRY.minPerSecond.default(10),
+            windowMs: RETRY.windowMs.default(10_000),
           })
           .prefault({}),
         /** Request bodies up to this size are kept for a retry; larger ones stream, never retried. */
-        maxReplayBytes: z.number().int().min(0).max(16 * 1024 * 1024).default(64 * 1024),
+        maxReplayBytes: RETRY.maxReplayBytes.default(64 * 1024),
       })
       .prefault({}),
+    /** Per-path policy: an ordered list, the first route whose match fits the request wins;
+     *  a request no route matches takes the top-level settings (the route named "default"). */
+    routes: z.array(routeSchema).max(1000).default([]),
     circuitBreaker: z
       .strictObject({
         /** Open when more than this share of attempts failed in the rolling window... */
@@ -352,8 +466,35 @@ export const configSchema = z
     if (canary !== undefined && !config.backends.some((b) => b.name === canary)) {
       ctx.addIssue({ code: 'custom', path: ['routing', 'canary'], message: `names no backend ("${canary}")` })
     }
+    const names = new Set<string>()
+    config.routes.forEach((route, i) => {
+      if (names.has(route.name)) ctx.addIssue({ code: 'custom', path: ['routes', i, 'name'], message: `duplicate route name "${route.name}"` })
+      names.add(route.name)
+      if (route.weights !== undefined) {
+        for (const name of Object.keys(route.weights)) {
+          if (!config.backends.some((b) => b.name === name)) ctx.addIssue({ code: 'custom', path: ['routes', i, 'weights', name], message: `names no backend ("${name}")` })
+        }
+        if (!Object.values(route.weights).some((w) => w > 0)) ctx.addIssue({ code: 'custom', path: ['routes', i, 'weights'], message: 'at least one backend needs a weight above 0' })
+      }
+      const { backoff } = routeRetry(config.retry, route.retry)
+      if (backoff.baseMs > backoff.maxMs) ctx.addIssue({ code: 'custom', path: ['routes', i, 'retry', 'backoff', 'baseMs'], message: `must not exceed the route's backoff.maxMs (${backoff.maxMs})` })
+    })
   })
   .prefault({})
 
 /** The validated, defaulted configuration. Frozen once loaded. */
 export type Config = z.output<typeof configSchema>
+
+export type RetryConfig = Config['retry']
+
+/** A route's retry policy: its own fields over the top level's, backoff and budget field by field. */
+export function routeRetry(top: RetryConfig, route: RouteConfig['retry']): RetryConfig {
+  if (route === undefined) return top
+  const defined = <T extends object>(o: T | undefined): Partial<T> => Object.fromEntries(Object.entries(o ?? {}).filter(([, v]) => v !== undefined)) as Partial<T>
+  return {
+    ...top,
+    ...defined(route),
+    backoff: { ...top.backoff, ...defined(route.backoff) },
+    budget: { ...top.budget, ...defined(route.budget) },
+  }
+}

@@ -14,7 +14,7 @@ export function createAccessLogLayer(opts: AccessLogOptions, deps: { logger: Log
   return (next) => (req, ctx) => {
     ctx.onEnd.push((outcome) => {
       const backend = ctx.backend ?? 'none'
-      metrics.observeRequest(backend, req.method, outcome.status, outcome.durationSeconds)
+      metrics.observeRequest(backend, req.method, outcome.status, outcome.durationSeconds, ctx.route)
       if (!opts.accessLog) return
       // one flat object (pino leaves the undefined fields out): no spread per optional field
       logger.info({
@@ -24,6 +24,7 @@ export function createAccessLogLayer(opts: AccessLogOptions, deps: { logger: Log
         method: req.method,
         path: req.path,
         status: outcome.status,
+        route: ctx.route,
         backend,
         durationMs: Math.round(outcome.durationSeconds * 1e6) / 1e3,
         bytesIn: outcome.bytesIn,

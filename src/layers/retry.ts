@@ -9,7 +9,8 @@
 //   when the failure's catalogue entry says the app never got it (a connection refused or never
 //   made). Which failures are retried at all is the catalogue's `retryOn` (src/errors.ts).
 // - Exponential backoff with full jitter; a Retry-After up to backoff.maxMs is honoured, a longer
-//   one ends the retrying. The whole exchange keeps to limits.requestTimeoutMs.
+//   one ends the retrying. The whole exchange keeps to limits.requestTimeoutMs (or its route's
+//   timeoutMs; 0: no deadline but a gRPC client's own and perTryTimeoutMs).
 import { PassThrough, Readable } from 'node:stream'
 import type { Clock } from '../clock.js'
 import { ERRORS, GRPC_RETRY_ON, SidecarError, isErrorCode, toSidecarError, type CatalogueEntry, type GrpcRetryOn, type RetryOn } from '../errors.js'
@@ -29,7 +30,8 @@ export interface RetryOptions {
   backoff: { baseMs: number; maxMs: number }
   budget: RetryBudgetOptions
   maxReplayBytes: number
-  /** limits.requestTimeoutMs: the deadline for the response headers over all tries. */
+  /** limits.requestTimeoutMs, or the route's timeoutMs: the deadline for the response headers
+   *  over all tries. 0: none. */
   requestTimeoutMs: number
 }
 
@@ -38,12 +40,16 @@ export interface RetryDeps {
   clock: Clock
   /** [0, 1); jitter. Tests pass () => 0. */
   random?: () => number
+  /** The budget to draw retries from, shared by the routes with the same budget settings;
+   *  without it the layer has its own. */
+  budget?: RetryBudget
 }
 
 const ATTEMPT_HEADER = 'x-sidecar-attempt'
 
 export function createRetryLayer(opts: RetryOptions, deps: RetryDeps): Layer {
-  const budget = new RetryBudget(opts.budget, deps.clock)
+  const budget = deps.budget ?? new RetryBudget(opts.budget, deps.clock)
+  const limit = opts.requestTimeoutMs > 0 ? opts.requestTimeoutMs : Infinity
   const random = deps.random ?? Math.random
   const retryOn = new Set(opts.retryOn)
   const statusCodes = new Set(opts.statusCodes)
@@ -67,7 +73,7 @@ export function createRetryLayer(opts: RetryOptions, deps: RetryDeps): Layer {
     budget.deposit()
     // a gRPC client's own deadline (grpc-timeout) caps the proxy's
     const grpcTimeout = req.headers['grpc-timeout'] === undefined ? undefined : grpcTimeoutMs(req.headers['grpc-timeout'])
-    const timeoutMs = grpcTimeout === undefined ? opts.requestTimeoutMs : Math.min(opts.requestTimeoutMs, grpcTimeout)
+    const timeoutMs = grpcTimeout === undefined ? limit : Math.min(limit, grpcTimeout)
     const deadline = deps.clock.now() + timeoutMs
     const idempotent = methods.has(req.method) || req.headers['idempotency-key'] !== undefined
     const grpc = isGrpc(req.headers['content-type'])
@@ -152,14 +158,17 @@ function tryOnce(
   const attempt = new Cancel()
   const unlink = ctx.signal.onAbort((reason) => attempt.abort(reason))
   const expire = () => attempt.abort(new SidecarError('upstream_timeout', { detail: `no response headers within ${timeoutMs} ms` }))
+  // No deadline (a route with timeoutMs 0): no timer. One of Infinity would fire at once (Node
+  // turns delays past 2^31-1 ms into 1 ms).
+  const arm = Number.isFinite(timeoutMs) ? () => clock.timeout(timeoutMs, expire) : () => noop
   // The deadline is the app's: it starts once the body is sent, so that a client slow to send
   // it is never taken for an app slow to answer (Envoy's route timeout starts there too). A
   // gRPC call's deadline starts at once: its body may go on for as long as the call does.
   const body = req.body
   let cancelTimer: () => void
-  if (body === null || Buffer.isBuffer(body) || body.readableEnded || isGrpc(req.headers['content-type'])) cancelTimer = clock.timeout(timeoutMs, expire)
+  if (body === null || Buffer.isBuffer(body) || body.readableEnded || isGrpc(req.headers['content-type'])) cancelTimer = arm()
   else {
-    const start = () => (cancelTimer = clock.timeout(timeoutMs, expire))
+    const start = () => (cancelTimer = arm())
     body.once('end', start)
     cancelTimer = () => body.off('end', start)
   }
@@ -190,6 +199,8 @@ function discard(outcome: Outcome): void {
   const body = outcome.response?.body
   if (body && !Buffer.isBuffer(body)) body.on('error', () => {}).destroy()
 }
+
+const noop = () => {}
 
 const NOTHING_TO_KEEP: Kept = { stream: null, replay: () => null }
 

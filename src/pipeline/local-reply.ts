@@ -31,6 +31,17 @@ export function localReply(error: SidecarError, o: LocalReplyOptions): ProxyResp
   return { status: error.status, headers, body }
 }
 
+/** A route's fixed answer (routes[].direct): the operator's status and text, no error code. */
+export function directReply(status: number, body: Buffer, requestId: string): ProxyResponse & { body: Buffer } {
+  const headers: HeaderMap = {
+    'x-request-id': requestId,
+    'cache-control': 'no-store',
+    'content-type': 'text/plain; charset=utf-8',
+    'content-length': String(body.length),
+  }
+  return { status, headers, body }
+}
+
 /** Whether a request is gRPC (and so must get gRPC-shaped answers). */
 export function isGrpc(contentType: string | string[] | undefined): boolean {
   return typeof contentType === 'string' && contentType.startsWith('application/grpc')

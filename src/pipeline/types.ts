@@ -58,6 +58,9 @@ export interface RequestContext {
   readonly startedAt: bigint
   /** Aborted when the client goes away. */
   readonly signal: Cancel
+  /** The route the request matched (set by the route-match layer): a route's name, or
+   *  "default" for the top-level settings. */
+  route: string
   /** The backend chosen for the current attempt (set by the pick layer). */
   backend: string | undefined
   /** The current attempt, 1-based, and its signal: aborted when the client leaves or the

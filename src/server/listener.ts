@@ -342,6 +342,7 @@ export class Listener {
       protocol: this.protocol,
       startedAt,
       signal: cancel,
+      route: 'default',
       backend: undefined,
       attempt: 1,
       attemptSignal: cancel,

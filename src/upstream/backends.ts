@@ -264,8 +264,8 @@ export class Backends {
 
 function poolOptions(b: BackendConfig, config: BackendsConfig, tls: ReadonlyMap<string, UpstreamTls>): PoolOptions {
   const { url, protocol, maxConnections, connectTimeoutMs, idleTimeoutMs } = b
-  const { requestTimeoutMs, responseIdleTimeoutMs, responseBufferBytes } = config.limits
-  const pool: PoolOptions = { url, protocol, maxConnections, connectTimeoutMs, idleTimeoutMs, requestTimeoutMs, responseIdleTimeoutMs, responseBufferBytes }
+  const { responseIdleTimeoutMs, responseBufferBytes } = config.limits
+  const pool: PoolOptions = { url, protocol, maxConnections, connectTimeoutMs, idleTimeoutMs, responseIdleTimeoutMs, responseBufferBytes }
   if (url.startsWith('https:')) {
     const read = tls.get(b.name)
     if (read === undefined && tlsFiles(b).length > 0) throw new Error(`backend ${b.name}: its TLS files were not read before the config was put in force`)

@@ -18,8 +18,6 @@ export interface PoolOptions {
   maxConnections: number
   connectTimeoutMs: number
   idleTimeoutMs: number
-  /** Deadline for the response headers. */
-  requestTimeoutMs: number
   /** Longest silence inside a response body. */
   responseIdleTimeoutMs: number
   /** How far a response may be read ahead of a slow client. */
@@ -71,8 +69,10 @@ export class Upstream {
           ...(opts.protocol === 'h2c' && { useH2c: true }),
           ...(opts.tls && connectOptions(opts.tls)),
         },
-        // set once per pool rather than per request: the same deadline for every request
-        headersTimeout: opts.requestTimeoutMs,
+        // No pool-wide deadline for the response headers: it is the retry layer's, per attempt,
+        // and differs by route (a long-poll route may have none). undici's own would cut every
+        // route at one value. Health checks keep their own timer (probe).
+        headersTimeout: 0,
         bodyTimeout: opts.responseIdleTimeoutMs,
         keepAliveTimeout: opts.idleTimeoutMs,
         // an app's `Keep-Alive: timeout=N` may shorten, never lengthen, our idle timeout

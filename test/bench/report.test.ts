@@ -35,6 +35,7 @@ t.test('ratios: verdicts against the targets, none for what was not measured', a
     target('http-proxy'),
     target('sidecar-tls'),
     target('sidecar-full'),
+    target('sidecar-routes', { fixedRate: { cpuUsPerRequest: 37, upstreamUsPerRequest: 20, addedP99Ms: null } }),
   ]
   const many = { sidecar: { rssMiB: 120 }, 'bare-undici': { rssMiB: 110 } }
   const rows = report.ratios(targets, many)
@@ -45,5 +46,7 @@ t.test('ratios: verdicts against the targets, none for what was not measured', a
   t.match(row(/TLS keep-alive throughput \/ nginx/), { value: null, pass: null }, 'nginx absent: not measured, not met')
   t.match(row(/idle RSS/), { value: 1.1, pass: true })
   t.match(row(/RSS with 1,000 busy connections \(MiB\)/), { value: 120, pass: false })
+  t.match(row(/20 routes/), { value: 37 / 36, pass: true }, 'a route table within 3% of none')
+  t.match(report.ratios(targets.filter((x) => x.name !== 'sidecar-routes'), many).find((r) => /20 routes/.test(r.what)), { value: null, pass: null }, 'not run: no verdict')
   t.notOk(rows.some((r) => r.pass !== null && !Number.isFinite(r.value)), 'no verdict on a NaN or a missing figure')
 })

@@ -91,7 +91,7 @@ t.test('the built binary forwards, serves metrics and stops with exit 0 on SIGTE
   const reply = await request(`${started.listener as string}/hello`)
   t.equal(reply.status, 200)
   const metrics = (await request(`${started.admin as string}/metrics`)).body.toString()
-  t.match(metrics, /sidecar_requests_total\{backend="app",method="GET",code="200"\} 1/)
+  t.match(metrics, /sidecar_requests_total\{backend="app",method="GET",code="200",route="default"\} 1/)
   child.kill('SIGTERM')
   t.equal(await child.exited, 0)
   t.ok(child.lines.some((l) => l.msg === 'request' && l.path === '/hello'), 'the access line was flushed before exit')

@@ -281,3 +281,31 @@ t.test('gRPC: a status named in retryOn is retried whatever the method, only wit
   await named(grpcReq(Readable.from([Buffer.from('x')])), context({ backend: 'app' }))
   t.equal(other.calls.length, 1, 'INTERNAL is not named: not retried')
 })
+
+t.test('requestTimeoutMs 0 (a route with no timeout): no deadline and no timer at all', async (t) => {
+  const { clock, next, handler } = setup([new SidecarError('upstream_refused'), response(200)], { requestTimeoutMs: 0 })
+  const res = await handler(proxyRequest(), context())
+  t.equal(res.status, 200, 'retried as usual')
+  t.equal(next.calls.length, 2)
+  t.same(clock.timeouts, [], 'no per-try timer (one of Infinity would fire at once)')
+})
+
+t.test('requestTimeoutMs 0 still keeps perTryTimeoutMs and a gRPC deadline', async (t) => {
+  const { clock, handler } = setup([response(200)], { requestTimeoutMs: 0, perTryTimeoutMs: 500 })
+  await handler(proxyRequest(), context())
+  t.same(clock.timeouts, [500])
+  const grpc = setup([response(200)], { requestTimeoutMs: 0 })
+  await grpc.handler(proxyRequest({ headers: { 'content-type': 'application/grpc', 'grpc-timeout': '2S' } }), context())
+  t.same(grpc.clock.timeouts, [2000])
+})
+
+t.test('layers given one budget draw from it together', async (t) => {
+  const { RetryBudget } = await import('../../src/layers/retry-budget.js')
+  const d = deps()
+  const clock = fakeClock()
+  const budget = new RetryBudget({ ratio: 0, minPerSecond: 0.1, windowMs: 10_000 }, clock) // one retry in the window
+  const a = createRetryLayer(OPTS, { metrics: d.metrics, clock, random: () => 0, budget })(scripted(new SidecarError('upstream_refused'), response(200)))
+  const b = createRetryLayer(OPTS, { metrics: d.metrics, clock, random: () => 0, budget })(scripted(new SidecarError('upstream_refused'), response(200)))
+  t.equal((await a(proxyRequest(), context())).status, 200, 'the first layer retried')
+  await t.rejects(b(proxyRequest(), context()), { code: 'upstream_refused' }, 'the second found the shared budget spent')
+})

@@ -86,8 +86,8 @@ t.test('x-canary forces a side both ways; the split shows in the metrics by back
   t.equal(canary.seen[0]!.headers['x-canary'], 'always', 'the header reaches the app')
   await send(`${proxy.url}/forced`, 50, 2, { 'x-canary': 'never' })
   t.equal(app.seen.length, 50, 'never: all to the stable app')
-  t.equal(await metric(proxy.adminUrl, 'sidecar_requests_total{backend="canary",method="GET",code="200"}'), 50)
-  t.equal(await metric(proxy.adminUrl, 'sidecar_requests_total{backend="app",method="GET",code="200"}'), 50)
+  t.equal(await metric(proxy.adminUrl, 'sidecar_requests_total{backend="canary",method="GET",code="200",route="default"}'), 50)
+  t.equal(await metric(proxy.adminUrl, 'sidecar_requests_total{backend="app",method="GET",code="200",route="default"}'), 50)
 })
 
 t.test('the sticky cookie keeps a client on the side it was first sent to', async (t) => {

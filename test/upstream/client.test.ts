@@ -5,7 +5,7 @@ import type { Readable } from 'node:stream'
 import { context, deps, metricValue, proxyRequest, textOf } from '../fixtures/pipeline.js'
 import { fakeUpstream, freePort } from '../fixtures/upstream.js'
 
-const POOL = { protocol: 'http1' as const, maxConnections: 2, connectTimeoutMs: 500, idleTimeoutMs: 1000, requestTimeoutMs: 5000, responseIdleTimeoutMs: 5000 }
+const POOL = { protocol: 'http1' as const, maxConnections: 2, connectTimeoutMs: 500, idleTimeoutMs: 1000, responseIdleTimeoutMs: 5000 }
 
 t.test('undici and socket errors map onto the catalogue', async (t) => {
   const table: Array<[unknown, string]> = [
