@@ -23,5 +23,9 @@ export async function validateCommand(argv: readonly string[], io: Io): Promise<
     const share = `${Math.round((b.weight / total) * 1000) / 10}%`
     io.out(`  ${b.name}  weight ${b.weight} (${share})  ${b.url}${gatesReadiness(b) ? '  gates readiness' : ''}`)
   }
+  if (config.tracing) {
+    const { otlp, sampleRatio, serviceName } = config.tracing
+    io.out(`  tracing: ${otlp.protocol} to ${otlp.endpoint}, sampleRatio ${sampleRatio}, service ${serviceName}`)
+  }
   return 0
 }

@@ -98,3 +98,18 @@ t.test('loadConfig applies the environment; tracing is restart-only on reload', 
   t.same(effectiveConfig(config, off).pendingRestart, ['tracing'])
   t.equal(effectiveConfig(config, off).config.tracing!.sampleRatio, 0.5, 'the running tracing stays')
 })
+
+t.test('validate says what tracing will do, and names a bad key by its path', async (t) => {
+  const { validateCommand } = await import('../../src/cli/validate.js')
+  const dir = t.testdir({
+    'good.yaml': 'listener:\n  tls: false\ntracing:\n  otlp:\n    endpoint: http://collector:4318\n  sampleRatio: 0.1\n',
+    'bad.yaml': 'listener:\n  tls: false\ntracing:\n  otlp:\n    endpoint: collector:4318\n',
+  })
+  const out: string[] = []
+  const sink = { out: (l: string) => out.push(l), err: (l: string) => out.push(l) }
+  t.equal(await validateCommand(['--config', `${dir}/good.yaml`], sink), 0)
+  t.match(out.join('\n'), /\n {2}tracing: http\/(protobuf|json) to http:\/\/collector:4318\/v1\/traces, sampleRatio 0\.1, service /)
+  const err = await validateCommand(['--config', `${dir}/bad.yaml`], sink).catch((e: unknown) => e)
+  t.ok(isConfigError(err))
+  t.same((err as { problems: string[] }).problems, ['tracing.otlp.endpoint: must be an http:// or https:// URL, e.g. http://otel-collector.observability:4318/v1/traces'])
+})
