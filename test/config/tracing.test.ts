@@ -113,3 +113,12 @@ t.test('validate says what tracing will do, and names a bad key by its path', as
   t.ok(isConfigError(err))
   t.same((err as { problems: string[] }).problems, ['tracing.otlp.endpoint: must be an http:// or https:// URL, e.g. http://otel-collector.observability:4318/v1/traces'])
 })
+
+t.test("the Kubernetes example's commented tracing section is valid once uncommented", async (t) => {
+  const { readFileSync } = await import('node:fs')
+  const { parse } = await import('yaml')
+  const text = readFileSync(new URL('../../k8s/base/sidecar.yaml', import.meta.url), 'utf8')
+  const block = text.slice(text.indexOf('# tracing:')).split('\n').map((l) => l.replace(/^# ?/, '')).join('\n')
+  const config = validateConfig(parse(block))
+  t.match(config.tracing, { otlp: { endpoint: /^http:\/\/otel-collector\..*:4318\/v1\/traces$/ } })
+})
