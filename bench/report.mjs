@@ -34,6 +34,9 @@ export function ratios(ts, many, soak) {
   const added = sc.fixedRate.addedP99Ms
   out.push(typeof added === 'string' ? { what: 'sidecar added p99 over direct at the fixed rate (ms)', value: null, target: '<= 1', pass: null, note: added } : { what: 'sidecar added p99 over direct at the fixed rate (ms)', value: added, target: '<= 1', pass: added <= 1 })
   add('sidecar-full CPU per request / sidecar', full.fixedRate.cpuUsPerRequest / sc.fixedRate.cpuUsPerRequest, 'reference', null)
+  for (const traced of ['sidecar-trace-0.01', 'sidecar-trace-1'].map(get).filter(Boolean)) {
+    add(`${traced.name} CPU per request / sidecar (tracing off)`, traced.fixedRate.cpuUsPerRequest / sc.fixedRate.cpuUsPerRequest, 'reference', null)
+  }
   add('sidecar TLS keep-alive throughput / nginx TLS', ngTls ? tls.rps / ngTls.rps : null, '>= 0.4', ngTls && tls.rps / ngTls.rps >= 0.4)
   add('sidecar HTTP/2 throughput / nginx HTTP/2 (h2load)', ngTls?.h2Rps ? tls.h2Rps / ngTls.h2Rps : null, 'reference', null)
   add('sidecar idle RSS / bare undici forwarder', sc.idleRssMiB / bare.idleRssMiB, '<= 1.15', sc.idleRssMiB / bare.idleRssMiB <= 1.15)
