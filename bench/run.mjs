@@ -11,6 +11,9 @@
 //                      a fixed rate of HANDSHAKE_RATE
 //   sidecar-full       sidecar-proxy with retries, breaker and a 90/10 canary split
 //   sidecar-routes     the plain sidecar with a table of 20 routes, the request matching the last
+//   sidecar-trace-0.01 sidecar, tracing on at sampleRatio 0.01 (the default), exporting OTLP
+//   sidecar-trace-1    sidecar, tracing on, every request sampled (a SERVER and a CLIENT span
+//                      each), both exporting to a collector stand-in (bench/servers/otlp-sink.mjs)
 //   bare-undici        node:http + undici's Pool.dispatch with a raw handler (bench/servers/
 //                      bare-undici.mjs): the floor of any Node proxy
 //   http-proxy         node http-proxy 1.18.1 with a keep-alive agent
@@ -195,6 +198,12 @@ async function main() {
   add('sidecar-full', s.pid, `http://127.0.0.1:${s.port}/`)
   s = await sidecar('sidecar-routes', { listener: { tls: false }, backends: [app], routes: twentyRoutes() })
   add('sidecar-routes', s.pid, `http://127.0.0.1:${s.port}/`)
+  const sinkPort = await freePort()
+  await start('otlp-sink', process.execPath, [join(root, 'bench/servers/otlp-sink.mjs'), String(sinkPort)], sinkPort)
+  for (const sampleRatio of [0.01, 1]) {
+    s = await sidecar(`sidecar-trace-${sampleRatio}`, { listener: { tls: false }, backends: [app], tracing: { otlp: { endpoint: `http://127.0.0.1:${sinkPort}` }, sampleRatio } })
+    add(`sidecar-trace-${sampleRatio}`, s.pid, `http://127.0.0.1:${s.port}/`)
+  }
   let port = await freePort()
   add('bare-undici', await start('bare-undici', process.execPath, [join(root, 'bench/servers/bare-undici.mjs'), String(port), upstream], port), `http://127.0.0.1:${port}/`)
   port = await freePort()

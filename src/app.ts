@@ -19,6 +19,7 @@ import { Listener } from './server/listener.js'
 import { prepareListenerTls } from './server/tls.js'
 import { buildStack } from './stack.js'
 import { RateLimitTables } from './layers/rate-limit.js'
+import { startTracing, type Tracing } from './tracing/tracer.js'
 import { Backends } from './upstream/backends.js'
 import { loadBackendTls } from './upstream/tls.js'
 import type { BackendHealth } from './upstream/health.js'
@@ -80,9 +81,18 @@ export async function startApp(initial: Config, deps: AppDeps): Promise<App> {
   )
   latches.set(gatingBackends(initial))
 
+  // Tracing only when configured: the OTLP exporter is loaded then, and not otherwise.
+  let tracing: Tracing | undefined
+  try {
+    tracing = initial.tracing === undefined ? undefined : await startTracing(initial.tracing, { clock, logger, metrics })
+  } catch (err) {
+    await backends.close()
+    throw err
+  }
+
   // The request path in force. A request keeps the handler it started with, so a reload
   // (which replaces this binding) never touches a request already under way.
-  const stackDeps = { logger, metrics, clock, backends, buffers, rateLimits: new RateLimitTables(clock) }
+  const stackDeps = { logger, metrics, clock, backends, buffers, rateLimits: new RateLimitTables(clock), tracing }
   let handler = buildStack(initial, stackDeps)
   const live = new LiveConfig(initial, deps.configFile, {
     clock,
@@ -112,13 +122,14 @@ export async function startApp(initial: Config, deps: AppDeps): Promise<App> {
       tunnels: listener.tunnelCount,
       connections: listener.connectionCount,
       certificate: tls?.certificate.material,
+      tracing: tracing?.status(),
     })
   const admin = new AdminServer(parseAddress(initial.admin.address)!, {
     readiness,
     metrics: () => metrics.exposition(),
     logger,
     backends: backendHealth,
-    config: () => ({ ...live.current, loadedAt: live.current.loadedAt.toISOString() }),
+    config: () => ({ ...live.current, config: redacted(live.current.config), loadedAt: live.current.loadedAt.toISOString() }),
     status,
     requestStop: deps.requestStop ?? (() => {}),
   })
@@ -130,7 +141,7 @@ export async function startApp(initial: Config, deps: AppDeps): Promise<App> {
     adminAddress = await admin.listen()
     listenerAddress = await listener.listen()
   } catch (err) {
-    await Promise.all([admin.close(), backends.close()])
+    await Promise.all([admin.close(), backends.close(), tracing?.close(0)])
     throw err
   }
   live.watch()
@@ -166,6 +177,8 @@ export async function startApp(initial: Config, deps: AppDeps): Promise<App> {
             tls?.certificate.close()
             backends.stopChecks()
           },
+          // the spans of the last requests go out before the exporter closes (what is left of drain.timeoutMs)
+          flush: tracing && ((timeoutMs) => tracing.close(timeoutMs)),
           closeRest: () => Promise.all([admin.close(), backends.close()]).then(() => undefined),
         },
         { reason, delayMs, timeoutMs: live.current.config.drain.timeoutMs },
@@ -174,6 +187,14 @@ export async function startApp(initial: Config, deps: AppDeps): Promise<App> {
       return closing
     },
   }
+}
+
+/** GET /config's view: the OTLP headers' values (API keys) are not shown. */
+function redacted(config: Config): Config {
+  const otlp = config.tracing?.otlp
+  if (otlp === undefined || Object.keys(otlp.headers).length === 0) return config
+  const headers = Object.fromEntries(Object.keys(otlp.headers).map((name) => [name, '(redacted)']))
+  return { ...config, tracing: { ...config.tracing!, otlp: { ...otlp, headers } } }
 }
 
 function formatAddress(a: AddressInfo): string {

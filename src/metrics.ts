@@ -145,6 +145,13 @@ export function createMetrics(opts: { observer?: MetricsObserver } = {}) {
     registers,
   })
 
+  const spansDropped = new Counter({
+    name: 'sidecar_spans_dropped_total',
+    help: 'Sampled spans not exported, by reason: queue_full (tracing.batch.maxQueueSize reached: the collector is slow or down), export_failed (the collector refused the batch or did not answer within tracing.otlp.timeoutMs).',
+    labelNames: ['reason'] as const,
+    registers,
+  })
+
   // The histogram's label child is cached: labels() builds a new one on every call.
   const durations = new Map<string, Map<string, { observe(seconds: number): void }>>()
   return {
@@ -225,6 +232,10 @@ export function createMetrics(opts: { observer?: MetricsObserver } = {}) {
     /** sidecar_buffered_bytes is read from `read` when scraped. */
     watchBuffers(read: () => number): void {
       readBuffered = read
+    },
+    /** Spans of sampled requests that were not exported: spans_dropped_total. */
+    countSpansDropped(reason: 'queue_full' | 'export_failed', n: number): void {
+      spansDropped.labels(reason).inc(n)
     },
     setDraining(draining: boolean): void {
       drainingGauge.set(draining ? 1 : 0)

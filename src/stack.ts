@@ -9,6 +9,7 @@ import type { Config, RouteConfig } from './config/schema.js'
 import { routeRetry } from './config/schema.js'
 import type { Clock } from './clock.js'
 import { createAccessLogLayer } from './layers/access-log.js'
+import { createAttemptSpanLayer } from './layers/attempt-span.js'
 import { createBreakerLayer } from './layers/breaker.js'
 import { createLimitsLayer } from './layers/limits.js'
 import { createOverloadLayer } from './layers/overload.js'
@@ -19,12 +20,14 @@ import { createRespondLayer } from './layers/respond.js'
 import { RetryBudget, type RetryBudgetOptions } from './layers/retry-budget.js'
 import { createRetryLayer } from './layers/retry.js'
 import { DEFAULT_ROUTE, createRouteMatchLayer } from './layers/route-match.js'
+import { createTracingLayer } from './layers/tracing.js'
 import type { Logger } from './log.js'
 import type { Metrics } from './metrics.js'
 import { compose } from './pipeline/compose.js'
 import type { BufferBudget } from './pipeline/buffers.js'
 import { directReply } from './pipeline/local-reply.js'
 import type { Handler, Layer } from './pipeline/types.js'
+import type { Ids, SpanSink } from './tracing/context.js'
 import type { Backends } from './upstream/backends.js'
 
 export interface StackDeps {
@@ -37,6 +40,8 @@ export interface StackDeps {
   buffers: BufferBudget
   /** Rate-limit buckets kept across reloads (without it: fresh ones with each stack). */
   rateLimits?: RateLimitTables
+  /** Present only when the config has a `tracing` section (tracing/tracer.ts, started by app.ts). */
+  tracing?: { sink: SpanSink; ids: Ids } | undefined
 }
 
 // Built again from each reloaded config; the state that must outlive a reload (pools, breakers,
@@ -55,16 +60,21 @@ export function buildStack(config: Config, deps: StackDeps): Handler {
     if (!budget) budgets.set(key, (budget = new RetryBudget(o, deps.clock)))
     return budget
   }
-  const byRoute = new Map<string, Handler>([[DEFAULT_ROUTE, buildRoute(config, undefined, deps, budgetFor, rateLimits)]])
-  for (const route of config.routes) byRoute.set(route.name, buildRoute(config, route, deps, budgetFor, rateLimits))
+  // tracing off: its two layers are not in the list at all
+  const traced = config.tracing !== undefined && deps.tracing !== undefined ? { opts: config.tracing, deps: deps.tracing } : undefined
+  const byRoute = new Map<string, Handler>([[DEFAULT_ROUTE, buildRoute(config, undefined, deps, budgetFor, rateLimits, traced)]])
+  for (const route of config.routes) byRoute.set(route.name, buildRoute(config, route, deps, budgetFor, rateLimits, traced))
   rateLimits.commit()
   const top: Layer[] = [
     createRespondLayer(), //                                   errors -> the catalogue's local reply
     createAccessLogLayer(config.log, deps), //                 one JSON line and the request metrics
     createRouteMatchLayer(config.routes), //                   first matching route's name on the context
+    ...(traced ? [createTracingLayer(traced.opts, traced.deps)] : []), // traceparent in, sampling, the SERVER span
   ]
   return compose(top, (req, ctx) => byRoute.get(ctx.route)!(req, ctx))
 }
+
+type Traced = { opts: NonNullable<Config['tracing']>; deps: NonNullable<StackDeps['tracing']> } | undefined
 
 /** One route's layers below the match, its settings over the top level's (`route` undefined:
  *  the default route, the top level itself). */
@@ -74,6 +84,7 @@ function buildRoute(
   deps: StackDeps,
   budgetFor: (o: RetryBudgetOptions) => RetryBudget,
   rateLimits: RateLimitTables,
+  traced: Traced,
 ): Handler {
   const { backends } = deps
   const limits = { ...config.limits, maxBodyBytes: route?.limits?.maxBodyBytes ?? config.limits.maxBodyBytes }
@@ -96,6 +107,7 @@ function buildRoute(
     createReceiveLayer(limits, deps), //                       small bodies received whole first; idle bodies 408
     createRetryLayer({ ...retry, requestTimeoutMs }, { ...deps, budget: budgetFor(retry.budget) }), // budgeted tries
     // ---- below here: once per attempt ----
+    ...(traced ? [createAttemptSpanLayer(config.backends, traced.deps)] : []), // the app's traceparent, a CLIENT span per attempt
     createPickLayer(
       // a route's weights: backends it leaves out get none, and the override header cannot
       // overrule them (a route that keeps /admin off the canary keeps it off)

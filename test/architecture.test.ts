@@ -60,6 +60,8 @@ t.test('each library has one door', async (t) => {
     zod: (f) => f.startsWith('config/'),
     yaml: (f) => f === 'config/load.ts',
     'node-forge': (f) => f.startsWith('certs/'),
+    '@opentelemetry/otlp-exporter-base': (f) => f === 'tracing/otlp.ts',
+    '@opentelemetry/otlp-transformer': (f) => f === 'tracing/otlp.ts',
   }
   const seen = new Set<string>()
   for (const [file, { packages, lazy }] of graph) {
@@ -72,7 +74,7 @@ t.test('each library has one door', async (t) => {
   t.same([...seen].sort(), Object.keys(doors).sort(), 'every runtime dependency is imported, through its door')
 })
 
-t.test('what only some runs need is loaded when needed: a running proxy carries neither node-forge nor yaml', async (t) => {
+t.test('what only some runs need is loaded when needed: a running proxy carries neither node-forge, yaml nor tracing\'s libraries', async (t) => {
   // the packages reached through static imports alone from main.ts and the run command (what a
   // running proxy always loads), and those reached through any import at all
   const reach = (withLazy: boolean): Set<string> => {
@@ -91,7 +93,7 @@ t.test('what only some runs need is loaded when needed: a running proxy carries 
   }
   const always = reach(false)
   const ever = reach(true)
-  for (const pkg of ['node-forge', 'yaml']) {
+  for (const pkg of ['node-forge', 'yaml', '@opentelemetry/otlp-exporter-base', '@opentelemetry/otlp-transformer']) {
     t.notOk(always.has(pkg), `${pkg}: loaded only on demand`)
     t.ok(ever.has(pkg), `${pkg}: still reachable, through import()`)
   }

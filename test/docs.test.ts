@@ -37,7 +37,7 @@ t.test('the configuration example validates', async (t) => {
 
 t.test('the configuration example names every key of the schema', async (t) => {
   const documented = new Set(keys(parse(block)))
-  const defaults = validateConfig({ listener: { tls: { certFile: 'c', keyFile: 'k', clientCaFile: 'ca', clientSubjectHeader: 'x' } } })
+  const defaults = validateConfig({ listener: { tls: { certFile: 'c', keyFile: 'k', clientCaFile: 'ca', clientSubjectHeader: 'x' } }, tracing: {} })
   const commented = new Set([...block.matchAll(/#\s*([a-zA-Z]+):/g)].map((m) => m[1]))
   for (const key of keys(defaults)) {
     if (key.startsWith('backends')) continue // a list: checked through its first entry below
@@ -67,7 +67,7 @@ t.test('the metrics table names every metric the proxy defines', async (t) => {
 })
 
 t.test('every link between the pages leads to a page that exists', async (t) => {
-  const pages = ['README.md', ...['architecture', 'configuration', 'protocols', 'requests', 'errors', 'admin', 'metrics', 'benchmarks', 'performance', 'demo', 'hostile-input'].map((p) => `docs/${p}.md`)]
+  const pages = ['README.md', ...['architecture', 'configuration', 'protocols', 'requests', 'errors', 'admin', 'metrics', 'benchmarks', 'performance', 'demo', 'hostile-input', 'tracing'].map((p) => `docs/${p}.md`)]
   for (const page of pages) {
     const text = readFileSync(new URL(`../${page}`, import.meta.url), 'utf8')
     for (const [, target] of text.matchAll(/\]\(([^)#\s]+\.(?:md|png))(?:#[^)]*)?\)/g)) {

@@ -15,11 +15,12 @@ import { createMetrics } from '../src/metrics.js'
 import { BufferBudget } from '../src/pipeline/buffers.js'
 import type { Handler, ProxyResponse } from '../src/pipeline/types.js'
 import { buildStack } from '../src/stack.js'
+import { Ids, type SpanRecord } from '../src/tracing/context.js'
 import { Backends } from '../src/upstream/backends.js'
 import { context, proxyRequest } from './fixtures/pipeline.js'
 
 /** The stack built from `raw` config, in front of a terminal that answers 200 at once. */
-function stack(raw: unknown): { handler: Handler; close: () => Promise<void>; lines: () => number } {
+function stack(raw: unknown, spans?: SpanRecord[]): { handler: Handler; close: () => Promise<void>; lines: () => number } {
   const config = validateConfig(raw)
   let lines = 0
   const logger = createLogger({ level: 'info' }, new Writable({ write: (_c, _e, done) => (lines++, done()) }))
@@ -27,7 +28,9 @@ function stack(raw: unknown): { handler: Handler; close: () => Promise<void>; li
   const backends = new Backends(config, { clock: systemClock, logger, metrics })
   const answer: ProxyResponse = { status: 200, headers: { 'content-type': 'application/json' }, body: Buffer.from('{}') }
   backends.handler = () => () => Promise.resolve({ ...answer })
-  const handler = buildStack(config, { logger, metrics, clock: systemClock, backends, buffers: new BufferBudget(1 << 20) })
+  // tracing's deps as app.ts passes them when the config has a tracing section: spans kept here
+  const tracing = spans && { sink: { record: (span: SpanRecord) => void spans.push(span) }, ids: new Ids() }
+  const handler = buildStack(config, { logger, metrics, clock: systemClock, backends, buffers: new BufferBudget(1 << 20), tracing })
   return { handler, close: () => backends.close(), lines: () => lines }
 }
 
@@ -77,5 +80,27 @@ t.test('with retries, the breaker and a canary split configured, the same', asyn
   const cost = await perRequest(s.handler)
   t.equal(cost.status, 200)
   t.ok(cost.promises <= 13, `${cost.promises} promises per request`)
+  t.ok(cost.timers <= 1, `${cost.timers} timers per request`)
+})
+
+t.test('tracing on, not sampled: the same promises and timers as off (the app is told, nothing is recorded)', async (t) => {
+  const spans: SpanRecord[] = []
+  const s = stack({ backends: [{ name: 'app', url: 'http://127.0.0.1:1' }], tracing: { sampleRatio: 0 } }, spans)
+  t.teardown(s.close)
+  const cost = await perRequest(s.handler)
+  t.equal(cost.status, 200)
+  t.equal(spans.length, 0, 'nothing sampled')
+  t.ok(cost.promises <= 13, `${cost.promises} promises per request`)
+  t.ok(cost.timers <= 1, `${cost.timers} timers per request`)
+})
+
+t.test('tracing on, every request sampled: one promise more (the attempt\'s CLIENT span ends on its outcome), no timer', async (t) => {
+  const spans: SpanRecord[] = []
+  const s = stack({ backends: [{ name: 'app', url: 'http://127.0.0.1:1' }], tracing: { sampleRatio: 1 } }, spans)
+  t.teardown(s.close)
+  const cost = await perRequest(s.handler)
+  t.equal(cost.status, 200)
+  t.equal(spans.length, 2 * 51, 'a SERVER and a CLIENT span per request')
+  t.ok(cost.promises <= 14, `${cost.promises} promises per request`)
   t.ok(cost.timers <= 1, `${cost.timers} timers per request`)
 })

@@ -6,6 +6,7 @@
 import type { InForce } from '../config/reload.js'
 import { gatesReadiness } from '../config/schema.js'
 import type { BackendSnapshot } from '../upstream/backends.js'
+import type { TracingStatus } from '../tracing/tracer.js'
 import type { RecentRequests } from './recent.js'
 
 export interface StatusSources extends InForce {
@@ -17,6 +18,8 @@ export interface StatusSources extends InForce {
   /** Client connections open on the listener. */
   connections: number
   certificate: { subject: string; notAfter: Date } | undefined
+  /** Tracing's export, when tracing is on. */
+  tracing?: TracingStatus | undefined
 }
 
 export function statusOf(s: StatusSources) {
@@ -65,6 +68,8 @@ export function statusOf(s: StatusSources) {
     tunnels: { open: s.tunnels },
     /** Requests refused before reaching a backend in the last minute, per reason (error code). */
     rejections: { windowSeconds: 60, total: sum(Object.values(rejections)), byReason: rejections },
+    /** Where spans go and how their export fares since start; null with tracing off. */
+    tracing: s.tracing === undefined ? null : { enabled: true, ...s.tracing },
   }
 }
 

@@ -23,6 +23,10 @@ export async function validateCommand(argv: readonly string[], io: Io): Promise<
     const share = `${Math.round((b.weight / total) * 1000) / 10}%`
     io.out(`  ${b.name}  weight ${b.weight} (${share})  ${b.url}${gatesReadiness(b) ? '  gates readiness' : ''}`)
   }
+  if (config.tracing) {
+    const { otlp, sampleRatio, serviceName } = config.tracing
+    io.out(`  tracing: ${otlp.protocol} to ${otlp.endpoint}, sampleRatio ${sampleRatio}, service ${serviceName}`)
+  }
   if (config.routes.length > 0) {
     io.out('routes (first match wins):')
     for (const r of config.routes) io.out(`  ${r.name}  ${describeMatch(r.match)}${describePolicy(r)}`)

@@ -89,6 +89,9 @@ function describe(issue: z.core.$ZodIssue, base: readonly PropertyKey[]): string
         return `${formatPath([...path, k])}: unknown key${near === undefined ? '' : `; did you mean "${near}"?`}`
       })
     }
+    case 'invalid_key':
+      // a record's key (tracing.otlp.headers' names): the key's own check says what is wrong
+      return issue.issues.map((inner) => `${formatPath(path)}: ${inner.message}`)
     case 'invalid_union': {
       // e.g. listener.tls is `false` or an object: report against the branch the value was
       // closest to (the one whose problems lie deepest), not a bare "invalid input".
@@ -102,9 +105,53 @@ function describe(issue: z.core.$ZodIssue, base: readonly PropertyKey[]): string
   return [`${formatPath(path) || '(top level)'}: ${missing ? `required (${issue.expected})` : issue.message}`]
 }
 
-export async function loadConfig(file: string | undefined, overrides: ConfigOverrides = {}): Promise<Config> {
+export async function loadConfig(file: string | undefined, overrides: ConfigOverrides = {}, env: NodeJS.ProcessEnv = process.env): Promise<Config> {
   const raw = file === undefined ? {} : await readConfigFile(file)
-  return validateConfig(applyOverrides(raw, overrides), file ?? 'defaults and flags')
+  return validateConfig(withOtelEnv(applyOverrides(raw, overrides), env), file ?? 'defaults and flags')
+}
+
+/**
+ * OpenTelemetry's standard environment variables fill in what `tracing` leaves unset (they do
+ * not turn tracing on: the `tracing` key does). The traces endpoint is taken as it is; the
+ * general one gets /v1/traces. Headers are `key=value` pairs, comma-separated, values
+ * percent-encoded; a header the file names keeps the file's value.
+ */
+export function withOtelEnv(raw: unknown, env: NodeJS.ProcessEnv): unknown {
+  if (!isRecord(raw) || !isRecord(raw.tracing)) return raw
+  const cfg = structuredClone(raw)
+  const tracing = cfg.tracing as Record<string, unknown>
+  if (!isRecord(tracing.otlp)) tracing.otlp = {}
+  const otlp = tracing.otlp as Record<string, unknown>
+  const set = (on: Record<string, unknown>, key: string, value: unknown) => {
+    if (on[key] === undefined && value !== undefined && value !== '') on[key] = value
+  }
+  const base = env.OTEL_EXPORTER_OTLP_ENDPOINT
+  set(otlp, 'endpoint', env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT || (base ? `${base.replace(/\/+$/, '')}/v1/traces` : undefined))
+  set(otlp, 'protocol', env.OTEL_EXPORTER_OTLP_TRACES_PROTOCOL || env.OTEL_EXPORTER_OTLP_PROTOCOL)
+  const timeout = env.OTEL_EXPORTER_OTLP_TRACES_TIMEOUT || env.OTEL_EXPORTER_OTLP_TIMEOUT
+  set(otlp, 'timeoutMs', timeout === undefined || timeout === '' ? undefined : Number(timeout))
+  const headers = { ...otelHeaders(env.OTEL_EXPORTER_OTLP_HEADERS), ...otelHeaders(env.OTEL_EXPORTER_OTLP_TRACES_HEADERS) }
+  if (Object.keys(headers).length > 0) otlp.headers = { ...headers, ...(isRecord(otlp.headers) ? otlp.headers : {}) }
+  set(tracing, 'serviceName', env.OTEL_SERVICE_NAME)
+  return cfg
+}
+
+/** `api-key=secret,x-team=a%20b` -> { 'api-key': 'secret', 'x-team': 'a b' }; pairs without `=` are skipped. */
+export function otelHeaders(value: string | undefined): Record<string, string> {
+  const out: Record<string, string> = {}
+  for (const pair of (value ?? '').split(',')) {
+    const at = pair.indexOf('=')
+    if (at <= 0) continue
+    const key = pair.slice(0, at).trim().toLowerCase()
+    let v = pair.slice(at + 1).trim()
+    try {
+      v = decodeURIComponent(v)
+    } catch {
+      // kept as written
+    }
+    if (key) out[key] = v
+  }
+  return out
 }
 
 /** The keys a config object may have at `path` (list indices step into the element). */

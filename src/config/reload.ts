@@ -155,6 +155,8 @@ const RESTART_ONLY: ReadonlyArray<readonly string[]> = [
   ['limits', 'maxEventLoopDelayMs'],
   ['limits', 'responseBufferBytes'],
   ['limits', 'bufferMemoryBytes'],
+  // the exporter and its queue are built once, at start (app.ts)
+  ['tracing'],
 ]
 
 /** The reloaded config as it will run: `next`, with the restart-only settings of `running`,
@@ -166,7 +168,9 @@ export function effectiveConfig(running: Config, next: Config): { config: Config
     const was = get(running, path)
     if (JSON.stringify(was) !== JSON.stringify(get(next, path))) pendingRestart.push(formatPath(path))
     const parent = get(config, path.slice(0, -1)) as Record<string, unknown>
-    parent[path.at(-1)!] = structuredClone(was)
+    // an optional section absent from the running config stays absent (not a key set to undefined)
+    if (was === undefined) delete parent[path.at(-1)!]
+    else parent[path.at(-1)!] = structuredClone(was)
   }
   return { config: deepFreeze(config) as Config, pendingRestart }
 }

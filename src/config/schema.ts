@@ -105,6 +105,21 @@ const backendSchema = z.strictObject({
   .refine((b) => b.tls === undefined || b.url.startsWith('https:'), { path: ['tls'], message: 'is for https:// backends: this url is http://, spoken in the clear' })
   .transform((b) => ({ ...b, gatesReadiness: b.gatesReadiness ?? isLoopbackUrl(b.url) }))
 
+function isHttpUrl(s: string): boolean {
+  try {
+    const u = new URL(s)
+    return u.protocol === 'http:' || u.protocol === 'https:'
+  } catch {
+    return false
+  }
+}
+
+/** An OTLP endpoint with no path is the collector's base URL: traces go to /v1/traces. */
+export function tracesUrl(endpoint: string): string {
+  const u = new URL(endpoint)
+  return u.pathname === '/' ? `${u.origin}/v1/traces${u.search}` : endpoint
+}
+
 const WILDCARD = new Set(['0.0.0.0', '::', '[::]'])
 
 /** Two addresses one process cannot both bind: the same port (not 0, "any") on the same host,
@@ -455,6 +470,45 @@ export const configSchema = z
       })
       .refine((d) => d.delayMs < d.timeoutMs, { path: ['delayMs'], message: 'must be below drain.timeoutMs' })
       .prefault({}),
+    /** Distributed tracing (OpenTelemetry): absent, off, and nothing of it is loaded. Present
+     *  (`tracing: {}` is enough), the proxy continues W3C traceparent (and B3) from its callers,
+     *  records a SERVER span per request and a CLIENT span per attempt, passes the app a
+     *  traceparent naming the attempt's span, and exports sampled spans over OTLP/HTTP. The
+     *  standard OTEL_* environment variables fill in what is left unset here (config/load.ts). */
+    tracing: z
+      .strictObject({
+        otlp: z
+          .strictObject({
+            /** The collector's traces URL; one with no path gets /v1/traces (like
+             *  OTEL_EXPORTER_OTLP_ENDPOINT). */
+            endpoint: z
+              .string()
+              .refine(isHttpUrl, { message: 'must be an http:// or https:// URL, e.g. http://otel-collector.observability:4318/v1/traces' })
+              .transform(tracesUrl)
+              .default('http://localhost:4318/v1/traces'),
+            protocol: z.enum(['http/protobuf', 'http/json']).default('http/protobuf'),
+            /** Sent with every export (an API key); shown redacted by GET /config. */
+            headers: z.record(z.string().regex(/^[A-Za-z0-9!#$%&'*+.^_`|~-]+$/, 'must be a header name'), z.string()).default({}),
+            /** Each export's deadline; a slow collector costs spans, never requests. */
+            timeoutMs: ms(10_000),
+          })
+          .prefault({}),
+        /** Share of requests without a sampled parent that are sampled (parent-based: a caller's
+         *  sampled flag is followed, either way). */
+        sampleRatio: z.number().min(0).max(1).default(0.01),
+        serviceName: z.string().min(1).max(256).default('sidecar-proxy'),
+        /** The export queue (OpenTelemetry's batch span processor, OTEL_BSP_*): past
+         *  maxQueueSize, spans are dropped and counted in sidecar_spans_dropped_total. */
+        batch: z
+          .strictObject({
+            maxQueueSize: z.number().int().min(1).max(1_000_000).default(2048),
+            maxExportBatchSize: z.number().int().min(1).max(100_000).default(512),
+            scheduledDelayMs: ms(5_000),
+          })
+          .refine((b) => b.maxExportBatchSize <= b.maxQueueSize, { path: ['maxExportBatchSize'], message: 'must not exceed tracing.batch.maxQueueSize' })
+          .prefault({}),
+      })
+      .optional(),
   })
   .superRefine((config, ctx) => {
     const listen = parseAddress(config.listener.address)

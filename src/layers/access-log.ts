@@ -33,6 +33,9 @@ export function createAccessLogLayer(opts: AccessLogOptions, deps: { logger: Log
         error: ctx.error,
         incomplete: outcome.complete ? undefined : true,
         tunnel: outcome.tunnel,
+        // with tracing on: the request's trace and its SERVER span (sampled or not)
+        trace_id: ctx.trace?.traceId,
+        span_id: ctx.trace?.spanId,
       })
     })
     return next(req, ctx)

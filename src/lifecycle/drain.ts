@@ -21,6 +21,9 @@ export interface Drainable {
   stopBackground(): void
   /** Closes what is left after the last request (the admin port, upstream pools). */
   closeRest(): Promise<void>
+  /** After the last request, before closeRest: sends what is queued for export (finished
+   *  spans), given what is left of timeoutMs. */
+  flush?: ((timeoutMs: number) => Promise<void>) | undefined
 }
 
 export interface DrainDeps {
@@ -46,6 +49,7 @@ export async function drainAndStop(
   logger.info({ inFlight: target.listener.inFlightCount }, 'draining: listener closed, finishing in-flight requests')
   target.stopBackground()
   const cut = await target.listener.close(Math.max(0, o.timeoutMs - (clock.now() - started)))
+  if (target.flush) await target.flush(Math.max(0, o.timeoutMs - (clock.now() - started)))
   await target.closeRest()
   logger.info({ cut, tookMs: clock.now() - started }, 'sidecar-proxy stopped')
   return cut

@@ -72,6 +72,25 @@ export interface RequestContext {
   error: ErrorCode | undefined
   /** Callbacks run once with the outcome when the exchange is over. */
   readonly onEnd: Array<(outcome: RequestOutcome) => void>
+  /** The client's HTTP version as Node read it: `1.1`, `1.0`, `2.0`. */
+  readonly httpVersion: string
+  /** The request's trace when tracing is on (set by layers/tracing.ts), else undefined. */
+  trace: RequestTrace | undefined
+}
+
+/** A request's place in a distributed trace: its SERVER span and what the app is told. */
+export interface RequestTrace {
+  readonly traceId: string
+  /** The SERVER span's id (in the access line as span_id). */
+  readonly spanId: string
+  /** The caller's span, when the request came with a valid one. */
+  readonly parentSpanId: string | undefined
+  /** Sampled spans are recorded and exported; the app is told either way (flags 01 / 00). */
+  readonly sampled: boolean
+  /** The caller's tracestate, passed on unchanged (only with a valid traceparent). */
+  readonly traceState: string | undefined
+  /** The headers the caller's context came in, when any: the app is told in the same format. */
+  readonly via: 'w3c' | 'b3' | 'b3-multi' | undefined
 }
 
 export type Handler = (req: ProxyRequest, ctx: RequestContext) => Promise<ProxyResponse>

@@ -348,6 +348,8 @@ export class Listener {
       attemptSignal: cancel,
       error: undefined,
       onEnd: [],
+      httpVersion: req.httpVersion,
+      trace: undefined,
     }
   }
 
