@@ -1,16 +1,8 @@
 import { writeFileSync } from 'node:fs'
 import t from 'tap'
-import { ConfigError, applyOverrides, formatPath, isConfigError, loadConfig, validateConfig } from '../../src/config/load.js'
+import { ConfigError, applyOverrides, formatPath, loadConfig, validateConfig } from '../../src/config/load.js'
+import { problems } from '../fixtures/config.js'
 
-function problems(raw: unknown): string[] {
-  try {
-    validateConfig(raw)
-  } catch (err) {
-    if (isConfigError(err)) return [...err.problems]
-    throw err
-  }
-  return []
-}
 
 t.test('defaults match the contract', async (t) => {
   const c = validateConfig({})

@@ -1,18 +1,10 @@
 // The routes: key of the config: validated whole, every problem with its path; a route's retry
 // merged over the top level's.
 import t from 'tap'
-import { isConfigError, validateConfig } from '../../src/config/load.js'
+import { validateConfig } from '../../src/config/load.js'
 import { routeRetry } from '../../src/config/schema.js'
+import { problems } from '../fixtures/config.js'
 
-function problems(raw: unknown): string[] {
-  try {
-    validateConfig(raw)
-  } catch (err) {
-    if (isConfigError(err)) return [...err.problems]
-    throw err
-  }
-  return []
-}
 
 const backends = [
   { name: 'app', url: 'http://127.0.0.1:8080' },

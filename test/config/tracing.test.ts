@@ -6,16 +6,8 @@ import { join } from 'node:path'
 import t from 'tap'
 import { isConfigError, loadConfig, otelHeaders, validateConfig, withOtelEnv } from '../../src/config/load.js'
 import { effectiveConfig } from '../../src/config/reload.js'
+import { problems } from '../fixtures/config.js'
 
-function problems(raw: unknown): string[] {
-  try {
-    validateConfig(raw)
-  } catch (err) {
-    if (isConfigError(err)) return [...err.problems]
-    throw err
-  }
-  return []
-}
 
 t.test('off by default; `tracing: {}` turns it on with every default visible', async (t) => {
   t.equal(validateConfig({}).tracing, undefined)
