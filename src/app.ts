@@ -54,6 +54,9 @@ export interface AppDeps {
   requestStop?: (reason: string, immediate: boolean) => void
   /** The config file, watched for changes. Without it the config is fixed for the life of the process. */
   configFile?: ConfigFile
+  /** [0, 1): which requests get an injected fault or a mirrored copy; Math.random unless a test
+   *  brings its own. */
+  random?: () => number
 }
 
 const gatingBackends = (config: Config) => config.backends.filter(gatesReadiness).map((b) => b.name)
@@ -82,7 +85,7 @@ export async function startApp(initial: Config, deps: AppDeps): Promise<App> {
 
   // The request path in force. A request keeps the handler it started with, so a reload
   // (which replaces this binding) never touches a request already under way.
-  const stackDeps = { logger, metrics, clock, backends, buffers, rateLimits: new RateLimitTables(clock) }
+  const stackDeps = { logger, metrics, clock, backends, buffers, rateLimits: new RateLimitTables(clock), random: deps.random }
   let handler = buildStack(initial, stackDeps)
   const live = new LiveConfig(initial, deps.configFile, {
     clock,
@@ -112,6 +115,7 @@ export async function startApp(initial: Config, deps: AppDeps): Promise<App> {
       tunnels: listener.tunnelCount,
       connections: listener.connectionCount,
       certificate: tls?.certificate.material,
+      totals: metrics.faultAndMirrorTotals(),
     })
   const admin = new AdminServer(parseAddress(initial.admin.address)!, {
     readiness,

@@ -6,10 +6,11 @@
 // every route, each with the route's settings merged over the top level's (routes[]: timeoutMs,
 // retry, limits, weights; the top level is the route "default").
 import type { Config, RouteConfig } from './config/schema.js'
-import { routeRetry } from './config/schema.js'
+import { routeRetry, routeSetting } from './config/schema.js'
 import type { Clock } from './clock.js'
 import { createAccessLogLayer } from './layers/access-log.js'
 import { createBreakerLayer } from './layers/breaker.js'
+import { MAX_ASKED_DELAY_MS, createFaultLayer } from './layers/fault.js'
 import { createLimitsLayer } from './layers/limits.js'
 import { createOverloadLayer } from './layers/overload.js'
 import { createPickLayer } from './layers/pick.js'
@@ -37,6 +38,8 @@ export interface StackDeps {
   buffers: BufferBudget
   /** Rate-limit buckets kept across reloads (without it: fresh ones with each stack). */
   rateLimits?: RateLimitTables
+  /** [0, 1): which requests get a fault (Math.random unless a test brings its own). */
+  random?: (() => number) | undefined
 }
 
 // Built again from each reloaded config; the state that must outlive a reload (pools, breakers,
@@ -82,11 +85,17 @@ function buildRoute(
   const weights = route?.weights
   const direct = route?.direct
   const rateLimit = route?.rateLimit
+  const fault = routeSetting(config.fault, route?.fault)
   const layers: Layer[] = [
     createLimitsLayer(limits, deps), //                        header count 431, body size 413
   ]
   // token buckets per route, client or header value: 429 rate_limited (no rateLimit: not in the list)
   if (rateLimit) layers.push(createRateLimitLayer(rateLimit, { ...deps, buckets: rateLimits.get(route.name, rateLimit) }))
+  // delays and aborts on purpose, before any body is read (no fault: not in the list)
+  if (fault) {
+    const maxAskedDelayMs = Math.min(MAX_ASKED_DELAY_MS, requestTimeoutMs > 0 ? requestTimeoutMs : MAX_ASKED_DELAY_MS)
+    layers.push(createFaultLayer(fault, { ...deps, route: route?.name ?? DEFAULT_ROUTE, maxAskedDelayMs }))
+  }
   // a fixed answer: the request goes no further than the proxy
   if (direct) {
     const body = Buffer.from(direct.body)
