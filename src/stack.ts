@@ -6,12 +6,13 @@
 // every route, each with the route's settings merged over the top level's (routes[]: timeoutMs,
 // retry, limits, weights; the top level is the route "default").
 import type { Config, RouteConfig } from './config/schema.js'
-import { routeRetry, routeSetting } from './config/schema.js'
+import { defaultCanary, routeRetry, routeSetting } from './config/schema.js'
 import type { Clock } from './clock.js'
 import { createAccessLogLayer } from './layers/access-log.js'
 import { createBreakerLayer } from './layers/breaker.js'
 import { MAX_ASKED_DELAY_MS, createFaultLayer } from './layers/fault.js'
 import { createLimitsLayer } from './layers/limits.js'
+import { createMirrorLayer } from './layers/mirror.js'
 import { createOverloadLayer } from './layers/overload.js'
 import { createPickLayer } from './layers/pick.js'
 import { createRateLimitLayer, RateLimitTables } from './layers/rate-limit.js'
@@ -86,6 +87,7 @@ function buildRoute(
   const direct = route?.direct
   const rateLimit = route?.rateLimit
   const fault = routeSetting(config.fault, route?.fault)
+  const mirror = routeSetting(config.mirror, route?.mirror)
   const layers: Layer[] = [
     createLimitsLayer(limits, deps), //                        header count 431, body size 413
   ]
@@ -101,15 +103,26 @@ function buildRoute(
     const body = Buffer.from(direct.body)
     return compose(layers, (_req, ctx) => Promise.resolve(directReply(direct.status, body, ctx.id)))
   }
+  layers.push(createReceiveLayer(limits, deps)) //            small bodies received whole first; idle bodies 408
+  // a copy to a shadow backend, straight to its pool: never retried, never holds the real
+  // request back (no mirror: not in the list)
+  if (mirror) {
+    const shadow = mirror.backend
+    layers.push(
+      createMirrorLayer(
+        { ...mirror, maxBodyBytes: retry.maxReplayBytes, timeoutMs: requestTimeoutMs > 0 ? requestTimeoutMs : config.limits.requestTimeoutMs },
+        { ...deps, send: (req, signal) => backends.get(shadow)?.upstream.shadow(req, signal) },
+      ),
+    )
+  }
   layers.push(
-    createReceiveLayer(limits, deps), //                       small bodies received whole first; idle bodies 408
     createRetryLayer({ ...retry, requestTimeoutMs }, { ...deps, budget: budgetFor(retry.budget) }), // budgeted tries
     // ---- below here: once per attempt ----
     createPickLayer(
       // a route's weights: backends it leaves out get none, and the override header cannot
       // overrule them (a route that keeps /admin off the canary keeps it off)
       weights ? config.backends.map((b) => ({ name: b.name, weight: weights[b.name] ?? 0 })) : config.backends,
-      weights ? { ...config.routing, header: false } : config.routing,
+      weights ? { ...config.routing, header: false } : { ...config.routing, canary: defaultCanary(config) ?? false },
       backends,
     ), //                                                      header, sticky cookie, weights; skips open/unhealthy
     createOverloadLayer(limits, { ...deps, gateOf: (name) => backends.get(name)?.gate }), // per backend: in flight + waiting, else 503

@@ -518,6 +518,17 @@ export const configSchema = z
       ctx.addIssue({ code: 'custom', path: [...path, 'backend'], message: `no backend named "${mirror.backend}"${near === undefined ? '' : `; did you mean "${near}"?`}` })
     }
     mirrorTo(config.mirror, ['mirror'])
+    // The override header sends a request to its backend whatever the weights: a backend that
+    // takes mirrored copies only (weight 0) must not be one of its targets, or `x-canary:
+    // always` (or `never`) would send real traffic to the shadow. (The default canary passes
+    // such backends by: see defaultCanary.)
+    if (config.routing.header !== false) {
+      const shadows = shadowOnlyBackends(config)
+      const first = config.backends[0]?.name
+      if (first !== undefined && shadows.has(first)) ctx.addIssue({ code: 'custom', path: ['backends', 0], message: `"${first}" takes mirrored copies only (weight 0) but is first, the stable backend the override header's "never" sends to: list it later, or set routing.header: false` })
+      const canary = config.routing.canary
+      if (canary !== undefined && shadows.has(canary)) ctx.addIssue({ code: 'custom', path: ['routing', 'canary'], message: `"${canary}" takes mirrored copies only (weight 0): the override header's "always" would send it real traffic` })
+    }
     const names = new Set<string>()
     config.routes.forEach((route, i) => {
       mirrorTo(route.mirror, ['routes', i, 'mirror'])
@@ -555,4 +566,18 @@ export function routeRetry(top: RetryConfig, route: RouteConfig['retry']): Retry
 /** A route's fault or mirror: its own when it has one (false: none), else the top level's. */
 export function routeSetting<T extends object>(top: T | undefined, route: T | false | undefined): T | undefined {
   return route === undefined ? top : route === false ? undefined : route
+}
+
+/** Backends that take mirrored copies only: named by a mirror, weight 0. */
+export function shadowOnlyBackends(config: Pick<Config, 'backends' | 'mirror' | 'routes'>): Set<string> {
+  const named = [config.mirror, ...config.routes.map((r) => r.mirror)].flatMap((m) => (m ? [m.backend] : []))
+  return new Set(named.filter((name) => config.backends.find((b) => b.name === name)?.weight === 0))
+}
+
+/** The backend the override header's `always` names: routing.canary, else the second backend
+ *  that does not take mirrored copies only (a shadow is never the canary by default). */
+export function defaultCanary(config: Pick<Config, 'backends' | 'mirror' | 'routes' | 'routing'>): string | undefined {
+  if (config.routing.canary !== undefined) return config.routing.canary
+  const shadows = shadowOnlyBackends(config)
+  return config.backends.slice(1).find((b) => !shadows.has(b.name))?.name
 }

@@ -3,7 +3,7 @@
 import t from 'tap'
 import type { Io } from '../../src/cli/io.js'
 import { isConfigError, validateConfig } from '../../src/config/load.js'
-import { routeSetting } from '../../src/config/schema.js'
+import { defaultCanary, routeSetting } from '../../src/config/schema.js'
 import { main } from '../../src/main.js'
 
 function problems(raw: unknown): string[] {
@@ -91,4 +91,17 @@ routes:
   const errs: string[] = []
   t.equal(await main(['validate', '--config', `${bad}/c.yaml`], { out: (l) => errs.push(l), err: (l) => errs.push(l) }), 2)
   t.match(errs.join('\n'), /routes\[1\]\.fault\.abort\.percent: must be <= 100/)
+})
+
+t.test('a shadow-only backend is never a target of the override header', async (t) => {
+  const mirror = { backend: 'shadow' }
+  t.same(problems({ backends, mirror }), [], 'app + shadow: the default canary passes the shadow by')
+  t.equal(defaultCanary(validateConfig({ backends, mirror })), undefined, 'no canary at all: "always" leaves it to the weights')
+  const three = [...backends, { name: 'canary', url: 'http://10.0.0.3:8080', weight: 10 }]
+  t.equal(defaultCanary(validateConfig({ backends: three, mirror })), 'canary', 'the next backend that is no shadow')
+  t.equal(defaultCanary(validateConfig({ backends })), 'shadow', 'nobody mirrors to it: a weight-0 canary tried by hand, as before')
+  t.match(problems({ backends, mirror, routing: { canary: 'shadow' } }).join('\n'), /routing\.canary: "shadow" takes mirrored copies only/)
+  t.match(problems({ backends: [backends[1], backends[0]], mirror }).join('\n'), /backends\[0\]: "shadow" takes mirrored copies only/)
+  t.same(problems({ backends: [backends[1], backends[0]], mirror, routing: { header: false } }), [])
+  t.same(problems({ backends: [backends[0], { ...backends[1], weight: 5 }], mirror, routing: { canary: 'shadow' } }), [], 'a shadow with traffic of its own is a backend like any')
 })
