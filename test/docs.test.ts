@@ -86,6 +86,15 @@ t.test('the fault injection example validates and holds what it describes', asyn
   t.match(example.routes.find((r) => r.name === 'search')!.fault, { abort: { grpcStatus: 14 }, headerControl: true })
 })
 
+t.test('the mirroring example validates and holds what it describes', async (t) => {
+  const page = doc('mirroring-and-faults.md')
+  const start = page.indexOf('```yaml', page.indexOf('## Mirroring')) + 7
+  const example = validateConfig(parse(page.slice(start, page.indexOf('```', start))))
+  t.same(example.mirror, { backend: 'shadow', percent: 10, maxInFlight: 64 })
+  t.match(example.backends[1], { name: 'shadow', weight: 0, gatesReadiness: false })
+  t.equal(example.routes.find((r) => r.name === 'payments')!.mirror, false)
+})
+
 t.test('the Routes example validates and holds the cases it describes', async (t) => {
   const from = configuration.indexOf('## Routes')
   const start = configuration.indexOf('```yaml', from) + 7
