@@ -81,3 +81,30 @@ t.test('bodies: over the cap skipped; a stream teed without waiting for the copy
   t.equal(await count('skipped_body'), 3, 'counted as skipped, not failed')
   t.equal(await count('failed'), undefined)
 })
+
+t.test("a streamed answer holds the slot until it ends; a shadow removed by a reload fails the copy", async (t) => {
+  const { handler, sent, count } = layer({ maxInFlight: 1 })
+  await handler(proxyRequest(), context())
+  const answer = new PassThrough()
+  sent[0]!.answer(response(200, answer))
+  await new Promise((r) => setImmediate(r))
+  await handler(proxyRequest(), context())
+  t.equal(sent.length, 1, 'still reading the first answer: the second copy is dropped')
+  t.equal(await count('dropped'), 1)
+  answer.end('thrown away')
+  await new Promise((r) => setImmediate(r))
+  t.equal(await count('sent'), 1)
+  await handler(proxyRequest(), context())
+  t.equal(sent.length, 2, 'the slot is free once the answer is over')
+
+  const d = deps()
+  const gone = createMirrorLayer(
+    { backend: 'shadow', percent: 100, maxInFlight: 1, maxBodyBytes: 100, timeoutMs: 1000 },
+    { metrics: d.metrics, clock: fakeClock(), random: () => 0, send: () => undefined },
+  )(scripted(response(200), response(200)))
+  const body = new PassThrough()
+  t.equal((await gone(proxyRequest({ body }), context())).status, 200, 'the real request goes on')
+  t.equal(await metricValue(d, 'sidecar_mirror_requests_total', { backend: 'shadow', result: 'failed' }), 1)
+  t.equal((await gone(proxyRequest(), context())).status, 200)
+  t.equal(await metricValue(d, 'sidecar_mirror_requests_total', { backend: 'shadow', result: 'failed' }), 2, 'its slot was given back')
+})

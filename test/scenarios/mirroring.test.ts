@@ -5,6 +5,7 @@
 // not mirrored; copies are never retried nor counted against the real backend; routes override.
 import { createHash } from 'node:crypto'
 import http from 'node:http'
+import http2 from 'node:http2'
 import type { AddressInfo } from 'node:net'
 import { Readable } from 'node:stream'
 import t from 'tap'
@@ -270,4 +271,32 @@ t.test('x-canary: always never sends real traffic to a shadow-only backend', asy
   await until(() => shadow.copies.length === 2)
   t.ok(shadow.copies.every((c) => c.headers.host!.includes('-shadow')), 'the shadow got copies only')
   t.equal(app.seen.length, 2)
+})
+
+t.test('an h2c shadow gets the copy with :authority = the -shadow Host', async (t) => {
+  const app = await upstream(t)
+  const seen: Array<{ authority: string | undefined; path: string | undefined; sha256: string }> = []
+  const server = http2.createServer((req, res) => {
+    if (req.headers['user-agent'] === 'sidecar-proxy-probe') return void res.end('ok')
+    const hash = createHash('sha256')
+    req.on('data', (c: Buffer) => hash.update(c))
+    req.on('end', () => {
+      seen.push({ authority: req.headers[':authority'], path: req.headers[':path'], sha256: hash.digest('hex') })
+      res.end('ok')
+    })
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => new Promise<void>((resolve) => server.close(() => resolve())))
+  const proxy = await startProxy(app.url, {
+    backends: [
+      { name: 'app', url: app.url, healthCheck: check },
+      { name: 'shadow', url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, protocol: 'h2c', weight: 0, healthCheck: check },
+    ],
+    mirror: { backend: 'shadow' },
+  })
+  t.teardown(() => proxy.close())
+  const body = Buffer.from('{"order":1}')
+  t.equal((await request(`${proxy.url}/h2c/copy`, { method: 'POST', body, headers: { host: 'shop.default.svc:8443' } })).status, 200)
+  await until(() => seen.length === 1)
+  t.same(seen[0], { authority: 'shop.default.svc-shadow:8443', path: '/h2c/copy', sha256: sha256Of([body]) })
 })
