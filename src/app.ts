@@ -55,6 +55,9 @@ export interface AppDeps {
   requestStop?: (reason: string, immediate: boolean) => void
   /** The config file, watched for changes. Without it the config is fixed for the life of the process. */
   configFile?: ConfigFile
+  /** [0, 1): which requests get an injected fault or a mirrored copy; Math.random unless a test
+   *  brings its own. */
+  random?: () => number
 }
 
 const gatingBackends = (config: Config) => config.backends.filter(gatesReadiness).map((b) => b.name)
@@ -92,7 +95,7 @@ export async function startApp(initial: Config, deps: AppDeps): Promise<App> {
 
   // The request path in force. A request keeps the handler it started with, so a reload
   // (which replaces this binding) never touches a request already under way.
-  const stackDeps = { logger, metrics, clock, backends, buffers, rateLimits: new RateLimitTables(clock), tracing }
+  const stackDeps = { logger, metrics, clock, backends, buffers, rateLimits: new RateLimitTables(clock), tracing, random: deps.random }
   let handler = buildStack(initial, stackDeps)
   const live = new LiveConfig(initial, deps.configFile, {
     clock,
@@ -123,6 +126,7 @@ export async function startApp(initial: Config, deps: AppDeps): Promise<App> {
       connections: listener.connectionCount,
       certificate: tls?.certificate.material,
       tracing: tracing?.status(),
+      totals: metrics.faultAndMirrorTotals(),
     })
   const admin = new AdminServer(parseAddress(initial.admin.address)!, {
     readiness,

@@ -156,6 +156,10 @@ export const ERRORS = {
   // Connections refused at accept and HTTP/2 connections closed for abuse: counted, never answered.
   too_many_connections: heldBack(503, 'limits.maxConnections or limits.maxConnectionsPerClient connections are open already'),
   stream_reset_flood: { ...refused(400, 'the HTTP/2 connection reset, or had refused for being over its limit, more than limits.maxStreamResetsPer10s streams in 10 s', GRPC.RESOURCE_EXHAUSTED), close: true },
+  // fault.abort (or x-sidecar-fault-abort): the operator asked for a failure; the status and
+  // gRPC status are the fault's own (these are the defaults). Never sent to the app, never
+  // retried, never counted by a breaker.
+  fault_injected: heldBack(503, 'a fault injected on purpose (fault.abort): the request was not forwarded'),
   proxy_overloaded: heldBack(503, 'the proxy is shedding load: its event loop runs later than limits.maxEventLoopDelayMs'),
 } as const satisfies Record<string, CatalogueEntry>
 
@@ -168,13 +172,18 @@ export class SidecarError extends Error {
   readonly retryAfterSeconds: number | undefined
   /** What this occurrence adds to the catalogue message. */
   readonly detail: string | undefined
+  /** The gRPC status of the local reply, when this occurrence has its own (an injected fault). */
+  readonly grpcStatus: number | undefined
 
-  constructor(code: ErrorCode, options?: { cause?: unknown; detail?: string; retryAfterSeconds?: number }) {
+  /** `status` and `grpcStatus` override the catalogue's, for the one code whose answer the
+   *  operator chooses (fault_injected). */
+  constructor(code: ErrorCode, options?: { cause?: unknown; detail?: string; retryAfterSeconds?: number; status?: number; grpcStatus?: number | undefined }) {
     const entry = ERRORS[code]
     super(options?.detail ? `${entry.message}: ${options.detail}` : entry.message, { cause: options?.cause })
     this.name = 'SidecarError'
     this.code = code
-    this.status = entry.status
+    this.status = options?.status ?? entry.status
+    this.grpcStatus = options?.grpcStatus
     this.retryAfterSeconds = options?.retryAfterSeconds
     this.detail = options?.detail
   }

@@ -92,10 +92,18 @@ export interface ForwardingInfo {
 /** What a client could set to pass for another address, scheme or host. */
 const FORWARDED: ReadonlySet<string> = new Set(['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-forwarded-port', 'x-real-ip', 'forwarded'])
 
+/** A caller's request for a fault (fault.headerControl, layers/fault.ts): for the proxy alone,
+ *  never passed to the app, whether or not fault injection is on. */
+export const FAULT_DELAY_HEADER = 'x-sidecar-fault-delay-ms'
+export const FAULT_ABORT_HEADER = 'x-sidecar-fault-abort'
+const FAULT: ReadonlySet<string> = new Set([FAULT_DELAY_HEADER, FAULT_ABORT_HEADER])
+const FORWARDED_AND_FAULT: ReadonlySet<string> = new Set([...FORWARDED, ...FAULT])
+
 /**
  * The headers the app receives: end-to-end headers, then the proxy's own. Client-sent
  * X-Forwarded-*, X-Real-IP and `Forwarded` are dropped unless `trustForwardedHeaders`; when trusted, the
- * client address is appended to the chain and the client's proto/host are kept.
+ * client address is appended to the chain and the client's proto/host are kept. The fault
+ * control headers are always dropped (the listener hands their values to the pipeline apart).
  */
 export function upstreamRequestHeaders(
   incoming: Readonly<Record<string, string | string[] | undefined>>,
@@ -104,7 +112,7 @@ export function upstreamRequestHeaders(
 ): HeaderMap {
   const trusted = info.trustForwardedHeaders
   const subject = info.clientSubjectHeader
-  const drop = subject === undefined ? (trusted ? undefined : FORWARDED) : new Set([subject, ...(trusted ? [] : FORWARDED)])
+  const drop = subject === undefined ? (trusted ? FAULT : FORWARDED_AND_FAULT) : new Set([subject, ...FAULT, ...(trusted ? [] : FORWARDED)])
   const headers = endToEnd(incoming, drop, info.headersWithUnderscores === 'drop' ? info : undefined)
   // HTTP/2 carries the host in :authority; the app, on HTTP/1.1, needs Host
   if (headers.host === undefined && typeof incoming[':authority'] === 'string') headers.host = incoming[':authority']

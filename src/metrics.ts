@@ -110,6 +110,22 @@ export function createMetrics(opts: { observer?: MetricsObserver } = {}) {
     labelNames: ['reason'] as const,
     registers,
   })
+  // Injected faults and mirrored copies: a handful of label sets (routes, backends are bounded
+  // by the config), counted as they happen, and kept as totals for /status.
+  const faultTotals = new Map<string, number>()
+  const faults = new Counter({
+    name: 'sidecar_faults_injected_total',
+    help: 'Faults injected on purpose (fault, routes[].fault), by route and kind (delay, abort).',
+    labelNames: ['route', 'kind'] as const,
+    registers,
+  })
+  const mirrorTotals = new Map<string, number>()
+  const mirrors = new Counter({
+    name: 'sidecar_mirror_requests_total',
+    help: 'Copies of requests for a shadow backend (mirror), by backend and result: sent (answered, any status), failed (no answer: refused, reset, timed out), dropped (past mirror.maxInFlight, or the copy could not keep up with the body), skipped_body (a body over retry.maxReplayBytes).',
+    labelNames: ['backend', 'result'] as const,
+    registers,
+  })
   const budgetExhausted = new Counter({
     name: 'sidecar_retry_budget_exhausted_total',
     help: 'Retries not made because the retry budget was spent.',
@@ -190,6 +206,30 @@ export function createMetrics(opts: { observer?: MetricsObserver } = {}) {
       if (!d) byRoute.set(route, (d = duration.labels(backend, route)))
       d.observe(seconds)
       observer?.record(backend, code, route)
+    },
+    /** Counts one injected fault: faults_injected_total. */
+    countFault(route: string, kind: 'delay' | 'abort'): void {
+      faults.labels(route, kind).inc()
+      const key = `${route} ${kind}`
+      faultTotals.set(key, (faultTotals.get(key) ?? 0) + 1)
+    },
+    /** Counts one mirrored copy's fate: mirror_requests_total. */
+    countMirror(backend: string, result: MirrorResult): void {
+      mirrors.labels(backend, result).inc()
+      const key = `${backend} ${result}`
+      mirrorTotals.set(key, (mirrorTotals.get(key) ?? 0) + 1)
+    },
+    /** Faults injected since start, per route and kind; mirrored copies per backend and result. */
+    faultAndMirrorTotals(): { faults: Record<string, Record<string, number>>; mirror: Record<string, Record<string, number>> } {
+      const nest = (totals: Map<string, number>) => {
+        const out: Record<string, Record<string, number>> = {}
+        for (const [key, n] of totals) {
+          const [a, b] = key.split(' ') as [string, string]
+          ;(out[a] ??= {})[b] = n
+        }
+        return out
+      }
+      return { faults: nest(faultTotals), mirror: nest(mirrorTotals) }
     },
     countDroppedHeaders(reason: 'underscore', n: number): void {
       droppedHeaders.labels(reason).inc(n)
@@ -278,3 +318,5 @@ class Tally {
 }
 
 export type Metrics = ReturnType<typeof createMetrics>
+
+export type MirrorResult = 'sent' | 'failed' | 'dropped' | 'skipped_body'

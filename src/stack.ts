@@ -6,12 +6,14 @@
 // every route, each with the route's settings merged over the top level's (routes[]: timeoutMs,
 // retry, limits, weights; the top level is the route "default").
 import type { Config, RouteConfig } from './config/schema.js'
-import { routeRetry } from './config/schema.js'
+import { defaultCanary, routeRetry, routeSetting } from './config/schema.js'
 import type { Clock } from './clock.js'
 import { createAccessLogLayer } from './layers/access-log.js'
 import { createAttemptSpanLayer } from './layers/attempt-span.js'
 import { createBreakerLayer } from './layers/breaker.js'
+import { MAX_ASKED_DELAY_MS, createFaultLayer } from './layers/fault.js'
 import { createLimitsLayer } from './layers/limits.js'
+import { createMirrorLayer } from './layers/mirror.js'
 import { createOverloadLayer } from './layers/overload.js'
 import { createPickLayer } from './layers/pick.js'
 import { createRateLimitLayer, RateLimitTables } from './layers/rate-limit.js'
@@ -42,6 +44,8 @@ export interface StackDeps {
   rateLimits?: RateLimitTables
   /** Present only when the config has a `tracing` section (tracing/tracer.ts, started by app.ts). */
   tracing?: { sink: SpanSink; ids: Ids } | undefined
+  /** [0, 1): which requests get a fault (Math.random unless a test brings its own). */
+  random?: (() => number) | undefined
 }
 
 // Built again from each reloaded config; the state that must outlive a reload (pools, breakers,
@@ -93,18 +97,36 @@ function buildRoute(
   const weights = route?.weights
   const direct = route?.direct
   const rateLimit = route?.rateLimit
+  const fault = routeSetting(config.fault, route?.fault)
+  const mirror = routeSetting(config.mirror, route?.mirror)
   const layers: Layer[] = [
     createLimitsLayer(limits, deps), //                        header count 431, body size 413
   ]
   // token buckets per route, client or header value: 429 rate_limited (no rateLimit: not in the list)
   if (rateLimit) layers.push(createRateLimitLayer(rateLimit, { ...deps, buckets: rateLimits.get(route.name, rateLimit) }))
+  // delays and aborts on purpose, before any body is read (no fault: not in the list)
+  if (fault) {
+    const maxAskedDelayMs = Math.min(MAX_ASKED_DELAY_MS, requestTimeoutMs > 0 ? requestTimeoutMs : MAX_ASKED_DELAY_MS)
+    layers.push(createFaultLayer(fault, { ...deps, route: route?.name ?? DEFAULT_ROUTE, maxAskedDelayMs }))
+  }
   // a fixed answer: the request goes no further than the proxy
   if (direct) {
     const body = Buffer.from(direct.body)
     return compose(layers, (_req, ctx) => Promise.resolve(directReply(direct.status, body, ctx.id)))
   }
+  layers.push(createReceiveLayer(limits, deps)) //            small bodies received whole first; idle bodies 408
+  // a copy to a shadow backend, straight to its pool: never retried, never holds the real
+  // request back (no mirror: not in the list)
+  if (mirror) {
+    const shadow = mirror.backend
+    layers.push(
+      createMirrorLayer(
+        { ...mirror, maxBodyBytes: retry.maxReplayBytes, timeoutMs: requestTimeoutMs > 0 ? requestTimeoutMs : config.limits.requestTimeoutMs },
+        { ...deps, send: (req, signal) => backends.get(shadow)?.upstream.shadow(req, signal) },
+      ),
+    )
+  }
   layers.push(
-    createReceiveLayer(limits, deps), //                       small bodies received whole first; idle bodies 408
     createRetryLayer({ ...retry, requestTimeoutMs }, { ...deps, budget: budgetFor(retry.budget) }), // budgeted tries
     // ---- below here: once per attempt ----
     ...(traced ? [createAttemptSpanLayer(config.backends, traced.deps)] : []), // the app's traceparent, a CLIENT span per attempt
@@ -112,7 +134,7 @@ function buildRoute(
       // a route's weights: backends it leaves out get none, and the override header cannot
       // overrule them (a route that keeps /admin off the canary keeps it off)
       weights ? config.backends.map((b) => ({ name: b.name, weight: weights[b.name] ?? 0 })) : config.backends,
-      weights ? { ...config.routing, header: false } : config.routing,
+      weights ? { ...config.routing, header: false } : { ...config.routing, canary: defaultCanary(config) ?? false },
       backends,
     ), //                                                      header, sticky cookie, weights; skips open/unhealthy
     createOverloadLayer(limits, { ...deps, gateOf: (name) => backends.get(name)?.gate }), // per backend: in flight + waiting, else 503

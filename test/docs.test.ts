@@ -67,7 +67,7 @@ t.test('the metrics table names every metric the proxy defines', async (t) => {
 })
 
 t.test('every link between the pages leads to a page that exists', async (t) => {
-  const pages = ['README.md', ...['architecture', 'configuration', 'protocols', 'requests', 'errors', 'admin', 'metrics', 'benchmarks', 'performance', 'demo', 'hostile-input', 'tracing'].map((p) => `docs/${p}.md`)]
+  const pages = ['README.md', ...['architecture', 'configuration', 'protocols', 'requests', 'errors', 'admin', 'metrics', 'benchmarks', 'performance', 'demo', 'hostile-input', 'tracing', 'mirroring-and-faults'].map((p) => `docs/${p}.md`)]
   for (const page of pages) {
     const text = readFileSync(new URL(`../${page}`, import.meta.url), 'utf8')
     for (const [, target] of text.matchAll(/\]\(([^)#\s]+\.(?:md|png))(?:#[^)]*)?\)/g)) {
@@ -75,6 +75,24 @@ t.test('every link between the pages leads to a page that exists', async (t) => 
       t.doesNotThrow(() => readFileSync(resolved), `${page} -> ${target}`)
     }
   }
+})
+
+t.test('the fault injection example validates and holds what it describes', async (t) => {
+  const page = doc('mirroring-and-faults.md')
+  const start = page.indexOf('```yaml', page.indexOf('## Fault injection')) + 7
+  const example = validateConfig(parse(page.slice(start, page.indexOf('```', start))))
+  t.match(example.fault, { delay: { ms: 200, percent: 5 }, abort: { status: 503, percent: 0.5 }, headerControl: false })
+  t.equal(example.routes.find((r) => r.name === 'checkout')!.fault, false)
+  t.match(example.routes.find((r) => r.name === 'search')!.fault, { abort: { grpcStatus: 14 }, headerControl: true })
+})
+
+t.test('the mirroring example validates and holds what it describes', async (t) => {
+  const page = doc('mirroring-and-faults.md')
+  const start = page.indexOf('```yaml', page.indexOf('## Mirroring')) + 7
+  const example = validateConfig(parse(page.slice(start, page.indexOf('```', start))))
+  t.same(example.mirror, { backend: 'shadow', percent: 10, maxInFlight: 64 })
+  t.match(example.backends[1], { name: 'shadow', weight: 0, gatesReadiness: false })
+  t.equal(example.routes.find((r) => r.name === 'payments')!.mirror, false)
 })
 
 t.test('the Routes example validates and holds the cases it describes', async (t) => {

@@ -42,6 +42,7 @@ t.test('the catalogue: every code has a status and a message, and statuses follo
     too_many_tunnels: 503,
     too_many_connections: 503,
     stream_reset_flood: 400,
+    fault_injected: 503, // the default: each fault.abort names its own status
     proxy_overloaded: 503,
   }
   t.same(Object.fromEntries(Object.entries(ERRORS).map(([code, e]) => [code, e.status])), expected)

@@ -4,7 +4,7 @@
 // the config version in force; readiness. The admin page (page.ts) draws this.
 // Assembled from the live objects on every call: nothing here is cached.
 import type { InForce } from '../config/reload.js'
-import { gatesReadiness } from '../config/schema.js'
+import { gatesReadiness, routeSetting } from '../config/schema.js'
 import type { BackendSnapshot } from '../upstream/backends.js'
 import type { TracingStatus } from '../tracing/tracer.js'
 import type { RecentRequests } from './recent.js'
@@ -20,6 +20,8 @@ export interface StatusSources extends InForce {
   certificate: { subject: string; notAfter: Date } | undefined
   /** Tracing's export, when tracing is on. */
   tracing?: TracingStatus | undefined
+  /** Since start: injected faults per route and kind, mirrored copies per backend and result. */
+  totals?: { faults: Record<string, Record<string, number>>; mirror: Record<string, Record<string, number>> }
 }
 
 export function statusOf(s: StatusSources) {
@@ -51,11 +53,20 @@ export function statusOf(s: StatusSources) {
     }),
     /** The route table in order, the default (top-level settings) last: what each matches and
      *  its requests and 5xx in the last minute. */
-    routes: [...s.config.routes, { name: 'default', match: {} }].map((r) => ({
-      name: r.name,
-      match: r.match,
-      lastMinute: routeMinute[r.name] ?? { requests: 0, errors: 0 },
-    })),
+    routes: [...s.config.routes, { name: 'default', match: {} }].map((r) => {
+      const fault = routeSetting(s.config.fault, 'fault' in r ? r.fault : undefined)
+      const mirror = routeSetting(s.config.mirror, 'mirror' in r ? r.mirror : undefined)
+      return {
+        name: r.name,
+        match: r.match,
+        lastMinute: routeMinute[r.name] ?? { requests: 0, errors: 0 },
+        // the route's own setting or the top level's (null: none), and what it did since start
+        fault: fault === undefined ? null : { ...fault, injected: s.totals?.faults[r.name] ?? {} },
+        mirror: mirror ?? null,
+      }
+    }),
+    /** Mirrored copies since start, per shadow backend and result (sent, failed, dropped, skipped_body). */
+    mirror: s.totals?.mirror ?? {},
     /** Every request of the last minute, by who answered it ("none": the proxy itself). */
     lastMinute,
     /** Requests and 5xx per 10 s over the last 5 minutes, oldest first. */

@@ -3,7 +3,7 @@
 // (the one GET /config shows once it is loaded), the split it makes and the route table.
 import { loadConfig } from '../config/load.js'
 import { configVersion } from '../config/reload.js'
-import { gatesReadiness, type RouteConfig } from '../config/schema.js'
+import { gatesReadiness, type FaultConfig, type MirrorConfig, type RouteConfig } from '../config/schema.js'
 import { loadListenerTlsFiles } from '../server/tls.js'
 import { loadBackendTls } from '../upstream/tls.js'
 import type { Io } from './io.js'
@@ -27,11 +27,12 @@ export async function validateCommand(argv: readonly string[], io: Io): Promise<
     const { otlp, sampleRatio, serviceName } = config.tracing
     io.out(`  tracing: ${otlp.protocol} to ${otlp.endpoint}, sampleRatio ${sampleRatio}, service ${serviceName}`)
   }
+  const top = [...describeFaultAndMirror(config.fault, config.mirror)]
   if (config.routes.length > 0) {
     io.out('routes (first match wins):')
-    for (const r of config.routes) io.out(`  ${r.name}  ${describeMatch(r.match)}${describePolicy(r)}`)
-    io.out('  default  every other request: the top-level settings')
-  }
+    for (const r of config.routes) io.out(`  ${r.name}  ${describeMatch(r.match)}${describePolicy(r, config)}`)
+    io.out(`  default  every other request: the top-level settings${top.length === 0 ? '' : `  -> ${top.join(', ')}`}`)
+  } else if (top.length > 0) io.out(`every request: ${top.join(', ')}`)
   return 0
 }
 
@@ -43,7 +44,22 @@ function describeMatch(m: RouteConfig['match']): string {
   return said === '' ? 'every request' : said
 }
 
-function describePolicy(r: RouteConfig): string {
+/** `fault: delay 100 ms (5%), abort 503 (1%), by header`, `mirror 10% to shadow (64 at once)`. */
+function describeFaultAndMirror(fault: FaultConfig | false | undefined, mirror: MirrorConfig | false | undefined): string[] {
+  const out: string[] = []
+  if (fault) {
+    const parts = [
+      fault.delay && `delay ${fault.delay.ms} ms (${fault.delay.percent}%)`,
+      fault.abort && `abort ${fault.abort.status}${fault.abort.grpcStatus === undefined ? '' : ` grpc ${fault.abort.grpcStatus}`} (${fault.abort.percent}%)`,
+      fault.headerControl && 'by header',
+    ]
+    out.push(`fault: ${parts.filter(Boolean).join(', ')}`)
+  }
+  if (mirror) out.push(`mirror ${mirror.percent}% to ${mirror.backend} (${mirror.maxInFlight} at once)`)
+  return out
+}
+
+function describePolicy(r: RouteConfig, config: { fault?: FaultConfig | undefined; mirror?: MirrorConfig | undefined }): string {
   const out: string[] = []
   if (r.direct) out.push(`answers ${r.direct.status} itself`)
   if (r.timeoutMs !== undefined) out.push(r.timeoutMs === 0 ? 'no timeout' : `timeout ${r.timeoutMs} ms`)
@@ -51,5 +67,8 @@ function describePolicy(r: RouteConfig): string {
   if (r.limits?.maxBodyBytes !== undefined) out.push(`body up to ${r.limits.maxBodyBytes} bytes`)
   if (r.weights) out.push(`weights ${Object.entries(r.weights).map(([b, w]) => `${b}=${w}`).join(' ')}`)
   if (r.rateLimit) out.push(`${r.rateLimit.requestsPerSecond}/s burst ${r.rateLimit.burst} per ${r.rateLimit.key}`)
+  out.push(...describeFaultAndMirror(r.fault, r.mirror))
+  if (r.fault === false && config.fault) out.push('no fault')
+  if (r.mirror === false && config.mirror) out.push('no mirror')
   return out.length === 0 ? '' : `  -> ${out.join(', ')}`
 }

@@ -1,6 +1,7 @@
 // The one source of truth for configuration: keys, defaults and the TypeScript types (inferred).
 // Every default is visible here. Unknown keys are errors, so a typo never silently does nothing.
 import { z } from 'zod'
+import { nearest } from './nearest.js'
 import { regexProblem } from './regex-guard.js'
 
 const ms = (def: number) => z.number().int().min(1).max(86_400_000).default(def)
@@ -187,6 +188,43 @@ const matchPath = z
 
 const lowerHeaderName = z.string().regex(/^[a-z0-9-]+$/, 'must be a lower-case header name')
 
+/** A share of requests, 0-100; fractions allowed (0.5: one request in 200). */
+const percent = z.number().min(0, 'must be >= 0').max(100, 'must be <= 100')
+
+/** Faults injected on purpose (Envoy's fault filter, Istio's HTTPFaultInjection): to see how
+ *  callers cope with a slow or failing service. Never reaches the app when it aborts. */
+const faultSchema = z
+  .strictObject({
+    /** Wait `ms` before the request is forwarded, for `percent` of requests. */
+    delay: z.strictObject({ ms: z.number().int().min(1).max(600_000, 'must be <= 600000 (10 minutes)'), percent }).optional(),
+    /** Answer `status` (fault_injected) instead of forwarding, for `percent` of requests; a gRPC
+     *  request gets `grpcStatus` (default 14, UNAVAILABLE). */
+    abort: z
+      .strictObject({
+        status: z.number().int().min(200).max(599),
+        grpcStatus: z.number().int().min(1).max(16).optional(),
+        percent,
+      })
+      .optional(),
+    /** Let callers ask for a fault per request (x-sidecar-fault-delay-ms, x-sidecar-fault-abort).
+     *  Those headers never reach the app either way. */
+    headerControl: z.boolean().default(false),
+  })
+  .refine((f) => f.delay !== undefined || f.abort !== undefined || f.headerControl, { message: 'needs delay, abort or headerControl: true' })
+
+/** A copy of each request (fire and forget) to a shadow backend; its answer is thrown away. */
+const mirrorSchema = z.strictObject({
+  /** A backend in `backends` (weight 0: it takes mirrored copies only). */
+  backend: z.string().min(1),
+  /** Share of requests copied, 0-100 (fractions allowed). */
+  percent: percent.default(100),
+  /** Copies in flight at once; past it, copies are dropped (counted), never queued. */
+  maxInFlight: z.number().int().min(1).max(100_000).default(64),
+})
+
+export type FaultConfig = z.output<typeof faultSchema>
+export type MirrorConfig = z.output<typeof mirrorSchema>
+
 const routeSchema = z
   .strictObject({
     /** Names the route in metrics, the access log and /status; "default" is the top level's. */
@@ -256,10 +294,14 @@ const routeSchema = z
         body: z.string().max(65_536).default(''),
       })
       .optional(),
+    /** Replaces the top level's fault for this route; false: none here. */
+    fault: z.union([z.literal(false), faultSchema]).optional(),
+    /** Replaces the top level's mirror for this route; false: none here. */
+    mirror: z.union([z.literal(false), mirrorSchema]).optional(),
   })
   .superRefine((r, ctx) => {
     if (r.direct === undefined) return
-    for (const key of ['weights', 'retry', 'timeoutMs'] as const) {
+    for (const key of ['weights', 'retry', 'timeoutMs', 'mirror'] as const) {
       if (r[key] !== undefined) ctx.addIssue({ code: 'custom', path: [key], message: 'has no meaning with direct (the proxy answers itself)' })
     }
   })
@@ -391,6 +433,10 @@ export const configSchema = z
     /** Per-path policy: an ordered list, the first route whose match fits the request wins;
      *  a request no route matches takes the top-level settings (the route named "default"). */
     routes: z.array(routeSchema).max(1000).default([]),
+    /** Faults injected into the default route's requests (routes[].fault replaces it per route). */
+    fault: faultSchema.optional(),
+    /** Copies of the default route's requests to a shadow backend (routes[].mirror replaces it). */
+    mirror: mirrorSchema.optional(),
     circuitBreaker: z
       .strictObject({
         /** Open when more than this share of attempts failed in the rolling window... */
@@ -520,8 +566,26 @@ export const configSchema = z
     if (canary !== undefined && !config.backends.some((b) => b.name === canary)) {
       ctx.addIssue({ code: 'custom', path: ['routing', 'canary'], message: `names no backend ("${canary}")` })
     }
+    const mirrorTo = (mirror: { backend: string } | false | undefined, path: PropertyKey[]) => {
+      if (!mirror || config.backends.some((b) => b.name === mirror.backend)) return
+      const near = nearest(mirror.backend, config.backends.map((b) => b.name))
+      ctx.addIssue({ code: 'custom', path: [...path, 'backend'], message: `no backend named "${mirror.backend}"${near === undefined ? '' : `; did you mean "${near}"?`}` })
+    }
+    mirrorTo(config.mirror, ['mirror'])
+    // The override header sends a request to its backend whatever the weights: a backend that
+    // takes mirrored copies only (weight 0) must not be one of its targets, or `x-canary:
+    // always` (or `never`) would send real traffic to the shadow. (The default canary passes
+    // such backends by: see defaultCanary.)
+    if (config.routing.header !== false) {
+      const shadows = shadowOnlyBackends(config)
+      const first = config.backends[0]?.name
+      if (first !== undefined && shadows.has(first)) ctx.addIssue({ code: 'custom', path: ['backends', 0], message: `"${first}" takes mirrored copies only (weight 0) but is first, the stable backend the override header's "never" sends to: list it later, or set routing.header: false` })
+      const canary = config.routing.canary
+      if (canary !== undefined && shadows.has(canary)) ctx.addIssue({ code: 'custom', path: ['routing', 'canary'], message: `"${canary}" takes mirrored copies only (weight 0): the override header's "always" would send it real traffic` })
+    }
     const names = new Set<string>()
     config.routes.forEach((route, i) => {
+      mirrorTo(route.mirror, ['routes', i, 'mirror'])
       if (names.has(route.name)) ctx.addIssue({ code: 'custom', path: ['routes', i, 'name'], message: `duplicate route name "${route.name}"` })
       names.add(route.name)
       if (route.weights !== undefined) {
@@ -551,4 +615,23 @@ export function routeRetry(top: RetryConfig, route: RouteConfig['retry']): Retry
     backoff: { ...top.backoff, ...defined(route.backoff) },
     budget: { ...top.budget, ...defined(route.budget) },
   }
+}
+
+/** A route's fault or mirror: its own when it has one (false: none), else the top level's. */
+export function routeSetting<T extends object>(top: T | undefined, route: T | false | undefined): T | undefined {
+  return route === undefined ? top : route === false ? undefined : route
+}
+
+/** Backends that take mirrored copies only: named by a mirror, weight 0. */
+export function shadowOnlyBackends(config: Pick<Config, 'backends' | 'mirror' | 'routes'>): Set<string> {
+  const named = [config.mirror, ...config.routes.map((r) => r.mirror)].flatMap((m) => (m ? [m.backend] : []))
+  return new Set(named.filter((name) => config.backends.find((b) => b.name === name)?.weight === 0))
+}
+
+/** The backend the override header's `always` names: routing.canary, else the second backend
+ *  that does not take mirrored copies only (a shadow is never the canary by default). */
+export function defaultCanary(config: Pick<Config, 'backends' | 'mirror' | 'routes' | 'routing'>): string | undefined {
+  if (config.routing.canary !== undefined) return config.routing.canary
+  const shadows = shadowOnlyBackends(config)
+  return config.backends.slice(1).find((b) => !shadows.has(b.name))?.name
 }

@@ -21,8 +21,9 @@ export interface WeightedBackend {
 export interface RoutingOptions {
   /** The override header's name, or false for none. */
   header: string | false
-  /** The backend `always` means; default: the second backend. */
-  canary?: string | undefined
+  /** The backend `always` means; default: the second backend; false: none (`always` then
+   *  leaves the choice to the weights). */
+  canary?: string | false | undefined
   sticky?: { cookie: string; maxAgeSeconds: number } | undefined
 }
 
@@ -40,7 +41,7 @@ export function createPickLayer(backends: readonly WeightedBackend[], routing: R
   const isHealthy = deps.isHealthy ?? (() => true)
   const live = backends.filter((b) => b.weight > 0)
   const stable = backends[0]!.name
-  const canary = routing.canary ?? backends[1]?.name
+  const canary = routing.canary === false ? undefined : (routing.canary ?? backends[1]?.name)
   const override = (value: string | string[] | undefined): string | undefined => {
     if (value === 'always') return canary
     if (value === 'never') return stable

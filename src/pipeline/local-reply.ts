@@ -21,7 +21,7 @@ export function localReply(error: SidecarError, o: LocalReplyOptions): ProxyResp
   if (error.retryAfterSeconds !== undefined) headers['retry-after'] = String(Math.max(1, Math.ceil(error.retryAfterSeconds)))
   if (o.grpc) {
     headers['content-type'] = 'application/grpc'
-    headers['grpc-status'] = String(ERRORS[error.code].grpcStatus)
+    headers['grpc-status'] = String(error.grpcStatus ?? ERRORS[error.code].grpcStatus)
     headers['grpc-message'] = encodeURIComponent(error.message)
     return { status: 200, headers, body: Buffer.alloc(0) }
   }

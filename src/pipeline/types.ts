@@ -24,6 +24,10 @@ export interface ProxyRequest {
   readonly transferEncoding: string | null
   /** HTTP/1.1 Upgrade: the protocol the client asks to switch to (`websocket`), when it does. */
   readonly upgrade?: string | undefined
+  /** What the caller asked of fault injection with x-sidecar-fault-delay-ms and
+   *  x-sidecar-fault-abort (headers the app never gets), when it sent either; honoured only
+   *  with fault.headerControl. */
+  readonly faultAsked?: { readonly delayMs: string | undefined; readonly abort: string | undefined } | undefined
 }
 
 export interface ProxyResponse {

@@ -6,7 +6,7 @@ import http2 from 'node:http2'
 import type { Socket } from 'node:net'
 import type { Readable } from 'node:stream'
 import type { TLSSocket } from 'node:tls'
-import { endToEnd, upstreamRequestHeaders, type ForwardingInfo } from '../headers.js'
+import { FAULT_ABORT_HEADER, FAULT_DELAY_HEADER, endToEnd, upstreamRequestHeaders, type ForwardingInfo } from '../headers.js'
 import type { Clock } from '../clock.js'
 import type { ProxyRequest, ProxyResponse } from '../pipeline/types.js'
 import { countRegularHeaders } from './validate.js'
@@ -19,6 +19,9 @@ export function toProxyRequest(req: Request, h2: boolean, target: string | null,
   const cl = req.headers['content-length']
   const te = req.headers['transfer-encoding']
   const hasBody = h2 ? !(req as http2.Http2ServerRequest).stream.endAfterHeaders : te !== undefined || (cl !== undefined && cl !== '0')
+  // dropped from the app's headers (headers.ts), kept here for the fault layer
+  const faultDelay = req.headers[FAULT_DELAY_HEADER]
+  const faultAbort = req.headers[FAULT_ABORT_HEADER]
   return {
     method: req.method ?? 'GET',
     path: target ?? req.url ?? '/',
@@ -27,7 +30,12 @@ export function toProxyRequest(req: Request, h2: boolean, target: string | null,
     contentLength: cl !== undefined && te === undefined ? Number(cl) : null,
     headerCount: h2 ? countRegularHeaders(req.rawHeaders) : req.rawHeaders.length / 2,
     transferEncoding: te ?? null,
+    faultAsked: faultDelay === undefined && faultAbort === undefined ? undefined : { delayMs: single(faultDelay), abort: single(faultAbort) },
   }
+}
+
+function single(v: string | string[] | undefined): string | undefined {
+  return Array.isArray(v) ? v[0] : v
 }
 
 export interface WriteOptions {

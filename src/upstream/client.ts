@@ -110,6 +110,16 @@ export class Upstream {
     )
   }
 
+  /**
+   * Sends a mirrored copy (layers/mirror.ts): straight to the pool, on the copy's own signal,
+   * with no read-ahead and not counted as an attempt (upstream_attempts_total is the real
+   * traffic's; the copy's fate is mirror_requests_total). Undici's errors stay as they are: the
+   * caller only counts them.
+   */
+  shadow(req: ProxyRequest, signal: Cancel): Promise<ProxyResponse> {
+    return this.exchange(req, signal)
+  }
+
   /** One health check: a GET to `path` (is the backend answering HTTP at all?), or the standard
    *  gRPC health check of a service (what is it serving?). */
   async probe(check: ProbeOptions): Promise<ProbeResult> {
