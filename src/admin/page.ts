@@ -115,7 +115,8 @@ function render(s) {
   renderChart(s.series, s.lastMinute)
   renderRetries(s.retries, s.rejections)
   renderCertificate(s.certificate)
-  renderConfig(s.config)
+  renderRoutes(s.routes, s.mirror)
+  renderConfig(s.config, s.tracing)
 }
 
 function renderReadiness(s) {
@@ -234,13 +235,55 @@ function renderCertificate(cert) {
   dl.replaceChildren(el('dt', '', 'Subject'), el('dd', '', cert.subject), el('dt', '', 'Expires'), expires)
 }
 
-function renderConfig(config) {
+/** A route's match in words: methods, the path form, then headers. */
+function describeMatch(m) {
+  const parts = []
+  if (m.methods) parts.push(m.methods.join(','))
+  if (m.path !== undefined) parts.push(m.path)
+  else if (m.pathPrefix !== undefined) parts.push(m.pathPrefix + '*')
+  else if (m.pathRegex !== undefined) parts.push('~' + m.pathRegex)
+  for (const [name, want] of Object.entries(m.headers || {})) parts.push(name + (typeof want === 'string' ? ': ' + want : ' ~ ' + want.regex))
+  return parts.length ? parts.join(' ') : 'every other request'
+}
+
+/** Counts as "what n, what n" (e.g. injected faults by kind), or "" when there are none. */
+function counts(byWhat) {
+  return Object.entries(byWhat || {}).map(([what, n]) => what + ' ' + n).join(', ')
+}
+
+function renderRoutes(routes, mirror) {
+  const rows = routes.map((r) => {
+    const fault = r.fault ? [r.fault.abort && 'abort ' + r.fault.abort.status + ' ' + r.fault.abort.percent + '%', r.fault.delay && 'delay ' + r.fault.delay.ms + ' ms ' + r.fault.delay.percent + '%', r.fault.headerControl && 'header control'].filter(Boolean).join(', ') : ''
+    const injected = r.fault ? counts(r.fault.injected) : ''
+    const copies = r.mirror ? 'to ' + r.mirror.backend + ' ' + r.mirror.percent + '%' : ''
+    const tr = row([
+      { text: r.name },
+      { text: describeMatch(r.match) },
+      { text: r.lastMinute.requests + ' / ' + r.lastMinute.errors, className: 'num' },
+      { text: fault + (injected ? ' (injected: ' + injected + ')' : '') },
+      { text: copies },
+    ])
+    tr.dataset.route = r.name
+    return tr
+  })
+  document.getElementById('routes').replaceChildren(...rows)
+  const shadows = Object.entries(mirror || {}).map(([backend, byResult]) => backend + ': ' + counts(byResult))
+  document.getElementById('mirror-totals').textContent = shadows.length ? 'Mirrored copies since start, ' + shadows.join('; ') : ''
+}
+
+function renderConfig(config, tracing) {
   const minutes = Math.floor((Date.now() - Date.parse(config.loadedAt)) / 60_000)
   const parts = [
     el('dt', '', 'Version'), el('dd', '', config.version),
     el('dt', '', 'Loaded'), el('dd', '', new Date(config.loadedAt).toLocaleString() + ' (' + minutes + ' min ago)'),
   ]
   if (config.pendingRestart.length > 0) parts.push(el('dt', '', 'Needs a restart'), el('dd', '', config.pendingRestart.join(', ')))
+  parts.push(
+    el('dt', '', 'Tracing'),
+    el('dd', '', tracing
+      ? tracing.protocol + ' to ' + tracing.endpoint + ', sampleRatio ' + tracing.sampleRatio + ': ' + tracing.exported + ' spans exported, ' + tracing.queued + ' queued, ' + tracing.dropped + ' dropped'
+      : 'off'),
+  )
   document.getElementById('config').replaceChildren(...parts)
 }
 
@@ -270,6 +313,8 @@ export const PAGE = `<!doctype html>
 <table><thead><tr><th>What</th><th>Reason</th><th class="num">Last minute</th></tr></thead><tbody id="retries"></tbody></table></section>
 <section><h2>Readiness latches held</h2><table><tbody id="latches"></tbody></table></section>
 <section><h2>Certificate</h2><dl id="cert"></dl></section>
+<section class="wide"><h2>Routes, first match wins</h2><div id="mirror-totals" class="small"></div>
+<table><thead><tr><th>Route</th><th>Matches</th><th class="num">Last minute<br>requests / 5xx</th><th>Fault</th><th>Mirror</th></tr></thead><tbody id="routes"></tbody></table></section>
 <section class="wide"><h2>Config</h2><dl id="config"></dl></section>
 </main>
 <script>${SCRIPT}</script>

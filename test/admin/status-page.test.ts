@@ -58,6 +58,10 @@ else t.test('the status page shows the split, then the canary breaker open, from
       { name: 'canary', url: canary.url, weight: 10, gatesReadiness: false, healthCheck: { ...healthCheck, path: '/healthz', unhealthyThreshold: 100 } },
     ],
     circuitBreaker: { volumeThreshold: 10, resetTimeoutMs: 60_000 },
+    routes: [
+      { name: 'internal', match: { pathPrefix: '/internal/' }, direct: { status: 404, body: 'no\n' } },
+      { name: 'work', match: { path: '/work', methods: ['GET'] }, fault: { abort: { status: 503, percent: 0.1 } } },
+    ],
   })
   t.teardown(() => proxy.close())
 
@@ -119,6 +123,11 @@ else t.test('the status page shows the split, then the canary breaker open, from
   t.match(await page.locator('#cert').textContent(), /CN=localhost.*\d+ hours left/, 'a one-day certificate, in hours')
   t.equal(await page.locator('#cert .badge').getAttribute('class'), 'badge bad', 'and flagged: it expires within 3 days')
   t.match(await page.locator('#config').textContent(), proxy.app.config().version)
+  t.match(await page.locator('#config').textContent(), /Tracingoff/, 'tracing: off')
+  t.equal(await page.locator('#routes tr').count(), 3, 'the route table: two routes and the default')
+  t.match(await page.locator('tr[data-route="internal"]').textContent(), /^internal\/internal\/\*0 \/ 0/)
+  t.match(await page.locator('tr[data-route="work"]').textContent(), /^workGET \/work\d+ \/ \d+abort 503 0\.1%/, 'the route that took the traffic, and its fault')
+  t.match(await page.locator('tr[data-route="default"]').textContent(), /^defaultevery other request/)
 
   // The health badge is the verdict, which takes unhealthyThreshold failures in a row to flip;
   // the reason beside it is only the latest check, and says so.
