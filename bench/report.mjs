@@ -37,8 +37,8 @@ export function ratios(ts, many, soak) {
   const routes = get('sidecar-routes')
   const routeCost = routes ? routes.fixedRate.cpuUsPerRequest / sc.fixedRate.cpuUsPerRequest : null
   add('sidecar with 20 routes (the last one matching) CPU per request / sidecar', routeCost, '<= 1.03', routeCost !== null && routeCost <= 1.03)
-  for (const traced of ['sidecar-trace-0.01', 'sidecar-trace-1'].map(get).filter(Boolean)) {
-    add(`${traced.name} CPU per request / sidecar (tracing off)`, traced.fixedRate.cpuUsPerRequest / sc.fixedRate.cpuUsPerRequest, 'reference', null)
+  for (const traced of ['sidecar-mirror', 'sidecar-trace-0.01', 'sidecar-trace-1'].map(get).filter(Boolean)) {
+    add(`${traced.name} CPU per request / sidecar`, traced.fixedRate.cpuUsPerRequest / sc.fixedRate.cpuUsPerRequest, 'reference', null)
   }
   add('sidecar TLS keep-alive throughput / nginx TLS', ngTls ? tls.rps / ngTls.rps : null, '>= 0.4', ngTls && tls.rps / ngTls.rps >= 0.4)
   add('sidecar HTTP/2 throughput / nginx HTTP/2 (h2load)', ngTls?.h2Rps ? tls.h2Rps / ngTls.h2Rps : null, 'reference', null)

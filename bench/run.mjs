@@ -11,6 +11,7 @@
 //                      a fixed rate of HANDSHAKE_RATE
 //   sidecar-full       sidecar-proxy with retries, breaker and a 90/10 canary split
 //   sidecar-routes     the plain sidecar with a table of 20 routes, the request matching the last
+//   sidecar-mirror     the plain sidecar copying every request to a second local app (a shadow)
 //   sidecar-trace-0.01 sidecar, tracing on at sampleRatio 0.01 (the default), exporting OTLP
 //   sidecar-trace-1    sidecar, tracing on, every request sampled (a SERVER and a CLIENT span
 //                      each), both exporting to a collector stand-in (bench/servers/otlp-sink.mjs)
@@ -198,6 +199,14 @@ async function main() {
   add('sidecar-full', s.pid, `http://127.0.0.1:${s.port}/`)
   s = await sidecar('sidecar-routes', { listener: { tls: false }, backends: [app], routes: twentyRoutes() })
   add('sidecar-routes', s.pid, `http://127.0.0.1:${s.port}/`)
+  const shadowPort = await freePort()
+  await start('shadow', process.execPath, [join(root, 'bench/servers/upstream.mjs'), String(shadowPort)], shadowPort)
+  s = await sidecar('sidecar-mirror', {
+    listener: { tls: false },
+    backends: [app, { name: 'shadow', url: `http://127.0.0.1:${shadowPort}`, weight: 0 }],
+    mirror: { backend: 'shadow', percent: 100 },
+  })
+  add('sidecar-mirror', s.pid, `http://127.0.0.1:${s.port}/`)
   const sinkPort = await freePort()
   await start('otlp-sink', process.execPath, [join(root, 'bench/servers/otlp-sink.mjs'), String(sinkPort)], sinkPort)
   for (const sampleRatio of [0.01, 1]) {
