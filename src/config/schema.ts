@@ -541,7 +541,7 @@ export const configSchema = z
           .prefault({}),
         /** Share of requests without a sampled parent that are sampled (parent-based: a caller's
          *  sampled flag is followed, either way). */
-        sampleRatio: z.number().min(0).max(1).default(0.01),
+        sampleRatio: z.number().min(0, 'must be between 0 and 1').max(1, 'must be between 0 and 1 (a share: 0.01 samples 1 request in 100)').default(0.01),
         serviceName: z.string().min(1).max(256).default('sidecar-proxy'),
         /** The export queue (OpenTelemetry's batch span processor, OTEL_BSP_*): past
          *  maxQueueSize, spans are dropped and counted in sidecar_spans_dropped_total. */

@@ -40,7 +40,7 @@ t.test('every problem with its path', async (t) => {
       'tracing.otlp.protocol: Invalid option: expected one of "http/protobuf"|"http/json"',
       'tracing.otlp.headers.bad header: must be a header name',
       'tracing.otlp.timeoutMs: Too small: expected number to be >=1',
-      'tracing.sampleRatio: Too big: expected number to be <=1',
+      'tracing.sampleRatio: must be between 0 and 1 (a share: 0.01 samples 1 request in 100)',
       'tracing.serviceName: Too small: expected string to have >=1 characters',
       'tracing.batch.maxExportBatchSize: must not exceed tracing.batch.maxQueueSize',
       'tracing.sampler: unknown key',
