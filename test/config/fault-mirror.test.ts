@@ -2,19 +2,10 @@
 // checked against the backends (with a guess at a typo), a route's setting replacing the top's.
 import t from 'tap'
 import type { Io } from '../../src/cli/io.js'
-import { isConfigError, validateConfig } from '../../src/config/load.js'
+import { validateConfig } from '../../src/config/load.js'
 import { defaultCanary, routeSetting } from '../../src/config/schema.js'
 import { main } from '../../src/main.js'
-
-function problems(raw: unknown): string[] {
-  try {
-    validateConfig(raw)
-  } catch (err) {
-    if (isConfigError(err)) return [...err.problems]
-    throw err
-  }
-  return []
-}
+import { problems } from '../fixtures/config.js'
 
 const backends = [
   { name: 'app', url: 'http://127.0.0.1:8080' },
