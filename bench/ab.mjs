@@ -7,14 +7,12 @@
 // at a fixed rate, interleaved round by round so that the machine's drift hits all alike; the
 // median CPU time per request (user + system, /proc) of each. `npm run bench -- --quick` windows
 // of 3 s cannot resolve a few percent on a shared two-core machine; this can, given the rounds.
-import { spawn } from 'node:child_process'
-import { mkdtempSync, openSync, writeFileSync } from 'node:fs'
-import net from 'node:net'
+import { mkdtempSync, writeFileSync } from 'node:fs'
 import os from 'node:os'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
 import autocannon from 'autocannon'
-import { cpuSeconds, freePort, median, waitReady } from './lib.mjs'
+import { cpuSeconds, freePort, median, processes, waitReady } from './lib.mjs'
 
 const root = new URL('..', import.meta.url).pathname
 const { values } = parseArgs({
@@ -24,24 +22,7 @@ const ROUNDS = Number(values.rounds ?? 6)
 const SECONDS = Number(values.seconds ?? 5)
 const RATE = Number(values.rate ?? 5000)
 const tmp = mkdtempSync(join(os.tmpdir(), 'sidecar-ab-'))
-const children = []
-process.on('exit', () => children.forEach((c) => c.exitCode === null && c.kill('SIGKILL')))
-
-async function listening(port) {
-  for (let i = 0; i < 200; i++) {
-    if (await new Promise((resolve) => net.connect(port, '127.0.0.1', function () { this.end(); resolve(true) }).on('error', () => resolve(false)))) return
-    await new Promise((resolve) => setTimeout(resolve, 50))
-  }
-  throw new Error(`nothing listens on ${port}`)
-}
-
-async function start(name, args, port) {
-  const out = openSync(join(tmp, `${name}.log`), 'a')
-  const child = spawn(process.execPath, args, { stdio: ['ignore', out, out] })
-  children.push(child)
-  await listening(port)
-  return child.pid
-}
+const { start } = processes(tmp)
 
 const upstreamPort = await freePort()
 await start('upstream', [join(root, 'bench/servers/upstream.mjs'), String(upstreamPort)], upstreamPort)

@@ -1,7 +1,8 @@
-// Helpers shared by the benchmark (run.mjs) and the soak (soak.mjs).
-import { execFileSync } from 'node:child_process'
-import { readFileSync } from 'node:fs'
+// Helpers shared by the benchmark (run.mjs), its focused A/Bs (ab.mjs, tracing.mjs) and the soak (soak.mjs).
+import { execFileSync, spawn } from 'node:child_process'
+import { openSync, readFileSync } from 'node:fs'
 import net from 'node:net'
+import { join } from 'node:path'
 
 /** A loopback port nothing listens on (bound, then released). */
 export async function freePort() {
@@ -10,6 +11,34 @@ export async function freePort() {
   const { port } = server.address()
   await new Promise((resolve) => server.close(resolve))
   return port
+}
+
+/** Resolves once something accepts connections on loopback `port`; rejects after 10 s. */
+export async function listening(port) {
+  for (let i = 0; i < 200; i++) {
+    const up = await new Promise((resolve) => {
+      const s = net.connect(port, '127.0.0.1', () => resolve(s.end() && true)).on('error', () => resolve(false))
+    })
+    if (up) return
+    await new Promise((resolve) => setTimeout(resolve, 50))
+  }
+  throw new Error(`nothing listens on ${port}`)
+}
+
+/** Processes whose output goes to `dir`/NAME.log, killed when this one exits. */
+export function processes(dir) {
+  const children = []
+  process.on('exit', () => children.forEach((c) => c.exitCode === null && c.kill('SIGKILL')))
+  return {
+    /** Starts `node args`; resolves with its pid once `port` accepts connections. */
+    async start(name, args, port) {
+      const out = openSync(join(dir, `${name}.log`), 'a')
+      const child = spawn(process.execPath, args, { stdio: ['ignore', out, out] })
+      children.push(child)
+      await listening(port)
+      return child.pid
+    },
+  }
 }
 
 /** Resolves once the sidecar's admin port answers /ready with 200; rejects after 10 s. */

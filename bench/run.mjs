@@ -34,12 +34,11 @@
 import { execFile, spawn } from 'node:child_process'
 import https from 'node:https'
 import { mkdtempSync, openSync, writeFileSync } from 'node:fs'
-import net from 'node:net'
 import os from 'node:os'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
 import autocannon from 'autocannon'
-import { cpuSeconds, freePort, median, memoryMiB, nginxWorker, waitReady, which } from './lib.mjs'
+import { cpuSeconds, freePort, listening, median, memoryMiB, nginxWorker, waitReady, which } from './lib.mjs'
 import { measureProtocols } from './protocols.mjs'
 import { addedP99, generatorJitterMs, ratios, renderMarkdown, renderSvg } from './report.mjs'
 
@@ -61,17 +60,6 @@ const children = []
 process.on('exit', () => children.forEach((c) => c.exitCode === null && c.kill(c.spawnfile.endsWith('nginx') ? 'SIGTERM' : 'SIGKILL')))
 process.on('SIGINT', () => process.exit(130))
 
-async function waitForPort(port) {
-  for (let i = 0; i < 200; i++) {
-    const up = await new Promise((resolve) => {
-      const s = net.connect(port, '127.0.0.1', () => resolve(s.end() && true)).on('error', () => resolve(false))
-    })
-    if (up) return
-    await new Promise((resolve) => setTimeout(resolve, 50))
-  }
-  throw new Error(`nothing listens on ${port}`)
-}
-
 /** Starts a process whose output goes to a file; resolves once `port` accepts connections. */
 async function start(name, command, args, port, env = {}) {
   const out = openSync(join(tmp, `${name}.log`), 'a')
@@ -80,7 +68,7 @@ async function start(name, command, args, port, env = {}) {
   child.on('exit', (code, signal) => {
     if (!stopping) console.error(`${name} exited (${code ?? signal}); its log: ${join(tmp, `${name}.log`)}`)
   })
-  await waitForPort(port)
+  await listening(port)
   return child.pid
 }
 let stopping = false

@@ -4,14 +4,12 @@
 // round by round (the machine's drift hits all alike); medians of the CPU per request (user +
 // system, /proc) and RSS idle and after the runs. The full benchmark (bench/run.mjs) has the
 // same two tracing rows among its targets; this is the quick, focused A/B.
-import { spawn } from 'node:child_process'
-import { mkdtempSync, openSync, writeFileSync } from 'node:fs'
-import net from 'node:net'
+import { mkdtempSync, writeFileSync } from 'node:fs'
 import os from 'node:os'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
 import autocannon from 'autocannon'
-import { cpuSeconds, freePort, median, memoryMiB, waitReady } from './lib.mjs'
+import { cpuSeconds, freePort, median, memoryMiB, processes, waitReady } from './lib.mjs'
 
 const root = new URL('..', import.meta.url).pathname
 const { values } = parseArgs({ options: { rounds: { type: 'string' }, seconds: { type: 'string' }, rate: { type: 'string' } } })
@@ -19,24 +17,7 @@ const ROUNDS = Number(values.rounds ?? 7)
 const SECONDS = Number(values.seconds ?? 5)
 const RATE = Number(values.rate ?? 5000)
 const tmp = mkdtempSync(join(os.tmpdir(), 'sidecar-bench-tracing-'))
-const children = []
-process.on('exit', () => children.forEach((c) => c.exitCode === null && c.kill('SIGKILL')))
-
-async function listening(port) {
-  for (let i = 0; i < 200; i++) {
-    if (await new Promise((resolve) => net.connect(port, '127.0.0.1', function () { this.end(); resolve(true) }).on('error', () => resolve(false)))) return
-    await new Promise((resolve) => setTimeout(resolve, 50))
-  }
-  throw new Error(`nothing listens on ${port}`)
-}
-
-async function start(name, args, port) {
-  const out = openSync(join(tmp, `${name}.log`), 'a')
-  const child = spawn(process.execPath, args, { stdio: ['ignore', out, out] })
-  children.push(child)
-  await listening(port)
-  return child.pid
-}
+const { start } = processes(tmp)
 
 const upstreamPort = await freePort()
 await start('upstream', [join(root, 'bench/servers/upstream.mjs'), String(upstreamPort)], upstreamPort)
