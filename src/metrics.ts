@@ -112,14 +112,14 @@ export function createMetrics(opts: { observer?: MetricsObserver } = {}) {
   })
   // Injected faults and mirrored copies: a handful of label sets (routes, backends are bounded
   // by the config), counted as they happen, and kept as totals for /status.
-  const faultTotals = new Map<string, number>()
+  const faultTotals: Record<string, Record<string, number>> = Object.create(null)
   const faults = new Counter({
     name: 'sidecar_faults_injected_total',
     help: 'Faults injected on purpose (fault, routes[].fault), by route and kind (delay, abort).',
     labelNames: ['route', 'kind'] as const,
     registers,
   })
-  const mirrorTotals = new Map<string, number>()
+  const mirrorTotals: Record<string, Record<string, number>> = Object.create(null)
   const mirrors = new Counter({
     name: 'sidecar_mirror_requests_total',
     help: 'Copies of requests for a shadow backend (mirror), by backend and result: sent (answered, any status), failed (no answer: refused, reset, timed out), dropped (past mirror.maxInFlight, or the copy could not keep up with the body), skipped_body (a body over retry.maxReplayBytes).',
@@ -210,26 +210,16 @@ export function createMetrics(opts: { observer?: MetricsObserver } = {}) {
     /** Counts one injected fault: faults_injected_total. */
     countFault(route: string, kind: 'delay' | 'abort'): void {
       faults.labels(route, kind).inc()
-      const key = `${route} ${kind}`
-      faultTotals.set(key, (faultTotals.get(key) ?? 0) + 1)
+      count(faultTotals, route, kind)
     },
     /** Counts one mirrored copy's fate: mirror_requests_total. */
     countMirror(backend: string, result: MirrorResult): void {
       mirrors.labels(backend, result).inc()
-      const key = `${backend} ${result}`
-      mirrorTotals.set(key, (mirrorTotals.get(key) ?? 0) + 1)
+      count(mirrorTotals, backend, result)
     },
     /** Faults injected since start, per route and kind; mirrored copies per backend and result. */
     faultAndMirrorTotals(): { faults: Record<string, Record<string, number>>; mirror: Record<string, Record<string, number>> } {
-      const nest = (totals: Map<string, number>) => {
-        const out: Record<string, Record<string, number>> = {}
-        for (const [key, n] of totals) {
-          const [a, b] = key.split(' ') as [string, string]
-          ;(out[a] ??= {})[b] = n
-        }
-        return out
-      }
-      return { faults: nest(faultTotals), mirror: nest(mirrorTotals) }
+      return structuredClone({ faults: faultTotals, mirror: mirrorTotals })
     },
     countDroppedHeaders(reason: 'underscore', n: number): void {
       droppedHeaders.labels(reason).inc(n)
@@ -281,6 +271,12 @@ export function createMetrics(opts: { observer?: MetricsObserver } = {}) {
       drainingGauge.set(draining ? 1 : 0)
     },
   }
+}
+
+/** One more in `totals[a][b]` (prototype-free records: a route may be named "constructor"). */
+function count(totals: Record<string, Record<string, number>>, a: string, b: string): void {
+  const inner = (totals[a] ??= Object.create(null) as Record<string, number>)
+  inner[b] = (inner[b] ?? 0) + 1
 }
 
 /**

@@ -59,3 +59,16 @@ t.test('retries and refusals reach both Prometheus and the recent window', async
   t.same(recent.retries(), { byBackend: { app: { reset: 2 } }, budgetExhausted: 1 })
   t.same(recent.rejections(), { overloaded: 1 })
 })
+
+t.test('fault and mirror totals for /status: nested by route or backend, whatever the name', async (t) => {
+  const m = createMetrics()
+  m.countFault('constructor', 'abort')
+  m.countFault('constructor', 'abort')
+  m.countFault('pay', 'delay')
+  m.countMirror('shadow', 'sent')
+  m.countMirror('shadow', 'dropped')
+  const totals = m.faultAndMirrorTotals()
+  t.same(totals, { faults: { constructor: { abort: 2 }, pay: { delay: 1 } }, mirror: { shadow: { sent: 1, dropped: 1 } } })
+  totals.faults.pay!.delay = 99
+  t.equal(m.faultAndMirrorTotals().faults.pay!.delay, 1, 'a copy: /status cannot change the counts')
+})
