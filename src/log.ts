@@ -8,7 +8,7 @@ export interface LogOptions {
 }
 
 /**
- * Lines are gathered and written when 4 KiB have gathered or every FLUSH_INTERVAL_MS,
+ * Lines are gathered and written when 32 KiB have gathered or every FLUSH_INTERVAL_MS,
  * whichever comes first (Envoy's access log flushes every second; nginx's `access_log ...
  * buffer= flush=` does the same). One asynchronous write per line cost about 70 us of CPU per
  * request at 3,000 req/s, a third of the proxy's whole cost: each write is a round trip through
@@ -19,7 +19,9 @@ export interface LogOptions {
  * Tests pass their own destination.
  */
 const FLUSH_INTERVAL_MS = 100
-const BATCH_CHARS = 4096
+/** About 110 access lines: at 5,000 req/s, 45 writes a second rather than 360 (each write is a
+ *  trip through libuv's thread pool, about 16 us of CPU). */
+const BATCH_CHARS = 32_768
 
 export function createLogger(opts: LogOptions, destination?: DestinationStream): Logger {
   return pino(
@@ -32,6 +34,52 @@ export function createLogger(opts: LogOptions, destination?: DestinationStream):
     destination ?? stdout(),
   )
 }
+
+/** One request's access line (layers/access-log.ts). Optional fields are left out when undefined. */
+export interface AccessLine {
+  requestId: string
+  client: string
+  method: string
+  path: string
+  status: number
+  route: string
+  backend: string
+  durationMs: number
+  bytesIn: number
+  bytesOut: number
+  attempts: number | undefined
+  error: string | undefined
+  incomplete: true | undefined
+  tunnel: string | undefined
+  trace_id: string | undefined
+  span_id: string | undefined
+}
+
+const INFO = 30
+
+/**
+ * Writes access lines to `logger`'s destination, in the same shape pino gives every other line
+ * (level, time, pid, msg first). pino's generic serialiser walks the object key by key; one line
+ * per request is worth a template of its own (about 0.45 us against 1.0). Lines below the
+ * logger's level are dropped, as pino drops them.
+ */
+export function accessLog(logger: Logger): (line: AccessLine) => void {
+  const out = (logger as unknown as Record<symbol, DestinationStream>)[pino.symbols.streamSym]!
+  const head = `{"level":"info","time":"`
+  const pid = `","pid":${process.pid},"msg":"request","requestId":`
+  return (l) => {
+    if (logger.levelVal > INFO) return
+    let line = `${head}${isoNow()}${pid}${json(l.requestId)},"client":${json(l.client)},"method":${json(l.method)},"path":${json(l.path)},"status":${l.status},"route":${json(l.route)},"backend":${json(l.backend)},"durationMs":${l.durationMs},"bytesIn":${l.bytesIn},"bytesOut":${l.bytesOut}`
+    if (l.attempts !== undefined) line += `,"attempts":${l.attempts}`
+    if (l.error !== undefined) line += `,"error":${json(l.error)}`
+    if (l.incomplete !== undefined) line += `,"incomplete":true`
+    if (l.tunnel !== undefined) line += `,"tunnel":${json(l.tunnel)}`
+    if (l.trace_id !== undefined) line += `,"trace_id":${json(l.trace_id)},"span_id":${json(l.span_id)}`
+    out.write(`${line}}\n`)
+  }
+}
+
+const json = (s: string | undefined): string => JSON.stringify(s) ?? 'null'
 
 /** Standard output, written in batches (see above). */
 function stdout(): DestinationStream {

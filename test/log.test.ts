@@ -2,7 +2,7 @@ import t from 'tap'
 import { spawn } from 'node:child_process'
 import { Writable } from 'node:stream'
 import { fileURLToPath, pathToFileURL } from 'node:url'
-import { createLogger } from '../src/log.js'
+import { accessLog, createLogger, type AccessLine } from '../src/log.js'
 
 /** A logger writing into `lines` (raw text, one entry per line). */
 function logger(level: string) {
@@ -24,6 +24,40 @@ t.test('a line leaves out undefined fields and carries an ISO time, like every l
   t.notOk('error' in line)
   t.match(line.time, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/)
   t.ok(Math.abs(Date.parse(line.time as string) - Date.now()) < 5000, 'and the time is now')
+})
+
+t.test('an access line is the line pino writes for the same fields, and follows the level', async (t) => {
+  const { log, lines } = logger('info')
+  const write = accessLog(log)
+  const line: AccessLine = {
+    requestId: 'id "quoted" \\ \u2028',
+    client: '10.0.0.1',
+    method: 'GET',
+    path: '/a\nb?c=\u0000',
+    status: 502,
+    route: 'api',
+    backend: 'app',
+    durationMs: 1.234,
+    bytesIn: 0,
+    bytesOut: 99,
+    attempts: 2,
+    error: 'upstream_reset',
+    incomplete: true,
+    tunnel: undefined,
+    trace_id: '0af7651916cd43dd8448eb211c80319c',
+    span_id: 'b7ad6b7169203331',
+  }
+  write(line)
+  log.info({ msg: 'request', ...line })
+  const [ours, pinos] = lines.map((l) => JSON.parse(l) as Record<string, unknown>)
+  t.ok(Math.abs(Date.parse(ours!.time as string) - Date.now()) < 5000)
+  t.same({ ...ours, time: 0 }, { ...pinos, time: 0 })
+  t.same(Object.keys(ours!), Object.keys(pinos!), 'in the same order')
+  write({ ...line, attempts: undefined, error: undefined, incomplete: undefined, trace_id: undefined, span_id: undefined })
+  t.same(Object.keys(JSON.parse(lines[2]!) as object), ['level', 'time', 'pid', 'msg', 'requestId', 'client', 'method', 'path', 'status', 'route', 'backend', 'durationMs', 'bytesIn', 'bytesOut'], 'undefined fields left out')
+  log.level = 'warn'
+  write(line)
+  t.equal(lines.length, 3, 'nothing below the level')
 })
 
 /** Node running `code` with the built log module as `log`; its stdout. */
@@ -51,7 +85,7 @@ t.test('standard output: every line arrives, in order, when the process exits at
   t.ok(lines.every((l, i) => l.i === i && l.msg === (i % 2 ? 'odd' : 'even')), 'in the order written')
 })
 
-t.test('standard output: a lone line is written within the flush interval, not held until 4 KiB gather', async (t) => {
+t.test('standard output: a lone line is written within the flush interval, not held until a batch gathers', async (t) => {
   const { stdout, firstLineAfterMs } = await logging(`
     const logger = log.createLogger({ level: 'info' })
     logger.warn('alone')

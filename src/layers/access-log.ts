@@ -1,6 +1,6 @@
 // Access log + request metrics: one JSON line and one count per request, written when the
 // exchange is over (the status alone is known earlier, the bytes and duration only at the end).
-import type { Logger } from '../log.js'
+import { accessLog, type Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
 import type { Layer } from '../pipeline/types.js'
 
@@ -10,15 +10,14 @@ export interface AccessLogOptions {
 }
 
 export function createAccessLogLayer(opts: AccessLogOptions, deps: { logger: Logger; metrics: Metrics }): Layer {
-  const { logger, metrics } = deps
+  const { metrics } = deps
+  const write = accessLog(deps.logger)
   return (next) => (req, ctx) => {
     ctx.onEnd.push((outcome) => {
       const backend = ctx.backend ?? 'none'
       metrics.observeRequest(backend, req.method, outcome.status, outcome.durationSeconds, ctx.route)
       if (!opts.accessLog) return
-      // one flat object (pino leaves the undefined fields out): no spread per optional field
-      logger.info({
-        msg: 'request',
+      write({
         requestId: ctx.id,
         client: ctx.clientAddress,
         method: req.method,
