@@ -58,68 +58,90 @@ export function createRetryLayer(opts: RetryOptions, deps: RetryDeps): Layer {
   const grpcRetryOn = opts.retryOn.filter((c): c is GrpcRetryOn => c in GRPC_RETRY_ON)
 
   /** The retryOn condition an outcome meets, or null when it must not be retried. */
-  const reasonFor = (outcome: Outcome, grpc: boolean): RetryOn | null => {
-    if (outcome.response) {
-      const status = outcome.response.status
-      if (grpc) return grpcRetryOn.find((c) => String(GRPC_RETRY_ON[c]) === outcome.response.headers['grpc-status']) ?? null
+  const reasonFor = (response: ProxyResponse | undefined, error: SidecarError | undefined, grpc: boolean): RetryOn | null => {
+    if (response) {
+      const status = response.status
+      if (grpc) return grpcRetryOn.find((c) => String(GRPC_RETRY_ON[c]) === response.headers['grpc-status']) ?? null
       if ((status === 502 || status === 503 || status === 504) && retryOn.has('gateway-error')) return 'gateway-error'
       if (statusCodes.has(status) && retryOn.has('retriable-status-codes')) return 'retriable-status-codes'
       return null
     }
-    return retryReason(ERRORS[outcome.error.code], retryOn)
+    return retryReason(ERRORS[error!.code], retryOn)
   }
 
-  return (next) => async (req, ctx) => {
+  return (next) => (req, ctx) => {
     budget.deposit()
     // a gRPC client's own deadline (grpc-timeout) caps the proxy's
     const grpcTimeout = req.headers['grpc-timeout'] === undefined ? undefined : grpcTimeoutMs(req.headers['grpc-timeout'])
     const timeoutMs = grpcTimeout === undefined ? limit : Math.min(limit, grpcTimeout)
-    const deadline = deps.clock.now() + timeoutMs
     const idempotent = methods.has(req.method) || req.headers['idempotency-key'] !== undefined
     const grpc = isGrpc(req.headers['content-type'])
+    const tries: Tries = { next, req, ctx, timeoutMs, deadline: deps.clock.now() + timeoutMs, idempotent, grpc, kept: NOTHING_TO_KEEP, streamed: null }
     // Keep the body for a replay only when a retry could use it. A gRPC body streams as it comes
     // (a streaming call never ends while it waits for answers) and is recorded on its way.
     const body = req.body
-    const kept: Kept =
-      body === null
-        ? NOTHING_TO_KEEP
-        : Buffer.isBuffer(body)
-          ? { stream: null, replay: () => [body] } // received whole (layers/receive.ts)
-          : opts.attempts === 1 || (grpc ? grpcRetryOn.length === 0 : !idempotent)
-            ? { stream: body, replay: () => null }
-            : grpc
-              ? recorded(body, opts.maxReplayBytes)
-              : await replayable(body, req.contentLength, opts.maxReplayBytes)
-    let streamed = kept.stream
+    if (body === null) return attempt(tries, 1)
+    if (Buffer.isBuffer(body)) tries.kept = { stream: null, replay: () => [body] } // received whole (layers/receive.ts)
+    else if (opts.attempts === 1 || (grpc ? grpcRetryOn.length === 0 : !idempotent)) tries.kept = { stream: body, replay: () => null }
+    else if (grpc) tries.kept = recorded(body, opts.maxReplayBytes)
+    else
+      return replayable(body, req.contentLength, opts.maxReplayBytes).then((kept) => {
+        tries.kept = kept
+        tries.streamed = kept.stream
+        return attempt(tries, 1)
+      })
+    tries.streamed = tries.kept.stream
+    return attempt(tries, 1)
+  }
 
-    for (let attempt = 1; ; attempt++) {
-      const remaining = deadline - deps.clock.now()
-      if (remaining <= 0) throw new SidecarError('upstream_timeout', { detail: `no response within ${timeoutMs} ms (limits.requestTimeoutMs or grpc-timeout)` })
-      ctx.attempt = attempt
-      const replay = streamed === null ? kept.replay() : null
-      const attemptBody = streamed ?? (replay === null ? null : replay.length === 1 ? replay[0]! : Readable.from(replay))
-      streamed = null // a streamed body can be sent once
-      // The first attempt is sent as the request itself: its headers are the request's own (the
-      // listener built them for it). Each later one gets a copy, numbered anew.
-      const headers = attempt === 1 ? (req.headers as HeaderMap) : { ...req.headers }
-      headers[ATTEMPT_HEADER] = String(attempt)
-      const attemptReq: ProxyRequest = attempt === 1 && attemptBody === req.body ? req : { ...req, headers, body: attemptBody }
-      const outcome = await tryOnce(next, attemptReq, ctx, Math.min(opts.perTryTimeoutMs ?? remaining, remaining), deps.clock)
-      const reason = attempt < opts.attempts ? reasonFor(outcome, grpc) : null
-      const resendable = req.body === null || kept.replay() !== null
-      // a gRPC status the operator named is retried whatever the method (Envoy's retry_on)
-      const allowed =
-        reason !== null && resendable && (reason in GRPC_RETRY_ON || mayResend(outcome.error && ERRORS[outcome.error.code], idempotent))
-      const wait = allowed ? backoffMs(attempt, outcome.response) : null
-      if (!allowed || wait === null || deps.clock.now() + wait >= deadline) return settle(outcome)
-      if (!budget.tryWithdraw()) {
-        deps.metrics.countBudgetExhausted()
-        return settle(outcome)
-      }
-      deps.metrics.countRetry(ctx.backend ?? 'none', reason)
-      discard(outcome)
-      if (wait > 0) await deps.clock.sleep(wait, ctx.signal).catch(() => Promise.reject(new SidecarError('client_closed')))
+  /** Try number `n`; its outcome decides (`decide`) whether there is another. */
+  function attempt(t: Tries, n: number): Promise<ProxyResponse> {
+    const { req, ctx } = t
+    const remaining = t.deadline - deps.clock.now()
+    if (remaining <= 0) return Promise.reject(new SidecarError('upstream_timeout', { detail: `no response within ${t.timeoutMs} ms (limits.requestTimeoutMs or grpc-timeout)` }))
+    ctx.attempt = n
+    const replay = t.streamed === null ? t.kept.replay() : null
+    const attemptBody = t.streamed ?? (replay === null ? null : replay.length === 1 ? replay[0]! : Readable.from(replay))
+    t.streamed = null // a streamed body can be sent once
+    // The first attempt is sent as the request itself: its headers are the request's own (the
+    // listener built them for it). Each later one gets a copy, numbered anew.
+    const headers = n === 1 ? (req.headers as HeaderMap) : { ...req.headers }
+    headers[ATTEMPT_HEADER] = String(n)
+    const attemptReq: ProxyRequest = n === 1 && attemptBody === req.body ? req : { ...req, headers, body: attemptBody }
+    const timeoutMs = Math.min(opts.perTryTimeoutMs ?? remaining, remaining)
+    const one = new Try(ctx, timeoutMs, deps.clock)
+    return one.run(t.next, attemptReq).then(
+      (response) => {
+        one.over()
+        return decide(t, n, response, undefined)
+      },
+      (err: unknown) => {
+        one.over()
+        return decide(t, n, undefined, toSidecarError(err))
+      },
+    )
+  }
+
+  /** After try `n`: its answer or error goes on, or, when it may and should be retried and the
+   *  budget and the deadline allow, another try after the backoff. */
+  function decide(t: Tries, n: number, response: ProxyResponse | undefined, error: SidecarError | undefined): ProxyResponse | Promise<ProxyResponse> {
+    const reason = n < opts.attempts ? reasonFor(response, error, t.grpc) : null
+    const resendable = t.req.body === null || t.kept.replay() !== null
+    // a gRPC status the operator named is retried whatever the method (Envoy's retry_on)
+    const allowed = reason !== null && resendable && (reason in GRPC_RETRY_ON || mayResend(error && ERRORS[error.code], t.idempotent))
+    const wait = allowed ? backoffMs(n, response) : null
+    if (!allowed || wait === null || deps.clock.now() + wait >= t.deadline) return settle(response, error)
+    if (!budget.tryWithdraw()) {
+      deps.metrics.countBudgetExhausted()
+      return settle(response, error)
     }
+    deps.metrics.countRetry(t.ctx.backend ?? 'none', reason)
+    discard(response)
+    if (wait === 0) return attempt(t, n + 1)
+    return deps.clock.sleep(wait, t.ctx.signal).then(
+      () => attempt(t, n + 1),
+      () => Promise.reject(new SidecarError('client_closed')),
+    )
   }
 
   /** Full jitter, or the server's Retry-After if it is no longer than backoff.maxMs; null: do not retry. */
@@ -141,62 +163,82 @@ export function mayResend(failure: CatalogueEntry | undefined, idempotent: boole
   return idempotent || (failure !== undefined && !failure.mayHaveReachedApp)
 }
 
-type Outcome = { response: ProxyResponse; error?: undefined } | { error: SidecarError; response?: undefined }
+/** One request's tries: what every try and every decision needs. */
+interface Tries {
+  next: (req: ProxyRequest, ctx: RequestContext) => Promise<ProxyResponse>
+  req: ProxyRequest
+  ctx: RequestContext
+  timeoutMs: number
+  deadline: number
+  idempotent: boolean
+  grpc: boolean
+  kept: Kept
+  /** The body as it streams, for the first try only; null once sent or when kept whole. */
+  streamed: Readable | null
+}
 
 /**
  * One attempt with its own cancellation: aborted when the client leaves, or with
- * upstream_timeout when no response headers came within `timeoutMs` of the request being sent. (One per attempt: a shared
- * one would cancel every attempt in flight at the first timeout.)
+ * upstream_timeout when no response headers came within `timeoutMs` of the request being sent.
+ * (One per attempt: a shared one would cancel every attempt in flight at the first timeout.)
  */
-function tryOnce(
-  next: (req: ProxyRequest, ctx: RequestContext) => Promise<ProxyResponse>,
-  req: ProxyRequest,
-  ctx: RequestContext,
-  timeoutMs: number,
-  clock: Clock,
-): Promise<Outcome> {
-  const attempt = new Cancel()
-  const unlink = ctx.signal.onAbort((reason) => attempt.abort(reason))
-  const expire = () => attempt.abort(new SidecarError('upstream_timeout', { detail: `no response headers within ${timeoutMs} ms` }))
-  // No deadline (a route with timeoutMs 0): no timer. One of Infinity would fire at once (Node
-  // turns delays past 2^31-1 ms into 1 ms).
-  const arm = Number.isFinite(timeoutMs) ? () => clock.timeout(timeoutMs, expire) : () => noop
-  // The deadline is the app's: it starts once the body is sent, so that a client slow to send
-  // it is never taken for an app slow to answer (Envoy's route timeout starts there too). A
-  // gRPC call's deadline starts at once: its body may go on for as long as the call does.
-  const body = req.body
-  let cancelTimer: () => void
-  if (body === null || Buffer.isBuffer(body) || body.readableEnded || isGrpc(req.headers['content-type'])) cancelTimer = arm()
-  else {
-    const start = () => (cancelTimer = arm())
-    body.once('end', start)
-    cancelTimer = () => body.off('end', start)
+class Try extends Cancel {
+  private stopTimer: () => void = noop
+  /** A body still streaming to the app: the deadline starts at its end. */
+  private startAtEnd: { body: Readable; start: () => void } | null = null
+
+  constructor(
+    private readonly ctx: RequestContext,
+    private readonly timeoutMs: number,
+    private readonly clock: Clock,
+  ) {
+    super()
+    ctx.signal.add(this)
   }
-  ctx.attemptSignal = attempt
-  // From the outcome on, the response body is the listener's: it destroys the body if the client leaves.
-  const over = () => {
-    cancelTimer()
-    unlink()
+
+  /** Sends `req` on; the caller calls over() once it settles. */
+  run(next: Tries['next'], req: ProxyRequest): Promise<ProxyResponse> {
+    // The deadline is the app's: it starts once the body is sent, so that a client slow to send
+    // it is never taken for an app slow to answer (Envoy's route timeout starts there too). A
+    // gRPC call's deadline starts at once: its body may go on for as long as the call does.
+    const body = req.body
+    if (body === null || Buffer.isBuffer(body) || body.readableEnded || isGrpc(req.headers['content-type'])) this.arm()
+    else {
+      const start = () => this.arm()
+      this.startAtEnd = { body, start }
+      body.once('end', start)
+    }
+    this.ctx.attemptSignal = this
+    return callNext(next, req, this.ctx)
   }
-  return callNext(next, req, ctx).then(
-    (response) => {
-      over()
-      return { response }
-    },
-    (err: unknown) => {
-      over()
-      return { error: toSidecarError(err) }
-    },
-  )
+
+  /** From the outcome on, the response body is the listener's: it destroys the body if the client leaves. */
+  over(): void {
+    this.stopTimer()
+    if (this.startAtEnd) this.startAtEnd.body.off('end', this.startAtEnd.start)
+    this.ctx.signal.remove(this)
+  }
+
+  private arm(): void {
+    this.startAtEnd = null
+    // No deadline (a route with timeoutMs 0): no timer. One of Infinity would fire at once (Node
+    // turns delays past 2^31-1 ms into 1 ms).
+    if (!Number.isFinite(this.timeoutMs)) return
+    this.stopTimer = this.clock.timeout(this.timeoutMs, () =>
+      this.abort(new SidecarError('upstream_timeout', { detail: `no response headers within ${this.timeoutMs} ms` })),
+    )
+  }
 }
 
-function settle(outcome: Outcome): ProxyResponse {
-  if (outcome.error) throw outcome.error
-  return outcome.response
+/** What a try ended with goes on: its answer, or its error. */
+function settle(response: ProxyResponse | undefined, error: SidecarError | undefined): ProxyResponse {
+  if (error) throw error
+  return response!
 }
 
-function discard(outcome: Outcome): void {
-  const body = outcome.response?.body
+/** An answer not passed on (another try follows): its body is released. */
+function discard(response: ProxyResponse | undefined): void {
+  const body = response?.body
   if (body && !Buffer.isBuffer(body)) body.on('error', () => {}).destroy()
 }
 

@@ -6,7 +6,7 @@ import { Readable } from 'node:stream'
 import { SidecarError } from '../errors.js'
 import { endToEndRaw } from '../headers.js'
 import type { BufferBudget } from '../pipeline/buffers.js'
-import type { Cancel } from '../pipeline/cancel.js'
+import type { Cancel, CancelListener } from '../pipeline/cancel.js'
 import type { HeaderMap, ProxyResponse } from '../pipeline/types.js'
 
 /**
@@ -22,12 +22,11 @@ import type { HeaderMap, ProxyResponse } from '../pipeline/types.js'
  * what a forwarded request costs beyond the bare minimum). A longer one goes on as a Readable
  * that streams the rest with backpressure (undici pauses while the body's buffer is full).
  */
-export class Exchange {
+export class Exchange implements CancelListener {
   private body: Readable | null = null
   private readonly trailers: Record<string, string | string[]> = {}
   private abort: (reason?: Error) => void = noop
   private settled = false
-  private unlink: () => void = noop
   /** Bytes read ahead of the client, past the body's own buffer, taken from the budget. */
   private ahead = 0
   private watchingEnd = false
@@ -41,20 +40,22 @@ export class Exchange {
     private readonly fail: (err: unknown) => void,
     private readonly readAhead: { bytes: number; budget: BufferBudget | undefined } = { bytes: 0, budget: undefined },
   ) {
-    // Cancelled while still waiting for a pooled connection: it fails now, and is dropped when
-    // its turn comes (onConnect). Its deadline passing there is no fault of the app's.
-    this.unlink = signal.onAbort((reason) => {
-      this.settled = true
-      const timedOut = (reason as { code?: unknown } | null)?.code === 'upstream_timeout'
-      this.fail(timedOut ? new SidecarError('upstream_busy', { cause: reason, detail: 'every pooled connection stayed in use' }) : reason)
-    })
+    signal.add(this)
+  }
+
+  /** The signal aborted before the answer's headers. Still waiting for a pooled connection: it
+   *  fails now, and is dropped when its turn comes (onConnect); its deadline passing there is
+   *  no fault of the app's. Under way: undici aborts it. */
+  cancelled(reason: unknown): void {
+    if (this.abort !== noop) return this.abort(reason as Error)
+    this.settled = true
+    const timedOut = (reason as { code?: unknown } | null)?.code === 'upstream_timeout'
+    this.fail(timedOut ? new SidecarError('upstream_busy', { cause: reason, detail: 'every pooled connection stayed in use' }) : reason)
   }
 
   onConnect(abort: (reason?: Error) => void): void {
-    this.unlink()
     if (this.settled) return abort(new SidecarError('client_closed'))
     this.abort = abort
-    this.unlink = this.signal.onAbort((reason) => abort(reason as Error))
   }
 
   onUpgrade(status: number, rawHeaders: Array<Buffer | string> | null, socket: Duplex): void {
@@ -145,14 +146,14 @@ export class Exchange {
     if (this.head) this.head.error = err
     else if (!this.settled) {
       this.settled = true
-      this.unlink()
+      this.signal.remove(this)
       this.fail(err)
     } else this.body?.destroy(err)
   }
 
   private settle(response: ProxyResponse): void {
     this.settled = true
-    this.unlink()
+    this.signal.remove(this)
     this.answer(response)
   }
 }
