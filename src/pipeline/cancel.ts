@@ -12,19 +12,25 @@ export interface CancelListener {
   cancelled(reason: unknown): void
 }
 
+type Listener = CancelListener | ((reason: unknown) => void)
+
 export class Cancel implements CancelListener {
   aborted = false
   reason: unknown = undefined
-  private listeners: Array<CancelListener | ((reason: unknown) => void)> | undefined
+  /** The usual case is one listener at a time (an attempt on its request, an exchange on its
+   *  attempt): it is kept in a field, and a list is made only for more. */
+  private first: Listener | undefined = undefined
+  private more: Listener[] | undefined = undefined
 
   /** Aborts once; later calls do nothing. */
   abort(reason: unknown): void {
     if (this.aborted) return
     this.aborted = true
     this.reason = reason
-    const listeners = this.listeners
-    this.listeners = undefined
-    if (listeners) for (const l of listeners) typeof l === 'function' ? l(reason) : l.cancelled(reason)
+    const { first, more } = this
+    this.first = this.more = undefined
+    if (first) tell(first, reason)
+    if (more) for (const l of more) tell(l, reason)
   }
 
   /** As a listener of another Cancel (a request's): aborts with it. */
@@ -34,26 +40,40 @@ export class Cancel implements CancelListener {
 
   /** Tells `listener` when aborted (at once if already). */
   add(listener: CancelListener): void {
-    if (this.aborted) listener.cancelled(this.reason)
-    else (this.listeners ??= []).push(listener)
+    this.listen(listener)
   }
 
   /** Forgets `listener` (or a function given to onAbort). */
-  remove(listener: CancelListener | ((reason: unknown) => void)): void {
-    const listeners = this.listeners
-    const i = listeners ? listeners.indexOf(listener) : -1
-    if (i !== -1) listeners!.splice(i, 1)
+  remove(listener: Listener): void {
+    if (this.first === listener) this.first = undefined
+    else {
+      const more = this.more
+      const i = more ? more.indexOf(listener) : -1
+      if (i !== -1) more!.splice(i, 1)
+    }
   }
 
   /** Runs `fn` when aborted (at once if already); returns the function that unregisters it. */
   onAbort(fn: (reason: unknown) => void): () => void {
-    if (this.aborted) {
-      fn(this.reason)
-      return noop
-    }
-    ;(this.listeners ??= []).push(fn)
+    if (!this.listen(fn)) return noop
     return () => this.remove(fn)
   }
+
+  /** False when already aborted (the listener was told at once). */
+  private listen(listener: Listener): boolean {
+    if (this.aborted) {
+      tell(listener, this.reason)
+      return false
+    }
+    if (this.first === undefined) this.first = listener
+    else (this.more ??= []).push(listener)
+    return true
+  }
+}
+
+function tell(listener: Listener, reason: unknown): void {
+  if (typeof listener === 'function') listener(reason)
+  else listener.cancelled(reason)
 }
 
 function noop(): void {}

@@ -205,7 +205,8 @@ export class Listener {
     const cancel = ctx.signal
     const http1 = h2 ? undefined : socket
     const conn = this.connections.begin(h2 ? undefined : { req: req as http.IncomingMessage, res: res as http.ServerResponse })
-    res.once('close', () => {
+    // `on`, not `once`: a response closes once, and `once` wraps its listener per call
+    res.on('close', () => {
       this.admission.requestDone(client)
       const complete = completed(req, res, h2)
       if (!complete) {
@@ -229,11 +230,13 @@ export class Listener {
         // After a request the catalogue says to close on (its framing or size), what is left on
         // the connection cannot be trusted, nor is a refused body worth reading: close, like nginx.
         const close = this.connections.mustClose(http1) || (ctx.error !== undefined && ERRORS[ctx.error].close)
+        const body = response.body
         writeResponse(res, response, {
           h2,
           close,
           trailers: h2 || acceptsTrailers(req.headers.te),
-          sendIdle: { ms: this.opts.sendIdleTimeoutMs, clock: this.deps.clock, onCut: () => this.cutSlowReader(ctx) },
+          // only a streamed body can stall
+          sendIdle: body === null || Buffer.isBuffer(body) ? undefined : { ms: this.opts.sendIdleTimeoutMs, clock: this.deps.clock, onCut: () => this.cutSlowReader(ctx) },
         })
       },
       (err: unknown) => {

@@ -50,6 +50,12 @@ class FailedResponse extends Error {
   }
 }
 
+/** A 5xx answer rejects, so that opossum counts it. */
+function failIfServerError(response: ProxyResponse): ProxyResponse {
+  if (response.status >= 500) throw new FailedResponse(response)
+  return response
+}
+
 /** Whether an attempt's failure counts against the backend: a 5xx, or what the catalogue says. */
 function countsAsFailure(err: { code?: unknown }): boolean {
   return err.code === 'FAILED_RESPONSE' || (isErrorCode(err.code) && ERRORS[err.code].breaker)
@@ -85,14 +91,17 @@ export class Breaker {
 
   /** Runs one attempt through the breaker: a 5xx is returned (and counted), never thrown. */
   run(attempt: Attempt): Promise<ProxyResponse> {
-    return this.opossum.fire(attempt).then(undefined, (err: { code?: unknown; response?: ProxyResponse }) => {
-      if (err.code === 'FAILED_RESPONSE') return err.response!
-      if (err.code === 'EOPENBREAKER') {
-        const resting = this.opts.resetTimeoutMs - (this.deps.clock.now() - this.openedAt)
-        throw new SidecarError('circuit_open', { detail: `backend ${this.backend}`, retryAfterSeconds: Math.max(1, resting / 1000) })
-      }
-      throw err
-    })
+    return this.opossum.fire(attempt).then(undefined, this.failed)
+  }
+
+  /** What opossum rejected with: a counted 5xx goes on as the answer; an open breaker is 503. */
+  private readonly failed = (err: { code?: unknown; response?: ProxyResponse }): ProxyResponse => {
+    if (err.code === 'FAILED_RESPONSE') return err.response!
+    if (err.code === 'EOPENBREAKER') {
+      const resting = this.opts.resetTimeoutMs - (this.deps.clock.now() - this.openedAt)
+      throw new SidecarError('circuit_open', { detail: `backend ${this.backend}`, retryAfterSeconds: Math.max(1, resting / 1000) })
+    }
+    throw err
   }
 
   /** The backend passes its health checks again after failing them: an open breaker closes. */
@@ -128,14 +137,7 @@ export class Breaker {
       errorFilter: (err: { code?: unknown }) => !countsAsFailure(err),
       ...(halfOpen && { state: { closed: false, halfOpen: true } }),
     }
-    const breaker: Opossum = new CircuitBreaker(
-      (attempt: Attempt) =>
-        attempt().then((response) => {
-          if (response.status >= 500) throw new FailedResponse(response)
-          return response
-        }),
-      options,
-    )
+    const breaker: Opossum = new CircuitBreaker((attempt: Attempt) => attempt().then(failIfServerError), options)
     breaker.on('open', () => {
       this.openedAt = this.deps.clock.now()
       this.stopRest = this.deps.clock.timeout(this.opts.resetTimeoutMs, () => this.halfOpen())

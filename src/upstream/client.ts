@@ -89,25 +89,30 @@ export class Upstream {
    * one-off 502.
    */
   request(req: ProxyRequest, ctx: RequestContext, isHealthy: () => boolean): Promise<ProxyResponse> {
-    return this.exchange(req, ctx.attemptSignal, this.readAhead).then(
-      (response) => {
-        this.deps.handshakes?.succeeded()
-        this.deps.metrics.countAttempt(this.backend, STATUS_CLASS[Math.floor(response.status / 100)] ?? 'other')
-        // A failure mid-body surfaces on the stream (the listener then cuts the client
-        // connection, so a truncated response never passes for a complete one); name it for the log.
-        const body = response.body
-        if (body !== null && !Buffer.isBuffer(body)) body.once('error', (err) => (ctx.error ??= upstreamErrorCode(err)))
-        return response
-      },
-      (err: unknown) => {
-        const { code, detail } = describeUpstreamError(err, this.https)
-        this.deps.metrics.countAttempt(this.backend, code)
-        if (code === 'upstream_tls') this.deps.handshakes?.failed(detail!)
-        // A handshake refused says what to fix; "unhealthy" (its health checks fail the same way) would not.
-        const down = ERRORS[code].blame === 'upstream' && code !== 'upstream_tls' && !isHealthy()
-        throw new SidecarError(down ? 'upstream_unhealthy' : code, { cause: err, detail: down ? `${code}: ${detail}` : detail })
-      },
-    )
+    return new Promise((resolve, reject) => {
+      this.dispatch(
+        req,
+        ctx.attemptSignal,
+        (response) => {
+          this.deps.handshakes?.succeeded()
+          this.deps.metrics.countAttempt(this.backend, STATUS_CLASS[Math.floor(response.status / 100)] ?? 'other')
+          // A failure mid-body surfaces on the stream (the listener then cuts the client
+          // connection, so a truncated response never passes for a complete one); name it for the log.
+          const body = response.body
+          if (body !== null && !Buffer.isBuffer(body)) body.once('error', (err) => (ctx.error ??= upstreamErrorCode(err)))
+          resolve(response)
+        },
+        (err: unknown) => {
+          const { code, detail } = describeUpstreamError(err, this.https)
+          this.deps.metrics.countAttempt(this.backend, code)
+          if (code === 'upstream_tls') this.deps.handshakes?.failed(detail!)
+          // A handshake refused says what to fix; "unhealthy" (its health checks fail the same way) would not.
+          const down = ERRORS[code].blame === 'upstream' && code !== 'upstream_tls' && !isHealthy()
+          reject(new SidecarError(down ? 'upstream_unhealthy' : code, { cause: err, detail: down ? `${code}: ${detail}` : detail }))
+        },
+        this.readAhead,
+      )
+    })
   }
 
   /**
@@ -163,15 +168,25 @@ export class Upstream {
 
   /** One request to `pool`; resolves at the response's headers (or its 101). */
   private exchange(req: ProxyRequest, signal: Cancel, readAhead?: Exchange['readAhead'], pool = this.pool): Promise<ProxyResponse> {
-    return new Promise((resolve, reject) => {
-      const handler = new Exchange(req.method, signal, resolve, reject, readAhead)
-      const { method, path, headers, body, upgrade } = req
-      const servername = this.servername
-      // `servername` is read by undici's Request, though its types leave it out
-      const opts: Dispatcher.DispatchOptions & { servername: string | undefined } =
-        upgrade === undefined ? { method, path, headers, body, servername } : { method, path, headers, body, upgrade, servername }
-      pool.dispatch(opts, handler)
-    })
+    return new Promise((resolve, reject) => this.dispatch(req, signal, resolve, reject, readAhead, pool))
+  }
+
+  /** One request to `pool`: `answer` at the response's headers (or its 101), else `fail`. */
+  private dispatch(
+    req: ProxyRequest,
+    signal: Cancel,
+    answer: (response: ProxyResponse) => void,
+    fail: (err: unknown) => void,
+    readAhead?: Exchange['readAhead'],
+    pool = this.pool,
+  ): void {
+    const handler = new Exchange(req.method, signal, answer, fail, readAhead)
+    const { method, path, headers, body, upgrade } = req
+    const servername = this.servername
+    // `servername` is read by undici's Request, though its types leave it out
+    const opts: Dispatcher.DispatchOptions & { servername: string | undefined } =
+      upgrade === undefined ? { method, path, headers, body, servername } : { method, path, headers, body, upgrade, servername }
+    pool.dispatch(opts, handler)
   }
 
   /** Graceful: requests already sent finish, then the connections close. */

@@ -24,14 +24,15 @@ import type { HeaderMap, ProxyResponse } from '../pipeline/types.js'
  */
 export class Exchange implements CancelListener {
   private body: Readable | null = null
-  private readonly trailers: Record<string, string | string[]> = {}
+  /** Made when trailers come, or for a streamed body (they come after the hand-over). */
+  private trailers: Record<string, string | string[]> | undefined = undefined
   private abort: (reason?: Error) => void = noop
   private settled = false
   /** Bytes read ahead of the client, past the body's own buffer, taken from the budget. */
   private ahead = 0
   private watchingEnd = false
   /** Between the headers and the hand-over: the answer so far. */
-  private head: { status: number; headers: HeaderMap; resume: () => void; chunks: Buffer[]; ended: boolean; error?: Error } | null = null
+  private head: { status: number; headers: HeaderMap; resume: () => void; chunk: Buffer | null; more: Buffer[] | null; ended: boolean; error?: Error } | null = null
 
   constructor(
     private readonly method: string,
@@ -74,7 +75,7 @@ export class Exchange implements CancelListener {
       this.settle({ status, headers, body: null })
       return true
     }
-    this.head = { status, headers, resume, chunks: [], ended: false }
+    this.head = { status, headers, resume, chunk: null, more: null, ended: false }
     queueMicrotask(() => this.handOver())
     return true
   }
@@ -83,9 +84,9 @@ export class Exchange implements CancelListener {
   private handOver(): void {
     const head = this.head!
     this.head = null
-    const { status, headers, chunks } = head
+    const { status, headers, chunk, more } = head
     if (head.ended) {
-      const body = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks)
+      const body = more !== null ? Buffer.concat(more) : (chunk ?? EMPTY)
       return this.settle({ status, headers, body, trailers: this.trailers })
     }
     const resume = head.resume
@@ -100,8 +101,9 @@ export class Exchange implements CancelListener {
         done(err)
       },
     })
-    this.settle({ status, headers, body: this.body, trailers: this.trailers })
-    for (const chunk of chunks) this.onData(chunk)
+    this.settle({ status, headers, body: this.body, trailers: (this.trailers ??= {}) })
+    if (more !== null) for (const c of more) this.onData(c)
+    else if (chunk !== null) this.onData(chunk)
     if (head.error) this.body.destroy(head.error)
   }
 
@@ -112,8 +114,11 @@ export class Exchange implements CancelListener {
    * app's connection freed, however slow the client. Beyond that, the app waits (backpressure).
    */
   onData(chunk: Buffer): boolean {
-    if (this.head) {
-      this.head.chunks.push(chunk) // what one read brought: in memory already
+    const head = this.head
+    if (head) {
+      // what one read brought: in memory already (one chunk, the usual case, or a list)
+      if (head.chunk === null) head.chunk = chunk
+      else (head.more ??= [head.chunk]).push(chunk)
       return true
     }
     const body = this.body
@@ -137,7 +142,7 @@ export class Exchange implements CancelListener {
 
   /** HTTP/1.1 trailers come as raw pairs (Buffers), HTTP/2 trailers as an object. */
   onComplete(trailers: Array<Buffer | string> | Record<string, string | string[]> | null): void {
-    if (trailers) Object.assign(this.trailers, Array.isArray(trailers) ? endToEndRaw(trailers) : trailers)
+    if (trailers) Object.assign((this.trailers ??= {}), Array.isArray(trailers) ? endToEndRaw(trailers) : trailers)
     if (this.head) this.head.ended = true
     else this.body?.push(null)
   }
@@ -164,3 +169,5 @@ function hasNoBody(method: string, status: number): boolean {
 }
 
 function noop(): void {}
+
+const EMPTY = Buffer.alloc(0)
