@@ -56,7 +56,9 @@ export function createServers(opts: ServerLimits, onRequest: (req: Request, res:
   if (!tls) {
     const plain = Object.assign(http.createServer(http1, onRequest), http1)
     const h2c = http2.createServer(h2, onRequest)
-    const front = net.createServer({ allowHalfOpen: true }, (socket) => byPreface(socket, plain, h2c, opts.headersTimeoutMs))
+    // noDelay: as http.createServer and the TLS server have it (Nagle would hold an answer
+    // written in two parts for the client's delayed ACK, up to 40 ms)
+    const front = net.createServer({ allowHalfOpen: true, noDelay: true }, (socket) => byPreface(socket, plain, h2c, opts.headersTimeoutMs))
     // the HTTP/1.1 server never listens: start its timeout checks when the port is bound
     front.once('listening', () => plain.emit('listening'))
     front.once('close', () => plain.close())
