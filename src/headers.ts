@@ -47,17 +47,29 @@ export function endToEnd(
   return out
 }
 
+/** A raw header name, lower-cased. */
+export type HeaderName = (raw: Buffer | string) => string
+
+const lowerCased: HeaderName = (raw) => raw.toString('latin1').toLowerCase()
+
 /** endToEnd for raw name/value pairs (undici's response headers): one pass into a HeaderMap, a
- *  second only when Connection names headers beyond the hop-by-hop set (rare). */
-export function endToEndRaw(raw: ReadonlyArray<Buffer | string> | null): HeaderMap {
+ *  second only when Connection names headers beyond the hop-by-hop set (rare). `nameOf` turns a
+ *  raw name into its lower-cased string: the upstream client passes undici's, which returns the
+ *  well-known names without making a string. A hop-by-hop header's value is never decoded. */
+export function endToEndRaw(raw: ReadonlyArray<Buffer | string> | null, nameOf: HeaderName = lowerCased): HeaderMap {
   const headers: HeaderMap = {}
   if (raw === null) return headers
   let connection: string | undefined
   for (let i = 0; i < raw.length; i += 2) {
-    const name = raw[i]!.toString('latin1').toLowerCase()
+    const name = nameOf(raw[i]!)
+    if (HOP_BY_HOP.has(name) || name.charCodeAt(0) === 58) {
+      if (name === 'connection') {
+        const value = raw[i + 1]!.toString('latin1')
+        connection = connection === undefined ? value : `${connection}, ${value}`
+      }
+      continue
+    }
     const value = raw[i + 1]!.toString('latin1')
-    if (name === 'connection') connection = connection === undefined ? value : `${connection}, ${value}`
-    if (HOP_BY_HOP.has(name) || name.charCodeAt(0) === 58) continue
     const had = headers[name]
     headers[name] = had === undefined ? value : Array.isArray(had) ? [...had, value] : [had, value]
   }

@@ -1,4 +1,5 @@
 import t from 'tap'
+import { util } from 'undici'
 import { endToEnd, endToEndRaw, requestIdFrom, upstreamRequestHeaders } from '../src/headers.js'
 
 const info = { clientAddress: '10.1.2.3', protocol: 'https' as const, trustForwardedHeaders: false, headersWithUnderscores: 'drop' as const }
@@ -40,6 +41,10 @@ t.test('endToEndRaw: raw pairs (Buffers, any case) to the same headers as endToE
   t.same(endToEndRaw(raw.map((s) => Buffer.from(s, 'latin1'))), { 'set-cookie': ['a=1', 'b=2'], 'content-type': 'text/plain' }, 'repeats kept as a list; named, hop-by-hop and pseudo-headers dropped')
   t.same(endToEndRaw(['Content-Length', '2', 'Connection', 'close']), { 'content-length': '2' }, 'Connection: close names nothing more')
   t.same(endToEndRaw(null), {})
+  // what the upstream client passes: undici's names, interned for the well-known ones
+  const buffers = [...raw, 'X-Odd-Name', 'v'].map((s) => Buffer.from(s, 'latin1'))
+  t.same(endToEndRaw(buffers, util.headerNameToString), endToEndRaw(buffers), "undici's header names give the same headers")
+  t.same(endToEndRaw(buffers, util.headerNameToString)['x-odd-name'], 'v', 'a name it does not know is lower-cased too')
 })
 
 t.test('endToEnd reads a Connection header given as a list', async (t) => {

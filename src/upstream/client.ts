@@ -1,14 +1,14 @@
 // The upstream client: one undici Pool per backend (keep-alive, bounded connections), bodies
 // streamed both ways. The only module that imports undici; its errors become SidecarError codes
 // here and nowhere else.
-import { Pool, type Dispatcher } from 'undici'
+import { Pool, util, type Dispatcher } from 'undici'
 import { ERRORS, SidecarError, isErrorCode, type ErrorCode } from '../errors.js'
 import type { Metrics } from '../metrics.js'
 import { Readable } from 'node:stream'
 import type { BufferBudget } from '../pipeline/buffers.js'
 import { Cancel } from '../pipeline/cancel.js'
 import type { ProxyRequest, ProxyResponse, RequestContext } from '../pipeline/types.js'
-import { Exchange } from './exchange.js'
+import { Exchange, type ExchangeOptions } from './exchange.js'
 import { connectOptions, tlsFailure, type HandshakeLog, type UpstreamTls } from './tls.js'
 
 export interface PoolOptions {
@@ -28,6 +28,9 @@ export interface PoolOptions {
 
 const STATUS_CLASS = ['0xx', '1xx', '2xx', '3xx', '4xx', '5xx']
 
+/** Mirrored copies and health checks: their answers are read as they come. */
+const NO_READ_AHEAD: ExchangeOptions = { readAhead: { bytes: 0, budget: undefined }, headerName: util.headerNameToString }
+
 /** An answer (the HTTP status, and for a gRPC health check its serving status), or the error. */
 export type ProbeResult = { ok: true; status: number; serving?: string } | { ok: false; error: ErrorCode; detail: string }
 
@@ -46,7 +49,8 @@ export class Upstream {
   /** Health checks go on a connection of their own (as Envoy's do): a pool whose connections
    *  are all busy (slow clients holding them) must not make a healthy app look down. */
   private readonly probes: Pool
-  private readonly readAhead: { bytes: number; budget: BufferBudget | undefined }
+  /** The real traffic's exchanges: read ahead of slow clients. */
+  private readonly forwarding: ExchangeOptions
   /** The SNI name of every request: undici would take it from each request's Host header. */
   private readonly servername: string | undefined
   private readonly https: boolean
@@ -57,7 +61,7 @@ export class Upstream {
     opts: PoolOptions,
     private readonly deps: { metrics: Metrics; buffers?: BufferBudget | undefined; handshakes?: HandshakeLog | undefined },
   ) {
-    this.readAhead = { bytes: opts.responseBufferBytes ?? 0, budget: deps.buffers }
+    this.forwarding = { readAhead: { bytes: opts.responseBufferBytes ?? 0, budget: deps.buffers }, headerName: util.headerNameToString }
     this.servername = opts.tls?.servername ?? undefined
     this.https = opts.url.startsWith('https:')
     const pool = (connections: number) =>
@@ -110,7 +114,7 @@ export class Upstream {
           const down = ERRORS[code].blame === 'upstream' && code !== 'upstream_tls' && !isHealthy()
           reject(new SidecarError(down ? 'upstream_unhealthy' : code, { cause: err, detail: down ? `${code}: ${detail}` : detail }))
         },
-        this.readAhead,
+        this.forwarding,
       )
     })
   }
@@ -147,7 +151,6 @@ export class Upstream {
           transferEncoding: null,
         },
         deadline,
-        undefined,
         this.probes,
       )
       const chunks: Buffer[] = []
@@ -167,8 +170,8 @@ export class Upstream {
   }
 
   /** One request to `pool`; resolves at the response's headers (or its 101). */
-  private exchange(req: ProxyRequest, signal: Cancel, readAhead?: Exchange['readAhead'], pool = this.pool): Promise<ProxyResponse> {
-    return new Promise((resolve, reject) => this.dispatch(req, signal, resolve, reject, readAhead, pool))
+  private exchange(req: ProxyRequest, signal: Cancel, pool = this.pool): Promise<ProxyResponse> {
+    return new Promise((resolve, reject) => this.dispatch(req, signal, resolve, reject, NO_READ_AHEAD, pool))
   }
 
   /** One request to `pool`: `answer` at the response's headers (or its 101), else `fail`. */
@@ -177,10 +180,10 @@ export class Upstream {
     signal: Cancel,
     answer: (response: ProxyResponse) => void,
     fail: (err: unknown) => void,
-    readAhead?: Exchange['readAhead'],
+    options: ExchangeOptions,
     pool = this.pool,
   ): void {
-    const handler = new Exchange(req.method, signal, answer, fail, readAhead)
+    const handler = new Exchange(req.method, signal, answer, fail, options)
     const { method, path, headers, body, upgrade } = req
     const servername = this.servername
     // `servername` is read by undici's Request, though its types leave it out

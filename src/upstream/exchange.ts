@@ -4,10 +4,19 @@
 import type { Duplex } from 'node:stream'
 import { Readable } from 'node:stream'
 import { SidecarError } from '../errors.js'
-import { endToEndRaw } from '../headers.js'
+import { endToEndRaw, type HeaderName } from '../headers.js'
 import type { BufferBudget } from '../pipeline/buffers.js'
 import type { Cancel, CancelListener } from '../pipeline/cancel.js'
 import type { HeaderMap, ProxyResponse } from '../pipeline/types.js'
+
+/** What every exchange of a pool shares. */
+export interface ExchangeOptions {
+  /** How far an answer may be read ahead of a slow client (limits.responseBufferBytes), and the
+   *  budget of all buffers it is taken from. */
+  readAhead: { bytes: number; budget: BufferBudget | undefined }
+  /** Raw header names to lower-cased strings (undici's own, from the upstream client). */
+  headerName: HeaderName
+}
 
 /**
  * undici's dispatch handler for one exchange, resolving at the response's headers with the body
@@ -39,7 +48,7 @@ export class Exchange implements CancelListener {
     private readonly signal: Cancel,
     private readonly answer: (response: ProxyResponse) => void,
     private readonly fail: (err: unknown) => void,
-    private readonly readAhead: { bytes: number; budget: BufferBudget | undefined } = { bytes: 0, budget: undefined },
+    private readonly opts: ExchangeOptions,
   ) {
     signal.add(this)
   }
@@ -60,12 +69,12 @@ export class Exchange implements CancelListener {
   }
 
   onUpgrade(status: number, rawHeaders: Array<Buffer | string> | null, socket: Duplex): void {
-    this.settle({ status, headers: endToEndRaw(rawHeaders), body: null, tunnel: socket })
+    this.settle({ status, headers: endToEndRaw(rawHeaders, this.opts.headerName), body: null, tunnel: socket })
   }
 
   onHeaders(status: number, rawHeaders: Array<Buffer | string> | null, resume: () => void): boolean {
     if (status < 200) return true // 1xx: the final answer follows
-    const headers = endToEndRaw(rawHeaders)
+    const headers = endToEndRaw(rawHeaders, this.opts.headerName)
     // gRPC's status in the headers: a "trailers-only" answer, whose one frame ends the stream
     if (hasNoBody(this.method, status) || headers['grpc-status'] !== undefined) {
       // A 304 may carry the Content-Length of the representation it stands for (RFC 9110
@@ -124,7 +133,7 @@ export class Exchange implements CancelListener {
     const body = this.body
     if (!body) return true
     if (body.push(chunk)) return true
-    const { bytes, budget } = this.readAhead
+    const { bytes, budget } = this.opts.readAhead
     if (this.ahead + chunk.length > bytes || !budget?.take(chunk.length)) return false
     if (!this.watchingEnd) {
       this.watchingEnd = true
@@ -136,13 +145,13 @@ export class Exchange implements CancelListener {
 
   private giveBack(): void {
     if (this.ahead === 0) return
-    this.readAhead.budget?.give(this.ahead)
+    this.opts.readAhead.budget?.give(this.ahead)
     this.ahead = 0
   }
 
   /** HTTP/1.1 trailers come as raw pairs (Buffers), HTTP/2 trailers as an object. */
   onComplete(trailers: Array<Buffer | string> | Record<string, string | string[]> | null): void {
-    if (trailers) Object.assign((this.trailers ??= {}), Array.isArray(trailers) ? endToEndRaw(trailers) : trailers)
+    if (trailers) Object.assign((this.trailers ??= {}), Array.isArray(trailers) ? endToEndRaw(trailers, this.opts.headerName) : trailers)
     if (this.head) this.head.ended = true
     else this.body?.push(null)
   }
