@@ -28,7 +28,7 @@
 // - at a fixed rate (autocannon), the CPU time per request of the target process and of the
 //   upstream app (from /proc/PID/stat), and the p99 it adds over direct: reported only when it
 //   exceeds the generator's own jitter, which on a shared 2-core machine it often does not;
-// - RSS: idle after start, with 1,000 busy keep-alive connections, and the peak, for the
+// - RSS: idle 2 s and 30 s after start, with 1,000 busy keep-alive connections, and the peak, for the
 //   sidecar beside the bare forwarder.
 // Medians over the rounds. Results go to bench/results/ as JSON, Markdown and SVG.
 import { execFile, spawn } from 'node:child_process'
@@ -214,9 +214,15 @@ async function main() {
     add('nginx-tls', pid, `https://127.0.0.1:${tls}/`, { tls: true, h2: true, workerOf: pid })
   }
 
-  // Idle RSS: every target started, nothing sent yet but the readiness checks, 2 s to settle
+  // Idle RSS: every target started, nothing sent yet but the readiness checks; 2 s after start
+  // (what start-up left resident: the figure judged), and 30 s after start, shown beside it: an
+  // idle Node process often shrinks what start-up grew once V8's memory reducer runs (8-10 s
+  // after start for the sidecar alone), but not always by then, so that one is no verdict.
+  const rssOf = (t) => (t.pid ? memoryMiB(t.workerOf ? nginxWorker(t.workerOf) : t.pid, 'VmRSS') : null)
   await new Promise((resolve) => setTimeout(resolve, 2000))
-  for (const t of targets) t.idleRssMiB = t.pid ? memoryMiB(t.workerOf ? nginxWorker(t.workerOf) : t.pid, 'VmRSS') : null
+  for (const t of targets) t.idleRssMiB = rssOf(t)
+  await new Promise((resolve) => setTimeout(resolve, 28_000))
+  for (const t of targets) t.settledRssMiB = rssOf(t)
 
   const generator = WRK ? 'wrk' : 'autocannon'
   console.log(`${targets.length} targets, ${PLAN.rounds} round(s): ${PLAN.saturateS} s at saturation (${CONNECTIONS} connections, ${generator}${WRK ? ' and autocannon' : ''}${H2LOAD ? '; h2load for HTTP/2' : ''}) and ${PLAN.fixedS} s at ${RATE} req/s each`)
@@ -297,6 +303,7 @@ async function main() {
           upstreamUsPerRequest: m(t, 'upstreamUsPerRequest'),
         },
         idleRssMiB: t.idleRssMiB,
+        settledRssMiB: t.settledRssMiB,
         peakRssMiB: t.pid ? memoryMiB(t.workerOf ? nginxWorker(t.workerOf) : t.pid, 'VmHWM') : null,
       }
     }),
