@@ -54,7 +54,6 @@ t.test('no import cycles in src/', async (t) => {
 t.test('each library has one door', async (t) => {
   const doors: Record<string, (file: string) => boolean> = {
     undici: (f) => f === 'upstream/client.ts',
-    opossum: (f) => f === 'upstream/breaker.ts',
     'prom-client': (f) => f === 'metrics.ts',
     pino: (f) => f === 'log.ts',
     zod: (f) => f.startsWith('config/'),

@@ -57,13 +57,13 @@ async function perRequest(handler: Handler, n = 50): Promise<{ promises: number;
   return { promises: counts.PROMISE / n - 2, timers: counts.Timeout / n, status }
 }
 
-t.test('one plain request through the default stack: at most 11 promises and one timer', async (t) => {
+t.test('one plain request through the default stack: at most 6 promises and one timer', async (t) => {
   const s = stack({ backends: [{ name: 'app', url: 'http://127.0.0.1:1' }] })
   t.teardown(s.close)
   const cost = await perRequest(s.handler)
   t.equal(cost.status, 200, 'the requests went through')
   t.ok(s.lines() >= 50, 'and each wrote its access line')
-  t.ok(cost.promises <= 11, `${cost.promises} promises per request`)
+  t.ok(cost.promises <= 6, `${cost.promises} promises per request`)
   t.ok(cost.timers <= 1, `${cost.timers} timers per request (the attempt's deadline)`)
 })
 
@@ -79,7 +79,7 @@ t.test('with retries, the breaker and a canary split configured, the same', asyn
   t.teardown(s.close)
   const cost = await perRequest(s.handler)
   t.equal(cost.status, 200)
-  t.ok(cost.promises <= 11, `${cost.promises} promises per request`)
+  t.ok(cost.promises <= 6, `${cost.promises} promises per request`)
   t.ok(cost.timers <= 1, `${cost.timers} timers per request`)
 })
 
@@ -90,7 +90,7 @@ t.test('tracing on, not sampled: the same promises and timers as off (the app is
   const cost = await perRequest(s.handler)
   t.equal(cost.status, 200)
   t.equal(spans.length, 0, 'nothing sampled')
-  t.ok(cost.promises <= 11, `${cost.promises} promises per request`)
+  t.ok(cost.promises <= 6, `${cost.promises} promises per request`)
   t.ok(cost.timers <= 1, `${cost.timers} timers per request`)
 })
 
@@ -101,6 +101,6 @@ t.test('tracing on, every request sampled: one promise more (the attempt\'s CLIE
   const cost = await perRequest(s.handler)
   t.equal(cost.status, 200)
   t.equal(spans.length, 2 * 51, 'a SERVER and a CLIENT span per request')
-  t.ok(cost.promises <= 12, `${cost.promises} promises per request`)
+  t.ok(cost.promises <= 7, `${cost.promises} promises per request`)
   t.ok(cost.timers <= 1, `${cost.timers} timers per request`)
 })

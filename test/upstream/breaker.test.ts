@@ -120,13 +120,32 @@ t.test('a backend without a breaker (gone after a reload) passes straight throug
   t.equal((await call('gone')).status, 500)
 })
 
-t.test('the rolling window keeps counts only: no per-attempt latency list to sort on every failure', async (t) => {
-  const { breaker, call } = setup(Array.from({ length: 50 }, () => response(200)))
+t.test('it opens when more than errorThresholdPercentage of the window failed, not at it', async (t) => {
+  const steps: Step[] = [...Array.from({ length: 6 }, () => response(200)), ...Array.from({ length: 7 }, () => response(500))]
+  const { breaker, call, d } = setup(steps)
   t.teardown(() => breaker.shutdown())
-  for (let i = 0; i < 50; i++) await call()
-  // opossum's default keeps every latency in the window and sorts them all on each failure
-  // (about 1 ms per failed attempt with 20,000 attempts in the window).
-  const opossum = (breaker as unknown as { opossum: { stats: { fires: number; latencyTimes: number[] } } }).opossum
-  t.equal(opossum.stats.fires, 50, 'every attempt is counted')
-  t.equal(opossum.stats.latencyTimes.length, 0, 'latency samples kept: 0 of 50')
+  for (let i = 0; i < 12; i++) await call()
+  t.equal(breaker.state, 'closed', '6 of 12 failed: 50%, not more')
+  await call()
+  t.equal(breaker.state, 'open', '7 of 13: over 50%')
+  t.match(d.lines.at(-1), { msg: 'circuit breaker open', failures: 7, fires: 13 }, 'the log says what the window held')
+})
+
+t.test('closing empties the window: the failures that opened it are not held against the backend again', async (t) => {
+  const { breaker, call, clock } = setup([...Array.from({ length: 4 }, () => response(500)), response(200), response(500), response(500)])
+  t.teardown(() => breaker.shutdown())
+  for (let i = 0; i < 4; i++) await call()
+  clock.advance(150)
+  await call() // the probe: 200
+  t.equal(breaker.state, 'closed')
+  await call()
+  await call()
+  t.equal(breaker.state, 'closed', 'two failures since: below volumeThreshold (4)')
+})
+
+t.test('after shutdown (a backend removed by a reload), attempts pass through uncounted', async (t) => {
+  const { breaker, call } = setup(Array.from({ length: 6 }, () => response(500)))
+  breaker.shutdown()
+  for (let i = 0; i < 6; i++) t.equal((await call()).status, 500)
+  t.equal(breaker.state, 'closed')
 })
