@@ -61,7 +61,7 @@ export class Upstream {
     opts: PoolOptions,
     private readonly deps: { metrics: Metrics; buffers?: BufferBudget | undefined; handshakes?: HandshakeLog | undefined },
   ) {
-    this.forwarding = { readAhead: { bytes: opts.responseBufferBytes ?? 0, budget: deps.buffers }, headerName: util.headerNameToString }
+    this.forwarding = { ...NO_READ_AHEAD, readAhead: { bytes: opts.responseBufferBytes ?? 0, budget: deps.buffers } }
     this.servername = opts.tls?.servername ?? undefined
     this.https = opts.url.startsWith('https:')
     const pool = (connections: number) =>
