@@ -236,3 +236,20 @@ export function isStartupError(err: unknown): err is StartupError {
 export function exitCodeOf(err: unknown): number {
   return isStartupError(err) ? STARTUP_ERRORS[err.code].exitCode : 1
 }
+
+/** An invalid config: every problem, each with the path of its key. */
+export class ConfigError extends StartupError {
+  declare readonly code: 'config_invalid'
+  constructor(
+    readonly source: string,
+    readonly problems: readonly string[],
+  ) {
+    super('config_invalid', `invalid config (${source}):\n${problems.map((p) => `  - ${p}`).join('\n')}`)
+    this.name = 'ConfigError'
+  }
+}
+
+/** Branch on the code, not the class: true for every invalid-config error. */
+export function isConfigError(err: unknown): err is ConfigError {
+  return (err as { code?: unknown } | null)?.code === 'config_invalid'
+}

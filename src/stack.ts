@@ -6,7 +6,7 @@
 // every route, each with the route's settings merged over the top level's (routes[]: timeoutMs,
 // retry, limits, weights; the top level is the route "default").
 import type { Config, RouteConfig } from './config/schema.js'
-import { defaultCanary, routeRetry, routeSetting } from './config/schema.js'
+import { defaultCanary, routeRetry, routeSetting } from './config/settings.js'
 import type { Clock } from './clock.js'
 import { createAccessLogLayer } from './layers/access-log.js'
 import { createAttemptSpanLayer } from './layers/attempt-span.js'

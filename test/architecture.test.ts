@@ -16,9 +16,10 @@ interface Imports {
   packages: string[]
 }
 
-/** Every `from '...'` of a file (`static`) and every `import('...')` (`lazy`): relative ones
- *  resolved to src files, packages by name. */
-function importsOf(file: string): Imports & { lazy: Imports } {
+/** Every `from '...'` of a file, those that are not `import type` again (`values`: type-only
+ *  imports are erased when compiled and load nothing), and every `import('...')` (`lazy`):
+ *  relative ones resolved to src files, packages by name. */
+function importsOf(file: string): Imports & { values: Imports; lazy: Imports } {
   const text = readFileSync(file, 'utf8')
   const split = (specs: string[]): Imports => ({
     local: specs.filter((s) => s.startsWith('.')).map((s) => resolve(dirname(file), s).replace(/\.js$/, '.ts')),
@@ -26,6 +27,7 @@ function importsOf(file: string): Imports & { lazy: Imports } {
   })
   return {
     ...split([...text.matchAll(/^(?:import|export)\b[^'"]*?from\s+'([^']+)'/gm)].map((m) => m[1]!)),
+    values: split([...text.matchAll(/^(?:import|export)\b(?! type\b)[^'"]*?from\s+'([^']+)'/gm)].map((m) => m[1]!)),
     lazy: split([...text.matchAll(/\bimport\('([^']+)'\)/g)].map((m) => m[1]!)),
   }
 }
@@ -73,18 +75,19 @@ t.test('each library has one door', async (t) => {
   t.same([...seen].sort(), Object.keys(doors).sort(), 'every runtime dependency is imported, through its door')
 })
 
-t.test('what only some runs need is loaded when needed: a running proxy carries neither node-forge, yaml nor tracing\'s libraries', async (t) => {
+t.test('what only some runs need is loaded when needed: a running proxy carries neither node-forge, zod, yaml nor tracing\'s libraries', async (t) => {
   // the packages reached through static imports alone from main.ts and the run command (what a
-  // running proxy always loads), and those reached through any import at all
+  // running proxy always loads), and those reached through any import at all. zod and yaml are
+  // reached through config/worker.ts's import(), which runs in its worker thread.
   const reach = (withLazy: boolean): Set<string> => {
     const files = new Set<string>()
     const packages = new Set<string>()
     const visit = (file: string) => {
       if (files.has(file)) return
       files.add(file)
-      const imports = graph.get(file)!
-      for (const pkg of [...imports.packages, ...(withLazy ? imports.lazy.packages : [])]) packages.add(pkg)
-      for (const next of [...imports.local, ...(withLazy ? imports.lazy.local : [])]) visit(next)
+      const { values, lazy } = graph.get(file)!
+      for (const pkg of [...values.packages, ...(withLazy ? lazy.packages : [])]) packages.add(pkg)
+      for (const next of [...values.local, ...(withLazy ? lazy.local : [])]) visit(next)
     }
     visit(join(SRC, 'main.ts'))
     visit(join(SRC, 'cli/run.ts'))
@@ -92,7 +95,7 @@ t.test('what only some runs need is loaded when needed: a running proxy carries 
   }
   const always = reach(false)
   const ever = reach(true)
-  for (const pkg of ['node-forge', 'yaml', '@opentelemetry/otlp-exporter-base', '@opentelemetry/otlp-transformer']) {
+  for (const pkg of ['node-forge', 'zod', 'yaml', '@opentelemetry/otlp-exporter-base', '@opentelemetry/otlp-transformer']) {
     t.notOk(always.has(pkg), `${pkg}: loaded only on demand`)
     t.ok(ever.has(pkg), `${pkg}: still reachable, through import()`)
   }

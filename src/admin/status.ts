@@ -4,7 +4,7 @@
 // the config version in force; readiness. The admin page (page.ts) draws this.
 // Assembled from the live objects on every call: nothing here is cached.
 import type { InForce } from '../config/reload.js'
-import { gatesReadiness, routeSetting } from '../config/schema.js'
+import { gatesReadiness, routeSetting } from '../config/settings.js'
 import type { BackendSnapshot } from '../upstream/backends.js'
 import type { TracingStatus } from '../tracing/tracer.js'
 import type { RecentRequests } from './recent.js'

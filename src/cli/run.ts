@@ -2,7 +2,7 @@
 // changes or on SIGHUP, and drain on SIGTERM/SIGINT or when the admin port is asked to
 // (POST /drain, POST /quitquitquit); then exit.
 import { startApp } from '../app.js'
-import { loadConfig } from '../config/load.js'
+import { loadConfigInWorker } from '../config/worker.js'
 import { StartupError, isStartupError } from '../errors.js'
 import { createLogger } from '../log.js'
 import type { Io } from './io.js'
@@ -35,7 +35,7 @@ export async function runCommand(argv: readonly string[], io: Io): Promise<numbe
     tlsCert: values['tls-cert'],
     tlsKey: values['tls-key'],
   }
-  const config = await loadConfig(file, overrides)
+  const config = await loadConfigInWorker(file, overrides)
 
   const logger = createLogger(config.log)
   let requestStop!: (stop: { reason: string; immediate: boolean }) => void
@@ -47,7 +47,7 @@ export async function runCommand(argv: readonly string[], io: Io): Promise<numbe
     app = await startApp(config, {
       logger,
       requestStop: (reason, immediate) => requestStop({ reason, immediate }),
-      ...(file !== undefined && { configFile: { path: file, load: () => loadConfig(file, overrides) } }),
+      ...(file !== undefined && { configFile: { path: file, load: () => loadConfigInWorker(file, overrides) } }),
     })
   } catch (err) {
     process.off('SIGTERM', onSignal).off('SIGINT', onSignal)

@@ -3,7 +3,8 @@
 // (the one GET /config shows once it is loaded), the split it makes and the route table.
 import { loadConfig } from '../config/load.js'
 import { configVersion } from '../config/reload.js'
-import { gatesReadiness, type FaultConfig, type MirrorConfig, type RouteConfig } from '../config/schema.js'
+import type { FaultConfig, MirrorConfig, RouteConfig } from '../config/schema.js'
+import { gatesReadiness } from '../config/settings.js'
 import { loadListenerTlsFiles } from '../server/tls.js'
 import { loadBackendTls } from '../upstream/tls.js'
 import type { Io } from './io.js'

@@ -2,20 +2,10 @@
 // every problem with the path of the bad key, e.g. `backends[0].url: must be an http:// URL`.
 import { readFile } from 'node:fs/promises'
 import type { z } from 'zod'
-import { StartupError } from '../errors.js'
+import { ConfigError } from '../errors.js'
 import { nearest } from './nearest.js'
 import { configSchema, type Config } from './schema.js'
-
-export class ConfigError extends StartupError {
-  declare readonly code: 'config_invalid'
-  constructor(
-    readonly source: string,
-    readonly problems: readonly string[],
-  ) {
-    super('config_invalid', `invalid config (${source}):\n${problems.map((p) => `  - ${p}`).join('\n')}`)
-    this.name = 'ConfigError'
-  }
-}
+import { deepFreeze, formatPath } from './settings.js'
 
 /** Values given on the command line; each replaces one key of the file. */
 export interface ConfigOverrides {
@@ -180,26 +170,8 @@ function keysAt(schema: z.core.$ZodType, path: readonly PropertyKey[]): string[]
   return objects(at).flatMap((shape) => Object.keys(shape))
 }
 
-/** `backends[0].url` from ['backends', 0, 'url']. */
-export function formatPath(path: readonly PropertyKey[]): string {
-  return path.reduce<string>((out, key) => (typeof key === 'number' ? `${out}[${key}]` : out ? `${out}.${String(key)}` : String(key)), '')
-}
-
-/** Branch on the code, not the class: true for every invalid-config error. */
-export function isConfigError(err: unknown): err is ConfigError {
-  return (err as { code?: unknown } | null)?.code === 'config_invalid'
-}
-
 function isRecord(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v)
-}
-
-export function deepFreeze<T>(value: T): T {
-  if (typeof value === 'object' && value !== null) {
-    for (const v of Object.values(value)) deepFreeze(v)
-    Object.freeze(value)
-  }
-  return value
 }
 
 /** The file as JSON, or undefined when it is not JSON (then YAML decides). */

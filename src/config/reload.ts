@@ -8,7 +8,8 @@ import type { Clock } from '../clock.js'
 import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
 import { watchFiles } from '../watch.js'
-import { deepFreeze, formatPath, isConfigError } from './load.js'
+import { isConfigError } from '../errors.js'
+import { deepFreeze, formatPath } from './settings.js'
 import type { Config } from './schema.js'
 
 export interface ReloadResult {

@@ -3,21 +3,13 @@
 import { z } from 'zod'
 import { nearest } from './nearest.js'
 import { regexProblem } from './regex-guard.js'
+import { parseAddress, routeRetry, shadowOnlyBackends } from './settings.js'
 
 const ms = (def: number) => z.number().int().min(1).max(86_400_000).default(def)
 
-/** `host:port`, `[v6]:port`; port 0 means "any free port" (tests). */
 const addressSchema = z.string().refine((s) => parseAddress(s) !== null, {
   message: 'must be host:port (e.g. 0.0.0.0:8443 or [::1]:8443)',
 })
-
-export function parseAddress(address: string): { host: string; port: number } | null {
-  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^\s:[\]]+)):(\d{1,5})$/.exec(address)
-  if (!m) return null
-  const port = Number(m[3])
-  if (port > 65535) return null
-  return { host: (m[1] ?? m[2]) as string, port }
-}
 
 /** A certificate without its key (or the reverse) is a half-done edit: say which is missing. */
 function certAndKeyTogether(tls: { certFile?: string | undefined; keyFile?: string | undefined }, ctx: z.RefinementCtx): void {
@@ -133,11 +125,6 @@ function sameSocket(a: { host: string; port: number }, b: { host: string; port: 
 export function isLoopbackUrl(url: string): boolean {
   const host = new URL(url).hostname
   return host === 'localhost' || host === '[::1]' || /^127\.\d+\.\d+\.\d+$/.test(host)
-}
-
-/** Whether a backend's health holds the pod's readiness: it gets traffic and gates it. */
-export function gatesReadiness(b: { weight: number; gatesReadiness: boolean }): boolean {
-  return b.weight > 0 && b.gatesReadiness
 }
 
 const DEFAULT_BACKEND_URL = 'http://127.0.0.1:8080'
@@ -605,33 +592,3 @@ export type Config = z.output<typeof configSchema>
 
 export type RetryConfig = Config['retry']
 
-/** A route's retry policy: its own fields over the top level's, backoff and budget field by field. */
-export function routeRetry(top: RetryConfig, route: RouteConfig['retry']): RetryConfig {
-  if (route === undefined) return top
-  const defined = <T extends object>(o: T | undefined): Partial<T> => Object.fromEntries(Object.entries(o ?? {}).filter(([, v]) => v !== undefined)) as Partial<T>
-  return {
-    ...top,
-    ...defined(route),
-    backoff: { ...top.backoff, ...defined(route.backoff) },
-    budget: { ...top.budget, ...defined(route.budget) },
-  }
-}
-
-/** A route's fault or mirror: its own when it has one (false: none), else the top level's. */
-export function routeSetting<T extends object>(top: T | undefined, route: T | false | undefined): T | undefined {
-  return route === undefined ? top : route === false ? undefined : route
-}
-
-/** Backends that take mirrored copies only: named by a mirror, weight 0. */
-export function shadowOnlyBackends(config: Pick<Config, 'backends' | 'mirror' | 'routes'>): Set<string> {
-  const named = [config.mirror, ...config.routes.map((r) => r.mirror)].flatMap((m) => (m ? [m.backend] : []))
-  return new Set(named.filter((name) => config.backends.find((b) => b.name === name)?.weight === 0))
-}
-
-/** The backend the override header's `always` names: routing.canary, else the second backend
- *  that does not take mirrored copies only (a shadow is never the canary by default). */
-export function defaultCanary(config: Pick<Config, 'backends' | 'mirror' | 'routes' | 'routing'>): string | undefined {
-  if (config.routing.canary !== undefined) return config.routing.canary
-  const shadows = shadowOnlyBackends(config)
-  return config.backends.slice(1).find((b) => !shadows.has(b.name))?.name
-}

@@ -3,7 +3,7 @@
 import t from 'tap'
 import type { Io } from '../../src/cli/io.js'
 import { validateConfig } from '../../src/config/load.js'
-import { defaultCanary, routeSetting } from '../../src/config/schema.js'
+import { defaultCanary, routeSetting } from '../../src/config/settings.js'
 import { main } from '../../src/main.js'
 import { problems } from '../fixtures/config.js'
 

@@ -1,6 +1,8 @@
 import { writeFileSync } from 'node:fs'
 import t from 'tap'
-import { ConfigError, applyOverrides, formatPath, loadConfig, validateConfig } from '../../src/config/load.js'
+import { applyOverrides, loadConfig, validateConfig } from '../../src/config/load.js'
+import { formatPath } from '../../src/config/settings.js'
+import { ConfigError } from '../../src/errors.js'
 import { problems } from '../fixtures/config.js'
 
 

@@ -2,7 +2,7 @@
 // merged over the top level's.
 import t from 'tap'
 import { validateConfig } from '../../src/config/load.js'
-import { routeRetry } from '../../src/config/schema.js'
+import { routeRetry } from '../../src/config/settings.js'
 import { problems } from '../fixtures/config.js'
 
 

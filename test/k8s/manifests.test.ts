@@ -14,7 +14,8 @@ import { Service } from 'kubernetes-models/v1'
 import { ConfigMap } from 'kubernetes-models/v1'
 import { Deployment } from 'kubernetes-models/apps/v1'
 import { validateConfig } from '../../src/config/load.js'
-import { isLoopbackUrl, parseAddress, type Config } from '../../src/config/schema.js'
+import { isLoopbackUrl, type Config } from '../../src/config/schema.js'
+import { parseAddress } from '../../src/config/settings.js'
 import { createMetrics } from '../../src/metrics.js'
 
 const run = promisify(execFile)
