@@ -4,6 +4,7 @@
 import { startApp } from '../app.js'
 import { loadConfigInWorker } from '../config/worker.js'
 import { StartupError, isStartupError } from '../errors.js'
+import { settleAfterStart } from '../lifecycle/settle.js'
 import { createLogger } from '../log.js'
 import type { Io } from './io.js'
 import { parseFlags, version } from './usage.js'
@@ -56,6 +57,7 @@ export async function runCommand(argv: readonly string[], io: Io): Promise<numbe
     logger.debug({ err }, 'sidecar-proxy could not start')
     throw isStartupError(err) ? err : (bindFailure(err) ?? err)
   }
+  logger.debug({ ms: Math.round(settleAfterStart()) }, 'start-up memory handed back')
   const onHangup = () => void app.reload('SIGHUP')
   process.on('SIGHUP', onHangup)
   const { reason, immediate } = await stopRequested
