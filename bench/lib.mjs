@@ -4,6 +4,11 @@ import { openSync, readFileSync } from 'node:fs'
 import net from 'node:net'
 import { join } from 'node:path'
 
+/** The environment the image gives the proxy: the Dockerfile's `ENV NAME=value` lines. Every Node
+ *  target of the benchmarks runs with it, the bare forwarder as much as the sidecar, so that the
+ *  figures are those of the process as shipped. */
+export const IMAGE_ENV = Object.fromEntries([...readFileSync(new URL('../Dockerfile', import.meta.url), 'utf8').matchAll(/^ENV (\w+)=(\S+)$/gm)].map((m) => [m[1], m[2]]))
+
 /** A loopback port nothing listens on (bound, then released). */
 export async function freePort() {
   const server = net.createServer()
@@ -33,7 +38,7 @@ export function processes(dir) {
     /** Starts `node args`; resolves with its pid once `port` accepts connections. */
     async start(name, args, port) {
       const out = openSync(join(dir, `${name}.log`), 'a')
-      const child = spawn(process.execPath, args, { stdio: ['ignore', out, out] })
+      const child = spawn(process.execPath, args, { stdio: ['ignore', out, out], env: { ...process.env, ...IMAGE_ENV } })
       children.push(child)
       await listening(port)
       return child.pid

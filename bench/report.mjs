@@ -42,9 +42,11 @@ export function ratios(ts, many, soak) {
   }
   add('sidecar TLS keep-alive throughput / nginx TLS', ngTls ? tls.rps / ngTls.rps : null, '>= 0.4', ngTls && tls.rps / ngTls.rps >= 0.4)
   add('sidecar HTTP/2 throughput / nginx HTTP/2 (h2load)', ngTls?.h2Rps ? tls.h2Rps / ngTls.h2Rps : null, 'reference', null)
-  add('sidecar idle RSS / bare undici forwarder, 2 s after start', sc.idleRssMiB / bare.idleRssMiB, '<= 1.15', sc.idleRssMiB / bare.idleRssMiB <= 1.15)
-  // shown, not judged: whether V8's memory reducer has run by then varies (run.mjs)
-  if (sc.settledRssMiB != null && bare.settledRssMiB != null) add('sidecar idle RSS / bare undici forwarder, 30 s after start', sc.settledRssMiB / bare.settledRssMiB, 'reference', null)
+  // Idle is judged 30 s after start, once start-up's memory has been handed back (run.mjs); the
+  // 2-s reading, what start-up holds, is shown. Results older than the 30-s reading are judged at 2 s.
+  const settled = sc.settledRssMiB != null && bare.settledRssMiB != null
+  add('sidecar idle RSS / bare undici forwarder, 2 s after start', sc.idleRssMiB / bare.idleRssMiB, settled ? 'reference' : '<= 1.15', settled ? null : sc.idleRssMiB / bare.idleRssMiB <= 1.15)
+  if (settled) add('sidecar idle RSS / bare undici forwarder, 30 s after start', sc.settledRssMiB / bare.settledRssMiB, '<= 1.15', sc.settledRssMiB / bare.settledRssMiB <= 1.15)
   add('sidecar RSS with 1,000 busy connections (MiB)', many.sidecar.rssMiB, '<= 100', many.sidecar.rssMiB <= 100)
   add('bare undici forwarder RSS with 1,000 busy connections (MiB)', many['bare-undici'].rssMiB, 'reference', null)
   if (soak) add('sidecar RSS over the soak: last minute / first minute', soak.rssLastMinuteMiB / soak.rssFirstMinuteMiB, '<= 1.1 (flat)', soak.rssLastMinuteMiB / soak.rssFirstMinuteMiB <= 1.1)

@@ -28,8 +28,8 @@
 // - at a fixed rate (autocannon), the CPU time per request of the target process and of the
 //   upstream app (from /proc/PID/stat), and the p99 it adds over direct: reported only when it
 //   exceeds the generator's own jitter, which on a shared 2-core machine it often does not;
-// - RSS: idle 2 s and 30 s after start, with 1,000 busy keep-alive connections, and the peak, for the
-//   sidecar beside the bare forwarder.
+// - RSS: idle 2 s and 30 s after start (the one judged), with 1,000 busy keep-alive connections,
+//   and the peak, for the sidecar beside the bare forwarder.
 // Medians over the rounds. Results go to bench/results/ as JSON, Markdown and SVG.
 import { execFile, spawn } from 'node:child_process'
 import https from 'node:https'
@@ -38,7 +38,7 @@ import os from 'node:os'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
 import autocannon from 'autocannon'
-import { cpuSeconds, freePort, listening, median, memoryMiB, nginxWorker, waitReady, which } from './lib.mjs'
+import { IMAGE_ENV, cpuSeconds, freePort, listening, median, memoryMiB, nginxWorker, waitReady, which } from './lib.mjs'
 import { measureProtocols } from './protocols.mjs'
 import { addedP99, generatorJitterMs, ratios, renderMarkdown, renderSvg } from './report.mjs'
 
@@ -63,7 +63,7 @@ process.on('SIGINT', () => process.exit(130))
 /** Starts a process whose output goes to a file; resolves once `port` accepts connections. */
 async function start(name, command, args, port, env = {}) {
   const out = openSync(join(tmp, `${name}.log`), 'a')
-  const child = spawn(command, args, { stdio: ['ignore', out, out], env: { ...process.env, ...env } })
+  const child = spawn(command, args, { stdio: ['ignore', out, out], env: { ...process.env, ...(command === process.execPath && IMAGE_ENV), ...env } })
   children.push(child)
   child.on('exit', (code, signal) => {
     if (!stopping) console.error(`${name} exited (${code ?? signal}); its log: ${join(tmp, `${name}.log`)}`)
@@ -214,10 +214,10 @@ async function main() {
     add('nginx-tls', pid, `https://127.0.0.1:${tls}/`, { tls: true, h2: true, workerOf: pid })
   }
 
-  // Idle RSS: every target started, nothing sent yet but the readiness checks; 2 s after start
-  // (what start-up left resident: the figure judged), and 30 s after start, shown beside it: an
-  // idle Node process often shrinks what start-up grew once V8's memory reducer runs (8-10 s
-  // after start for the sidecar alone), but not always by then, so that one is no verdict.
+  // Idle RSS: every target started, nothing sent yet but the readiness checks; 2 s after the last
+  // start (what start-up holds, shown) and 30 s after it (the figure judged: what an idle pod
+  // keeps). The sidecar hands back start-up's young generation once started (lifecycle/settle.ts):
+  // at once on Node 22 and later, through V8's memory reducer some 8 s later on Node 20.
   const rssOf = (t) => (t.pid ? memoryMiB(t.workerOf ? nginxWorker(t.workerOf) : t.pid, 'VmRSS') : null)
   await new Promise((resolve) => setTimeout(resolve, 2000))
   for (const t of targets) t.idleRssMiB = rssOf(t)
