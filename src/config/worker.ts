@@ -24,7 +24,7 @@ export function loadConfigInWorker(file: string | undefined, overrides: ConfigOv
   return new Promise((resolve, reject) => {
     const job: Job = { loadConfig: { file, overrides } }
     let answered = false
-    new Worker(new URL(import.meta.url), { workerData: job, stdout: false, stderr: false })
+    new Worker(new URL(import.meta.url), { workerData: job })
       .once('message', (answer: Answer) => {
         answered = true
         if ('config' in answer) resolve(deepFreeze(answer.config))
