@@ -16,7 +16,7 @@ import { mkdtempSync, openSync, readFileSync, writeFileSync } from 'node:fs'
 import os from 'node:os'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
-import { cpuSeconds, freePort, memoryMiB, nginxWorker, waitReady, which } from './lib.mjs'
+import { IMAGE_ENV, cpuSeconds, freePort, memoryMiB, nginxWorker, waitReady, which } from './lib.mjs'
 
 const root = new URL('..', import.meta.url).pathname
 const { values: flags } = parseArgs({ options: { seconds: { type: 'string' }, only: { type: 'string' }, heap: { type: 'string' } } })
@@ -54,7 +54,7 @@ function ensureTools() {
 /** Starts a process whose output goes to a file; resolves once `port` accepts connections. */
 async function start(name, argv, ready) {
   const log = join(tmp, `${name}.log`)
-  const child = spawn(argv[0], argv.slice(1), { stdio: ['ignore', openSync(log, 'a'), openSync(log, 'a')] })
+  const child = spawn(argv[0], argv.slice(1), { stdio: ['ignore', openSync(log, 'a'), openSync(log, 'a')], env: { ...process.env, ...(argv[0] === process.execPath && IMAGE_ENV) } })
   children.add(child)
   const exited = new Promise((_, reject) => child.once('exit', (code) => reject(new Error(`${name} exited (${code}): ${readFileSync(log, 'utf8').trim().split('\n').slice(-3).join(' | ')}`))))
   exited.catch(() => {})

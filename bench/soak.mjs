@@ -48,7 +48,7 @@ import http from 'node:http'
 import os from 'node:os'
 import { dirname, join } from 'node:path'
 import { parseArgs } from 'node:util'
-import { freePort, median, waitReady } from './lib.mjs'
+import { IMAGE_ENV, freePort, median, waitReady } from './lib.mjs'
 
 const root = new URL('..', import.meta.url).pathname
 const { values: flags } = parseArgs({
@@ -266,7 +266,7 @@ async function startProxy(upstreamPort) {
   const logFile = join(tmp, 'proxy.log')
   const out = openSync(logFile, 'a')
   const args = [join(root, 'dist/main.js'), '--config', configFile, '--plaintext', '--listen', `127.0.0.1:${port}`, '--admin', `127.0.0.1:${admin}`, '--upstream', `http://127.0.0.1:${upstreamPort}`]
-  const child = (proxy = spawn(process.execPath, args, { stdio: ['ignore', out, out] }))
+  const child = (proxy = spawn(process.execPath, args, { stdio: ['ignore', out, out], env: { ...process.env, ...IMAGE_ENV } }))
   child.exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })))
   await Promise.race([waitReady(admin), child.exited.then(({ code, signal }) => Promise.reject(new Error(`the proxy exited (${code ?? signal}) at start; its log: ${logFile}`)))])
   return { port, admin, config, logFile }
