@@ -2,7 +2,7 @@
 // (zod: its code and the built schema, 4 MiB of heap) and the YAML parser are then loaded in the
 // worker's own heap, which is freed when the worker exits, instead of staying in the proxy's for
 // its whole life: 4 MiB of idle RSS, a sixth of what the proxy adds to a bare Node forwarder
-// (docs/performance.md, "Memory"). Start-up and each reload pay 30-60 ms for the thread.
+// (docs/performance.md, "Memory"). Start-up and each reload pay about 30 ms for the thread.
 //
 // This file is both sides: imported, it exports loadConfigInWorker; run as the worker, it calls
 // loadConfig and posts the outcome back. `sidecar-proxy validate` and the tests call loadConfig
