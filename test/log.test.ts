@@ -2,7 +2,7 @@ import t from 'tap'
 import { spawn } from 'node:child_process'
 import { Writable } from 'node:stream'
 import { fileURLToPath, pathToFileURL } from 'node:url'
-import { accessLog, createLogger, type AccessLine } from '../src/log.js'
+import { accessLog, createLogger, milliseconds, type AccessLine } from '../src/log.js'
 
 /** A logger writing into `lines` (raw text, one entry per line). */
 function logger(level: string) {
@@ -58,6 +58,14 @@ t.test('an access line is the line pino writes for the same fields, and follows 
   log.level = 'warn'
   write(line)
   t.equal(lines.length, 3, 'nothing below the level')
+})
+
+t.test('durations are written to the microsecond, as String() writes the rounded number', async (t) => {
+  const values = [0, 0.0004, 0.0005, 0.001, 0.01, 0.1, 0.5, 1, 1.2, 1.23, 1.234, 1.2345, 12.0006, 999.9999, 1000, 59_999.999, 3_600_000.5, 1e12 + 0.25]
+  for (let i = 0; i < 2000; i++) values.push(Math.random() * 10 ** ((i % 7) - 2))
+  const wrong = values.filter((ms) => milliseconds(ms) !== String(Math.round(ms * 1000) / 1000))
+  t.same(wrong.map((ms) => [ms, milliseconds(ms)]), [], 'every value written as String() would')
+  t.equal(milliseconds(-1.5), String(Math.round(-1500) / 1000), 'a negative one (a clock gone back) too')
 })
 
 /** Node running `code` with the built log module as `log`; its stdout. */

@@ -25,7 +25,7 @@ export function createAccessLogLayer(opts: AccessLogOptions, deps: { logger: Log
         status: outcome.status,
         route: ctx.route,
         backend,
-        durationMs: Math.round(outcome.durationSeconds * 1e6) / 1e3,
+        durationMs: outcome.durationSeconds * 1e3, // written to the microsecond
         bytesIn: outcome.bytesIn,
         bytesOut: outcome.bytesOut,
         attempts: ctx.attempt > 1 ? ctx.attempt : undefined,
