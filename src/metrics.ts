@@ -41,11 +41,11 @@ export function createMetrics(opts: { observer?: MetricsObserver } = {}) {
       requestTally.drain((labels, n) => this.inc({ backend: labels[0]!, method: labels[1]!, code: labels[2]!, route: labels[3]! }, n))
     },
   })
-  const duration = new Histogram({
+  const duration = new CountedHistogram({
     name: 'sidecar_request_duration_seconds',
     help: 'Time from the request arriving to the last response byte written, by backend and route.',
     labelNames: ['backend', 'route'] as const,
-    buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+    buckets: DURATION_BUCKETS,
     registers,
   })
   new Counter({
@@ -168,8 +168,6 @@ export function createMetrics(opts: { observer?: MetricsObserver } = {}) {
     registers,
   })
 
-  // The histogram's label child is cached: labels() builds a new one on every call.
-  const durations = new Map<string, Map<string, { observe(seconds: number): void }>>()
   return {
     /** For reading in tests; the proxy itself writes only through the recorders below. */
     registry,
@@ -200,11 +198,7 @@ export function createMetrics(opts: { observer?: MetricsObserver } = {}) {
      *  configured route's name (bounded by the config), never the path. */
     observeRequest(backend: string, method: string, code: number, seconds: number, route = 'default'): void {
       requestTally.add(backend, KNOWN_METHODS.has(method) ? method : 'OTHER', code, route)
-      let byRoute = durations.get(backend)
-      if (!byRoute) durations.set(backend, (byRoute = new Map()))
-      let d = byRoute.get(route)
-      if (!d) byRoute.set(route, (d = duration.labels(backend, route)))
-      d.observe(seconds)
+      duration.series(backend, route).observe(seconds)
       observer?.record(backend, code, route)
     },
     /** Counts one injected fault: faults_injected_total. */
@@ -270,6 +264,85 @@ export function createMetrics(opts: { observer?: MetricsObserver } = {}) {
     setDraining(draining: boolean): void {
       drainingGauge.set(draining ? 1 : 0)
     },
+  }
+}
+
+const DURATION_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30]
+
+/** One label set's observations: a count per bucket (the last past every bound), sum, count. */
+class Series {
+  readonly counts: number[]
+  sum = 0
+  count = 0
+
+  constructor(private readonly bounds: readonly number[]) {
+    this.counts = new Array<number>(bounds.length + 1).fill(0)
+  }
+
+  observe(value: number): void {
+    const bounds = this.bounds
+    let i = 0
+    while (i < bounds.length && value > bounds[i]!) i++
+    this.counts[i]!++
+    this.sum += value
+    this.count++
+  }
+}
+
+type HistogramValue = { labels: Record<string, string | number>; sharedLabels?: Record<string, string>; value: number; metricName: string }
+
+/**
+ * A histogram of two labels observed in plain numbers (Series, one per label pair, kept in
+ * nested maps) and handed to prom-client only when scraped, as the values its own histogram
+ * hands its registry (test/metrics.test.ts compares the two texts). prom-client's observe()
+ * builds, checks and hashes the label set on every call: 0.27 us a request, against 0.01.
+ */
+class CountedHistogram extends Histogram<'backend' | 'route'> {
+  private readonly name: string
+  private readonly help: string
+  private readonly bounds: readonly number[]
+  private readonly byBackend = new Map<string, Map<string, Series>>()
+
+  constructor(config: { name: string; help: string; labelNames: readonly ['backend', 'route']; buckets: number[]; registers: Registry[] }) {
+    super(config)
+    this.name = config.name
+    this.help = config.help
+    this.bounds = config.buckets
+  }
+
+  series(backend: string, route: string): Series {
+    let byRoute = this.byBackend.get(backend)
+    if (!byRoute) this.byBackend.set(backend, (byRoute = new Map()))
+    let series = byRoute.get(route)
+    if (!series) byRoute.set(route, (series = new Series(this.bounds)))
+    return series
+  }
+
+  /** What the registry formats as text: per label set, its buckets, +Inf, sum and count. */
+  getForPromString(): Promise<{ name: string; help: string; type: string; aggregator: string; values: HistogramValue[] }> {
+    const values: HistogramValue[] = []
+    const name = this.name
+    for (const [backend, byRoute] of this.byBackend) {
+      for (const [route, s] of byRoute) {
+        const sharedLabels = { backend, route }
+        let cumulative = 0
+        for (let i = 0; i < this.bounds.length; i++) {
+          cumulative += s.counts[i]!
+          values.push({ labels: { le: this.bounds[i]! }, sharedLabels, value: cumulative, metricName: `${name}_bucket` })
+        }
+        values.push({ labels: { le: '+Inf' }, sharedLabels, value: s.count, metricName: `${name}_bucket` })
+        values.push({ labels: {}, sharedLabels, value: s.sum, metricName: `${name}_sum` })
+        values.push({ labels: {}, sharedLabels, value: s.count, metricName: `${name}_count` })
+      }
+    }
+    return Promise.resolve({ name, help: this.help, type: 'histogram', aggregator: 'sum', values })
+  }
+
+  /** As JSON (`getMetricsAsJSON`): each value's labels and shared labels in one. */
+  override async get(): ReturnType<Histogram<'backend' | 'route'>['get']> {
+    const metric = await this.getForPromString()
+    const values = metric.values.map(({ labels, sharedLabels, value, metricName }) => ({ labels: { ...labels, ...sharedLabels }, value, metricName }))
+    return { ...metric, values } as unknown as Awaited<ReturnType<Histogram<'backend' | 'route'>['get']>>
   }
 }
 
