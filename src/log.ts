@@ -1,4 +1,5 @@
 // The pino logger: JSON lines on stdout, ISO timestamps. The only module that imports pino.
+import { writeSync } from 'node:fs'
 import { pino, type DestinationStream, type Logger } from 'pino'
 
 export type { Logger }
@@ -10,20 +11,19 @@ export interface LogOptions {
 /**
  * Lines are gathered and written when 32 KiB have gathered or every FLUSH_INTERVAL_MS,
  * whichever comes first (Envoy's access log flushes every second; nginx's `access_log ...
- * buffer= flush=` does the same). The gathering is ours (Batched), the writing pino's
- * sonic-boom, synchronous: a batch goes out in one write(2) from the event loop, as nginx writes
- * its buffered access log and as Node writes to a stdout pipe. An asynchronous write costs a trip
- * through libuv's thread pool, about 30 us of CPU on top of the write itself: one per line was a
- * third of the proxy's whole cost, one per batch still about 0.25 us a request. The price of
- * writing in the loop: a log reader that stops reading (the container runtime) holds the proxy
- * back when the pipe is full, where asynchronous writes gathered the lines in memory without
- * bound. What is pending is written when the process exits.
+ * buffer= flush=` does the same). A batch goes out in one synchronous write(2) from the event
+ * loop (Batched), as nginx writes its buffered access log and as Node writes to a stdout pipe.
+ * An asynchronous write costs a trip through libuv's thread pool, about 30 us of CPU on top of
+ * the write itself: one per line was a third of the proxy's whole cost, one per batch still
+ * about 0.25 us a request. The price of writing in the loop: a log reader that stops reading
+ * (the container runtime) holds the proxy back when the pipe is full, where asynchronous writes
+ * gathered the lines in memory without bound. What is pending is written when the process exits.
  * `SIDECAR_LOG_LEVEL` overrides the configured level, at start and after every reload (levelOf).
  * Tests pass their own destination.
  */
 const FLUSH_INTERVAL_MS = 100
 /** About 110 access lines: at 5,000 req/s, 45 writes a second rather than 5,000. */
-const BATCH_CHARS = 32_768
+const BATCH_BYTES = 32_768
 
 export function createLogger(opts: LogOptions, destination?: DestinationStream): Logger {
   return pino(
@@ -109,41 +109,58 @@ export function milliseconds(ms: number): string {
 
 /** Standard output, written in batches (see above). */
 function stdout(): DestinationStream {
-  const batched = new Batched(pino.destination({ dest: 1, sync: true }))
+  const batched = new Batched(1)
   setInterval(() => batched.flush(), FLUSH_INTERVAL_MS).unref()
-  process.once('exit', () => batched.flushSync())
+  process.once('exit', () => batched.flush())
   return batched
 }
 
+/**
+ * Lines gathered as UTF-8 in one buffer and written with write(2) when BATCH_BYTES have
+ * gathered, or when flushed. Each line is encoded once, into the buffer: no joined string, no
+ * second pass to measure it (sonic-boom's, 0.4 us a request between them).
+ */
 class Batched implements DestinationStream {
-  private lines: string[] = []
-  private chars = 0
+  /** Room for a batch and a line of up to about 10,000 characters past it. */
+  private readonly buf = Buffer.allocUnsafeSlow(2 * BATCH_BYTES)
+  private used = 0
 
-  constructor(private readonly out: DestinationStream & { flushSync(): void }) {}
+  constructor(private readonly fd: number) {}
 
   write(line: string): void {
-    this.lines.push(line)
-    this.chars += line.length
-    if (this.chars >= BATCH_CHARS) this.flush()
+    // a UTF-16 unit takes at most 3 bytes of UTF-8
+    if (line.length * 3 > this.buf.length - this.used) {
+      this.flush()
+      if (line.length * 3 > this.buf.length) return this.send(Buffer.from(line))
+    }
+    this.used += this.buf.write(line, this.used)
+    if (this.used >= BATCH_BYTES) this.flush()
   }
 
   flush(): void {
-    if (this.chars === 0) return
-    const batch = this.lines.join('')
-    this.lines = []
-    this.chars = 0
-    this.out.write(batch)
+    if (this.used === 0) return
+    const bytes = this.buf.subarray(0, this.used)
+    this.used = 0
+    this.send(bytes)
   }
 
-  flushSync(): void {
-    this.flush()
-    try {
-      this.out.flushSync()
-    } catch {
-      // not open yet (nothing was written), or already closed
+  /** All of `bytes`, however many writes it takes. A descriptor someone made non-blocking is
+   *  waited on as a blocking one would be; one that is gone (EPIPE, EBADF) loses the lines, not
+   *  the process. */
+  private send(bytes: Buffer): void {
+    let done = 0
+    while (done < bytes.length) {
+      try {
+        done += writeSync(this.fd, bytes, done)
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EAGAIN') return
+        Atomics.wait(PAUSE, 0, 0, 1)
+      }
     }
   }
 }
+
+const PAUSE = new Int32Array(new SharedArrayBuffer(4))
 
 let isoSecond = -1
 let isoPrefix = ''

@@ -69,14 +69,19 @@ t.test('durations are written to the microsecond, as String() writes the rounded
 })
 
 /** Node running `code` with the built log module as `log`; its stdout. */
-function logging(code: string): Promise<{ stdout: string; code: number | null; firstLineAfterMs: number }> {
+function logging(code: string, readAfterMs = 0): Promise<{ stdout: string; code: number | null; firstLineAfterMs: number }> {
   const started = Date.now()
   const child = spawn(process.execPath, ['--input-type=module', '-e', `import * as log from ${JSON.stringify(LOG_MODULE)}\n${code}`], { stdio: ['ignore', 'pipe', 'inherit'] })
   let stdout = ''
   let firstLineAfterMs = -1
-  child.stdout.on('data', (c: Buffer) => {
+  if (readAfterMs > 0) {
+    child.stdout.pause()
+    setTimeout(() => child.stdout.resume(), readAfterMs)
+  }
+  child.stdout.setEncoding('utf8') // a character split between two reads is joined
+  child.stdout.on('data', (c: string) => {
     if (firstLineAfterMs < 0) firstLineAfterMs = Date.now() - started
-    stdout += String(c)
+    stdout += c
   })
   return new Promise((resolve) => child.on('close', (code) => resolve({ stdout, code, firstLineAfterMs })))
 }
@@ -91,6 +96,38 @@ t.test('standard output: every line arrives, in order, when the process exits at
   const lines = stdout.trim().split('\n').map((l) => JSON.parse(l) as { i: number; msg: string })
   t.equal(lines.length, 5000, 'nothing lost at exit')
   t.ok(lines.every((l, i) => l.i === i && l.msg === (i % 2 ? 'odd' : 'even')), 'in the order written')
+})
+
+t.test('standard output: lines of any size and script arrive whole, through a pipe its reader leaves full for a while', async (t) => {
+  // A non-blocking pipe (net.Socket on fd 1 makes it so, as a parent's libuv may) refuses
+  // writes while full: each is waited out, as a blocking write would be, and nothing is lost.
+  const { stdout, code } = await logging(
+    `
+    import net from 'node:net'
+    new net.Socket({ fd: 1, readable: false })
+    const logger = log.createLogger({ level: 'info' })
+    const big = 'x'.repeat(200_000)
+    for (let i = 0; i < 3000; i++) logger.info({ i, text: i % 1000 === 7 ? big : 'h\u00e9llo \u65e5\u672c \ud83d\ude80' })
+    process.exit(0)`,
+    500,
+  )
+  t.equal(code, 0)
+  const lines = stdout.trim().split('\n').map((l) => JSON.parse(l) as { i: number; text: string })
+  t.equal(lines.length, 3000, 'every line')
+  t.ok(lines.every((l, i) => l.i === i), 'in order')
+  t.ok(lines.every((l, i) => l.text === (i % 1000 === 7 ? 'x'.repeat(200_000) : 'h\u00e9llo \u65e5\u672c \ud83d\ude80')), 'each whole: lines of 200 KB, and of UTF-8 beyond ASCII')
+})
+
+t.test('standard output: a reader gone (EPIPE) loses the lines, not the process', async (t) => {
+  const child = spawn(process.execPath, ['--input-type=module', '-e', `import * as log from ${JSON.stringify(LOG_MODULE)}
+    const logger = log.createLogger({ level: 'info' })
+    setTimeout(() => {
+      for (let i = 0; i < 2000; i++) logger.info({ i }, 'to no one')
+      setTimeout(() => process.exit(7), 300) // past a flush interval
+    }, 100)`], { stdio: ['ignore', 'pipe', 'inherit'] })
+  child.stdout.destroy() // the read end closed before a line is written
+  const code = await new Promise((resolve) => child.on('close', resolve))
+  t.equal(code, 7, 'it went on to exit as it meant to')
 })
 
 t.test('standard output: a lone line is written within the flush interval, not held until a batch gathers', async (t) => {
