@@ -164,17 +164,23 @@ const PAUSE = new Int32Array(new SharedArrayBuffer(4))
 
 let isoSecond = -1
 let isoPrefix = ''
+let isoMs = -1
+let isoText = ''
 
-/** `new Date().toISOString()`, with the part up to the second made once a second. */
+/** `new Date().toISOString()`, with the part up to the second made once a second, and the whole
+ *  once a millisecond (a busy proxy logs several lines in one). */
 function isoNow(): string {
   const now = Date.now()
+  if (now === isoMs) return isoText
   const ms = now % 1000
   const second = now - ms
   if (second !== isoSecond) {
     isoSecond = second
     isoPrefix = new Date(second).toISOString().slice(0, 20)
   }
-  return `${isoPrefix}${ms < 10 ? '00' : ms < 100 ? '0' : ''}${ms}Z`
+  isoMs = now
+  isoText = `${isoPrefix}${ms < 10 ? '00' : ms < 100 ? '0' : ''}${ms}Z`
+  return isoText
 }
 
 /** The level to log at: `SIDECAR_LOG_LEVEL` when set (an operator turning debug on for a pod

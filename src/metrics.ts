@@ -359,17 +359,23 @@ function count(totals: Record<string, Record<string, number>>, a: string, b: str
 class Tally {
   private readonly root = new Map<string | number, unknown>()
 
-  constructor(private readonly depth: number) {}
+  constructor(private readonly depth: 1 | 2 | 3 | 4) {}
 
-  add(...labels: Array<string | number>): void {
+  /** One more for the labels, `depth` of them (no array made per call). */
+  add(a: string, b?: string | number, c?: string | number, d?: string | number): void {
+    const depth = this.depth
     let map = this.root
-    for (let i = 0; i < this.depth - 1; i++) {
-      let inner = map.get(labels[i]!) as Map<string | number, unknown> | undefined
-      if (!inner) map.set(labels[i]!, (inner = new Map()))
-      map = inner
-    }
-    const last = labels[this.depth - 1]!
+    if (depth > 1) map = this.inner(map, a)
+    if (depth > 2) map = this.inner(map, b!)
+    if (depth > 3) map = this.inner(map, c!)
+    const last = depth === 1 ? a : depth === 2 ? b! : depth === 3 ? c! : d!
     map.set(last, ((map.get(last) as number | undefined) ?? 0) + 1)
+  }
+
+  private inner(map: Map<string | number, unknown>, key: string | number): Map<string | number, unknown> {
+    let inner = map.get(key) as Map<string | number, unknown> | undefined
+    if (!inner) map.set(key, (inner = new Map()))
+    return inner
   }
 
   drain(fn: (labels: string[], n: number) => void): void {
