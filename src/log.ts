@@ -72,25 +72,26 @@ export function accessLog(logger: Logger): (line: AccessLine) => void {
   const pid = `","pid":${process.pid},"msg":"request","requestId":`
   return (l) => {
     if (logger.levelVal > INFO) return
-    let line = `${head}${isoNow()}${pid}${quote(l.requestId)},"client":${quote(l.client)},"method":${quote(l.method)},"path":${quote(l.path)},"status":${l.status},"route":${quote(l.route)},"backend":${quote(l.backend)},"durationMs":${milliseconds(l.durationMs)},"bytesIn":${l.bytesIn},"bytesOut":${l.bytesOut}`
+    let line = `${head}${isoNow()}${pid}"${esc(l.requestId)}","client":"${esc(l.client)}","method":"${esc(l.method)}","path":"${esc(l.path)}","status":${l.status},"route":"${esc(l.route)}","backend":"${esc(l.backend)}","durationMs":${milliseconds(l.durationMs)},"bytesIn":${l.bytesIn},"bytesOut":${l.bytesOut}`
     if (l.attempts !== undefined) line += `,"attempts":${l.attempts}`
-    if (l.error !== undefined) line += `,"error":${quote(l.error)}`
+    if (l.error !== undefined) line += `,"error":"${esc(l.error)}"`
     if (l.incomplete !== undefined) line += `,"incomplete":true`
-    if (l.tunnel !== undefined) line += `,"tunnel":${quote(l.tunnel)}`
-    if (l.trace_id !== undefined) line += `,"trace_id":${quote(l.trace_id)},"span_id":${quote(l.span_id)}`
+    if (l.tunnel !== undefined) line += `,"tunnel":"${esc(l.tunnel)}"`
+    if (l.trace_id !== undefined) line += `,"trace_id":"${esc(l.trace_id)}"`
+    if (l.span_id !== undefined) line += `,"span_id":"${esc(l.span_id)}"`
     out.write(`${line}}\n`)
   }
 }
 
-/** `JSON.stringify(s)`: printable ASCII without `"` or `\` (ids, addresses, names, most paths)
- *  needs only its quotes, which skips a call into the runtime; anything else goes to JSON. */
-function quote(s: string | undefined): string {
-  if (s === undefined) return 'null'
+/** `s` as it goes between the quotes of a JSON string: printable ASCII without `"` or `\`
+ *  (ids, addresses, names, most paths) as it is, which makes no string and skips a call into
+ *  the runtime; anything else through JSON.stringify. */
+function esc(s: string): string {
   for (let i = 0; i < s.length; i++) {
     const c = s.charCodeAt(i)
-    if (c < 0x20 || c > 0x7e || c === 0x22 || c === 0x5c) return JSON.stringify(s)
+    if (c < 0x20 || c > 0x7e || c === 0x22 || c === 0x5c) return JSON.stringify(s).slice(1, -1)
   }
-  return `"${s}"`
+  return s
 }
 
 /** A count of milliseconds to at most three decimals (a microsecond), as `String(ms)` writes it

@@ -53,6 +53,12 @@ t.test('an access line is the line pino writes for the same fields, and follows 
   t.ok(Math.abs(Date.parse(ours!.time as string) - Date.now()) < 5000)
   t.same({ ...ours, time: 0 }, { ...pinos, time: 0 })
   t.same(Object.keys(ours!), Object.keys(pinos!), 'in the same order')
+  write({ ...line, tunnel: 'upstream_closed', span_id: undefined })
+  log.info({ msg: 'request', ...line, tunnel: 'upstream_closed', span_id: undefined })
+  const [ours2, pinos2] = lines.slice(2).map((l) => JSON.parse(l) as Record<string, unknown>)
+  t.same({ ...ours2, time: 0 }, { ...pinos2, time: 0 }, 'with a tunnel, without a span')
+  t.same(Object.keys(ours2!), Object.keys(pinos2!))
+  lines.length = 2
   write({ ...line, attempts: undefined, error: undefined, incomplete: undefined, trace_id: undefined, span_id: undefined })
   t.same(Object.keys(JSON.parse(lines[2]!) as object), ['level', 'time', 'pid', 'msg', 'requestId', 'client', 'method', 'path', 'status', 'route', 'backend', 'durationMs', 'bytesIn', 'bytesOut'], 'undefined fields left out')
   log.level = 'warn'
