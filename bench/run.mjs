@@ -175,6 +175,13 @@ async function main() {
   add('direct', undefined, upstream)
   let s = await sidecar('sidecar', { listener: { tls: false }, backends: [app] })
   add('sidecar', s.pid, `http://127.0.0.1:${s.port}/`)
+  // The headline ratios' other terms right after the sidecar in each round: ten targets apart,
+  // the two sides of a ratio were measured minutes apart, and the machine's drift between them
+  // moved the CPU ratio between 1.2 and 1.5 from one full run to the next.
+  let port = await freePort()
+  add('bare-undici', await start('bare-undici', process.execPath, [join(root, 'bench/servers/bare-undici.mjs'), String(port), upstream], port), `http://127.0.0.1:${port}/`)
+  port = await freePort()
+  add('http-proxy', await start('http-proxy', process.execPath, [join(root, 'bench/servers/http-proxy.mjs'), String(port), upstream], port), `http://127.0.0.1:${port}/`)
   s = await sidecar('sidecar-tls', { listener: { tls: certs, http2: true }, backends: [app] })
   add('sidecar-tls', s.pid, `https://127.0.0.1:${s.port}/`, { tls: true, h2: true })
   add('sidecar-tls-new', s.pid, `https://127.0.0.1:${s.port}/`, { tls: true, newConnections: 16, rate: HANDSHAKE_RATE })
@@ -201,10 +208,6 @@ async function main() {
     s = await sidecar(`sidecar-trace-${sampleRatio}`, { listener: { tls: false }, backends: [app], tracing: { otlp: { endpoint: `http://127.0.0.1:${sinkPort}` }, sampleRatio } })
     add(`sidecar-trace-${sampleRatio}`, s.pid, `http://127.0.0.1:${s.port}/`)
   }
-  let port = await freePort()
-  add('bare-undici', await start('bare-undici', process.execPath, [join(root, 'bench/servers/bare-undici.mjs'), String(port), upstream], port), `http://127.0.0.1:${port}/`)
-  port = await freePort()
-  add('http-proxy', await start('http-proxy', process.execPath, [join(root, 'bench/servers/http-proxy.mjs'), String(port), upstream], port), `http://127.0.0.1:${port}/`)
   const nginx = which('nginx')
   if (nginx) {
     const [plain, tls] = [await freePort(), await freePort()]
