@@ -99,7 +99,7 @@ function esc(s: string): string {
  *  printing. */
 export function milliseconds(ms: number): string {
   const us = Math.round(ms * 1000)
-  if (!Number.isSafeInteger(us) || us < 0) return String(Math.round(ms * 1000) / 1000)
+  if (!Number.isSafeInteger(us) || us < 0) return String(us / 1000)
   const whole = Math.floor(us / 1000)
   const f = us - whole * 1000
   if (f === 0) return `${whole}`

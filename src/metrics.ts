@@ -28,8 +28,9 @@ export function createMetrics(opts: { observer?: MetricsObserver } = {}) {
   collectDefaultMetrics({ register: registry })
   const registers = [registry]
 
-  // The two counters bumped on every request count in plain numbers and hand the counts to
-  // prom-client when it is scraped: prom-client hashes and validates the label set on each inc().
+  // What every request bumps (these two counters and the duration histogram below) is counted
+  // in plain numbers and handed to prom-client when it is scraped: prom-client hashes and
+  // validates the label set on each inc() and observe().
   const requestTally = new Tally(4)
   const attemptTally = new Tally(2)
   new Counter({
