@@ -67,7 +67,7 @@ export class Listener {
     private readonly deps: ListenerDeps,
   ) {
     this.protocol = opts.tls ? 'https' : 'http'
-    this.connections = new Connections(deps)
+    this.connections = new Connections({ ...deps, connectionClosed: (client) => this.admission.connectionClosed(client) })
     this.shedder = new LoadShedder(opts.maxEventLoopDelayMs, deps.clock, deps.loopDelay)
     this.admission = new Admission(opts, this.shedder)
     this.abuse = new AbuseReport(deps)
@@ -156,8 +156,7 @@ export class Listener {
       socket.destroy()
       return this.abuse.note(refused, OVER_CONNECTION_LIMITS, { client })
     }
-    socket.once('close', () => this.admission.connectionClosed(client))
-    this.connections.add(socket)
+    this.connections.add(socket, client)
   }
 
   private onSession(session: http2.ServerHttp2Session): void {

@@ -83,16 +83,20 @@ function byPreface(socket: Socket, http1: http.Server, h2c: http2.Http2Server, t
   let seen: Buffer = Buffer.alloc(0)
   // a connection that says nothing is closed, as the HTTP/1.1 server's headersTimeout would;
   // one whose client goes before saying anything is closed at once (the socket is half-open)
-  socket.setTimeout(timeoutMs, () => socket.destroy())
   const gone = () => socket.destroy()
+  socket.setTimeout(timeoutMs)
+  socket.once('timeout', gone)
   socket.once('end', gone)
   const onData = (chunk: Buffer) => {
     seen = seen.length === 0 ? chunk : Buffer.concat([seen, chunk])
     const n = Math.min(seen.length, PREFACE.length)
     const h2 = seen.subarray(0, n).equals(PREFACE.subarray(0, n))
     if (h2 && seen.length < PREFACE.length) return // a preface still arriving
+    // Every listener of the sniffing goes: one left behind would keep this closure, and the
+    // connection's first bytes in `seen` (up to 64 KiB), for as long as the connection lives.
     socket.off('data', onData)
     socket.off('end', gone)
+    socket.off('timeout', gone)
     socket.setTimeout(0)
     socket.pause()
     socket.unshift(seen)

@@ -1,6 +1,7 @@
 // The listener on its own, with a handler written by the test: the seams between Node's
 // server objects and the pipeline.
 import http from 'node:http'
+import net, { type Socket } from 'node:net'
 import { Readable } from 'node:stream'
 import t, { type Test } from 'tap'
 import { systemClock } from '../../src/clock.js'
@@ -68,4 +69,32 @@ t.test('a server error after bind (an accept failing) is logged, never an unhand
   const { d, listener } = await start(t, async () => ({ status: 200, headers: {}, body: null }))
   listener.server.emit('error', Object.assign(new Error('accept EMFILE'), { code: 'EMFILE' }))
   t.match(d.lines.at(-1), { level: 'warn', msg: 'listener error', err: { code: 'EMFILE', message: 'accept EMFILE' } })
+})
+
+t.test('a keep-alive connection holds what a bare Node server\'s holds and two close listeners: nothing of the preface sniffing, whose closure held the first bytes read', async (t) => {
+  /** The server side of one keep-alive connection after one request on it: its listeners by event. */
+  const listenersAfterOneRequest = async (server: net.Server, port: number) => {
+    const accepted = new Promise<Socket>((resolve) => server.once('connection', resolve))
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 1 })
+    t.teardown(() => agent.destroy())
+    const body = 'x'.repeat(2000) // a first read the size of a form post
+    const status = await new Promise<number>((resolve, reject) => {
+      http.request(`http://127.0.0.1:${port}/`, { method: 'POST', agent }, (res) => res.resume().on('end', () => resolve(res.statusCode!))).on('error', reject).end(body)
+    })
+    t.equal(status, 204)
+    const socket = await accepted
+    await new Promise((resolve) => setImmediate(resolve))
+    return new Map(socket.eventNames().map((name) => [String(name), socket.listenerCount(name)]))
+  }
+  const { listener, port } = await start(t, async (req) => {
+    for await (const _ of req.body as Readable);
+    return { status: 204, headers: {}, body: null }
+  })
+  const ours = await listenersAfterOneRequest(listener.server, port)
+  const bare = http.createServer((req, res) => req.resume().on('end', () => res.writeHead(204).end()))
+  await new Promise<void>((resolve) => bare.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => bare.close())
+  const theirs = await listenersAfterOneRequest(bare, (bare.address() as net.AddressInfo).port)
+  theirs.set('close', (theirs.get('close') ?? 0) + 2) // the connection's own, and its HTTP/1 state's
+  t.same(Object.fromEntries(ours), Object.fromEntries(theirs))
 })
