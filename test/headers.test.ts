@@ -1,6 +1,6 @@
 import t from 'tap'
 import { util } from 'undici'
-import { endToEnd, endToEndRaw, requestIdFrom, upstreamRequestHeaders } from '../src/headers.js'
+import { endToEnd, endToEndRaw, newRequestId, requestIdFrom, upstreamRequestHeaders } from '../src/headers.js'
 
 const info = { clientAddress: '10.1.2.3', protocol: 'https' as const, trustForwardedHeaders: false, headersWithUnderscores: 'drop' as const }
 
@@ -84,6 +84,18 @@ t.test('request ids: sane client ids are kept, others replaced', async (t) => {
     t.match(requestIdFrom(bad), /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/, JSON.stringify(bad))
   }
   t.not(requestIdFrom(undefined), requestIdFrom(undefined), 'each generated id is new')
+})
+
+t.test('new request ids are random version-4 UUIDs, across the refills of their random bytes', async (t) => {
+  const ids = Array.from({ length: 1000 }, () => newRequestId()) // several fills of 128
+  for (const id of ids) if (!/^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/.test(id)) t.fail(`not a v4 UUID: ${id}`)
+  t.equal(new Set(ids).size, ids.length, 'no id repeats')
+  // every random position takes many values: no byte written twice or left out
+  for (let pos = 0; pos < 36; pos++) {
+    if ([8, 13, 14, 18, 23].includes(pos)) continue // dashes, the version digit
+    const values = new Set(ids.map((id) => id[pos]))
+    t.ok(values.size >= (pos === 19 ? 4 : 16), `position ${pos}: ${values.size} values`)
+  }
 })
 
 t.test('header names with underscores: dropped and listed by default, forwarded when allowed', async (t) => {

@@ -4,7 +4,6 @@
 // bookkeeping (connections.ts). What the HTTP/1 parser refuses (malformed requests, header
 // blocks over the byte cap, timeouts) never reaches the pipeline and is answered here, with
 // the same local replies (pipeline/local-reply.ts).
-import { randomUUID } from 'node:crypto'
 import http from 'node:http'
 import http2 from 'node:http2'
 import https from 'node:https'
@@ -13,7 +12,7 @@ import type { AddressInfo, Socket } from 'node:net'
 import type { TLSSocket } from 'node:tls'
 import type { Clock } from '../clock.js'
 import { ERRORS, SidecarError } from '../errors.js'
-import { acceptsTrailers, requestIdFrom, type ForwardingInfo } from '../headers.js'
+import { acceptsTrailers, newRequestId, requestIdFrom, type ForwardingInfo } from '../headers.js'
 import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
 import { Cancel } from '../pipeline/cancel.js'
@@ -410,9 +409,9 @@ export class Listener {
     } else if (latest && conn) {
       if (conn.poisoned) return
       conn.poisoned = true
-      return this.record(refusal, socket, randomUUID(), 'request refused by the parser; answering the requests before it, then closing')
+      return this.record(refusal, socket, newRequestId(), 'request refused by the parser; answering the requests before it, then closing')
     }
-    this.refuseRaw(socket, refusal, randomUUID(), 'request refused by the parser')
+    this.refuseRaw(socket, refusal, newRequestId(), 'request refused by the parser')
   }
 
   /** A catalogue answer written on a raw HTTP/1 socket, which then closes. */
