@@ -83,6 +83,7 @@ export async function startApp(initial: Config, deps: AppDeps): Promise<App> {
     { clock, logger, metrics, buffers, onHealth: (name) => latches.follow(name) },
     await loadBackendTls(initial.backends),
   )
+  metrics.watchUpstreamConnections(() => backends.openConnections())
   latches.set(gatingBackends(initial))
 
   // Tracing only when configured: the OTLP exporter is loaded then, and not otherwise.

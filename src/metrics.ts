@@ -78,6 +78,17 @@ export function createMetrics(opts: { observer?: MetricsObserver } = {}) {
       this.set(readBuffered())
     },
   })
+  let readUpstreamConnections = (): Array<[string, number]> => []
+  new Gauge({
+    name: 'sidecar_upstream_connections',
+    help: 'Connections open to each backend now, busy or kept alive for reuse, the health checks\' included (Envoy\'s upstream_cx_active).',
+    labelNames: ['backend'] as const,
+    registers,
+    collect() {
+      this.reset() // a backend a reload removed is gone from the exposition
+      for (const [backend, n] of readUpstreamConnections()) this.set({ backend }, n)
+    },
+  })
   const drainingGauge = new Gauge({
     name: 'sidecar_draining',
     help: '1 from the start of a drain (SIGTERM, POST /drain) until the process exits, else 0.',
@@ -257,6 +268,10 @@ export function createMetrics(opts: { observer?: MetricsObserver } = {}) {
     /** sidecar_buffered_bytes is read from `read` when scraped. */
     watchBuffers(read: () => number): void {
       readBuffered = read
+    },
+    /** sidecar_upstream_connections is read from `read` when scraped. */
+    watchUpstreamConnections(read: () => Array<[string, number]>): void {
+      readUpstreamConnections = read
     },
     /** Spans of sampled requests that were not exported: spans_dropped_total. */
     countSpansDropped(reason: 'queue_full' | 'export_failed', n: number): void {

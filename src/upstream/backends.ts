@@ -86,6 +86,12 @@ export class Backends {
   /** The health checks' verdict; a name not checked is not held against anyone. */
   isHealthy = (name: string): boolean => this.byName.get(name)?.health.healthy ?? true
 
+  /** Per backend, the connections open to it now (sidecar_upstream_connections). Pools a reload
+   *  replaced are left out: they close once what they had in flight is done. */
+  openConnections(): Array<[string, number]> {
+    return [...this.byName.values()].map((b) => [b.name, b.upstream.openConnections])
+  }
+
   snapshot(name: string): BackendSnapshot | undefined {
     const b = this.byName.get(name)
     return b && { health: b.health.health(), breaker: b.breaker.state, inFlight: { active: b.gate.active, waiting: b.gate.waiting.length } }

@@ -192,6 +192,11 @@ export class Upstream {
     pool.dispatch(opts, handler)
   }
 
+  /** Connections open to the backend now, busy or kept alive, the health checks' included. */
+  get openConnections(): number {
+    return this.pool.stats.connected + this.probes.stats.connected
+  }
+
   /** Graceful: requests already sent finish, then the connections close. */
   async close(): Promise<void> {
     await Promise.all([this.pool.close(), this.probes.close()])

@@ -6,7 +6,7 @@ import net from 'node:net'
 import { Readable } from 'node:stream'
 import t, { type Test } from 'tap'
 import { request as undiciRequest } from 'undici'
-import { json, request } from '../fixtures/client.js'
+import { json, metric, request } from '../fixtures/client.js'
 import { proxied, startProxy } from '../fixtures/proxy.js'
 import { devCerts } from '../fixtures/tls.js'
 import { fakeUpstream, pseudoRandomChunks, sha256Of, type Echo } from '../fixtures/upstream.js'
@@ -174,4 +174,28 @@ t.test('answers that have no body are relayed with their headers, whatever Conte
   t.match(line, { status: 304 })
   t.notOk('error' in line || 'incomplete' in line, 'complete, no client_closed')
   t.equal((await request(`${proxy.adminUrl}/ready`)).status, 200, 'and the app is still healthy')
+})
+
+t.test('the connections held to the app are counted: one a request in flight, kept for reuse, closed when idle', async (t) => {
+  const release: Array<() => void> = []
+  const up = await fakeUpstream()
+    .route('/hold', (_req, res) => release.push(() => res.end('held')))
+    .listen()
+  t.teardown(() => up.close())
+  const idleTimeoutMs = 300
+  const proxy = await startProxy(up.url, { backends: [{ name: 'app', url: up.url, idleTimeoutMs, healthCheck: { intervalMs: 60_000 } }] })
+  t.teardown(() => proxy.close())
+  const open = () => metric(proxy.adminUrl, 'sidecar_upstream_connections{backend="app"}')
+  const checks = await open() // the health check's own connection, kept alive too
+  const held = Array.from({ length: 5 }, () => request(`${proxy.url}/hold`))
+  for (let i = 0; i < 200 && release.length < 5; i++) await new Promise((r) => setTimeout(r, 10))
+  t.equal(await open(), checks + 5, 'one connection a request in flight')
+  release.forEach((done) => done())
+  t.same((await Promise.all(held)).map((r) => r.status), [200, 200, 200, 200, 200])
+  t.equal(await open(), checks + 5, 'kept alive for the next requests')
+  const ports = new Set(up.seen.filter((s) => s.url === '/hold').map((s) => s.remotePort))
+  await request(`${proxy.url}/again`)
+  t.ok(ports.has(up.seen.at(-1)!.remotePort), 'and reused')
+  for (let i = 0; i < 100 && (await open()) > 0; i++) await new Promise((r) => setTimeout(r, 20))
+  t.equal(await open(), 0, `closed after backends[].idleTimeoutMs (${idleTimeoutMs} ms) idle`)
 })
