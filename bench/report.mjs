@@ -24,7 +24,7 @@ export function addedP99(addedMs, jitterMs) {
 export function ratios(ts, many, soak) {
   const get = (n) => ts.find((t) => t.name === n)
   const out = []
-  const add = (what, value, target, pass) => out.push({ what, value, target, pass: value === null || value === undefined || Number.isNaN(value) ? null : pass })
+  const add = (what, value, target, pass, digits = 2) => out.push({ what, value, target, digits, pass: value === null || value === undefined || Number.isNaN(value) ? null : pass })
   const [sc, bare, hp, tls, ngTls, full] = ['sidecar', 'bare-undici', 'http-proxy', 'sidecar-tls', 'nginx-tls', 'sidecar-full'].map(get)
   const cpu = sc.fixedRate.cpuUsPerRequest / bare.fixedRate.cpuUsPerRequest
   add('sidecar CPU per request / bare undici forwarder (fixed rate)', cpu, '<= 1.3 (goal 1.2)', cpu <= 1.3)
@@ -49,6 +49,7 @@ export function ratios(ts, many, soak) {
   if (settled) add('sidecar idle RSS / bare undici forwarder, 30 s after start', sc.settledRssMiB / bare.settledRssMiB, '<= 1.15', sc.settledRssMiB / bare.settledRssMiB <= 1.15)
   add('sidecar RSS with 1,000 busy connections (MiB)', many.sidecar.rssMiB, '<= 100', many.sidecar.rssMiB <= 100)
   add('bare undici forwarder RSS with 1,000 busy connections (MiB)', many['bare-undici'].rssMiB, 'reference', null)
+  if (many.sidecar.upstreamConnections !== undefined) add('connections to the app the sidecar held after them (the forwarder\'s pool stops at 128)', many.sidecar.upstreamConnections, 'reference', null, 0)
   if (soak) add('sidecar RSS over the soak: last minute / first minute', soak.rssLastMinuteMiB / soak.rssFirstMinuteMiB, '<= 1.1 (flat)', soak.rssLastMinuteMiB / soak.rssFirstMinuteMiB <= 1.1)
   return out
 }
@@ -72,7 +73,7 @@ export function renderMarkdown(r) {
     '',
     '| ratio | value | target | verdict |',
     '| --- | ---: | --- | --- |',
-    ...r.ratios.map((x) => `| ${x.what} | ${x.value === null ? (x.note ?? 'not measured') : num(x.value, 2)} | ${x.target} | ${x.pass === null ? '' : x.pass ? 'met' : '**missed**'} |`),
+    ...r.ratios.map((x) => `| ${x.what} | ${x.value === null ? (x.note ?? 'not measured') : num(x.value, x.digits ?? 2)} | ${x.target} | ${x.pass === null ? '' : x.pass ? 'met' : '**missed**'} |`),
     '',
   ]
   if (r.protocols) lines.push(renderProtocols(r.protocols))

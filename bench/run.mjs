@@ -166,7 +166,7 @@ async function main() {
     // stdout (the JSON access log) goes to a file, as in production it goes to the node's log pipe
     const pid = await start(name, process.execPath, [join(root, 'dist/main.js'), '--config', file], port)
     await waitReady(admin)
-    return { pid, port }
+    return { pid, port, admin }
   }
   const app = { name: 'app', url: upstream, weight: 100 }
   const targets = []
@@ -174,7 +174,7 @@ async function main() {
 
   add('direct', undefined, upstream)
   let s = await sidecar('sidecar', { listener: { tls: false }, backends: [app] })
-  add('sidecar', s.pid, `http://127.0.0.1:${s.port}/`)
+  add('sidecar', s.pid, `http://127.0.0.1:${s.port}/`, { admin: s.admin })
   // The headline ratios' other terms right after the sidecar in each round: ten targets apart,
   // the two sides of a ratio were measured minutes apart, and the machine's drift between them
   // moved the CPU ratio between 1.2 and 1.5 from one full run to the next.
@@ -271,7 +271,9 @@ async function main() {
     const t = targets.find((x) => x.name === name)
     const many = await autocannon({ url: t.url, connections: 1000, duration: PLAN.manyS, overallRate: RATE })
     manyConnections[name] = { connections: 1000, rssMiB: memoryMiB(t.pid, 'VmRSS'), errors: many.errors + many.timeouts + many.non2xx }
-    console.log(`1,000 connections: ${name} RSS ${manyConnections[name].rssMiB.toFixed(1)} MiB, ${manyConnections[name].errors} errors`)
+    // how many connections to the app the burst opened (the forwarder's pool stops at 128)
+    if (t.admin) manyConnections[name].upstreamConnections = await upstreamConnections(t.admin)
+    console.log(`1,000 connections: ${name} RSS ${manyConnections[name].rssMiB.toFixed(1)} MiB, ${manyConnections[name].errors} errors${t.admin ? `, ${manyConnections[name].upstreamConnections} connections to the app` : ''}`)
   }
 
   const plainSidecar = targets.find((t) => t.name === 'sidecar')
@@ -337,6 +339,12 @@ async function runSoak(target) {
   const lastMinute = median(samples.filter((x) => x.s >= (minutes - 1) * 60).map((x) => x.rssMiB))
   console.log(`soak: ${r.requests.total} requests, RSS ${firstMinute?.toFixed(1)} MiB after warm-up -> ${lastMinute?.toFixed(1)} MiB in the last minute`)
   return { minutes, requests: r.requests.total, errors: r.errors + r.timeouts + r.non2xx, rssFirstMinuteMiB: firstMinute, rssLastMinuteMiB: lastMinute, samples }
+}
+
+/** sidecar_upstream_connections of the sidecar whose admin port is `admin`, summed over its backends. */
+async function upstreamConnections(admin) {
+  const text = await (await fetch(`http://127.0.0.1:${admin}/metrics`)).text()
+  return [...text.matchAll(/^sidecar_upstream_connections\{[^}]*\} (\d+)$/gm)].reduce((sum, m) => sum + Number(m[1]), 0)
 }
 
 /** A route table as an app with many endpoints has one: prefixes, exact paths, regexes, methods

@@ -61,4 +61,7 @@ t.test('ratios: verdicts against the targets, none for what was not measured', a
   t.match(row(/20 routes/), { value: 37 / 36, pass: true }, 'a route table within 3% of none')
   t.match(report.ratios(targets.filter((x) => x.name !== 'sidecar-routes'), many).find((r) => /20 routes/.test(r.what)), { value: null, pass: null }, 'not run: no verdict')
   t.notOk(rows.some((r) => r.pass !== null && !Number.isFinite(r.value)), 'no verdict on a NaN or a missing figure')
+  t.notOk(rows.some((r) => /connections to the app/.test(r.what)), 'no row for the connections to the app when not read')
+  const counted = report.ratios(targets, { ...many, sidecar: { rssMiB: 120, upstreamConnections: 880 } })
+  t.match(counted.find((r) => /connections to the app/.test(r.what)), { value: 880, target: 'reference', pass: null, digits: 0 }, 'a count, shown whole')
 })
