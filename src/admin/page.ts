@@ -147,6 +147,7 @@ function renderBackends(s) {
       { node: renderHealth(b.health) },
       { node: el('span', 'badge ' + ({ closed: 'ok', 'half-open': 'warn', open: 'bad' }[b.breaker] ?? 'unknown'), b.breaker) },
       { text: b.inFlight.active + ' / ' + b.inFlight.waiting, className: 'num' },
+      { text: b.connections, className: 'num' },
       { text: b.lastMinute.requests + ' / ' + b.lastMinute.errors, className: 'num' },
       { node: share },
       { text: retries, className: 'num' },
@@ -305,7 +306,7 @@ export const PAGE = `<!doctype html>
 <main>
 <div id="banner" role="alert"></div>
 <section class="wide"><h2>Backends</h2>
-<table><thead><tr><th>Backend</th><th class="num">Weight</th><th>Health</th><th>Breaker</th><th class="num">In flight<br>active / waiting</th><th class="num">Last minute<br>requests / 5xx</th><th>Share, last minute</th><th class="num">Retries<br>last minute</th></tr></thead>
+<table><thead><tr><th>Backend</th><th class="num">Weight</th><th>Health</th><th>Breaker</th><th class="num">In flight<br>active / waiting</th><th class="num">Connections<br>to it</th><th class="num">Last minute<br>requests / 5xx</th><th>Share, last minute</th><th class="num">Retries<br>last minute</th></tr></thead>
 <tbody id="backends"></tbody></table></section>
 <section><h2>Requests and 5xx per 10 s</h2><div id="rates" class="small"></div><div id="chart"></div>
 <div class="legend small"><span class="requests">requests</span><span class="errors">5xx</span></div></section>

@@ -48,6 +48,7 @@ export function statusOf(s: StatusSources) {
         health: live?.health ?? null,
         breaker: live?.breaker ?? 'closed',
         inFlight: live?.inFlight ?? { active: 0, waiting: 0 },
+        connections: live?.connections ?? 0,
         lastMinute: { ...recent, percent: percent(recent.requests, answered) },
       }
     }),

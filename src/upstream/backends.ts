@@ -57,6 +57,8 @@ export interface BackendSnapshot {
   health: BackendHealth
   breaker: BreakerState
   inFlight: { active: number; waiting: number }
+  /** Connections open to it now, busy or kept alive (sidecar_upstream_connections). */
+  connections: number
 }
 
 export class Backends {
@@ -94,7 +96,7 @@ export class Backends {
 
   snapshot(name: string): BackendSnapshot | undefined {
     const b = this.byName.get(name)
-    return b && { health: b.health.health(), breaker: b.breaker.state, inFlight: { active: b.gate.active, waiting: b.gate.waiting.length } }
+    return b && { health: b.health.health(), breaker: b.breaker.state, inFlight: { active: b.gate.active, waiting: b.gate.waiting.length }, connections: b.upstream.openConnections }
   }
 
   /**

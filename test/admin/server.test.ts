@@ -180,7 +180,7 @@ t.test('GET /status: weights, health, breaker, in-flight and the share answered 
     ready: true,
     config: { version: proxy.app.config().version },
     backends: [
-      { name: 'app', weight: 3, weightPercent: 75, gatesReadiness: true, breaker: 'closed', inFlight: { active: 0, waiting: 0 }, health: { healthy: true } },
+      { name: 'app', weight: 3, weightPercent: 75, gatesReadiness: true, breaker: 'closed', inFlight: { active: 0, waiting: 0 }, connections: Number, health: { healthy: true } },
       { name: 'canary', weight: 1, weightPercent: 25, gatesReadiness: false, breaker: 'closed', health: { healthy: false } },
     ],
     certificate: { subject: /CN=localhost/, notAfter: String },

@@ -33,7 +33,7 @@ async function textOf(page: Page, selector: string, ok: (text: string) => boolea
 }
 
 /** The "share, last minute" cell of a backend's row. */
-const share = (backend: string) => `tr[data-backend="${backend}"] td:nth-child(7)`
+const share = (backend: string) => `tr[data-backend="${backend}"] td:nth-child(8)`
 
 if (missing && process.env.CI) t.fail(`${missing}; CI must run the status page test`)
 else t.test('the status page shows the split, then the canary breaker open, from live /status', { skip: missing ?? false }, async (t) => {
@@ -115,6 +115,8 @@ else t.test('the status page shows the split, then the canary breaker open, from
   const canaryShare = parseFloat(await textOf(page, share('canary'), (s) => parseFloat(s) > 0))
   t.ok(appShare > 70 && canaryShare > 0, `both got a share of the last minute: app ${appShare}%, canary ${canaryShare}%`)
   t.match(await page.locator('tr[data-backend="app"]').textContent(), /^app.*90 \(90%\)healthy.*closed/, "the app's weight, health and breaker")
+  const connections = Number(await page.locator('tr[data-backend="app"] td:nth-child(6)').textContent())
+  t.ok(connections >= 1, `the connections open to the app: ${connections} (its health checks' at least)`)
   t.match(await page.locator('tr[data-backend="canary"]').textContent(), /^canary.*10 \(10%\)healthy.*closed/, "the canary's")
   t.equal(await page.locator('#ready').textContent(), 'READY')
   t.equal(await page.locator('#chart rect.requests').count(), 30, 'one bar per 10 s bucket over 5 minutes')
