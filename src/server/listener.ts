@@ -58,6 +58,8 @@ export class Listener {
   private readonly shedder: LoadShedder
   private readonly admission: Admission
   private readonly abuse: AbuseReport
+  /** HTTP/1 connections whose last request was refused before the pipeline: answered, closing. */
+  private readonly refusedOn = new WeakSet<Socket>()
   private stopTicketRotation: (() => void) | undefined
 
   constructor(
@@ -388,6 +390,7 @@ export class Listener {
     this.record(refusal, req.socket as Socket, requestId)
     const reply = localReply(new SidecarError(refusal.code, { detail: refusal.detail }), { requestId, grpc: isGrpc(req.headers['content-type']) })
     writeResponse(res, reply, { h2, close: ERRORS[refusal.code].close, trailers: false })
+    if (!h2) this.refusedOn.add(req.socket as Socket)
   }
 
   /**
@@ -399,6 +402,8 @@ export class Listener {
    */
   private onParserError(err: NodeJS.ErrnoException, socket: Socket): void {
     if (err.code === 'ECONNRESET' || !socket.writable) return void socket.destroy()
+    // what follows a request refused already (its head was answered, the connection closes after)
+    if (this.refusedOn.has(socket)) return
     const conn = this.connections.http1Of(socket)
     const latest = conn?.latest
     const refusal = { code: parserErrorCode(err), detail: `${err.code}` }

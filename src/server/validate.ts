@@ -9,12 +9,16 @@ export interface Refusal {
   detail: string
 }
 
+/** A Transfer-Encoding value (the last header's, when repeated) whose last coding is chunked. */
+const LAST_CODING_CHUNKED = /(?:^|,)[ \t]*chunked[ \t]*$/i
+
 /** host [":" port], host a DNS name, IPv4 or [IPv6] literal: no userinfo, path, spaces or controls. */
 const AUTHORITY = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~%-]+)(?::\d{1,5})?$/
 
 /**
  * What Node's HTTP/1 parser lets through but RFC 9112 says a server must refuse (3.2: exactly
- * one valid Host on HTTP/1.1; 2.3: versions it does not speak), and the request-target forms a
+ * one valid Host on HTTP/1.1; 2.3: versions it does not speak; 6.3: a Transfer-Encoding whose
+ * last coding is not chunked, such as `xchunked`, whose body length nothing can tell), and the request-target forms a
  * reverse proxy does not forward (authority-form is CONNECT's, asterisk-form `OPTIONS *` asks
  * about the proxy, not the app). Returns the refusal, or the origin-form target to forward
  * (absolute-form `http://host/p` becomes `/p` when its authority is the Host; else null: as is).
@@ -24,14 +28,16 @@ export function checkHttp1Request(req: { httpVersion: string; rawHeaders: readon
   if (version !== '1.1' && version !== '1.0') return { code: 'http_version_not_supported', detail: `HTTP/${version}` }
   let host: string | undefined
   let hosts = 0
+  let codings: string | undefined
   const raw = req.rawHeaders
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i]!
     if (name.length === 4 && name.toLowerCase() === 'host') {
       hosts++
       host = raw[i + 1]
-    }
+    } else if (name.length === 17 && name.toLowerCase() === 'transfer-encoding') codings = raw[i + 1]
   }
+  if (codings !== undefined && !LAST_CODING_CHUNKED.test(codings)) return { code: 'bad_request', detail: `Transfer-Encoding: ${codings.slice(0, 100)} (chunked is not its last coding)` }
   if (hosts > 1) return { code: 'bad_request', detail: `${hosts} Host headers` }
   if (hosts === 0 && version === '1.1') return { code: 'bad_request', detail: 'no Host header' }
   if (host !== undefined && !AUTHORITY.test(host)) return { code: 'bad_request', detail: `invalid Host ${JSON.stringify(host.slice(0, 100))}` }

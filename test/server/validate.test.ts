@@ -18,6 +18,12 @@ t.test('HTTP/1: versions, Host and the request-target', async (t) => {
     ['HTTP/2.0 on the HTTP/1 parser', '2.0', host('a'), '/', 'http_version_not_supported'],
     ['HTTP/0.9', '0.9', host('a'), '/', 'http_version_not_supported'],
     ['OPTIONS *', '1.1', host('a'), '*', 'bad_request'],
+    // RFC 9112 6.3: a body whose length nothing can tell (Node's parser says so only after the
+    // request was handed over)
+    ['Transfer-Encoding: xchunked', '1.1', [...host('a'), 'Transfer-Encoding', 'xchunked'], '/', 'bad_request'],
+    ['Transfer-Encoding: gzip alone', '1.1', [...host('a'), 'transfer-encoding', 'gzip'], '/', 'bad_request'],
+    ['Transfer-Encoding: gzip, chunked (the limits layer answers 501)', '1.1', [...host('a'), 'Transfer-Encoding', 'gzip, chunked'], '/', null],
+    ['Transfer-Encoding: Chunked', '1.1', [...host('a'), 'Transfer-Encoding', ' Chunked'], '/', null],
     ['authority-form', '1.1', host('a'), 'a:443', 'bad_request'],
     ['absolute-form naming the Host', '1.1', host('App.Local'), 'http://app.local/p?q', '/p?q'],
     ['absolute-form with no path', '1.1', host('app.local'), 'https://app.local', '/'],
