@@ -114,7 +114,7 @@ export async function startApp(initial: Config, deps: AppDeps): Promise<App> {
 
   const listener = new Listener(
     { ...parseAddress(initial.listener.address)!, ...initial.listener, ...initial.limits, tls: tls?.options ?? false },
-    (req, ctx) => handler(req, ctx),
+    (req, ctx, reply) => handler(req, ctx, reply),
     { logger, metrics, clock },
   )
   const backendHealth = () => Object.fromEntries(live.current.config.backends.map((b) => [b.name, backends.snapshot(b.name)?.health]))

@@ -75,7 +75,7 @@ export function buildStack(config: Config, deps: StackDeps): Handler {
     createRouteMatchLayer(config.routes), //                   first matching route's name on the context
     ...(traced ? [createTracingLayer(traced.opts, traced.deps)] : []), // traceparent in, sampling, the SERVER span
   ]
-  return compose(top, (req, ctx) => byRoute.get(ctx.route)!(req, ctx))
+  return compose(top, (req, ctx, reply) => byRoute.get(ctx.route)!(req, ctx, reply))
 }
 
 type Traced = { opts: NonNullable<Config['tracing']>; deps: NonNullable<StackDeps['tracing']> } | undefined
@@ -112,7 +112,7 @@ function buildRoute(
   // a fixed answer: the request goes no further than the proxy
   if (direct) {
     const body = Buffer.from(direct.body)
-    return compose(layers, (_req, ctx) => Promise.resolve(directReply(direct.status, body, ctx.id)))
+    return compose(layers, (_req, ctx, reply) => reply.ok(directReply(direct.status, body, ctx.id)))
   }
   layers.push(createReceiveLayer(limits, deps)) //            small bodies received whole first; idle bodies 408
   // a copy to a shadow backend, straight to its pool: never retried, never holds the real

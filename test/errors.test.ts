@@ -9,7 +9,7 @@ import { Listener } from '../src/server/listener.js'
 import { Breaker } from '../src/upstream/breaker.js'
 import { request } from './fixtures/client.js'
 import { fakeClock } from './fixtures/clock.js'
-import { LISTENER_OPTIONS, context, deps, proxyRequest, response, scripted } from './fixtures/pipeline.js'
+import { LISTENER_OPTIONS, context, deps, drive, fromAsync, proxyRequest, response, scripted, through } from './fixtures/pipeline.js'
 
 
 t.test('the catalogue: every code has a status and a message, and statuses follow the contract', async (t) => {
@@ -86,9 +86,11 @@ t.test('every entry: the breaker, retry, listener and gRPC answer decide from it
   }
   const codes = Object.keys(ERRORS) as ErrorCode[]
   // the listener, with a pipeline whose last step fails with the code named in the path
-  const handler = createRespondLayer()(async (req) => {
-    throw new SidecarError(req.path.slice(1) as ErrorCode)
-  })
+  const handler = createRespondLayer()(
+    fromAsync(async (req) => {
+      throw new SidecarError(req.path.slice(1) as ErrorCode)
+    }),
+  )
   const listener = new Listener(LISTENER_OPTIONS, handler, { ...d, clock: systemClock })
   const { port } = await listener.listen()
   const agent = new http.Agent({ keepAlive: true })
@@ -101,7 +103,7 @@ t.test('every entry: the breaker, retry, listener and gRPC answer decide from it
     const entry = ERRORS[code]
     // breaker: one failure of this kind with volumeThreshold 1 opens it, or not
     const breaker = new Breaker('app', { errorThresholdPercentage: 1, volumeThreshold: 1, rollingWindowMs: 10_000, resetTimeoutMs: 1000 }, { ...d, clock: fakeClock() })
-    await breaker.run(async () => Promise.reject(new SidecarError(code))).catch(() => undefined)
+    await through(breaker, async () => Promise.reject(new SidecarError(code))).catch(() => undefined)
     t.equal(breaker.state === 'open', entry.breaker, `${code}: breaker ${entry.breaker ? 'counts' : 'ignores'} it`)
     breaker.shutdown()
 
@@ -109,7 +111,7 @@ t.test('every entry: the breaker, retry, listener and gRPC answer decide from it
     // when, besides, the entry says the app never got it
     for (const method of ['GET', 'POST']) {
       const next = scripted(new SidecarError(code), response(200))
-      const retry = createRetryLayer(retryOpts, { metrics: d.metrics, clock: fakeClock(), random: () => 0 })(next)
+      const retry = drive(createRetryLayer(retryOpts, { metrics: d.metrics, clock: fakeClock(), random: () => 0 }))(next)
       await retry(proxyRequest({ method }), context({ backend: 'app' })).catch(() => undefined)
       const expected = entry.retryOn.length > 0 && (method === 'GET' || !entry.mayHaveReachedApp)
       t.equal(next.calls.length === 2, expected, `${code}: a ${method} is ${expected ? '' : 'not '}retried`)

@@ -12,7 +12,7 @@ export interface AccessLogOptions {
 export function createAccessLogLayer(opts: AccessLogOptions, deps: { logger: Logger; metrics: Metrics }): Layer {
   const { metrics } = deps
   const write = accessLog(deps.logger)
-  return (next) => (req, ctx) => {
+  return (next) => (req, ctx, reply) => {
     ctx.onEnd.push((outcome) => {
       const backend = ctx.backend ?? 'none'
       metrics.observeRequest(backend, req.method, outcome.status, outcome.durationSeconds, ctx.route)
@@ -37,6 +37,6 @@ export function createAccessLogLayer(opts: AccessLogOptions, deps: { logger: Log
         span_id: ctx.trace?.spanId,
       })
     })
-    return next(req, ctx)
+    next(req, ctx, reply)
   }
 }

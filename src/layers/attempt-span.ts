@@ -5,6 +5,7 @@
 // configured; with no trace on the context it passes the request on untouched.
 import { toSidecarError } from '../errors.js'
 import { CLIENT, Ids, KNOWN_METHODS, hostAndPort, propagate, type SpanRecord, type SpanSink } from '../tracing/context.js'
+import { pass } from '../pipeline/compose.js'
 import type { HeaderMap, Layer } from '../pipeline/types.js'
 
 export interface AttemptSpanDeps {
@@ -15,13 +16,13 @@ export interface AttemptSpanDeps {
 export function createAttemptSpanLayer(backends: ReadonlyArray<{ name: string; url: string }>, deps: AttemptSpanDeps): Layer {
   const { sink, ids } = deps
   const targets = new Map(backends.map((b) => [b.name, hostAndPort(new URL(b.url).host)]))
-  return (next) => (req, ctx) => {
+  return (next) => (req, ctx, reply) => {
     const trace = ctx.trace
-    if (trace === undefined) return next(req, ctx)
+    if (trace === undefined) return next(req, ctx, reply)
     const spanId = ids.spanId()
     // the request's own headers on the first attempt, retry's copy on a later one
     propagate(req.headers as HeaderMap, trace, spanId)
-    if (!trace.sampled) return next(req, ctx)
+    if (!trace.sampled) return next(req, ctx, reply)
     const start = process.hrtime.bigint()
     const attempt = ctx.attempt
     const record = (status: number | undefined, failure: string | undefined) => {
@@ -54,15 +55,15 @@ export function createAttemptSpanLayer(backends: ReadonlyArray<{ name: string; u
         error,
       })
     }
-    return next(req, ctx).then(
-      (response) => {
+    pass(next, req, ctx, {
+      ok: (response) => {
         record(response.status, undefined)
-        return response
+        reply.ok(response)
       },
-      (err: unknown) => {
+      fail: (err) => {
         record(undefined, toSidecarError(err).code)
-        throw err
+        reply.fail(err)
       },
-    )
+    })
   }
 }

@@ -14,6 +14,7 @@
 import type { Clock } from '../clock.js'
 import { SidecarError } from '../errors.js'
 import type { Metrics } from '../metrics.js'
+import { pass } from '../pipeline/compose.js'
 import type { Layer } from '../pipeline/types.js'
 
 export interface FaultOptions {
@@ -42,23 +43,23 @@ export function createFaultLayer(opts: FaultOptions, deps: FaultDeps): Layer {
   const { delay, abort, headerControl } = opts
   const { route, clock, metrics } = deps
   const hit = (percent: number) => percent > 0 && random() * 100 < percent
-  return (next) => (req, ctx) => {
+  return (next) => (req, ctx, reply) => {
     const asked = headerControl ? req.faultAsked : undefined
     const askedDelay = asked === undefined ? undefined : delayAsked(asked.delayMs, deps.maxAskedDelayMs)
     const askedAbort = asked === undefined ? undefined : statusAsked(asked.abort)
     // each decided once per request, the configured share drawn only when the caller asked nothing
     const delayMs = askedDelay ?? (delay !== undefined && hit(delay.percent) ? delay.ms : 0)
     const abortStatus = askedAbort ?? (abort !== undefined && hit(abort.percent) ? abort.status : 0)
-    if (delayMs === 0 && abortStatus === 0) return next(req, ctx)
+    if (delayMs === 0 && abortStatus === 0) return next(req, ctx, reply)
     const aborted = () => {
       metrics.countFault(route, 'abort')
       return new SidecarError('fault_injected', { detail: `HTTP ${abortStatus}`, status: abortStatus, grpcStatus: abort?.grpcStatus })
     }
-    if (delayMs === 0) return Promise.reject(aborted())
+    if (delayMs === 0) return reply.fail(aborted())
     metrics.countFault(route, 'delay')
-    return clock.sleep(delayMs, ctx.signal).then(
-      () => (abortStatus === 0 ? next(req, ctx) : Promise.reject(aborted())),
-      () => Promise.reject(new SidecarError('client_closed', { detail: 'during an injected delay' })),
+    clock.sleep(delayMs, ctx.signal).then(
+      () => (abortStatus === 0 ? pass(next, req, ctx, reply) : reply.fail(aborted())),
+      () => reply.fail(new SidecarError('client_closed', { detail: 'during an injected delay' })),
     )
   }
 }

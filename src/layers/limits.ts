@@ -8,7 +8,7 @@
 import { Transform, type TransformCallback } from 'node:stream'
 import { SidecarError } from '../errors.js'
 import type { Metrics } from '../metrics.js'
-import type { Layer } from '../pipeline/types.js'
+import type { Layer, Reply } from '../pipeline/types.js'
 
 export interface LimitsOptions {
   maxHeaderCount: number
@@ -16,27 +16,27 @@ export interface LimitsOptions {
 }
 
 export function createLimitsLayer(opts: LimitsOptions, deps: { metrics: Metrics }): Layer {
-  const reject = (code: 'headers_too_large' | 'unsupported_transfer_encoding' | 'body_too_large', detail: string): Promise<never> => {
+  const reject = (reply: Reply, code: 'headers_too_large' | 'unsupported_transfer_encoding' | 'body_too_large', detail: string): void => {
     deps.metrics.countRejection(code)
-    return Promise.reject(new SidecarError(code, { detail }))
+    reply.fail(new SidecarError(code, { detail }))
   }
-  return (next) => (req, ctx) => {
+  return (next) => (req, ctx, reply) => {
     if (req.headerCount > opts.maxHeaderCount) {
-      return reject('headers_too_large', `${req.headerCount} headers, at most ${opts.maxHeaderCount}`)
+      return reject(reply, 'headers_too_large', `${req.headerCount} headers, at most ${opts.maxHeaderCount}`)
     }
     if (req.transferEncoding !== null && req.transferEncoding.trim().toLowerCase() !== 'chunked') {
-      return reject('unsupported_transfer_encoding', `Transfer-Encoding: ${req.transferEncoding}`)
+      return reject(reply, 'unsupported_transfer_encoding', `Transfer-Encoding: ${req.transferEncoding}`)
     }
-    if (req.body === null || Buffer.isBuffer(req.body)) return next(req, ctx)
+    if (req.body === null || Buffer.isBuffer(req.body)) return next(req, ctx, reply)
     if (req.contentLength !== null) {
       if (req.contentLength > opts.maxBodyBytes) {
-        return reject('body_too_large', `Content-Length ${req.contentLength}, at most ${opts.maxBodyBytes}`)
+        return reject(reply, 'body_too_large', `Content-Length ${req.contentLength}, at most ${opts.maxBodyBytes}`)
       }
-      return next(req, ctx)
+      return next(req, ctx, reply)
     }
     const counted = new BodyCap(opts.maxBodyBytes, () => deps.metrics.countRejection('body_too_large'))
     req.body.on('error', (err) => counted.destroy(err))
-    return next({ ...req, body: req.body.pipe(counted) }, ctx)
+    next({ ...req, body: req.body.pipe(counted) }, ctx, reply)
   }
 }
 

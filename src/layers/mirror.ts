@@ -93,17 +93,17 @@ export function createMirrorLayer(opts: MirrorOptions, deps: MirrorDeps): Layer 
     )
   }
 
-  return (next) => (req, ctx) => {
-    if (req.upgrade !== undefined || (percent < 100 && random() * 100 >= percent)) return next(req, ctx)
+  return (next) => (req, ctx, reply) => {
+    if (req.upgrade !== undefined || (percent < 100 && random() * 100 >= percent)) return next(req, ctx, reply)
     if (inFlight >= maxInFlight) {
       metrics.countMirror(backend, 'dropped')
-      return next(req, ctx)
+      return next(req, ctx, reply)
     }
     const body = req.body
     const declared = body === null ? 0 : Buffer.isBuffer(body) ? body.length : req.contentLength
     if (declared !== null && declared > maxBodyBytes) {
       metrics.countMirror(backend, 'skipped_body')
-      return next(req, ctx)
+      return next(req, ctx, reply)
     }
     const headers = { ...req.headers }
     const host = headers.host
@@ -111,11 +111,11 @@ export function createMirrorLayer(opts: MirrorOptions, deps: MirrorDeps): Layer 
     const cut: { result: MirrorResult | undefined } = { result: undefined }
     if (body === null || Buffer.isBuffer(body)) {
       launch({ ...req, headers, faultAsked: undefined }, cut)
-      return next(req, ctx)
+      return next(req, ctx, reply)
     }
     const { real, copy } = tee(body, maxBodyBytes, () => (cut.result = 'skipped_body'))
     launch({ ...req, headers, body: copy, faultAsked: undefined }, cut)
-    return next({ ...req, body: real }, ctx)
+    next({ ...req, body: real }, ctx, reply)
   }
 }
 

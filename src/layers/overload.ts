@@ -5,8 +5,8 @@
 import { SidecarError } from '../errors.js'
 import type { Metrics } from '../metrics.js'
 import type { Cancel } from '../pipeline/cancel.js'
-import { callNext } from '../pipeline/compose.js'
-import type { Handler, Layer, ProxyRequest, ProxyResponse, RequestContext } from '../pipeline/types.js'
+import { pass } from '../pipeline/compose.js'
+import type { Layer, ProxyResponse, Reply } from '../pipeline/types.js'
 import type { Gate } from '../upstream/backends.js'
 
 export interface OverloadOptions {
@@ -16,42 +16,52 @@ export interface OverloadOptions {
 
 /** `gateOf`: the backend's count of attempts in flight and waiting (none: the backend is gone). */
 export function createOverloadLayer(opts: OverloadOptions, deps: { metrics: Metrics; gateOf: (backend: string) => Gate | undefined }): Layer {
-  const reject = (detail: string): Promise<never> => {
-    deps.metrics.countRejection('overloaded')
-    return Promise.reject(new SidecarError('overloaded', { detail, retryAfterSeconds: 1 }))
-  }
-  const release = (gate: Gate) => {
-    const waiter = gate.waiting.shift()
-    if (waiter) waiter() // the slot passes straight to the next in line
-    else gate.active--
-  }
-
-  /** The attempt, in a slot it holds until the response body is done. */
-  const inSlot = (gate: Gate, next: Handler, req: ProxyRequest, ctx: RequestContext): Promise<ProxyResponse> => {
-    return callNext(next, req, ctx).then(
-      (response) => {
-        const body = response.body
-        if (body === null || Buffer.isBuffer(body)) release(gate)
-        else body.once('close', () => release(gate))
-        return response
-      },
-      (err: unknown) => {
-        release(gate)
-        throw err
-      },
-    )
-  }
-
-  return (next) => (req, ctx) => {
+  return (next) => (req, ctx, reply) => {
     const backend = ctx.backend ?? 'none'
     const gate = deps.gateOf(backend)
-    if (!gate) return next(req, ctx)
+    if (!gate) return next(req, ctx, reply)
     if (gate.active < opts.maxConcurrentRequests) {
       gate.active++
-      return inSlot(gate, next, req, ctx)
+      return pass(next, req, ctx, new Slot(gate, reply))
     }
-    if (gate.waiting.length < opts.maxPendingRequests) return waitForSlot(gate, ctx.attemptSignal).then(() => inSlot(gate, next, req, ctx))
-    return reject(`${gate.active} in flight and ${gate.waiting.length} waiting for backend ${backend}`)
+    if (gate.waiting.length < opts.maxPendingRequests) {
+      return void waitForSlot(gate, ctx.attemptSignal).then(
+        () => pass(next, req, ctx, new Slot(gate, reply)),
+        (err: unknown) => reply.fail(err),
+      )
+    }
+    deps.metrics.countRejection('overloaded')
+    reply.fail(new SidecarError('overloaded', { detail: `${gate.active} in flight and ${gate.waiting.length} waiting for backend ${backend}`, retryAfterSeconds: 1 }))
+  }
+}
+
+/** An attempt's slot, held until its response body is done or it failed. */
+class Slot implements Reply {
+  private held = true
+
+  constructor(
+    private readonly gate: Gate,
+    private readonly up: Reply,
+  ) {}
+
+  ok(response: ProxyResponse): void {
+    const body = response.body
+    if (body === null || Buffer.isBuffer(body)) this.release()
+    else body.once('close', () => this.release())
+    this.up.ok(response)
+  }
+
+  fail(err: unknown): void {
+    this.release()
+    this.up.fail(err)
+  }
+
+  private release(): void {
+    if (!this.held) return
+    this.held = false
+    const waiter = this.gate.waiting.shift()
+    if (waiter) waiter() // the slot passes straight to the next in line
+    else this.gate.active--
   }
 }
 

@@ -11,7 +11,7 @@
 // that are only unhealthy (a health check can be wrong, and refusing everything would turn a bad
 // check into an outage), then to all of them (every breaker open: the breaker answers 503).
 // With a sticky cookie, a response from a backend the client was not yet stuck to sets it.
-import type { HeaderMap, Layer } from '../pipeline/types.js'
+import type { HeaderMap, Layer, ProxyResponse, Reply } from '../pipeline/types.js'
 
 export interface WeightedBackend {
   name: string
@@ -72,19 +72,32 @@ export function createPickLayer(backends: readonly WeightedBackend[], routing: R
     return name !== undefined && live.some((b) => b.name === name) && isAvailable(name) ? name : undefined
   }
 
-  return (next) => (req, ctx) => {
+  return (next) => (req, ctx, reply) => {
     const forced = routing.header === false ? undefined : override(req.headers[routing.header])
     const stuck = forced ?? stuckTo(req.headers)
     const backend = forced ?? stuck ?? pick()
     ctx.backend = backend
-    if (!sticky || forced !== undefined || stuck === backend) return next(req, ctx)
+    if (!sticky || forced !== undefined || stuck === backend) return next(req, ctx, reply)
     // the response sticks the client to the backend that answered it
-    const cookie = `${sticky.cookie}=${backend}; Path=/; Max-Age=${sticky.maxAgeSeconds}; HttpOnly; SameSite=Lax`
-    return next(req, ctx).then((response) => {
-      const set = response.headers['set-cookie']
-      response.headers['set-cookie'] = set === undefined ? cookie : [...(Array.isArray(set) ? set : [set]), cookie]
-      return response
-    })
+    next(req, ctx, new SetCookie(`${sticky.cookie}=${backend}; Path=/; Max-Age=${sticky.maxAgeSeconds}; HttpOnly; SameSite=Lax`, reply))
+  }
+}
+
+/** The sticky cookie added to the answer, beside any the app sets. */
+class SetCookie implements Reply {
+  constructor(
+    private readonly cookie: string,
+    private readonly up: Reply,
+  ) {}
+
+  ok(response: ProxyResponse): void {
+    const set = response.headers['set-cookie']
+    response.headers['set-cookie'] = set === undefined ? this.cookie : [...(Array.isArray(set) ? set : [set]), this.cookie]
+    this.up.ok(response)
+  }
+
+  fail(err: unknown): void {
+    this.up.fail(err)
   }
 }
 

@@ -86,11 +86,11 @@ export class RateLimitTables {
 export function createRateLimitLayer(opts: RateLimitOptions, deps: { metrics: Metrics; clock: Clock; buckets?: TokenBuckets }): Layer {
   const buckets = deps.buckets ?? new TokenBuckets(opts, deps.clock)
   const keyOf = keyFunction(opts.key)
-  return (next) => (req, ctx) => {
+  return (next) => (req, ctx, reply) => {
     const waitMs = buckets.take(keyOf(req, ctx))
-    if (waitMs === 0) return next(req, ctx)
+    if (waitMs === 0) return next(req, ctx, reply)
     deps.metrics.countRejection('rate_limited')
-    return Promise.reject(
+    reply.fail(
       new SidecarError('rate_limited', { detail: `${opts.requestsPerSecond}/s, burst ${opts.burst}, per ${opts.key}`, retryAfterSeconds: Math.max(1, Math.ceil(waitMs / 1000)) }),
     )
   }

@@ -9,7 +9,8 @@ import type { Clock } from '../clock.js'
 import { SidecarError, isErrorCode } from '../errors.js'
 import type { BufferBudget } from '../pipeline/buffers.js'
 import { isGrpc } from '../pipeline/local-reply.js'
-import type { Handler, Layer, ProxyRequest, ProxyResponse, RequestContext } from '../pipeline/types.js'
+import { pass } from '../pipeline/compose.js'
+import type { Handler, Layer, ProxyRequest, Reply, RequestContext } from '../pipeline/types.js'
 
 export interface ReceiveOptions {
   requestBufferBytes: number
@@ -18,23 +19,25 @@ export interface ReceiveOptions {
 
 export function createReceiveLayer(opts: ReceiveOptions, deps: { clock: Clock; buffers: BufferBudget }): Layer {
   const idle = () => new SidecarError('request_timeout', { detail: `no byte of the body for limits.bodyIdleTimeoutMs (${opts.bodyIdleTimeoutMs} ms)` })
-  // not async itself: a request without a body (most) passes at the cost of one call
-  return (next) => (req, ctx) => (req.body === null || Buffer.isBuffer(req.body) ? next(req, ctx) : receive(req, ctx, next))
-  async function receive(req: ProxyRequest, ctx: RequestContext, next: Handler): Promise<ProxyResponse> {
+  // a request without a body (most) passes at the cost of one call
+  return (next) => (req, ctx, reply) => (req.body === null || Buffer.isBuffer(req.body) ? next(req, ctx, reply) : receive(req, ctx, next, reply))
+  function receive(req: ProxyRequest, ctx: RequestContext, next: Handler, reply: Reply): void {
     const body = req.body as Readable
     const declared = req.contentLength
     const room = declared ?? opts.requestBufferBytes
     if (isGrpc(req.headers['content-type']) || room > opts.requestBufferBytes || room === 0 || !deps.buffers.take(room)) {
-      return next({ ...req, body: guarded(body, new IdleGuard(opts.bodyIdleTimeoutMs, deps.clock, idle), ctx) }, ctx)
+      return next({ ...req, body: guarded(body, new IdleGuard(opts.bodyIdleTimeoutMs, deps.clock, idle), ctx) }, ctx, reply)
     }
     ctx.onEnd.push(() => deps.buffers.give(room))
-    const { chunks, complete } = await readUpTo(body, opts.requestBufferBytes, opts.bodyIdleTimeoutMs, deps.clock, idle).catch((err: unknown) => {
+    readUpTo(body, opts.requestBufferBytes, opts.bodyIdleTimeoutMs, deps.clock, idle).then(
+      ({ chunks, complete }) => {
+        if (complete) return pass(next, { ...req, body: chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks) }, ctx, reply)
+        // a chunked body past the buffer: what was read, then the rest as it comes
+        pass(next, { ...req, body: guarded(body, new IdleGuard(opts.bodyIdleTimeoutMs, deps.clock, idle, chunks), ctx) }, ctx, reply)
+      },
       // the client went away mid-body, or the limits layer cut it (body_too_large)
-      throw isErrorCode((err as { code?: unknown }).code) ? err : new SidecarError('client_closed', { cause: err })
-    })
-    if (complete) return next({ ...req, body: chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks) }, ctx)
-    // a chunked body past the buffer: what was read, then the rest as it comes
-    return next({ ...req, body: guarded(body, new IdleGuard(opts.bodyIdleTimeoutMs, deps.clock, idle, chunks), ctx) }, ctx)
+      (err: unknown) => reply.fail(isErrorCode((err as { code?: unknown }).code) ? err : new SidecarError('client_closed', { cause: err })),
+    )
   }
 }
 

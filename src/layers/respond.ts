@@ -1,18 +1,51 @@
 // Outermost layer: the one place where the pipeline's errors become HTTP responses. Whatever a
-// layer below throws leaves here as the catalogue's local reply (pipeline/local-reply.ts); the
-// code is also put on the context for the access log and metrics.
+// layer below fails with (or throws) leaves here as the catalogue's local reply
+// (pipeline/local-reply.ts); the code is also put on the context for the access log and metrics.
+// It is also the guard of the contract: the caller is answered once, whatever a layer below does.
 import { toSidecarError } from '../errors.js'
-import { callNext } from '../pipeline/compose.js'
 import { isGrpc, localReply } from '../pipeline/local-reply.js'
-import type { Layer, ProxyResponse } from '../pipeline/types.js'
+import type { Layer, ProxyRequest, ProxyResponse, Reply, RequestContext } from '../pipeline/types.js'
 
 export function createRespondLayer(): Layer {
-  return (next) => (req, ctx) => {
-    const reply = (err: unknown): ProxyResponse => {
-      const error = toSidecarError(err)
-      ctx.error = error.code
-      return localReply(error, { requestId: ctx.id, grpc: isGrpc(req.headers['content-type']) })
+  return (next) => (req, ctx, reply) => {
+    const once = new Respond(req, ctx, reply)
+    try {
+      next(req, ctx, once)
+    } catch (err) {
+      once.fail(err)
     }
-    return callNext(next, req, ctx).then(undefined, reply)
   }
 }
+
+class Respond implements Reply {
+  private answered = false
+
+  constructor(
+    private readonly req: ProxyRequest,
+    private readonly ctx: RequestContext,
+    private readonly up: Reply,
+  ) {}
+
+  ok(response: ProxyResponse): void {
+    if (this.answered) return discard(response)
+    this.answered = true
+    this.up.ok(response)
+  }
+
+  fail(err: unknown): void {
+    if (this.answered) return
+    this.answered = true
+    const error = toSidecarError(err)
+    this.ctx.error = error.code
+    this.up.ok(localReply(error, { requestId: this.ctx.id, grpc: isGrpc(this.req.headers['content-type']) }))
+  }
+}
+
+/** A second answer (a layer's bug) goes nowhere: its body and tunnel are let go. */
+function discard(response: ProxyResponse): void {
+  const body = response.body
+  if (body !== null && !Buffer.isBuffer(body)) body.on('error', noop).destroy()
+  response.tunnel?.destroy()
+}
+
+function noop(): void {}

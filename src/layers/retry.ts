@@ -16,9 +16,9 @@ import type { Clock } from '../clock.js'
 import { ERRORS, GRPC_RETRY_ON, SidecarError, isErrorCode, toSidecarError, type CatalogueEntry, type GrpcRetryOn, type RetryOn } from '../errors.js'
 import type { Metrics } from '../metrics.js'
 import { Cancel } from '../pipeline/cancel.js'
-import { callNext } from '../pipeline/compose.js'
+import { pass } from '../pipeline/compose.js'
 import { isGrpc } from '../pipeline/local-reply.js'
-import type { HeaderMap, Layer, ProxyRequest, ProxyResponse, RequestContext } from '../pipeline/types.js'
+import type { Handler, HeaderMap, Layer, ProxyRequest, ProxyResponse, Reply, RequestContext } from '../pipeline/types.js'
 import { RetryBudget, type RetryBudgetOptions } from './retry-budget.js'
 
 export interface RetryOptions {
@@ -69,14 +69,14 @@ export function createRetryLayer(opts: RetryOptions, deps: RetryDeps): Layer {
     return retryReason(ERRORS[error!.code], retryOn)
   }
 
-  return (next) => (req, ctx) => {
+  return (next) => (req, ctx, reply) => {
     budget.deposit()
     // a gRPC client's own deadline (grpc-timeout) caps the proxy's
     const grpcTimeout = req.headers['grpc-timeout'] === undefined ? undefined : grpcTimeoutMs(req.headers['grpc-timeout'])
     const timeoutMs = grpcTimeout === undefined ? limit : Math.min(limit, grpcTimeout)
     const idempotent = methods.has(req.method) || req.headers['idempotency-key'] !== undefined
     const grpc = isGrpc(req.headers['content-type'])
-    const tries: Tries = { next, req, ctx, timeoutMs, deadline: deps.clock.now() + timeoutMs, idempotent, grpc, kept: NOTHING_TO_KEEP, streamed: null }
+    const tries: Tries = { next, req, ctx, reply, decide, timeoutMs, deadline: deps.clock.now() + timeoutMs, idempotent, grpc, kept: NOTHING_TO_KEEP, streamed: null }
     // Keep the body for a replay only when a retry could use it. A gRPC body streams as it comes
     // (a streaming call never ends while it waits for answers) and is recorded on its way.
     const body = req.body
@@ -85,20 +85,23 @@ export function createRetryLayer(opts: RetryOptions, deps: RetryDeps): Layer {
     else if (opts.attempts === 1 || (grpc ? grpcRetryOn.length === 0 : !idempotent)) tries.kept = { stream: body, replay: () => null }
     else if (grpc) tries.kept = recorded(body, opts.maxReplayBytes)
     else
-      return replayable(body, req.contentLength, opts.maxReplayBytes).then((kept) => {
-        tries.kept = kept
-        tries.streamed = kept.stream
-        return attempt(tries, 1)
-      })
+      return void replayable(body, req.contentLength, opts.maxReplayBytes).then(
+        (kept) => {
+          tries.kept = kept
+          tries.streamed = kept.stream
+          attempt(tries, 1)
+        },
+        (err: unknown) => reply.fail(err),
+      )
     tries.streamed = tries.kept.stream
-    return attempt(tries, 1)
+    attempt(tries, 1)
   }
 
   /** Try number `n`; its outcome decides (`decide`) whether there is another. */
-  function attempt(t: Tries, n: number): Promise<ProxyResponse> {
+  function attempt(t: Tries, n: number): void {
     const { req, ctx } = t
     const remaining = t.deadline - deps.clock.now()
-    if (remaining <= 0) return Promise.reject(new SidecarError('upstream_timeout', { detail: `no response within ${t.timeoutMs} ms (limits.requestTimeoutMs or grpc-timeout)` }))
+    if (remaining <= 0) return t.reply.fail(new SidecarError('upstream_timeout', { detail: `no response within ${t.timeoutMs} ms (limits.requestTimeoutMs or grpc-timeout)` }))
     ctx.attempt = n
     const replay = t.streamed === null ? t.kept.replay() : null
     const attemptBody = t.streamed ?? (replay === null ? null : replay.length === 1 ? replay[0]! : Readable.from(replay))
@@ -109,38 +112,29 @@ export function createRetryLayer(opts: RetryOptions, deps: RetryDeps): Layer {
     headers[ATTEMPT_HEADER] = String(n)
     const attemptReq: ProxyRequest = n === 1 && attemptBody === req.body ? req : { ...req, headers, body: attemptBody }
     const timeoutMs = Math.min(opts.perTryTimeoutMs ?? remaining, remaining)
-    const one = new Try(ctx, timeoutMs, deps.clock)
-    return one.run(t.next, attemptReq).then(
-      (response) => {
-        one.over()
-        return decide(t, n, response, undefined)
-      },
-      (err: unknown) => {
-        one.over()
-        return decide(t, n, undefined, toSidecarError(err))
-      },
-    )
+    new Try(t, n, timeoutMs, deps.clock).run(attemptReq)
   }
 
   /** After try `n`: its answer or error goes on, or, when it may and should be retried and the
    *  budget and the deadline allow, another try after the backoff. */
-  function decide(t: Tries, n: number, response: ProxyResponse | undefined, error: SidecarError | undefined): ProxyResponse | Promise<ProxyResponse> {
+  function decide(t: Tries, n: number, response: ProxyResponse | undefined, error: SidecarError | undefined): void {
     const reason = n < opts.attempts ? reasonFor(response, error, t.grpc) : null
     const resendable = t.req.body === null || t.kept.replay() !== null
     // a gRPC status the operator named is retried whatever the method (Envoy's retry_on)
     const allowed = reason !== null && resendable && (reason in GRPC_RETRY_ON || mayResend(error && ERRORS[error.code], t.idempotent))
     const wait = allowed ? backoffMs(n, response) : null
-    if (!allowed || wait === null || deps.clock.now() + wait >= t.deadline) return settle(response, error)
+    if (!allowed || wait === null || deps.clock.now() + wait >= t.deadline) return settle(t.reply, response, error)
     if (!budget.tryWithdraw()) {
       deps.metrics.countBudgetExhausted()
-      return settle(response, error)
+      return settle(t.reply, response, error)
     }
     deps.metrics.countRetry(t.ctx.backend ?? 'none', reason)
     discard(response)
-    if (wait === 0) return attempt(t, n + 1)
-    return deps.clock.sleep(wait, t.ctx.signal).then(
+    // never from inside the failed try's own call (the upstream client's callback): on a later turn
+    if (wait === 0) return queueMicrotask(() => attempt(t, n + 1))
+    deps.clock.sleep(wait, t.ctx.signal).then(
       () => attempt(t, n + 1),
-      () => Promise.reject(new SidecarError('client_closed')),
+      () => t.reply.fail(new SidecarError('client_closed')),
     )
   }
 
@@ -165,9 +159,13 @@ export function mayResend(failure: CatalogueEntry | undefined, idempotent: boole
 
 /** One request's tries: what every try and every decision needs. */
 interface Tries {
-  next: (req: ProxyRequest, ctx: RequestContext) => Promise<ProxyResponse>
+  next: Handler
   req: ProxyRequest
   ctx: RequestContext
+  /** Where the outcome of the last try goes. */
+  reply: Reply
+  /** The layer's decision after each try (one function per layer, not per request). */
+  decide: (t: Tries, n: number, response: ProxyResponse | undefined, error: SidecarError | undefined) => void
   timeoutMs: number
   deadline: number
   idempotent: boolean
@@ -181,23 +179,26 @@ interface Tries {
  * One attempt with its own cancellation: aborted when the client leaves, or with
  * upstream_timeout when no response headers came within `timeoutMs` of the request being sent.
  * (One per attempt: a shared one would cancel every attempt in flight at the first timeout.)
+ * It is also where the attempt's outcome comes back, to be decided on (Tries.decide).
  */
-class Try extends Cancel {
+class Try extends Cancel implements Reply {
   private stopTimer: () => void = noop
   /** A body still streaming to the app: the deadline starts at its end. */
   private startAtEnd: { body: Readable; start: () => void } | null = null
+  private settled = false
 
   constructor(
-    private readonly ctx: RequestContext,
+    private readonly tries: Tries,
+    private readonly n: number,
     private readonly timeoutMs: number,
     private readonly clock: Clock,
   ) {
     super()
-    ctx.signal.add(this)
+    tries.ctx.signal.add(this)
   }
 
-  /** Sends `req` on; the caller calls over() once it settles. */
-  run(next: Tries['next'], req: ProxyRequest): Promise<ProxyResponse> {
+  /** Sends `req` on; its outcome comes back to ok() or fail(). */
+  run(req: ProxyRequest): void {
     // The deadline is the app's: it starts once the body is sent, so that a client slow to send
     // it is never taken for an app slow to answer (Envoy's route timeout starts there too). A
     // gRPC call's deadline starts at once: its body may go on for as long as the call does.
@@ -208,15 +209,29 @@ class Try extends Cancel {
       this.startAtEnd = { body, start }
       body.once('end', start)
     }
-    this.ctx.attemptSignal = this
-    return callNext(next, req, this.ctx)
+    const { ctx, next } = this.tries
+    ctx.attemptSignal = this
+    pass(next, req, ctx, this)
   }
 
-  /** From the outcome on, the response body is the listener's: it destroys the body if the client leaves. */
-  over(): void {
+  ok(response: ProxyResponse): void {
+    if (this.over()) this.tries.decide(this.tries, this.n, response, undefined)
+    else discard(response)
+  }
+
+  fail(err: unknown): void {
+    if (this.over()) this.tries.decide(this.tries, this.n, undefined, toSidecarError(err))
+  }
+
+  /** From the outcome on, the response body is the listener's: it destroys the body if the
+   *  client leaves. False when the try was over already (a second outcome goes nowhere). */
+  private over(): boolean {
+    if (this.settled) return false
+    this.settled = true
     this.stopTimer()
     if (this.startAtEnd) this.startAtEnd.body.off('end', this.startAtEnd.start)
-    this.ctx.signal.remove(this)
+    this.tries.ctx.signal.remove(this)
+    return true
   }
 
   private arm(): void {
@@ -231,9 +246,9 @@ class Try extends Cancel {
 }
 
 /** What a try ended with goes on: its answer, or its error. */
-function settle(response: ProxyResponse | undefined, error: SidecarError | undefined): ProxyResponse {
-  if (error) throw error
-  return response!
+function settle(reply: Reply, response: ProxyResponse | undefined, error: SidecarError | undefined): void {
+  if (error) reply.fail(error)
+  else reply.ok(response!)
 }
 
 /** An answer not passed on (another try follows): its body is released. */

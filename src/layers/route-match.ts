@@ -99,8 +99,8 @@ export function normalizePath(target: string): string {
 /** Names the request's route on the context; the stack's dispatch goes on from there. */
 export function createRouteMatchLayer(routes: readonly MatchableRoute[]): Layer {
   const routeOf = compileRoutes(routes)
-  return (next) => (req, ctx) => {
+  return (next) => (req, ctx, reply) => {
     ctx.route = routeOf(req)
-    return next(req, ctx)
+    next(req, ctx, reply)
   }
 }

@@ -23,7 +23,7 @@ export function createTracingLayer(opts: TracingOptions, deps: TracingDeps): Lay
   const { sink, ids } = deps
   const random = deps.random ?? Math.random
   const ratio = opts.sampleRatio
-  return (next) => (req, ctx) => {
+  return (next) => (req, ctx, reply) => {
     const headers = req.headers as HeaderMap
     const parent = incomingParent(headers)
     // a tracestate without a valid traceparent (or invalid itself) is not the app's to see
@@ -38,7 +38,7 @@ export function createTracingLayer(opts: TracingOptions, deps: TracingDeps): Lay
     }
     ctx.trace = trace
     if (trace.sampled) ctx.onEnd.push((outcome) => sink.record(serverSpan(req, ctx, trace, outcome)))
-    return next(req, ctx)
+    next(req, ctx, reply)
   }
 }
 

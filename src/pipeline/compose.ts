@@ -1,16 +1,17 @@
-import type { Handler, Layer, ProxyRequest, ProxyResponse, RequestContext } from './types.js'
+import type { Handler, Layer, ProxyRequest, Reply, RequestContext } from './types.js'
 
 /** Wraps `terminal` in `layers`, the first layer outermost. */
 export function compose(layers: readonly Layer[], terminal: Handler): Handler {
   return layers.reduceRight<Handler>((next, layer) => layer(next), terminal)
 }
 
-/** Calls the next handler for a layer that goes on from its promise (`.then`, no `await`): a
- *  handler that throws instead of rejecting still gives a rejected promise. */
-export function callNext(next: Handler, req: ProxyRequest, ctx: RequestContext): Promise<ProxyResponse> {
+/** Calls the next handler for a layer that holds something until the outcome (a slot, a count,
+ *  a try) or goes on from a later turn (after a body, a delay): a handler that throws instead of
+ *  answering still answers `reply`. */
+export function pass(next: Handler, req: ProxyRequest, ctx: RequestContext, reply: Reply): void {
   try {
-    return next(req, ctx)
+    next(req, ctx, reply)
   } catch (err) {
-    return Promise.reject(err)
+    reply.fail(err)
   }
 }

@@ -97,5 +97,20 @@ export interface RequestTrace {
   readonly via: 'w3c' | 'b3' | 'b3-multi' | undefined
 }
 
-export type Handler = (req: ProxyRequest, ctx: RequestContext) => Promise<ProxyResponse>
+/**
+ * Where a handler sends its outcome: `ok` with the response (at its headers; a streamed body goes
+ * on after) or `fail` with the error, one of the two, once. A layer that has to see the outcome
+ * hands the layer below a Reply of its own that passes it up; one that has nothing to do on the
+ * way back hands down the one it was given. No promise is made per layer: a layer waits only when
+ * it has something to wait for (a body, a slot, a backoff).
+ */
+export interface Reply {
+  ok(response: ProxyResponse): void
+  fail(err: unknown): void
+}
+
+/** One step of the request path: answers `reply`, now or later. It may throw only before it has
+ *  answered (the layers that hold something catch it: pipeline/compose.ts `pass`). An `async`
+ *  function type-checks as a Handler but answers nothing: its promise goes nowhere. */
+export type Handler = (req: ProxyRequest, ctx: RequestContext, reply: Reply) => void
 export type Layer = (next: Handler) => Handler

@@ -17,7 +17,7 @@ import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
 import { Cancel } from '../pipeline/cancel.js'
 import { isGrpc, localReply } from '../pipeline/local-reply.js'
-import type { Handler, RequestContext, RequestOutcome } from '../pipeline/types.js'
+import type { Handler, ProxyResponse, Reply, RequestContext, RequestOutcome } from '../pipeline/types.js'
 import { Connections } from './connections.js'
 import { AbuseReport } from './abuse.js'
 import { Admission, type AdmissionLimits } from './admission.js'
@@ -224,27 +224,30 @@ export class Listener {
 
     const proxyReq = this.proxyRequest(req, h2, target, ctx)
     if (expectsContinue && proxyReq.body !== null) req.once('resume', () => res.writeContinue())
-    this.handler(proxyReq, ctx).then(
-      (response) => {
-        response.headers['x-request-id'] = ctx.id
-        // After a request the catalogue says to close on (its framing or size), what is left on
-        // the connection cannot be trusted, nor is a refused body worth reading: close, like nginx.
-        const close = this.connections.mustClose(http1) || (ctx.error !== undefined && ERRORS[ctx.error].close)
-        const body = response.body
-        writeResponse(res, response, {
-          h2,
-          close,
-          trailers: h2 || acceptsTrailers(req.headers.te),
-          // only a streamed body can stall
-          sendIdle: body === null || Buffer.isBuffer(body) ? undefined : { ms: this.opts.sendIdleTimeoutMs, clock: this.deps.clock, onCut: () => this.cutSlowReader(ctx) },
-        })
-      },
-      (err: unknown) => {
-        // The respond layer turns every error into a response; reaching here is a bug.
-        this.deps.logger.error({ err, requestId: ctx.id }, 'pipeline rejected')
-        res.destroy()
-      },
-    )
+    this.handler(proxyReq, ctx, new Answer(this, req, res, ctx, h2, http1))
+  }
+
+  /** The pipeline's answer to a request (Answer), written to its client. */
+  answer(req: Request, res: Response, ctx: RequestContext, h2: boolean, http1: Socket | undefined, response: ProxyResponse): void {
+    response.headers['x-request-id'] = ctx.id
+    // After a request the catalogue says to close on (its framing or size), what is left on
+    // the connection cannot be trusted, nor is a refused body worth reading: close, like nginx.
+    const close = this.connections.mustClose(http1) || (ctx.error !== undefined && ERRORS[ctx.error].close)
+    const body = response.body
+    writeResponse(res, response, {
+      h2,
+      close,
+      trailers: h2 || acceptsTrailers(req.headers.te),
+      // only a streamed body can stall
+      sendIdle: body === null || Buffer.isBuffer(body) ? undefined : { ms: this.opts.sendIdleTimeoutMs, clock: this.deps.clock, onCut: () => this.cutSlowReader(ctx) },
+    })
+  }
+
+  /** The respond layer turns every error into a response, and answers once: reaching here
+   *  (or an answer that could not be written) is a bug. The client's connection is cut. */
+  broken(err: unknown, ctx: RequestContext, client: { destroy(): unknown }): void {
+    this.deps.logger.error({ err, requestId: ctx.id }, 'pipeline failed')
+    client.destroy()
   }
 
   /**
@@ -285,8 +288,8 @@ export class Listener {
         ...(tunnel && { tunnel }),
       })
     }
-    this.handler(proxyReq, ctx).then(
-      (response) => {
+    this.handler(proxyReq, ctx, {
+      ok: (response) => {
         socket.off('close', leave)
         response.headers['x-request-id'] = ctx.id
         const tunnel = response.tunnel
@@ -310,11 +313,8 @@ export class Listener {
           },
         })
       },
-      (err: unknown) => {
-        this.deps.logger.error({ err, requestId: ctx.id }, 'pipeline rejected')
-        socket.destroy()
-      },
-    )
+      fail: (err) => this.broken(err, ctx, socket),
+    })
   }
 
   /** A client that stopped reading its answer was cut: its line says so, and it is counted. */
@@ -431,6 +431,30 @@ export class Listener {
     const fields = { error: refusal.code, reason: refusal.detail, client: clientAddressOf(socket), requestId }
     this.deps.logger.info(fields, msg)
     this.abuse.note(refusal.code, 'requests refused', fields)
+  }
+}
+
+/** A request's way back from the pipeline: its answer, written to the client. */
+class Answer implements Reply {
+  constructor(
+    private readonly listener: Listener,
+    private readonly req: Request,
+    private readonly res: Response,
+    private readonly ctx: RequestContext,
+    private readonly h2: boolean,
+    private readonly http1: Socket | undefined,
+  ) {}
+
+  ok(response: ProxyResponse): void {
+    try {
+      this.listener.answer(this.req, this.res, this.ctx, this.h2, this.http1, response)
+    } catch (err) {
+      this.fail(err)
+    }
+  }
+
+  fail(err: unknown): void {
+    this.listener.broken(err, this.ctx, this.res)
   }
 }
 

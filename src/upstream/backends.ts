@@ -176,11 +176,11 @@ export class Backends {
 
   /** The pipeline's last step: forwards the attempt to `ctx.backend`'s pool. */
   handler(): Handler {
-    return (req, ctx) => {
+    return (req, ctx, reply) => {
       const backend = ctx.backend === undefined ? undefined : this.byName.get(ctx.backend)
       // only after a reload removed the backend this request's attempt was picked from
-      if (!backend) return Promise.reject(new SidecarError('no_backend', { detail: `backend ${ctx.backend} was removed from the config` }))
-      return backend.upstream.request(req, ctx, () => backend.health.healthy)
+      if (!backend) return reply.fail(new SidecarError('no_backend', { detail: `backend ${ctx.backend} was removed from the config` }))
+      backend.upstream.request(req, ctx, backend, reply)
     }
   }
 

@@ -17,7 +17,8 @@ import type { Clock } from '../clock.js'
 import { ERRORS, SidecarError, isErrorCode } from '../errors.js'
 import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
-import type { ProxyResponse } from '../pipeline/types.js'
+import { pass } from '../pipeline/compose.js'
+import type { Handler, ProxyRequest, ProxyResponse, Reply, RequestContext } from '../pipeline/types.js'
 
 export interface BreakerOptions {
   errorThresholdPercentage: number
@@ -33,8 +34,6 @@ export interface BreakerDeps {
   logger: Logger
   metrics: Metrics
 }
-
-type Attempt = () => Promise<ProxyResponse>
 
 /** Buckets of the rolling window. */
 const BUCKETS = 10
@@ -106,13 +105,20 @@ export class Breaker {
     return this.current
   }
 
-  /** Runs one attempt through the breaker: a 5xx is returned (and counted), never thrown. */
-  run(attempt: Attempt): Promise<ProxyResponse> {
-    if (this.stopped) return attempt()
-    if (this.current === 'closed') return attempt().then(this.answered, this.failedWith)
-    if (this.current === 'open' || this.probing) return Promise.reject(this.refusal())
+  /** Runs one attempt (`next`) through the breaker: its outcome is counted on its way up to
+   *  `reply` (a 5xx is answered and counted, never turned into a failure). */
+  run(next: Handler, req: ProxyRequest, ctx: RequestContext, reply: Reply): void {
+    if (this.stopped) return next(req, ctx, reply)
+    if (this.current === 'closed') return pass(next, req, ctx, new Counted(this, false, reply))
+    if (this.current === 'open' || this.probing) return reply.fail(this.refusal())
     this.probing = true // half-open: this attempt is the probe
-    return attempt().then(this.probeAnswered, this.probeFailedWith)
+    pass(next, req, ctx, new Counted(this, true, reply))
+  }
+
+  /** An attempt's outcome (Counted): the probe's decides the half-open breaker. */
+  record(probe: boolean, failure: boolean): void {
+    if (probe) this.probed(failure)
+    else this.counted(failure)
   }
 
   /** The backend passes its health checks again after failing them: an open breaker closes. */
@@ -131,26 +137,6 @@ export class Breaker {
 
   // Outcomes, made once per breaker (no closure per attempt). A 4xx, a client abort or the
   // proxy's own refusal counts as an attempt that did not fail.
-  private readonly answered = (response: ProxyResponse): ProxyResponse => {
-    this.counted(response.status >= 500)
-    return response
-  }
-
-  private readonly failedWith = (err: unknown): never => {
-    this.counted(countsAsFailure(err))
-    throw err
-  }
-
-  private readonly probeAnswered = (response: ProxyResponse): ProxyResponse => {
-    this.probed(response.status >= 500)
-    return response
-  }
-
-  private readonly probeFailedWith = (err: unknown): never => {
-    this.probed(countsAsFailure(err))
-    throw err
-  }
-
   private counted(failure: boolean): void {
     if (this.stopped) return
     this.window.count(failure)
@@ -194,5 +180,24 @@ export class Breaker {
     this.deps.metrics.setCircuitState(this.backend, state)
     const { failures, fires } = this.window
     this.deps.logger[state === 'open' ? 'warn' : 'info']({ backend: this.backend, state, failures, fires }, `circuit breaker ${state}`)
+  }
+}
+
+/** One attempt through a breaker: its outcome is counted, then passed up unchanged. */
+class Counted implements Reply {
+  constructor(
+    private readonly breaker: Breaker,
+    private readonly probe: boolean,
+    private readonly up: Reply,
+  ) {}
+
+  ok(response: ProxyResponse): void {
+    this.breaker.record(this.probe, response.status >= 500)
+    this.up.ok(response)
+  }
+
+  fail(err: unknown): void {
+    this.breaker.record(this.probe, countsAsFailure(err))
+    this.up.fail(err)
   }
 }

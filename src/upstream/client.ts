@@ -7,7 +7,7 @@ import type { Metrics } from '../metrics.js'
 import { Readable } from 'node:stream'
 import type { BufferBudget } from '../pipeline/buffers.js'
 import { Cancel } from '../pipeline/cancel.js'
-import type { ProxyRequest, ProxyResponse, RequestContext } from '../pipeline/types.js'
+import type { ProxyRequest, ProxyResponse, Reply, RequestContext } from '../pipeline/types.js'
 import { Exchange, type ExchangeOptions } from './exchange.js'
 import { connectOptions, tlsFailure, type HandshakeLog, type UpstreamTls } from './tls.js'
 
@@ -88,35 +88,32 @@ export class Upstream {
   }
 
   /**
-   * Forwards one attempt. `isHealthy`: the health checker's verdict; a failure of an unhealthy
-   * backend is answered as upstream_unhealthy (503), the app being known to be down, not as a
-   * one-off 502.
+   * Forwards one attempt, answering `reply`. `backend`: whose health checker's verdict names a
+   * failure; one of an unhealthy backend is answered as upstream_unhealthy (503), the app being
+   * known to be down, not as a one-off 502.
    */
-  request(req: ProxyRequest, ctx: RequestContext, isHealthy: () => boolean): Promise<ProxyResponse> {
-    return new Promise((resolve, reject) => {
-      this.dispatch(
-        req,
-        ctx.attemptSignal,
-        (response) => {
-          this.deps.handshakes?.succeeded()
-          this.deps.metrics.countAttempt(this.backend, STATUS_CLASS[Math.floor(response.status / 100)] ?? 'other')
-          // A failure mid-body surfaces on the stream (the listener then cuts the client
-          // connection, so a truncated response never passes for a complete one); name it for the log.
-          const body = response.body
-          if (body !== null && !Buffer.isBuffer(body)) body.once('error', (err) => (ctx.error ??= upstreamErrorCode(err)))
-          resolve(response)
-        },
-        (err: unknown) => {
-          const { code, detail } = describeUpstreamError(err, this.https)
-          this.deps.metrics.countAttempt(this.backend, code)
-          if (code === 'upstream_tls') this.deps.handshakes?.failed(detail!)
-          // A handshake refused says what to fix; "unhealthy" (its health checks fail the same way) would not.
-          const down = ERRORS[code].blame === 'upstream' && code !== 'upstream_tls' && !isHealthy()
-          reject(new SidecarError(down ? 'upstream_unhealthy' : code, { cause: err, detail: down ? `${code}: ${detail}` : detail }))
-        },
-        this.forwarding,
-      )
-    })
+  request(req: ProxyRequest, ctx: RequestContext, backend: Checked, reply: Reply): void {
+    this.dispatch(req, ctx.attemptSignal, new Attempt(this, ctx, backend, reply), this.forwarding)
+  }
+
+  /** An attempt's answer (Attempt): counted, and its failures named. */
+  answered(response: ProxyResponse, ctx: RequestContext): void {
+    this.deps.handshakes?.succeeded()
+    this.deps.metrics.countAttempt(this.backend, STATUS_CLASS[Math.floor(response.status / 100)] ?? 'other')
+    // A failure mid-body surfaces on the stream (the listener then cuts the client
+    // connection, so a truncated response never passes for a complete one); name it for the log.
+    const body = response.body
+    if (body !== null && !Buffer.isBuffer(body)) body.once('error', (err) => (ctx.error ??= upstreamErrorCode(err)))
+  }
+
+  /** An attempt's failure (Attempt), counted and named as the catalogue's. */
+  failed(err: unknown, healthy: boolean): SidecarError {
+    const { code, detail } = describeUpstreamError(err, this.https)
+    this.deps.metrics.countAttempt(this.backend, code)
+    if (code === 'upstream_tls') this.deps.handshakes?.failed(detail!)
+    // A handshake refused says what to fix; "unhealthy" (its health checks fail the same way) would not.
+    const down = ERRORS[code].blame === 'upstream' && code !== 'upstream_tls' && !healthy
+    return new SidecarError(down ? 'upstream_unhealthy' : code, { cause: err, detail: down ? `${code}: ${detail}` : detail })
   }
 
   /**
@@ -171,19 +168,18 @@ export class Upstream {
 
   /** One request to `pool`; resolves at the response's headers (or its 101). */
   private exchange(req: ProxyRequest, signal: Cancel, pool = this.pool): Promise<ProxyResponse> {
-    return new Promise((resolve, reject) => this.dispatch(req, signal, resolve, reject, NO_READ_AHEAD, pool))
+    return new Promise((resolve, reject) => this.dispatch(req, signal, { ok: resolve, fail: reject }, NO_READ_AHEAD, pool))
   }
 
   /** One request to `pool`: `answer` at the response's headers (or its 101), else `fail`. */
   private dispatch(
     req: ProxyRequest,
     signal: Cancel,
-    answer: (response: ProxyResponse) => void,
-    fail: (err: unknown) => void,
+    reply: Reply,
     options: ExchangeOptions,
     pool = this.pool,
   ): void {
-    const handler = new Exchange(req.method, signal, answer, fail, options)
+    const handler = new Exchange(req.method, signal, reply, options)
     const { method, path, headers, body, upgrade } = req
     const servername = this.servername
     // `servername` is read by undici's Request, though its types leave it out
@@ -205,6 +201,30 @@ export class Upstream {
 
 /** A gRPC message (uncompressed, 5-byte length prefix) holding grpc.health.v1.HealthCheckRequest
  *  { string service = 1 }. */
+/** A backend with its health checker's verdict of the moment (a reload may replace the checker). */
+interface Checked {
+  readonly health: { readonly healthy: boolean }
+}
+
+/** One forwarded attempt's way back: counted and named by its Upstream, then passed up. */
+class Attempt implements Reply {
+  constructor(
+    private readonly upstream: Upstream,
+    private readonly ctx: RequestContext,
+    private readonly backend: Checked,
+    private readonly up: Reply,
+  ) {}
+
+  ok(response: ProxyResponse): void {
+    this.upstream.answered(response, this.ctx)
+    this.up.ok(response)
+  }
+
+  fail(err: unknown): void {
+    this.up.fail(this.upstream.failed(err, this.backend.health.healthy))
+  }
+}
+
 function healthCheckRequest(service: string): Buffer {
   const name = Buffer.from(service)
   const message = name.length === 0 ? Buffer.alloc(0) : Buffer.concat([Buffer.from([0x0a, name.length]), name])

@@ -7,7 +7,7 @@ import { SidecarError } from '../errors.js'
 import { endToEndRaw, type HeaderName } from '../headers.js'
 import type { BufferBudget } from '../pipeline/buffers.js'
 import type { Cancel, CancelListener } from '../pipeline/cancel.js'
-import type { HeaderMap, ProxyResponse } from '../pipeline/types.js'
+import type { HeaderMap, ProxyResponse, Reply } from '../pipeline/types.js'
 
 /** What every exchange of a pool shares. */
 export interface ExchangeOptions {
@@ -46,8 +46,7 @@ export class Exchange implements CancelListener {
   constructor(
     private readonly method: string,
     private readonly signal: Cancel,
-    private readonly answer: (response: ProxyResponse) => void,
-    private readonly fail: (err: unknown) => void,
+    private readonly reply: Reply,
     private readonly opts: ExchangeOptions,
   ) {
     signal.add(this)
@@ -60,7 +59,7 @@ export class Exchange implements CancelListener {
     if (this.abort !== noop) return this.abort(reason as Error)
     this.settled = true
     const timedOut = (reason as { code?: unknown } | null)?.code === 'upstream_timeout'
-    this.fail(timedOut ? new SidecarError('upstream_busy', { cause: reason, detail: 'every pooled connection stayed in use' }) : reason)
+    this.reply.fail(timedOut ? new SidecarError('upstream_busy', { cause: reason, detail: 'every pooled connection stayed in use' }) : reason)
   }
 
   onConnect(abort: (reason?: Error) => void): void {
@@ -161,14 +160,14 @@ export class Exchange implements CancelListener {
     else if (!this.settled) {
       this.settled = true
       this.signal.remove(this)
-      this.fail(err)
+      this.reply.fail(err)
     } else this.body?.destroy(err)
   }
 
   private settle(response: ProxyResponse): void {
     this.settled = true
     this.signal.remove(this)
-    this.answer(response)
+    this.reply.ok(response)
   }
 }
 

@@ -1,11 +1,11 @@
 import t from 'tap'
 import { createAccessLogLayer } from '../../src/layers/access-log.js'
-import { context, deps, end, metricValue, proxyRequest, response, scripted } from '../fixtures/pipeline.js'
+import { context, deps, drive, end, metricValue, proxyRequest, response, scripted } from '../fixtures/pipeline.js'
 
 t.test('one access line and one count per request, written when the exchange ends', async (t) => {
   const d = deps()
   const ctx = context({ id: 'r1', clientAddress: '10.0.0.9' })
-  await createAccessLogLayer({ accessLog: true }, d)(scripted(response(201)))(proxyRequest({ method: 'POST', path: '/x?y=1' }), ctx)
+  await drive(createAccessLogLayer({ accessLog: true }, d))(scripted(response(201)))(proxyRequest({ method: 'POST', path: '/x?y=1' }), ctx)
   t.equal(d.lines.length, 0, 'nothing is logged before the response is over')
   ctx.backend = 'app'
   end(ctx, { status: 201, bytesIn: 10, bytesOut: 20, durationSeconds: 0.0123456 })
@@ -31,7 +31,7 @@ t.test('one access line and one count per request, written when the exchange end
 t.test('errors and cut-short responses are marked; odd methods do not explode label cardinality', async (t) => {
   const d = deps()
   const ctx = context({ error: 'upstream_reset' })
-  await createAccessLogLayer({ accessLog: true }, d)(scripted(response(200)))(proxyRequest({ method: 'BREW' }), ctx)
+  await drive(createAccessLogLayer({ accessLog: true }, d))(scripted(response(200)))(proxyRequest({ method: 'BREW' }), ctx)
   end(ctx, { status: 200, complete: false })
   t.match(d.lines[0], { backend: 'none', error: 'upstream_reset', incomplete: true, method: 'BREW' })
   t.equal(await metricValue(d, 'sidecar_requests_total', { backend: 'none', method: 'OTHER', code: '200' }), 1)
@@ -40,7 +40,7 @@ t.test('errors and cut-short responses are marked; odd methods do not explode la
 t.test('accessLog: false keeps the metrics and drops the line', async (t) => {
   const d = deps()
   const ctx = context({ backend: 'app' })
-  await createAccessLogLayer({ accessLog: false }, d)(scripted(response(200)))(proxyRequest(), ctx)
+  await drive(createAccessLogLayer({ accessLog: false }, d))(scripted(response(200)))(proxyRequest(), ctx)
   end(ctx)
   end(ctx)
   t.equal(d.lines.length, 0)
@@ -52,7 +52,7 @@ t.test('the access line is valid JSON whatever the client put in the path and re
   const path = '/a"b\\c\n{"status":999}\u2028é?q=<x>'
   const id = 'id"with\\quotes'
   const ctx = context({ id, backend: 'app' })
-  await createAccessLogLayer({ accessLog: true }, d)(scripted(response(200)))(proxyRequest({ path }), ctx)
+  await drive(createAccessLogLayer({ accessLog: true }, d))(scripted(response(200)))(proxyRequest({ path }), ctx)
   end(ctx, { status: 502, complete: false })
   t.equal(d.lines.length, 1, 'one line, not split by the newline in the path')
   t.match(d.lines[0], { level: 'info', msg: 'request', path, requestId: id, status: 502, incomplete: true, pid: process.pid })
@@ -62,7 +62,7 @@ t.test('the access line is valid JSON whatever the client put in the path and re
 t.test('request counts are exact across scrapes (they are handed to the registry when it is read)', async (t) => {
   const d = deps()
   const count = () => metricValue(d, 'sidecar_requests_total', { backend: 'app', method: 'GET', code: '200' })
-  const layer = createAccessLogLayer({ accessLog: false }, d)(scripted(response(200), response(200), response(200)))
+  const layer = drive(createAccessLogLayer({ accessLog: false }, d))(scripted(response(200), response(200), response(200)))
   const once = async () => {
     const ctx = context({ backend: 'app' })
     await layer(proxyRequest(), ctx)

@@ -5,12 +5,12 @@ import { SidecarError } from '../../src/errors.js'
 import { createFaultLayer, type FaultOptions } from '../../src/layers/fault.js'
 import { Cancel } from '../../src/pipeline/cancel.js'
 import { fakeClock } from '../fixtures/clock.js'
-import { context, deps, metricValue, proxyRequest, response, scripted } from '../fixtures/pipeline.js'
+import { context, deps, drive, metricValue, proxyRequest, response, scripted } from '../fixtures/pipeline.js'
 
 function layer(opts: FaultOptions, random: () => number, clock = fakeClock(), maxAskedDelayMs = 60_000) {
   const d = deps()
   const app = scripted(response(200), response(200), response(200), response(200))
-  const handler = createFaultLayer(opts, { metrics: d.metrics, clock, random, route: 'r', maxAskedDelayMs })(app)
+  const handler = drive(createFaultLayer(opts, { metrics: d.metrics, clock, random, route: 'r', maxAskedDelayMs }))(app)
   return { d, app, handler, clock }
 }
 

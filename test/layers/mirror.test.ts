@@ -6,7 +6,7 @@ import { createMirrorLayer, shadowHost, type MirrorOptions } from '../../src/lay
 import type { Cancel } from '../../src/pipeline/cancel.js'
 import type { ProxyRequest, ProxyResponse } from '../../src/pipeline/types.js'
 import { fakeClock } from '../fixtures/clock.js'
-import { context, deps, metricValue, proxyRequest, response, scripted } from '../fixtures/pipeline.js'
+import { context, deps, drive, metricValue, proxyRequest, response, scripted } from '../fixtures/pipeline.js'
 
 t.test('shadowHost: -shadow after the host name, before the port (Envoy, Istio)', async (t) => {
   t.equal(shadowHost('shop.default.svc:8443'), 'shop.default.svc-shadow:8443')
@@ -27,7 +27,7 @@ function layer(over: Partial<MirrorOptions> = {}, random = () => 0) {
     })
   const app = scripted(...Array.from({ length: 20 }, () => response(200)))
   const opts: MirrorOptions = { backend: 'shadow', percent: 100, maxInFlight: 2, maxBodyBytes: 100, timeoutMs: 1000, ...over }
-  const handler = createMirrorLayer(opts, { metrics: d.metrics, clock, random, send })(app)
+  const handler = drive(createMirrorLayer(opts, { metrics: d.metrics, clock, random, send }))(app)
   const count = (result: string) => metricValue(d, 'sidecar_mirror_requests_total', { backend: 'shadow', result })
   return { handler, sent, app, clock, count }
 }
@@ -98,10 +98,10 @@ t.test("a streamed answer holds the slot until it ends; a shadow removed by a re
   t.equal(sent.length, 2, 'the slot is free once the answer is over')
 
   const d = deps()
-  const gone = createMirrorLayer(
+  const gone = drive(createMirrorLayer(
     { backend: 'shadow', percent: 100, maxInFlight: 1, maxBodyBytes: 100, timeoutMs: 1000 },
     { metrics: d.metrics, clock: fakeClock(), random: () => 0, send: () => undefined },
-  )(scripted(response(200), response(200)))
+  ))(scripted(response(200), response(200)))
   const body = new PassThrough()
   t.equal((await gone(proxyRequest({ body }), context())).status, 200, 'the real request goes on')
   t.equal(await metricValue(d, 'sidecar_mirror_requests_total', { backend: 'shadow', result: 'failed' }), 1)

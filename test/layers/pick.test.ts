@@ -1,7 +1,7 @@
 import t from 'tap'
 import { createPickLayer, type PickDeps, type RoutingOptions } from '../../src/layers/pick.js'
 import type { HeaderMap } from '../../src/pipeline/types.js'
-import { context, proxyRequest, response, scripted } from '../fixtures/pipeline.js'
+import { context, drive, proxyRequest, response, scripted } from '../fixtures/pipeline.js'
 
 const SPLIT = [
   { name: 'app', weight: 90 },
@@ -14,7 +14,7 @@ async function pickOne(
   backends: Array<{ name: string; weight: number }>,
   opts: { routing?: RoutingOptions; deps?: PickDeps; headers?: HeaderMap; responseHeaders?: HeaderMap } = {},
 ): Promise<{ backend: string; headers: HeaderMap }> {
-  const layer = createPickLayer(backends, opts.routing ?? ROUTING, opts.deps)
+  const layer = drive(createPickLayer(backends, opts.routing ?? ROUTING, opts.deps))
   const ctx = context()
   const res = await layer(scripted({ status: 200, headers: { ...opts.responseHeaders }, body: null }))(proxyRequest({ headers: opts.headers ?? {} }), ctx)
   return { backend: ctx.backend!, headers: res.headers }
@@ -50,7 +50,7 @@ t.test('any total works, and a rounding edge never falls off the end', async (t)
 })
 
 t.test('with real randomness the split passes a chi-square test', async (t) => {
-  const layer = createPickLayer([{ name: 'app', weight: 75 }, { name: 'canary', weight: 25 }], ROUTING)
+  const layer = drive(createPickLayer([{ name: 'app', weight: 75 }, { name: 'canary', weight: 25 }], ROUTING))
   const counts: Record<string, number> = { app: 0, canary: 0 }
   for (let i = 0; i < 20_000; i++) {
     const ctx = context()

@@ -3,7 +3,7 @@
 import t from 'tap'
 import { RateLimitTables, TokenBuckets, createRateLimitLayer, type RateLimitOptions } from '../../src/layers/rate-limit.js'
 import { fakeClock } from '../fixtures/clock.js'
-import { context, deps, metricValue, proxyRequest, response, scripted } from '../fixtures/pipeline.js'
+import { context, deps, drive, metricValue, proxyRequest, response, scripted } from '../fixtures/pipeline.js'
 
 t.test('a bucket: the burst at once, then the refill rate; the wait until the next token', async (t) => {
   const clock = fakeClock()
@@ -52,7 +52,7 @@ t.test('the clock going back gives no tokens', async (t) => {
 
 const OPTS: RateLimitOptions = { requestsPerSecond: 1, burst: 2, key: 'route', maxKeys: 100 }
 
-async function statuses(layer: ReturnType<typeof createRateLimitLayer>, reqs: Array<[Record<string, string>, string]>): Promise<Array<number | string>> {
+async function statuses(layer: ReturnType<typeof drive>, reqs: Array<[Record<string, string>, string]>): Promise<Array<number | string>> {
   const out: Array<number | string> = []
   for (const [headers, client] of reqs) {
     const next = scripted(response(200))
@@ -64,7 +64,7 @@ async function statuses(layer: ReturnType<typeof createRateLimitLayer>, reqs: Ar
 t.test('the layer: over the limit is rate_limited with Retry-After, counted', async (t) => {
   const d = deps()
   const clock = fakeClock()
-  const layer = createRateLimitLayer(OPTS, { metrics: d.metrics, clock })
+  const layer = drive(createRateLimitLayer(OPTS, { metrics: d.metrics, clock }))
   t.same(await statuses(layer, [[{}, 'a'], [{}, 'b'], [{}, 'c']]), [200, 200, 'rate_limited'], 'key route: every client shares the bucket')
   const err = await layer(scripted(response(200)))(proxyRequest(), context()).catch((e: unknown) => e)
   t.match(err, { code: 'rate_limited', status: 429, retryAfterSeconds: 1 })
@@ -75,9 +75,9 @@ t.test('the layer: over the limit is rate_limited with Retry-After, counted', as
 
 t.test('the layer: keyed by client, and by header (absent: by client)', async (t) => {
   const d = deps()
-  const byClient = createRateLimitLayer({ ...OPTS, burst: 1, key: 'client' }, { metrics: d.metrics, clock: fakeClock() })
+  const byClient = drive(createRateLimitLayer({ ...OPTS, burst: 1, key: 'client' }, { metrics: d.metrics, clock: fakeClock() }))
   t.same(await statuses(byClient, [[{}, 'a'], [{}, 'b'], [{}, 'a']]), [200, 200, 'rate_limited'])
-  const byKey = createRateLimitLayer({ ...OPTS, burst: 1, key: 'header:x-api-key' }, { metrics: d.metrics, clock: fakeClock() })
+  const byKey = drive(createRateLimitLayer({ ...OPTS, burst: 1, key: 'header:x-api-key' }, { metrics: d.metrics, clock: fakeClock() }))
   t.same(
     await statuses(byKey, [
       [{ 'x-api-key': 'k1' }, 'a'],

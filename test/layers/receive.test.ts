@@ -6,7 +6,7 @@ import { SidecarError } from '../../src/errors.js'
 import { createReceiveLayer } from '../../src/layers/receive.js'
 import { BufferBudget } from '../../src/pipeline/buffers.js'
 import { fakeClock } from '../fixtures/clock.js'
-import { context, end, proxyRequest, response, scripted, textOf } from '../fixtures/pipeline.js'
+import { context, drive, end, proxyRequest, response, scripted, textOf } from '../fixtures/pipeline.js'
 
 const OPTS = { requestBufferBytes: 1024, bodyIdleTimeoutMs: 60_000 }
 
@@ -14,7 +14,7 @@ function setup(opts = OPTS, ceiling = 1 << 20) {
   const clock = fakeClock()
   const buffers = new BufferBudget(ceiling)
   const next = scripted(response(200))
-  const handler = createReceiveLayer(opts, { clock, buffers })(next)
+  const handler = drive(createReceiveLayer(opts, { clock, buffers }))(next)
   return { clock, buffers, next, handler }
 }
 

@@ -1,18 +1,18 @@
 import t from 'tap'
 import { SidecarError } from '../../src/errors.js'
 import { createRespondLayer } from '../../src/layers/respond.js'
-import { context, proxyRequest, response, scripted } from '../fixtures/pipeline.js'
+import { context, drive, proxyRequest, response, scripted } from '../fixtures/pipeline.js'
 
 t.test('responses pass through untouched', async (t) => {
   const ok = response(200)
   const ctx = context()
-  t.equal(await createRespondLayer()(scripted(ok))(proxyRequest(), ctx), ok)
+  t.equal(await drive(createRespondLayer())(scripted(ok))(proxyRequest(), ctx), ok)
   t.equal(ctx.error, undefined)
 })
 
 t.test('a SidecarError becomes its status, x-sidecar-error and a JSON body; the code goes on the context', async (t) => {
   const ctx = context({ id: 'abc' })
-  const res = await createRespondLayer()(scripted(new SidecarError('upstream_timeout', { detail: 'after 1 ms' })))(proxyRequest(), ctx)
+  const res = await drive(createRespondLayer())(scripted(new SidecarError('upstream_timeout', { detail: 'after 1 ms' })))(proxyRequest(), ctx)
   t.equal(res.status, 504)
   t.equal(res.headers['x-sidecar-error'], 'upstream_timeout')
   t.equal(res.headers['content-type'], 'application/json')
@@ -24,7 +24,7 @@ t.test('a SidecarError becomes its status, x-sidecar-error and a JSON body; the 
 
 t.test('anything else thrown becomes 500 internal, never a crash', async (t) => {
   const ctx = context()
-  const res = await createRespondLayer()(scripted(new TypeError('bug')))(proxyRequest(), ctx)
+  const res = await drive(createRespondLayer())(scripted(new TypeError('bug')))(proxyRequest(), ctx)
   t.equal(res.status, 500)
   t.equal(res.headers['x-sidecar-error'], 'internal')
   t.equal(ctx.error, 'internal')
@@ -35,7 +35,7 @@ t.test('a layer below that throws instead of rejecting still gets its local repl
   const throwing = () => {
     throw new SidecarError('overloaded')
   }
-  const res = await createRespondLayer()(throwing)(proxyRequest(), ctx)
+  const res = await drive(createRespondLayer())(throwing)(proxyRequest(), ctx)
   t.equal(res.status, 503)
   t.equal(res.headers['x-sidecar-error'], 'overloaded')
   t.equal(ctx.error, 'overloaded')

@@ -2,9 +2,9 @@ import { Readable } from 'node:stream'
 import t from 'tap'
 import { SidecarError } from '../../src/errors.js'
 import { createRetryLayer, grpcTimeoutMs, retryAfterMs, type RetryOptions } from '../../src/layers/retry.js'
-import type { Handler, ProxyRequest, ProxyResponse } from '../../src/pipeline/types.js'
+import type { ProxyRequest, ProxyResponse } from '../../src/pipeline/types.js'
 import { fakeClock } from '../fixtures/clock.js'
-import { context, deps, metricValue, proxyRequest, response, scripted, type Step } from '../fixtures/pipeline.js'
+import { context, deps, drive, metricValue, proxyRequest, response, scripted, type AsyncHandler, type Step } from '../fixtures/pipeline.js'
 import { Cancel } from '../../src/pipeline/cancel.js'
 
 const OPTS: RetryOptions = {
@@ -22,7 +22,7 @@ function setup(steps: Step[], opts: Partial<RetryOptions> = {}, random = () => 0
   const d = deps()
   const clock = fakeClock()
   const next = scripted(...steps)
-  const handler = createRetryLayer({ ...OPTS, ...opts }, { metrics: d.metrics, clock, random })(next)
+  const handler = drive(createRetryLayer({ ...OPTS, ...opts }, { metrics: d.metrics, clock, random }))(next)
   return { d, clock, next, handler }
 }
 
@@ -107,13 +107,13 @@ t.test('retryOn narrows the conditions; retriable-status-codes adds statuses', a
 
 t.test('POST is retried only with an Idempotency-Key; the body is replayed byte for byte', async (t) => {
   const plain = recordingBodies([response(503), response(200)])
-  const h1 = createRetryLayer(OPTS, { metrics: deps().metrics, clock: fakeClock(), random: () => 0 })(plain.next)
+  const h1 = drive(createRetryLayer(OPTS, { metrics: deps().metrics, clock: fakeClock(), random: () => 0 }))(plain.next)
   const post = (headers = {}) => proxyRequest({ method: 'POST', headers, body: Readable.from([Buffer.from('order=1')]), contentLength: 7 })
   t.equal((await h1(post(), context())).status, 503)
   t.same(plain.bodies, ['order=1'], 'one attempt, body forwarded')
 
   const keyed = recordingBodies([response(503), response(200)])
-  const h2 = createRetryLayer(OPTS, { metrics: deps().metrics, clock: fakeClock(), random: () => 0 })(keyed.next)
+  const h2 = drive(createRetryLayer(OPTS, { metrics: deps().metrics, clock: fakeClock(), random: () => 0 }))(keyed.next)
   t.equal((await h2(post({ 'idempotency-key': 'k1' }), context())).status, 200)
   t.same(keyed.bodies, ['order=1', 'order=1'], 'the same body twice')
 })
@@ -131,18 +131,18 @@ t.test('a refused connection is retried for any method, if the body can be sent 
 t.test('a body over maxReplayBytes streams through intact and is never retried', async (t) => {
   const big = 'x'.repeat(3000)
   const declared = recordingBodies([response(503), response(200)])
-  const h = createRetryLayer(OPTS, { metrics: deps().metrics, clock: fakeClock() })(declared.next)
+  const h = drive(createRetryLayer(OPTS, { metrics: deps().metrics, clock: fakeClock() }))(declared.next)
   t.equal((await h(proxyRequest({ method: 'PUT', body: Readable.from([Buffer.from(big)]), contentLength: 3000 }), context())).status, 503)
   t.same(declared.bodies, [big])
 
   const chunks = Array.from({ length: 30 }, (_, i) => Buffer.from(String(i % 10).repeat(100)))
   const undeclared = recordingBodies([response(503), response(200)])
-  const h2 = createRetryLayer(OPTS, { metrics: deps().metrics, clock: fakeClock() })(undeclared.next)
+  const h2 = drive(createRetryLayer(OPTS, { metrics: deps().metrics, clock: fakeClock() }))(undeclared.next)
   t.equal((await h2(proxyRequest({ method: 'PUT', body: Readable.from(chunks) }), context())).status, 503)
   t.same(undeclared.bodies, [Buffer.concat(chunks).toString()], 'what was read ahead and the rest, in order')
 
   const small = recordingBodies([response(503), response(200)])
-  const h3 = createRetryLayer(OPTS, { metrics: deps().metrics, clock: fakeClock() })(small.next)
+  const h3 = drive(createRetryLayer(OPTS, { metrics: deps().metrics, clock: fakeClock() }))(small.next)
   t.equal((await h3(proxyRequest({ method: 'PUT', body: Readable.from([Buffer.from('a'), Buffer.from('b')]) }), context())).status, 200)
   t.same(small.bodies, ['ab', 'ab'], 'an undeclared body under the cap is replayed')
 })
@@ -184,12 +184,12 @@ t.test('one deadline over all tries: each try gets the rest of it, or perTryTime
     t.ok(ctx.attemptSignal.aborted, 'the attempt was aborted at its deadline')
     throw ctx.attemptSignal.reason
   }
-  const perTry = createRetryLayer({ ...OPTS, perTryTimeoutMs: 400, requestTimeoutMs: 1000 }, { metrics: d.metrics, clock, random: () => 0 })(next)
+  const perTry = drive(createRetryLayer({ ...OPTS, perTryTimeoutMs: 400, requestTimeoutMs: 1000 }, { metrics: d.metrics, clock, random: () => 0 }))(next)
   await t.rejects(perTry(proxyRequest(), context()), { code: 'upstream_timeout', message: /within 200 ms/ })
   t.same(clock.timeouts, [400, 400, 200], 'the third try gets only what is left')
 
   clock.timeouts.length = 0
-  const whole = createRetryLayer({ ...OPTS, requestTimeoutMs: 1000 }, { metrics: d.metrics, clock, random: () => 0 })(next)
+  const whole = drive(createRetryLayer({ ...OPTS, requestTimeoutMs: 1000 }, { metrics: d.metrics, clock, random: () => 0 }))(next)
   await t.rejects(whole(proxyRequest(), context()), { code: 'upstream_timeout' })
   t.same(clock.timeouts, [1000], 'without perTryTimeoutMs the first try may use the whole deadline')
 })
@@ -203,7 +203,7 @@ t.test('each attempt has its own signal; the client leaving aborts the current o
     ac.abort(new SidecarError('client_closed'))
     throw ctx.attemptSignal.reason
   }
-  const handler = createRetryLayer(OPTS, { metrics: deps().metrics, clock: fakeClock(), random: () => 0 })(next)
+  const handler = drive(createRetryLayer(OPTS, { metrics: deps().metrics, clock: fakeClock(), random: () => 0 }))(next)
   await t.rejects(handler(proxyRequest(), context({ signal: ac })), { code: 'client_closed' })
   t.equal(signals.length, 2)
   t.not(signals[0], signals[1], 'a new controller per attempt')
@@ -251,8 +251,8 @@ t.test('grpc-timeout: digits and a unit, in milliseconds; anything else is no de
 
 t.test("a gRPC request's deadline is its grpc-timeout when shorter than limits.requestTimeoutMs", async (t) => {
   const clock = fakeClock()
-  const next: Handler = (_req, ctx) => new Promise((_resolve, reject) => ctx.attemptSignal.onAbort(reject))
-  const handler = createRetryLayer({ ...OPTS, attempts: 1 }, { metrics: deps().metrics, clock })(next)
+  const next: AsyncHandler = (_req, ctx) => new Promise((_resolve, reject) => ctx.attemptSignal.onAbort(reject))
+  const handler = drive(createRetryLayer({ ...OPTS, attempts: 1 }, { metrics: deps().metrics, clock }))(next)
   const pending = handler(proxyRequest({ method: 'POST', headers: { 'content-type': 'application/grpc', 'grpc-timeout': '250m' } }), context())
   clock.advance(249)
   clock.advance(1)
@@ -263,7 +263,7 @@ t.test('gRPC: a status named in retryOn is retried whatever the method, only wit
   const grpcReq = (body: Readable) => proxyRequest({ method: 'POST', headers: { 'content-type': 'application/grpc' }, body })
   const unavailable = (): ProxyResponse => ({ status: 200, headers: { 'grpc-status': '14' }, body: null })
   const { next, bodies } = recordingBodies([unavailable(), response(200)])
-  const handler = createRetryLayer({ ...OPTS, retryOn: ['unavailable'] }, { metrics: deps().metrics, clock: fakeClock(), random: () => 0 })(next)
+  const handler = drive(createRetryLayer({ ...OPTS, retryOn: ['unavailable'] }, { metrics: deps().metrics, clock: fakeClock(), random: () => 0 }))(next)
   t.equal((await handler(grpcReq(Readable.from([Buffer.from('msg')])), context({ backend: 'app' }))).status, 200)
   t.same(bodies, ['msg', 'msg'], 'a POST, retried with its message')
 
@@ -271,13 +271,13 @@ t.test('gRPC: a status named in retryOn is retried whatever the method, only wit
   const open = new Readable({ read() {} })
   open.push('part 1')
   const once = scripted(unavailable(), response(200))
-  const streaming = createRetryLayer({ ...OPTS, retryOn: ['unavailable'] }, { metrics: deps().metrics, clock: fakeClock(), random: () => 0 })(once)
+  const streaming = drive(createRetryLayer({ ...OPTS, retryOn: ['unavailable'] }, { metrics: deps().metrics, clock: fakeClock(), random: () => 0 }))(once)
   t.equal((await streaming(grpcReq(open), context({ backend: 'app' }))).headers['grpc-status'], '14')
   t.equal(once.calls.length, 1, 'not retried')
 
   // another status than the ones named
   const other = scripted({ status: 200, headers: { 'grpc-status': '13' }, body: null }, response(200))
-  const named = createRetryLayer({ ...OPTS, retryOn: ['unavailable'] }, { metrics: deps().metrics, clock: fakeClock(), random: () => 0 })(other)
+  const named = drive(createRetryLayer({ ...OPTS, retryOn: ['unavailable'] }, { metrics: deps().metrics, clock: fakeClock(), random: () => 0 }))(other)
   await named(grpcReq(Readable.from([Buffer.from('x')])), context({ backend: 'app' }))
   t.equal(other.calls.length, 1, 'INTERNAL is not named: not retried')
 })
@@ -304,8 +304,8 @@ t.test('layers given one budget draw from it together', async (t) => {
   const d = deps()
   const clock = fakeClock()
   const budget = new RetryBudget({ ratio: 0, minPerSecond: 0.1, windowMs: 10_000 }, clock) // one retry in the window
-  const a = createRetryLayer(OPTS, { metrics: d.metrics, clock, random: () => 0, budget })(scripted(new SidecarError('upstream_refused'), response(200)))
-  const b = createRetryLayer(OPTS, { metrics: d.metrics, clock, random: () => 0, budget })(scripted(new SidecarError('upstream_refused'), response(200)))
+  const a = drive(createRetryLayer(OPTS, { metrics: d.metrics, clock, random: () => 0, budget }))(scripted(new SidecarError('upstream_refused'), response(200)))
+  const b = drive(createRetryLayer(OPTS, { metrics: d.metrics, clock, random: () => 0, budget }))(scripted(new SidecarError('upstream_refused'), response(200)))
   t.equal((await a(proxyRequest(), context())).status, 200, 'the first layer retried')
   await t.rejects(b(proxyRequest(), context()), { code: 'upstream_refused' }, 'the second found the shared budget spent')
 })

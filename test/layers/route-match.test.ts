@@ -3,7 +3,7 @@
 // walked around.
 import t from 'tap'
 import { compileRoutes, createRouteMatchLayer, normalizePath, type MatchableRoute } from '../../src/layers/route-match.js'
-import { context, proxyRequest, response, scripted } from '../fixtures/pipeline.js'
+import { context, drive, proxyRequest, response, scripted } from '../fixtures/pipeline.js'
 
 const routes: MatchableRoute[] = [
   { name: 'internal', match: { pathPrefix: '/internal/' } },
@@ -95,7 +95,7 @@ t.test('the layer names the route on the context and forwards the request untouc
   const next = scripted(response(200))
   const ctx = context()
   const req = proxyRequest({ path: '/a/../internal/x?q=1' })
-  await createRouteMatchLayer([{ name: 'internal', match: { pathPrefix: '/internal/' } }])(next)(req, ctx)
+  await drive(createRouteMatchLayer([{ name: 'internal', match: { pathPrefix: '/internal/' } }]))(next)(req, ctx)
   t.equal(ctx.route, 'internal')
   t.equal(next.calls[0]!.req, req, 'the same request: its path as the client sent it')
 })

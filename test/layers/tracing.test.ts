@@ -9,7 +9,7 @@ import { compose } from '../../src/pipeline/compose.js'
 import type { HeaderMap } from '../../src/pipeline/types.js'
 import { CLIENT, Ids, SERVER, type SpanRecord } from '../../src/tracing/context.js'
 import { fakeClock } from '../fixtures/clock.js'
-import { context, deps, end, proxyRequest, response, scripted, type Step } from '../fixtures/pipeline.js'
+import { context, deps, drive, end, fromAsync, promised, proxyRequest, response, scripted, type Step } from '../fixtures/pipeline.js'
 
 const TRACE = '4bf92f3577b34da6a3ce929d0e0e4736'
 const CALLER = '00f067aa0ba902b7'
@@ -19,28 +19,30 @@ function setup(steps: Step[], o: { sampleRatio?: number; random?: () => number }
   const sink = { record: (s: SpanRecord) => void spans.push(s) }
   const ids = new Ids()
   const next = scripted(...steps)
-  const handler = compose(
-    [
-      createTracingLayer({ sampleRatio: o.sampleRatio ?? 1 }, { sink, ids, random: o.random ?? (() => 0.5) }),
-      createRetryLayer(
-        {
-          attempts: 2,
-          retryOn: ['refused'],
-          statusCodes: [],
-          methods: ['GET'],
-          backoff: { baseMs: 1, maxMs: 1 },
-          budget: { ratio: 1, minPerSecond: 100, windowMs: 10_000 },
-          maxReplayBytes: 0,
-          requestTimeoutMs: 10_000,
-        },
-        { metrics: deps().metrics, clock: fakeClock(), random: () => 0 },
-      ),
-      createAttemptSpanLayer([{ name: 'app', url: 'http://127.0.0.1:8080' }], { sink, ids }),
-    ],
-    async (req, ctx) => {
-      ctx.backend = 'app'
-      return next(req, ctx)
-    },
+  const handler = promised(
+    compose(
+      [
+        createTracingLayer({ sampleRatio: o.sampleRatio ?? 1 }, { sink, ids, random: o.random ?? (() => 0.5) }),
+        createRetryLayer(
+          {
+            attempts: 2,
+            retryOn: ['refused'],
+            statusCodes: [],
+            methods: ['GET'],
+            backoff: { baseMs: 1, maxMs: 1 },
+            budget: { ratio: 1, minPerSecond: 100, windowMs: 10_000 },
+            maxReplayBytes: 0,
+            requestTimeoutMs: 10_000,
+          },
+          { metrics: deps().metrics, clock: fakeClock(), random: () => 0 },
+        ),
+        createAttemptSpanLayer([{ name: 'app', url: 'http://127.0.0.1:8080' }], { sink, ids }),
+      ],
+      fromAsync(async (req, ctx) => {
+        ctx.backend = 'app'
+        return next(req, ctx)
+      }),
+    ),
   )
   return { handler, next, spans }
 }
@@ -130,7 +132,7 @@ t.test('an invalid tracestate is dropped while a valid traceparent is continued'
 t.test('below retry with no trace on the context (tracing layer absent): untouched', async (t) => {
   const spans: SpanRecord[] = []
   const next = scripted(response(200))
-  const handler = createAttemptSpanLayer([], { sink: { record: (s) => void spans.push(s) }, ids: new Ids() })(next)
+  const handler = drive(createAttemptSpanLayer([], { sink: { record: (s) => void spans.push(s) }, ids: new Ids() }))(next)
   await handler(proxyRequest({ headers: {} }), context())
   t.same(next.calls[0]!.req.headers, {})
   t.equal(spans.length, 0)

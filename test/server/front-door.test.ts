@@ -9,7 +9,7 @@ import { Listener } from '../../src/server/listener.js'
 import { LoadShedder } from '../../src/server/shedding.js'
 import { fakeClock } from '../fixtures/clock.js'
 import { request, within } from '../fixtures/client.js'
-import { LISTENER_OPTIONS, deps, metricValue } from '../fixtures/pipeline.js'
+import { LISTENER_OPTIONS, deps, fromAsync, metricValue } from '../fixtures/pipeline.js'
 
 const LIMITS = { maxConnections: 3, maxConnectionsPerClient: 2, maxRequestsPerClient: 2 }
 
@@ -83,10 +83,10 @@ t.test('a listener whose event loop runs late sheds new requests: 503 on HTTP/1.
   let served = 0
   const listener = new Listener(
     { ...LISTENER_OPTIONS, maxEventLoopDelayMs: 100 },
-    async () => {
+    fromAsync(async () => {
       served++
       return { status: 200, headers: {}, body: Buffer.from('ok') }
-    },
+    }),
     { ...d, clock, loopDelay: () => delay },
   )
   const { port } = await listener.listen()

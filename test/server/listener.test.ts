@@ -6,14 +6,13 @@ import { Readable } from 'node:stream'
 import t, { type Test } from 'tap'
 import { systemClock } from '../../src/clock.js'
 import { Listener } from '../../src/server/listener.js'
-import type { Handler } from '../../src/pipeline/types.js'
 import { within } from '../fixtures/client.js'
-import { LISTENER_OPTIONS, deps } from '../fixtures/pipeline.js'
+import { LISTENER_OPTIONS, deps, fromAsync, type AsyncHandler } from '../fixtures/pipeline.js'
 
 
-async function start(t: Test, handler: Handler) {
+async function start(t: Test, handler: AsyncHandler) {
   const d = deps()
-  const listener = new Listener(LISTENER_OPTIONS, handler, { ...d, clock: systemClock })
+  const listener = new Listener(LISTENER_OPTIONS, fromAsync(handler), { ...d, clock: systemClock })
   const { port } = await listener.listen()
   t.teardown(() => listener.close(1000))
   return { port, d, listener }
@@ -41,7 +40,7 @@ t.test('a response ready only after the client left is released without crashing
   t.pass('the process is still here')
 })
 
-t.test('a handler that rejects (a bug) cuts the connection and is logged, never a hang', async (t) => {
+t.test('a handler that fails (a bug) cuts the connection and is logged, never a hang', async (t) => {
   const { port, d } = await start(t, async () => {
     throw new Error('bug')
   })
@@ -49,7 +48,7 @@ t.test('a handler that rejects (a bug) cuts the connection and is logged, never 
     http.get(`http://127.0.0.1:${port}/`, { agent: false }, () => resolve('response')).on('error', (err) => resolve((err as NodeJS.ErrnoException).code ?? 'error'))
   })
   t.equal(outcome, 'ECONNRESET')
-  t.match(d.lines, [{ level: 'error', msg: 'pipeline rejected', err: { message: 'bug' } }])
+  t.match(d.lines, [{ level: 'error', msg: 'pipeline failed', err: { message: 'bug' } }])
 })
 
 t.test('a failing end hook is logged and does not affect the response', async (t) => {

@@ -6,7 +6,7 @@ import { validateConfig } from '../../src/config/load.js'
 import type { BackendHealth } from '../../src/upstream/health.js'
 import { Backends } from '../../src/upstream/backends.js'
 import { fakeClock } from '../fixtures/clock.js'
-import { context, deps, metricValue, proxyRequest, textOf } from '../fixtures/pipeline.js'
+import { context, deps, metricValue, promised, proxyRequest, textOf, through } from '../fixtures/pipeline.js'
 import { fakeUpstream, type RunningUpstream } from '../fixtures/upstream.js'
 import { within } from '../fixtures/client.js'
 
@@ -33,7 +33,7 @@ async function setup(t: Test, apps: number) {
     await Promise.all(ups.map((u) => u.close()))
   })
   const send = async (b: Backends, backend: string, path = '/') => {
-    const res = await b.handler()(proxyRequest({ path }), context({ backend }))
+    const res = await promised(b.handler())(proxyRequest({ path }), context({ backend }))
     await textOf(res.body as Readable)
     return res.status
   }
@@ -53,7 +53,7 @@ t.test('a reload keeps what it does not change: pool connection, breaker state, 
   t.equal(backends.isHealthy('app'), true)
   await send(backends, 'app')
   await send(backends, 'canary')
-  for (let i = 0; i < 2; i++) await backends.get('canary')!.breaker.run(async () => ({ status: 502, headers: {}, body: null }))
+  for (let i = 0; i < 2; i++) await through(backends.get('canary')!.breaker, async () => ({ status: 502, headers: {}, body: null }))
   t.equal(backends.snapshot('canary')!.breaker, 'open')
   const gate = backends.get('app')!.gate
 
@@ -96,7 +96,7 @@ t.test('a new url is a new app: a new pool, unhealthy until checked; a removed b
   t.equal(backends.isAvailable('canary'), false, 'and never picked')
   t.equal(await metricValue(d, 'sidecar_circuit_state', { backend: 'canary' }), undefined, 'its breaker gauge removed')
   t.equal(await metricValue(d, 'sidecar_backend_healthy', { backend: 'canary' }), undefined, 'its health gauge removed')
-  await t.rejects(backends.handler()(proxyRequest(), context({ backend: 'canary' })), { code: 'no_backend' }, 'an attempt picked before the reload')
+  await t.rejects(promised(backends.handler())(proxyRequest(), context({ backend: 'canary' })), { code: 'no_backend' }, 'an attempt picked before the reload')
   await within(b.seen[0]!.closed, 2000, "the removed backend's idle connection closing")
   t.pass("the removed backend's idle connection was closed")
   await checked(backends, ['app'])
@@ -114,7 +114,7 @@ t.test('a backend passing its health checks again closes its open breaker', asyn
   backends.start()
   await checked(backends, ['app'])
   t.equal(backends.isHealthy('app'), false)
-  for (let i = 0; i < 2; i++) await backends.get('app')!.breaker.run(async () => ({ status: 502, headers: {}, body: null }))
+  for (let i = 0; i < 2; i++) await through(backends.get('app')!.breaker, async () => ({ status: 502, headers: {}, body: null }))
   t.equal(backends.snapshot('app')!.breaker, 'open')
   backends.sync(config([{ name: 'app', url: ups[0]!.url }])) // now checks `/`, which answers 200
   await checked(backends, ['app'], 2)

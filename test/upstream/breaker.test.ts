@@ -5,7 +5,7 @@ import { SidecarError } from '../../src/errors.js'
 import { createBreakerLayer } from '../../src/layers/breaker.js'
 import { Breaker } from '../../src/upstream/breaker.js'
 import { fakeClock } from '../fixtures/clock.js'
-import { context, deps, metricValue, proxyRequest, response, scripted, type Step } from '../fixtures/pipeline.js'
+import { context, deps, drive, metricValue, proxyRequest, response, scripted, through, type Step } from '../fixtures/pipeline.js'
 
 const OPTS = { errorThresholdPercentage: 50, volumeThreshold: 4, rollingWindowMs: 10_000, resetTimeoutMs: 150 }
 
@@ -14,7 +14,7 @@ function setup(steps: Step[], opts = OPTS) {
   const clock = fakeClock()
   const breaker = new Breaker('app', opts, { ...d, clock })
   const next = scripted(...steps)
-  const handler = createBreakerLayer((name) => (name === 'app' ? breaker : undefined))(next)
+  const handler = drive(createBreakerLayer((name) => (name === 'app' ? breaker : undefined)))(next)
   const call = (backend = 'app') => handler(proxyRequest(), context({ backend }))
   return { d, clock, breaker, next, call }
 }
@@ -59,10 +59,10 @@ t.test('half-open: one probe at a time; the others are refused while it is out',
   const clock = fakeClock()
   const breaker = new Breaker('app', OPTS, { ...d, clock })
   t.teardown(() => breaker.shutdown())
-  for (let i = 0; i < 4; i++) await breaker.run(async () => response(502))
+  for (let i = 0; i < 4; i++) await through(breaker, async () => response(502))
   clock.advance(150)
-  const probe = breaker.run(() => new Promise((resolve) => (answer = resolve)))
-  await t.rejects(breaker.run(async () => response(200)), { code: 'circuit_open' }, 'a second attempt while the probe is out')
+  const probe = through(breaker, () => new Promise((resolve) => (answer = resolve)))
+  await t.rejects(through(breaker, async () => response(200)), { code: 'circuit_open' }, 'a second attempt while the probe is out')
   answer(response(200))
   t.equal((await probe).status, 200)
   t.equal(breaker.state, 'closed')

@@ -2,10 +2,16 @@ import t from 'tap'
 import { Upstream, upstreamErrorCode } from '../../src/upstream/client.js'
 import { SidecarError } from '../../src/errors.js'
 import type { Readable } from 'node:stream'
-import { context, deps, metricValue, proxyRequest, textOf } from '../fixtures/pipeline.js'
+import type { ProxyRequest } from '../../src/pipeline/types.js'
+import { context, deps, metricValue, promised, proxyRequest, textOf } from '../fixtures/pipeline.js'
 import { fakeUpstream, freePort } from '../fixtures/upstream.js'
 
 const POOL = { protocol: 'http1' as const, maxConnections: 2, connectTimeoutMs: 500, idleTimeoutMs: 1000, responseIdleTimeoutMs: 5000 }
+
+/** One attempt forwarded by `upstream`, its backend healthy or not. */
+function forward(upstream: Upstream, req: ProxyRequest, healthy: boolean) {
+  return promised((r, ctx, reply) => upstream.request(r, ctx, { health: { healthy } }, reply))(req, context({ backend: 'app' }))
+}
 
 t.test('undici and socket errors map onto the catalogue', async (t) => {
   const table: Array<[unknown, string]> = [
@@ -67,7 +73,7 @@ t.test('keep-alive within the connection bound: forwarded requests share the poo
     await upstream.close()
     await up.close()
   })
-  const responses = await Promise.all(Array.from({ length: 5 }, () => upstream.request(proxyRequest({ path: '/k' }), context({ backend: 'app' }), () => true)))
+  const responses = await Promise.all(Array.from({ length: 5 }, () => forward(upstream, proxyRequest({ path: '/k' }), true)))
   for (const r of responses) await textOf(r.body as Readable)
   t.same(responses.map((r) => r.status), [200, 200, 200, 200, 200], 'five concurrent requests queue on the one connection')
   t.equal(up.seen.length, 5)
@@ -80,7 +86,7 @@ t.test('an unhealthy backend that fails a request answers upstream_unhealthy (50
   const upstream = new Upstream('app', { ...POOL, url: `http://127.0.0.1:${port}`, maxConnections: 1 }, { metrics: deps().metrics })
   t.teardown(() => upstream.close())
   let healthy = true
-  const send = () => upstream.request(proxyRequest(), context({ backend: 'app' }), () => healthy)
+  const send = () => forward(upstream, proxyRequest(), healthy)
   await t.rejects(send(), { code: 'upstream_refused', status: 502 })
   healthy = false
   await t.rejects(send(), { code: 'upstream_unhealthy', status: 503, message: /upstream_refused/ })
@@ -104,7 +110,7 @@ t.test('an answer that came whole is handed on as one Buffer; one still coming s
     await upstream.close()
     await up.close()
   })
-  const send = (path: string) => upstream.request(proxyRequest({ path, headers: { te: 'trailers' } }), context({ backend: 'app' }), () => true)
+  const send = (path: string) => forward(upstream, proxyRequest({ path, headers: { te: 'trailers' } }), true)
 
   const small = await send('/small')
   t.ok(Buffer.isBuffer(small.body), 'no stream for an answer that is already in memory')
