@@ -97,8 +97,17 @@ export function createRetryLayer(opts: RetryOptions, deps: RetryDeps): Layer {
     attempt(tries, 1)
   }
 
-  /** Try number `n`; its outcome decides (`decide`) whether there is another. */
+  /** Try number `n`; its outcome decides (`decide`) whether there is another. Called from a
+   *  timer or a promise too, so it answers its failure to set one up, never throws it. */
   function attempt(t: Tries, n: number): void {
+    try {
+      send(t, n)
+    } catch (err) {
+      t.reply.fail(err)
+    }
+  }
+
+  function send(t: Tries, n: number): void {
     const { req, ctx } = t
     const remaining = t.deadline - deps.clock.now()
     if (remaining <= 0) return t.reply.fail(new SidecarError('upstream_timeout', { detail: `no response within ${t.timeoutMs} ms (limits.requestTimeoutMs or grpc-timeout)` }))

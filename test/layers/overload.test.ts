@@ -92,6 +92,22 @@ t.test('a failed attempt frees its slot', async (t) => {
   t.equal((await second).status, 200)
 })
 
+t.test('a layer below that answers and then throws (a bug) frees its slot once', async (t) => {
+  const g = gates()
+  const layer = createOverloadLayer({ maxConcurrentRequests: 2, maxPendingRequests: 0 }, { ...deps(), gateOf: g.gateOf })
+  const outcomes: string[] = []
+  const reply = { ok: (res: ProxyResponse) => outcomes.push(String(res.status)), fail: (err: unknown) => outcomes.push((err as Error).message) }
+  layer(() => {
+    throw new Error('before answering')
+  })(proxyRequest(), context({ backend: 'app' }), reply)
+  layer((_req, _ctx, r) => {
+    r.ok({ status: 200, headers: {}, body: null })
+    throw new Error('after answering')
+  })(proxyRequest(), context({ backend: 'app' }), reply)
+  t.same(outcomes, ['before answering', '200', 'after answering'], 'each outcome passed up as it came')
+  t.same(g.inFlight('app'), { active: 0, waiting: 0 }, 'both slots free, none freed twice')
+})
+
 t.test('a waiting attempt leaves the queue when its client leaves or its deadline passes', async (t) => {
   const { next, pending } = held()
   const handler = drive(createOverloadLayer({ maxConcurrentRequests: 1, maxPendingRequests: 5 }, { ...deps(), gateOf: gates().gateOf }))(next)

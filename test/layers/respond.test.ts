@@ -1,6 +1,8 @@
+import { Readable } from 'node:stream'
 import t from 'tap'
 import { SidecarError } from '../../src/errors.js'
 import { createRespondLayer } from '../../src/layers/respond.js'
+import type { Handler, ProxyResponse } from '../../src/pipeline/types.js'
 import { context, drive, proxyRequest, response, scripted } from '../fixtures/pipeline.js'
 
 t.test('responses pass through untouched', async (t) => {
@@ -39,4 +41,21 @@ t.test('a layer below that throws instead of rejecting still gets its local repl
   t.equal(res.status, 503)
   t.equal(res.headers['x-sidecar-error'], 'overloaded')
   t.equal(ctx.error, 'overloaded')
+})
+
+t.test('a layer below that answers twice (a bug): the caller is answered once, the second body let go', async (t) => {
+  const first = response(200)
+  const second = response(502, Readable.from(['late']))
+  const ctx = context()
+  const answers: ProxyResponse[] = []
+  const twice: Handler = (_req, _ctx, reply) => {
+    reply.ok(first)
+    reply.ok(second)
+    reply.fail(new SidecarError('upstream_reset'))
+    throw new Error('and then a throw')
+  }
+  createRespondLayer()(twice)(proxyRequest(), ctx, { ok: (res) => answers.push(res), fail: (err) => t.fail(String(err)) })
+  t.same(answers, [first], 'only the first answer goes up')
+  t.equal((second.body as Readable).destroyed, true, "the second answer's body is destroyed")
+  t.equal(ctx.error, undefined, 'the later failure names no error')
 })
