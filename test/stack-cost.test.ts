@@ -53,9 +53,10 @@ async function counted(handler: Handler, n: number): Promise<{ promises: number;
   let status = 0
   const one = async () => {
     const ctx = context()
-    const res = await promised(handler)(proxyRequest({ headers: { host: 'app' } }), ctx)
+    const req = proxyRequest({ headers: { host: 'app' } })
+    const res = await promised(handler)(req, ctx)
     status = res.status
-    for (const fn of ctx.onEnd) fn({ status: res.status, bytesIn: 40, bytesOut: 100, complete: true, durationSeconds: 0.001 })
+    for (const fn of ctx.onEnd) fn({ status: res.status, bytesIn: 40, bytesOut: 100, complete: true, durationSeconds: 0.001 }, req, ctx)
   }
   await one() // first use: lazy set-up is no per-request cost
   hook.enable()

@@ -6,7 +6,7 @@
 // retry (layers/attempt-span.ts); the access line reads ctx.trace for trace_id and span_id.
 import { Ids, KNOWN_METHODS, SERVER, hostAndPort, incomingParent, type SpanRecord, type SpanSink } from '../tracing/context.js'
 import { DEFAULT_ROUTE } from './route-match.js'
-import type { HeaderMap, Layer, ProxyRequest, RequestContext, RequestOutcome, RequestTrace } from '../pipeline/types.js'
+import type { EndHook, HeaderMap, Layer, ProxyRequest, RequestContext, RequestOutcome, RequestTrace } from '../pipeline/types.js'
 
 export interface TracingOptions {
   sampleRatio: number
@@ -23,6 +23,7 @@ export function createTracingLayer(opts: TracingOptions, deps: TracingDeps): Lay
   const { sink, ids } = deps
   const random = deps.random ?? Math.random
   const ratio = opts.sampleRatio
+  const recordSpan: EndHook = (outcome, req, ctx) => sink.record(serverSpan(req, ctx, ctx.trace!, outcome))
   return (next) => (req, ctx, reply) => {
     const headers = req.headers as HeaderMap
     const parent = incomingParent(headers)
@@ -37,7 +38,7 @@ export function createTracingLayer(opts: TracingOptions, deps: TracingDeps): Lay
       via: parent?.via,
     }
     ctx.trace = trace
-    if (trace.sampled) ctx.onEnd.push((outcome) => sink.record(serverSpan(req, ctx, trace, outcome)))
+    if (trace.sampled) ctx.onEnd.push(recordSpan)
     next(req, ctx, reply)
   }
 }

@@ -75,12 +75,16 @@ export interface RequestContext {
   /** The catalogue code when the proxy, not the app, decided the response (or cut it short). */
   error: ErrorCode | undefined
   /** Callbacks run once with the outcome when the exchange is over. */
-  readonly onEnd: Array<(outcome: RequestOutcome) => void>
+  readonly onEnd: EndHook[]
   /** The client's HTTP version as Node read it: `1.1`, `1.0`, `2.0`. */
   readonly httpVersion: string
   /** The request's trace when tracing is on (set by layers/tracing.ts), else undefined. */
   trace: RequestTrace | undefined
 }
+
+/** Run once when the exchange is over, with the request as the listener built it and its
+ *  context: a layer's hook needs no closure of its own per request. */
+export type EndHook = (outcome: RequestOutcome, req: ProxyRequest, ctx: RequestContext) => void
 
 /** A request's place in a distributed trace: its SERVER span and what the app is told. */
 export interface RequestTrace {

@@ -17,8 +17,8 @@ import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
 import { Cancel } from '../pipeline/cancel.js'
 import { isGrpc, localReply } from '../pipeline/local-reply.js'
-import type { Handler, ProxyResponse, Reply, RequestContext, RequestOutcome } from '../pipeline/types.js'
-import { Connections } from './connections.js'
+import type { Handler, ProxyRequest, ProxyResponse, Reply, RequestContext, RequestOutcome } from '../pipeline/types.js'
+import { Connections, type Http1Conn } from './connections.js'
 import { AbuseReport } from './abuse.js'
 import { Admission, type AdmissionLimits } from './admission.js'
 import { guardSession, spendOnRefusal } from './h2-guard.js'
@@ -202,33 +202,35 @@ export class Listener {
     }
 
     const ctx = this.context(req, startedAt)
-    const cancel = ctx.signal
-    const http1 = h2 ? undefined : socket
     const conn = this.connections.begin(h2 ? undefined : { req: req as http.IncomingMessage, res: res as http.ServerResponse })
-    // `on`, not `once`: a response closes once, and `once` wraps its listener per call
-    res.on('close', () => {
-      this.admission.requestDone(client)
-      const complete = completed(req, res, h2)
-      if (!complete) {
-        ctx.error ??= 'client_closed'
-        cancel.abort(new SidecarError('client_closed'))
-      }
-      const bytes = this.connections.end(http1, conn) ?? declaredBytes(req, res)
-      this.finish(ctx, {
-        status: res.headersSent ? res.statusCode : ERRORS.client_closed.status,
-        complete,
-        ...bytes,
-        durationSeconds: Number(process.hrtime.bigint() - startedAt) / 1e9,
-      })
-    })
-
     const proxyReq = this.proxyRequest(req, h2, target, ctx)
+    const answer = new Answer(this, req, res, proxyReq, ctx, h2 ? undefined : socket, conn, client)
+    // `on`, not `once`: a response closes once, and `once` wraps its listener per call
+    res.on('close', answer.closed)
     if (expectsContinue && proxyReq.body !== null) req.once('resume', () => res.writeContinue())
-    this.handler(proxyReq, ctx, new Answer(this, req, res, ctx, h2, http1))
+    this.handler(proxyReq, ctx, answer)
+  }
+
+  /** A request's response closed (Answer): sent whole, or cut short. */
+  closed({ req, res, proxyReq, ctx, http1, conn, client }: Answer): void {
+    this.admission.requestDone(client)
+    const complete = completed(req, res, http1 === undefined)
+    if (!complete) {
+      ctx.error ??= 'client_closed'
+      ctx.signal.abort(new SidecarError('client_closed'))
+    }
+    const bytes = this.connections.end(http1, conn) ?? declaredBytes(req, res)
+    this.finish(ctx, proxyReq, {
+      status: res.headersSent ? res.statusCode : ERRORS.client_closed.status,
+      complete,
+      ...bytes,
+      durationSeconds: Number(process.hrtime.bigint() - ctx.startedAt) / 1e9,
+    })
   }
 
   /** The pipeline's answer to a request (Answer), written to its client. */
-  answer(req: Request, res: Response, ctx: RequestContext, h2: boolean, http1: Socket | undefined, response: ProxyResponse): void {
+  answer({ req, res, ctx, http1 }: Answer, response: ProxyResponse): void {
+    const h2 = http1 === undefined
     response.headers['x-request-id'] = ctx.id
     // After a request the catalogue says to close on (its framing or size), what is left on
     // the connection cannot be trusted, nor is a refused body worth reading: close, like nginx.
@@ -279,7 +281,7 @@ export class Listener {
     const base = this.connections.http1Of(socket) ?? { read: 0, written: 0 }
     const end = (status: number, complete: boolean, tunnel?: TunnelEnd) => {
       if (!complete) ctx.error ??= 'client_closed'
-      this.finish(ctx, {
+      this.finish(ctx, proxyReq, {
         status,
         complete,
         bytesIn: socket.bytesRead - base.read,
@@ -374,10 +376,10 @@ export class Listener {
     return proxyReq
   }
 
-  private finish(ctx: RequestContext, outcome: RequestOutcome): void {
+  private finish(ctx: RequestContext, req: ProxyRequest, outcome: RequestOutcome): void {
     for (const fn of ctx.onEnd) {
       try {
-        fn(outcome)
+        fn(outcome, req, ctx)
       } catch (err) {
         this.deps.logger.error({ err, requestId: ctx.id }, 'request end hook failed')
       }
@@ -434,20 +436,26 @@ export class Listener {
   }
 }
 
-/** A request's way back from the pipeline: its answer, written to the client. */
+/** A request in flight on the listener: its way back from the pipeline (the answer, written to
+ *  the client) and the end of its response (`closed`, the response's close listener). */
 class Answer implements Reply {
+  readonly closed = () => this.listener.closed(this)
+
   constructor(
     private readonly listener: Listener,
-    private readonly req: Request,
-    private readonly res: Response,
-    private readonly ctx: RequestContext,
-    private readonly h2: boolean,
-    private readonly http1: Socket | undefined,
+    readonly req: Request,
+    readonly res: Response,
+    readonly proxyReq: ProxyRequest,
+    readonly ctx: RequestContext,
+    /** The HTTP/1 connection; undefined on HTTP/2. */
+    readonly http1: Socket | undefined,
+    readonly conn: Http1Conn | undefined,
+    readonly client: string,
   ) {}
 
   ok(response: ProxyResponse): void {
     try {
-      this.listener.answer(this.req, this.res, this.ctx, this.h2, this.http1, response)
+      this.listener.answer(this, response)
     } catch (err) {
       this.fail(err)
     }
