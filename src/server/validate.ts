@@ -18,7 +18,8 @@ const AUTHORITY = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~%-]+)(?::\d{1,5})?$/
 /**
  * What Node's HTTP/1 parser lets through but RFC 9112 says a server must refuse (3.2: exactly
  * one valid Host on HTTP/1.1; 2.3: versions it does not speak; 6.3: a Transfer-Encoding whose
- * last coding is not chunked, such as `xchunked`, whose body length nothing can tell), and the request-target forms a
+ * last coding is not chunked, such as `xchunked`, whose body length nothing can tell; Node's
+ * parser says so only after it has handed the request over), and the request-target forms a
  * reverse proxy does not forward (authority-form is CONNECT's, asterisk-form `OPTIONS *` asks
  * about the proxy, not the app). Returns the refusal, or the origin-form target to forward
  * (absolute-form `http://host/p` becomes `/p` when its authority is the Host; else null: as is).
