@@ -3,6 +3,7 @@
 // (pipeline/local-reply.ts); the code is also put on the context for the access log and metrics.
 // It is also the guard of the contract: the caller is answered once, whatever a layer below does.
 import { toSidecarError } from '../errors.js'
+import { release } from '../pipeline/compose.js'
 import { isGrpc, localReply } from '../pipeline/local-reply.js'
 import type { Layer, ProxyRequest, ProxyResponse, Reply, RequestContext } from '../pipeline/types.js'
 
@@ -27,7 +28,7 @@ class Respond implements Reply {
   ) {}
 
   ok(response: ProxyResponse): void {
-    if (this.answered) return discard(response)
+    if (this.answered) return release(response)
     this.answered = true
     this.up.ok(response)
   }
@@ -40,12 +41,3 @@ class Respond implements Reply {
     this.up.ok(localReply(error, { requestId: this.ctx.id, grpc: isGrpc(this.req.headers['content-type']) }))
   }
 }
-
-/** A second answer (a layer's bug) goes nowhere: its body and tunnel are let go. */
-function discard(response: ProxyResponse): void {
-  const body = response.body
-  if (body !== null && !Buffer.isBuffer(body)) body.on('error', noop).destroy()
-  response.tunnel?.destroy()
-}
-
-function noop(): void {}

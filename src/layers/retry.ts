@@ -16,7 +16,7 @@ import type { Clock } from '../clock.js'
 import { ERRORS, GRPC_RETRY_ON, SidecarError, isErrorCode, toSidecarError, type CatalogueEntry, type GrpcRetryOn, type RetryOn } from '../errors.js'
 import type { Metrics } from '../metrics.js'
 import { Cancel } from '../pipeline/cancel.js'
-import { pass } from '../pipeline/compose.js'
+import { pass, release } from '../pipeline/compose.js'
 import { isGrpc } from '../pipeline/local-reply.js'
 import type { Handler, HeaderMap, Layer, ProxyRequest, ProxyResponse, Reply, RequestContext } from '../pipeline/types.js'
 import { RetryBudget, type RetryBudgetOptions } from './retry-budget.js'
@@ -138,7 +138,7 @@ export function createRetryLayer(opts: RetryOptions, deps: RetryDeps): Layer {
       return settle(t.reply, response, error)
     }
     deps.metrics.countRetry(t.ctx.backend ?? 'none', reason)
-    discard(response)
+    release(response)
     // never from inside the failed try's own call (the upstream client's callback): on a later turn
     if (wait === 0) return queueMicrotask(() => attempt(t, n + 1))
     deps.clock.sleep(wait, t.ctx.signal).then(
@@ -225,7 +225,7 @@ class Try extends Cancel implements Reply {
 
   ok(response: ProxyResponse): void {
     if (this.over()) this.tries.decide(this.tries, this.n, response, undefined)
-    else discard(response)
+    else release(response)
   }
 
   fail(err: unknown): void {
@@ -258,12 +258,6 @@ class Try extends Cancel implements Reply {
 function settle(reply: Reply, response: ProxyResponse | undefined, error: SidecarError | undefined): void {
   if (error) reply.fail(error)
   else reply.ok(response!)
-}
-
-/** An answer not passed on (another try follows): its body is released. */
-function discard(response: ProxyResponse | undefined): void {
-  const body = response?.body
-  if (body && !Buffer.isBuffer(body)) body.on('error', () => {}).destroy()
 }
 
 const noop = () => {}

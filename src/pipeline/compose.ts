@@ -1,4 +1,4 @@
-import type { Handler, Layer, ProxyRequest, Reply, RequestContext } from './types.js'
+import type { Handler, Layer, ProxyRequest, ProxyResponse, Reply, RequestContext } from './types.js'
 
 /** Wraps `terminal` in `layers`, the first layer outermost. */
 export function compose(layers: readonly Layer[], terminal: Handler): Handler {
@@ -15,3 +15,14 @@ export function pass(next: Handler, req: ProxyRequest, ctx: RequestContext, repl
     reply.fail(err)
   }
 }
+
+/** An answer that goes to no one (a try retried, a second answer, a client gone): its streamed
+ *  body and its tunnel are let go. Destroying a body may emit 'error'; with no listener that
+ *  would crash the process. */
+export function release(response: ProxyResponse | undefined): void {
+  const body = response?.body
+  if (body && !Buffer.isBuffer(body)) body.on('error', noop).destroy()
+  response?.tunnel?.destroy()
+}
+
+function noop(): void {}

@@ -15,6 +15,7 @@ import { ERRORS, SidecarError } from '../errors.js'
 import { acceptsTrailers, newRequestId, requestIdFrom, type ForwardingInfo } from '../headers.js'
 import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
+import { release } from '../pipeline/compose.js'
 import { Cancel } from '../pipeline/cancel.js'
 import { isGrpc, localReply } from '../pipeline/local-reply.js'
 import type { Handler, ProxyRequest, ProxyResponse, Reply, RequestContext, RequestOutcome } from '../pipeline/types.js'
@@ -296,8 +297,7 @@ export class Listener {
         response.headers['x-request-id'] = ctx.id
         const tunnel = response.tunnel
         if (socket.destroyed) {
-          tunnel?.destroy()
-          if (response.body !== null && !Buffer.isBuffer(response.body)) response.body.on('error', noop).destroy()
+          release(response)
           return end(ERRORS.client_closed.status, false)
         }
         if (!tunnel || response.status !== 101) {

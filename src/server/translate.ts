@@ -8,6 +8,7 @@ import type { Readable } from 'node:stream'
 import type { TLSSocket } from 'node:tls'
 import { FAULT_ABORT_HEADER, FAULT_DELAY_HEADER, endToEnd, upstreamRequestHeaders, type ForwardingInfo } from '../headers.js'
 import type { Clock } from '../clock.js'
+import { release } from '../pipeline/compose.js'
 import type { ProxyRequest, ProxyResponse } from '../pipeline/types.js'
 import { countRegularHeaders } from './validate.js'
 
@@ -54,10 +55,8 @@ export function writeResponse(res: Response, response: ProxyResponse, o: WriteOp
   const { h2, close, trailers } = o
   const body = response.body
   if (h2 ? (res as http2.Http2ServerResponse).stream.destroyed : (res as ServerResponse).destroyed) {
-    // The client left while the pipeline worked: release the upstream body. Destroying it may
-    // emit 'error'; with no listener that would crash the process.
-    if (body !== null && !Buffer.isBuffer(body)) body.on('error', noop).destroy()
-    return
+    // the client left while the pipeline worked
+    return release(response)
   }
   if (!h2 && close) response.headers.connection = 'close'
   const sent = trailers ? response.trailers : undefined
