@@ -7,7 +7,7 @@ import http from 'node:http'
 import net from 'node:net'
 import t from 'tap'
 import { runBinary, waitForLine } from '../fixtures/binary.js'
-import { metric, request } from '../fixtures/client.js'
+import { metric, raw, request, until } from '../fixtures/client.js'
 import { proxied, startProxy } from '../fixtures/proxy.js'
 import { fakeUpstream, freePort } from '../fixtures/upstream.js'
 
@@ -115,6 +115,49 @@ t.test('clients aborting mid-upload and mid-download: app requests cancelled, so
   t.equal(await metric(proxy.adminUrl, 'sidecar_rejected_requests_total{reason="bad_request"}'), 0, 'and no refusal counted')
   const after = await request(`${proxy.url}/x`)
   t.equal(after.status, 200, 'and the proxy serves on')
+})
+
+t.test('a backend failing its health checks is not blamed for its clients: aborts and stalled bodies stay theirs, and its breaker counts none', async (t) => {
+  // The app answers requests but fails every health check: unhealthy, yet still picked (the only
+  // backend). Were a client's abort or stalled body taken for the app's failure (upstream_unhealthy),
+  // the breaker would count each, and 5 of them reach its volume at any share over 10%.
+  const { up, proxy } = await proxied(
+    t,
+    fakeUpstream()
+      .route('/health', (_req, res) => res.writeHead(503).end('down'))
+      .route('/upload', (req, res) => req.resume().on('end', () => res.end('whole'))),
+    {
+      backends: [{ name: 'app', url: 'http://127.0.0.1:1', healthCheck: { path: '/health', intervalMs: 60_000, timeoutMs: 1000 } }],
+      limits: { requestBufferBytes: 0, bodyIdleTimeoutMs: 200 }, // bodies stream: the app has the request while its body comes
+      circuitBreaker: { volumeThreshold: 5, errorThresholdPercentage: 10 },
+    },
+  )
+  t.equal(proxy.app.status().backends[0]!.health?.healthy, false, 'the backend fails its health checks')
+  const breaker = () => metric(proxy.adminUrl, 'sidecar_circuit_state{backend="app"}')
+  const n = 5
+
+  // Clients that go mid-upload, each once the app has its request.
+  for (let i = 0; i < n; i++) {
+    const req = http.request({ host: '127.0.0.1', port: proxy.port, path: '/upload', method: 'POST', agent: false, headers: { 'content-length': 10_000, 'x-request-id': `abort-${i}` } })
+    req.on('error', () => {})
+    req.write('y'.repeat(1000))
+    await until(() => up.seen.length === i + 1)
+    req.destroy()
+  }
+  const aborted = await Promise.all(Array.from({ length: n }, (_, i) => proxy.accessLine(`abort-${i}`)))
+  t.same(tally(aborted.map((l) => String(l.error))), { client_closed: n }, `access lines: client_closed, ${n} of ${n}`)
+  t.equal(await breaker(), 0, `breaker closed after ${n} aborts (volumeThreshold ${n})`)
+
+  // Bodies that stop coming, each once the app has its request: 408, the client's fault.
+  const stalled = Array.from({ length: n }, (_, i) => raw(proxy.port, `POST /upload HTTP/1.1\r\nHost: app\r\nx-request-id: stall-${i}\r\nConnection: close\r\nContent-Length: 10000\r\n\r\n${'x'.repeat(1000)}`))
+  const replies = await Promise.all(stalled)
+  t.equal(replies.filter((r) => /^HTTP\/1\.1 408 [^]*x-sidecar-error: request_timeout/i.test(r)).length, n, `408 request_timeout, ${n} of ${n}`)
+  t.equal(up.seen.length, 2 * n, 'each stalled body had reached the app')
+  const timedOut = await Promise.all(Array.from({ length: n }, (_, i) => proxy.accessLine(`stall-${i}`)))
+  t.same(tally(timedOut.map((l) => String(l.error))), { request_timeout: n }, `access lines: request_timeout, ${n} of ${n}`)
+  t.equal(await breaker(), 0, `breaker closed after ${2 * n} attempts the clients ended`)
+  t.equal(proxy.app.status().backends[0]!.breaker, 'closed', '/status says so too')
+  t.equal((await request(`${proxy.url}/after`)).status, 200, 'and the backend is still tried: the breaker let the next request through')
 })
 
 t.test('out of file descriptors (ulimit -n 128): refusals, no crash, and recovery', async (t) => {
