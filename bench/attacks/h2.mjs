@@ -7,7 +7,9 @@
 //       without END_HEADERS, for as long as the server keeps reading (CVE-2024-27316 and kin)
 //   node bench/attacks/h2.mjs burst PORT
 //       one connection opens 200 streams at once on a server that advertised fewer; prints
-//       how many were answered and refused (REFUSED_STREAM) and whether the connection lives on
+//       the limit advertised, how many of the 200 were answered and refused (REFUSED_STREAM),
+//       the other resets' codes, the GOAWAY's code if any, how long after the burst the server closed the connection,
+//       and whether it lives on (one more stream 2 s later: answered, refused or reset)
 // Prints one JSON line of counts at the end.
 import tls from 'node:tls'
 
@@ -18,6 +20,8 @@ const RST_STREAM = 3
 const SETTINGS = 4
 const GOAWAY = 7
 const CONTINUATION = 9
+const MAX_CONCURRENT_STREAMS = 3 // a SETTINGS parameter
+const REFUSED_STREAM = 7 // an error code
 
 function frame(type, flags, stream, payload = Buffer.alloc(0)) {
   const head = Buffer.alloc(9)
@@ -30,6 +34,11 @@ function frame(type, flags, stream, payload = Buffer.alloc(0)) {
 const AUTHORITY = Buffer.from('localhost')
 /** :method GET, :scheme https, :path /, :authority localhost (HPACK, no dynamic table). */
 const BLOCK = Buffer.concat([Buffer.from([0x82, 0x87, 0x84, 0x01, AUTHORITY.length]), AUTHORITY])
+/** A parameter's value in a SETTINGS payload (6-byte entries), null when not sent (no limit). */
+function setting(payload, id) {
+  for (let at = 0; at + 6 <= payload.length; at += 6) if (payload.readUInt16BE(at) === id) return payload.readUInt32BE(at + 2)
+  return null
+}
 const rst = (stream) => frame(RST_STREAM, 0, stream, Buffer.from([0, 0, 0, 8])) // CANCEL
 
 /** A TLS h2 connection: `onFrame(type, flags, stream, payload)`; SETTINGS acknowledged. */
@@ -105,28 +114,42 @@ if (mode === 'rapid-reset') {
     more()
   })
 } else if (mode === 'burst') {
+  const BURST = 200
+  const PROBE = 1 + 2 * BURST // the stream after the burst, 2 s later
   const result = await new Promise((resolve) => {
-    const got = { answered: 0, refused: 0, otherResets: 0, goaway: null }
-    let settled = false
+    // Sets: a stream is answered once however many HEADERS frames it gets
+    const answered = new Set()
+    const refused = new Set()
+    const got = { burst: BURST, advertised: null, otherResets: 0, otherResetCodes: {}, goaway: null, closedAfterMs: null, probe: 'none' }
+    let sentAt = 0
     const socket = connect((type, flags, stream, payload) => {
-      if (type === SETTINGS && !(flags & 1) && !settled) {
-        settled = true
+      if (type === SETTINGS && !(flags & 1) && !sentAt) {
+        got.advertised = setting(payload, MAX_CONCURRENT_STREAMS)
+        sentAt = Date.now()
         const frames = []
-        for (let i = 0; i < 200; i++) frames.push(frame(HEADERS, 0x4 | 0x1, 1 + 2 * i, BLOCK))
+        for (let i = 0; i < BURST; i++) frames.push(frame(HEADERS, 0x4 | 0x1, 1 + 2 * i, BLOCK))
         socket.write(Buffer.concat(frames))
         setTimeout(() => {
-          // one more stream after the burst: does the connection still serve?
-          socket.write(frame(HEADERS, 0x4 | 0x1, 401, BLOCK))
-          setTimeout(() => resolve({ ...got, alive: !socket.destroyed }), 1000)
+          // does the connection still serve?
+          socket.write(frame(HEADERS, 0x4 | 0x1, PROBE, BLOCK))
+          setTimeout(() => resolve({ ...got, answered: answered.size, refused: refused.size, alive: !socket.destroyed }), 1000)
         }, 2000)
       }
-      if (type === HEADERS && stream > 0) got.answered++
-      if (type === RST_STREAM) payload.readUInt32BE(0) === 7 ? got.refused++ : got.otherResets++
+      const outcome = type === HEADERS ? 'answered' : type === RST_STREAM ? (payload.readUInt32BE(0) === REFUSED_STREAM ? 'refused' : 'reset') : null
+      if (outcome && stream === PROBE) got.probe = outcome
+      else if (outcome === 'answered' && stream > 0) answered.add(stream)
+      else if (outcome === 'refused') refused.add(stream)
+      else if (outcome === 'reset') {
+        got.otherResets++
+        const code = payload.readUInt32BE(0)
+        got.otherResetCodes[code] = (got.otherResetCodes[code] ?? 0) + 1
+      }
       if (type === GOAWAY) got.goaway = payload.readUInt32BE(4)
     })
+    socket.once('close', () => (got.closedAfterMs = sentAt ? Date.now() - sentAt : 0))
   })
   Object.assign(counts, result)
-  counts.streams = 201
+  counts.streams = result.burst + 1
 } else {
   console.error(`unknown mode ${mode}: rapid-reset, continuation or burst`)
   process.exit(2)
