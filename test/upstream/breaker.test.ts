@@ -95,12 +95,33 @@ t.test('a failed probe reopens it, for another resetTimeoutMs', async (t) => {
   t.equal(breaker.state, 'half-open')
 })
 
-t.test('4xx, client aborts and request-side errors are not failures', async (t) => {
-  const steps: Step[] = [response(404), response(429), new SidecarError('client_closed'), new SidecarError('body_too_large'), response(400), response(409)]
-  const { breaker, call } = setup(steps)
+t.test('4xx, client aborts and request-side errors are not failures: volumeThreshold of any one kind leaves the breaker closed', async (t) => {
+  const n = OPTS.volumeThreshold // were each counted: n of n failed, at volume and over the threshold
+  const kinds: Array<[string, () => Step]> = [
+    ['400', () => response(400)],
+    ['404', () => response(404)],
+    ['409', () => response(409)],
+    ['429', () => response(429)],
+    ['client_closed', () => new SidecarError('client_closed')],
+    ['client_slow', () => new SidecarError('client_slow')],
+    ['request_timeout', () => new SidecarError('request_timeout')],
+    ['body_too_large', () => new SidecarError('body_too_large')],
+  ]
+  for (const [what, step] of kinds) {
+    const { breaker, next, call } = setup(Array.from({ length: n }, step))
+    for (let i = 0; i < n; i++) {
+      const outcome = await call().then((r) => String(r.status), (err: SidecarError) => err.code)
+      t.equal(outcome, what, `${what}: passed up unchanged`)
+    }
+    t.equal(next.calls.length, n, `${what}: all ${n} went through the breaker`)
+    t.equal(breaker.state, 'closed', `${what}: ${n} of ${n} in the window (volumeThreshold ${n}), none counted as failed`)
+    breaker.shutdown()
+  }
+  // the same count of the app's failures does open it: the window above was at volume
+  const { breaker, call } = setup(Array.from({ length: n }, () => response(500)))
   t.teardown(() => breaker.shutdown())
-  for (let i = 0; i < steps.length; i++) await call().catch(() => undefined)
-  t.equal(breaker.state, 'closed')
+  for (let i = 0; i < n; i++) await call()
+  t.equal(breaker.state, 'open', `${n} 5xx: open`)
 })
 
 t.test('failures leave the rolling window as the clock moves on', async (t) => {
