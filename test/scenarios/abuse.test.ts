@@ -43,18 +43,20 @@ t.test('clients dribbling their bodies hold no connection to the app: 20 of them
 })
 
 t.test('a body that stops coming: 408 request_timeout, the client\'s fault; 25 of them leave the breaker closed', async (t) => {
+  // The large bodies are attempts the breaker sees: as many as its volumeThreshold, so that were
+  // a stalled body counted against the app, they alone would open it.
   const { up, proxy } = await proxied(t, fakeUpstream(), {
     limits: { bodyIdleTimeoutMs: 100 },
     circuitBreaker: { volumeThreshold: 5, errorThresholdPercentage: 10 },
   })
-  // small bodies (received first) and one past requestBufferBytes (streamed to the app as it comes)
-  const small = await Promise.all(Array.from({ length: 24 }, () => stalled(proxy.port, post(1000) + 'x')))
-  const large = await stalled(proxy.port, post(1 << 20) + 'x'.repeat(100))
-  const replies = await within(Promise.all([...small, large].map((s) => s.closed)), 5000, 'every stalled body answered')
+  // small bodies (received first: no attempt) and 5 past requestBufferBytes (streamed to the app as they come)
+  const small = await Promise.all(Array.from({ length: 20 }, () => stalled(proxy.port, post(1000) + 'x')))
+  const large = await Promise.all(Array.from({ length: 5 }, () => stalled(proxy.port, post(1 << 20) + 'x'.repeat(100))))
+  const replies = await within(Promise.all([...small, ...large].map((s) => s.closed)), 5000, 'every stalled body answered')
   t.equal(replies.filter((r) => /^HTTP\/1\.1 408 [^]*x-sidecar-error: request_timeout/i.test(r)).length, 25, '408 request_timeout, 25 of 25')
-  t.equal(up.seen.length, 1, 'only the large body reached the app (it streams)')
-  await within(up.seen[0]!.closed, 2000, 'the app\'s request for the large body cut')
-  t.equal(await breakerOf(proxy.adminUrl), 0, 'breaker closed')
+  t.equal(up.seen.length, 5, 'only the large bodies reached the app (they stream)')
+  await within(Promise.all(up.seen.map((s) => s.closed)), 2000, 'the app\'s requests for the large bodies cut')
+  t.equal(await breakerOf(proxy.adminUrl), 0, 'breaker closed: 5 attempts in its window (volumeThreshold 5), none counted as failed')
   t.equal(await metric(proxy.adminUrl, 'sidecar_upstream_attempts_total{backend="app",result="5xx"}'), 0, 'no attempt counted as the app\'s failure')
   t.equal((await request(`${proxy.url}/after`)).status, 200, 'and the app is still served')
 })
@@ -109,7 +111,8 @@ t.test('a client that reads nothing of a streamed answer is cut after sendIdleTi
       more()
       res.on('close', () => (sent = Infinity))
     }),
-    { limits: { sendIdleTimeoutMs: 300, responseBufferBytes: 0 } },
+    // one request: at volumeThreshold 1, the cut counted against the app would open the breaker
+    { limits: { sendIdleTimeoutMs: 300, responseBufferBytes: 0 }, circuitBreaker: { volumeThreshold: 1, errorThresholdPercentage: 1 } },
   )
   const reader = await stalled(proxy.port, 'GET /big HTTP/1.1\r\nHost: app\r\nx-request-id: slow-reader\r\n\r\n')
   reader.socket.pause()
