@@ -18,6 +18,20 @@ export async function freePort() {
   return port
 }
 
+/** `n` distinct loopback ports nothing listens on: all held while the next is bound, since two
+ *  calls of freePort() in a row can be given the same one. */
+export async function freePorts(n) {
+  const servers = []
+  for (let i = 0; i < n; i++) {
+    const server = net.createServer()
+    await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve))
+    servers.push(server)
+  }
+  const ports = servers.map((s) => s.address().port)
+  await Promise.all(servers.map((s) => new Promise((resolve) => s.close(resolve))))
+  return ports
+}
+
 /** Resolves once something accepts connections on loopback `port`; rejects after 10 s. */
 export async function listening(port) {
   for (let i = 0; i < 200; i++) {
