@@ -126,6 +126,7 @@ export async function startApp(initial: Config, deps: AppDeps): Promise<App> {
       recent,
       tunnels: listener.tunnelCount,
       connections: listener.connectionCount,
+      clients: listener.clients(),
       certificate: tls?.certificate.material,
       tracing: tracing?.status(),
       totals: metrics.faultAndMirrorTotals(),

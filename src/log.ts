@@ -41,6 +41,8 @@ export function createLogger(opts: LogOptions, destination?: DestinationStream):
 export interface AccessLine {
   requestId: string
   client: string
+  /** Who the per-client policies counted, when not `client` (server/client-identity.ts). */
+  clientKey: string | undefined
   method: string
   path: string
   status: number
@@ -72,7 +74,8 @@ export function accessLog(logger: Logger): (line: AccessLine) => void {
   const pid = `","pid":${process.pid},"msg":"request","requestId":`
   return (l) => {
     if (logger.levelVal > INFO) return
-    let line = `${head}${isoNow()}${pid}"${esc(l.requestId)}","client":"${esc(l.client)}","method":"${esc(l.method)}","path":"${esc(l.path)}","status":${l.status},"route":"${esc(l.route)}","backend":"${esc(l.backend)}","durationMs":${milliseconds(l.durationMs)},"bytesIn":${l.bytesIn},"bytesOut":${l.bytesOut}`
+    const key = l.clientKey === undefined ? '' : `,"clientKey":"${esc(l.clientKey)}"`
+    let line = `${head}${isoNow()}${pid}"${esc(l.requestId)}","client":"${esc(l.client)}"${key},"method":"${esc(l.method)}","path":"${esc(l.path)}","status":${l.status},"route":"${esc(l.route)}","backend":"${esc(l.backend)}","durationMs":${milliseconds(l.durationMs)},"bytesIn":${l.bytesIn},"bytesOut":${l.bytesOut}`
     if (l.attempts !== undefined) line += `,"attempts":${l.attempts}`
     if (l.error !== undefined) line += `,"error":"${esc(l.error)}"`
     if (l.incomplete !== undefined) line += `,"incomplete":true`

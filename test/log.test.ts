@@ -32,6 +32,7 @@ t.test('an access line is the line pino writes for the same fields, and follows 
   const line: AccessLine = {
     requestId: 'id "quoted" \\ \u2028',
     client: '10.0.0.1',
+    clientKey: 'forwarded:203.0.113.9',
     method: 'GET',
     path: '/a\nb?c=\u0000',
     status: 502,
@@ -59,7 +60,7 @@ t.test('an access line is the line pino writes for the same fields, and follows 
   t.same({ ...ours2, time: 0 }, { ...pinos2, time: 0 }, 'with a tunnel, without a span')
   t.same(Object.keys(ours2!), Object.keys(pinos2!))
   lines.length = 2
-  write({ ...line, attempts: undefined, error: undefined, incomplete: undefined, trace_id: undefined, span_id: undefined })
+  write({ ...line, clientKey: undefined, attempts: undefined, error: undefined, incomplete: undefined, trace_id: undefined, span_id: undefined })
   t.same(Object.keys(JSON.parse(lines[2]!) as object), ['level', 'time', 'pid', 'msg', 'requestId', 'client', 'method', 'path', 'status', 'route', 'backend', 'durationMs', 'bytesIn', 'bytesOut'], 'undefined fields left out')
   log.level = 'warn'
   write(line)

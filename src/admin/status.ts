@@ -4,6 +4,7 @@
 // the config version in force; readiness. The admin page (page.ts) draws this.
 // Assembled from the live objects on every call: nothing here is cached.
 import type { InForce } from '../config/reload.js'
+import type { ClientsStatus } from '../server/listener.js'
 import { gatesReadiness, routeSetting } from '../config/settings.js'
 import type { BackendSnapshot } from '../upstream/backends.js'
 import type { TracingStatus } from '../tracing/tracer.js'
@@ -17,6 +18,8 @@ export interface StatusSources extends InForce {
   tunnels: number
   /** Client connections open on the listener. */
   connections: number
+  /** The per-client limits and who they count (server/client-identity.ts). */
+  clients?: ClientsStatus | undefined
   certificate: { subject: string; notAfter: Date } | undefined
   /** Tracing's export, when tracing is on. */
   tracing?: TracingStatus | undefined
@@ -77,6 +80,9 @@ export function statusOf(s: StatusSources) {
      *  condition), and retries not made because the retry budget was spent. */
     retries: { windowSeconds: 60, total: sum(Object.values(retries.byBackend).flatMap((byReason) => Object.values(byReason))), ...retries },
     connections: { open: s.connections },
+    /** How clients are told apart (a verified certificate, the client a trusted proxy names, the
+     *  peer address), the per-client limits (null: off) and, with one on, the busiest clients. */
+    clients: s.clients ?? null,
     tunnels: { open: s.tunnels },
     /** Requests refused before reaching a backend in the last minute, per reason (error code). */
     rejections: { windowSeconds: 60, total: sum(Object.values(rejections)), byReason: rejections },

@@ -3,7 +3,7 @@
 import { z } from 'zod'
 import { nearest } from './nearest.js'
 import { regexProblem } from './regex-guard.js'
-import { parseAddress, routeRetry, shadowOnlyBackends } from './settings.js'
+import { cidrProblem, parseAddress, routeRetry, shadowOnlyBackends } from './settings.js'
 
 const ms = (def: number) => z.number().int().min(1).max(86_400_000).default(def)
 
@@ -332,8 +332,23 @@ export const configSchema = z
           .prefault({}),
         /** Offer HTTP/2 (ALPN h2) next to HTTP/1.1 on the TLS listener. */
         http2: z.boolean().default(true),
-        /** Trust client-sent x-forwarded-* (only behind a proxy you control). */
+        /** Trust client-sent x-forwarded-* from every peer (only behind a proxy you control;
+         *  trustedProxies says which peers, and makes their forwarded client the client). */
         trustForwardedHeaders: z.boolean().default(false),
+        /** Peers whose forwarding headers are believed (an ingress, a load balancer): addresses
+         *  or CIDRs. Their x-forwarded-* are passed on, and the client they name (clientHeader)
+         *  is the client the per-client limits and rate limits count. Empty: nobody's. */
+        trustedProxies: z
+          .array(z.string().superRefine((cidr, ctx) => {
+            const problem = cidrProblem(cidr)
+            if (problem) ctx.addIssue({ code: 'custom', message: problem })
+          }))
+          .max(1000)
+          .default([]),
+        /** Where a trusted proxy names the client: `x-forwarded-for` (the last address not a
+         *  trusted proxy), `forwarded` (RFC 7239, likewise), or a header whose whole value names
+         *  it (`x-real-ip`, an API gateway's client id). */
+        clientHeader: z.string().regex(/^[a-z0-9-]+$/, 'must be a lower-case header name').default('x-forwarded-for'),
         /** Request headers whose names hold `_`: CGI, WSGI, Rack and PHP fold `_` and `-`
          *  together, so `x_client_subject` would pass for `x-client-subject`. `drop` (nginx's
          *  and Envoy's default) removes them; `allow` forwards them. */
@@ -468,9 +483,13 @@ export const configSchema = z
          *  container's memory: an idle TLS connection costs ~37 KiB (OpenSSL's buffers, which
          *  Node keeps), so the default's 2,048 take ~75 MiB over the proxy's own ~90. */
         maxConnections: z.number().int().min(1).max(1_000_000).default(2048),
-        /** Per client address: connections, and requests in flight (429 client_over_limit). */
-        maxConnectionsPerClient: z.number().int().min(1).max(1_000_000).default(1024),
-        maxRequestsPerClient: z.number().int().min(1).max(1_000_000).default(256),
+        /** Per client: connections (by peer address; a trusted proxy's are not counted) and
+         *  requests in flight (by the client's identity: listener.trustedProxies), 429
+         *  client_over_limit past it. Off unless set: behind an ingress or a NAT one address
+         *  is a crowd, and the front door judges by behaviour instead (a stalled client is
+         *  evicted at a ceiling, a newcomer never refused while there is room). */
+        maxConnectionsPerClient: z.number().int().min(1).max(1_000_000).optional(),
+        maxRequestsPerClient: z.number().int().min(1).max(1_000_000).optional(),
         /** HTTP/2: streams a client may reset, or have refused as over maxRequestsPerClient, per
          *  connection in 10 s before the connection is closed (GOAWAY ENHANCE_YOUR_CALM): the
          *  rapid-reset attack, and floods of streams past the client's limit. */

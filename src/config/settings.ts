@@ -3,6 +3,7 @@
 // may import them, nor config/schema.ts and config/load.ts (test/architecture.test.ts holds it).
 // config/schema.ts uses these functions in its checks, so they name the parts of the config they
 // read by shape, not by schema.ts's types (which would make an import cycle).
+import { isIP } from 'node:net'
 
 /** A mirror setting, as far as the functions below read it. */
 interface MirrorOf {
@@ -76,4 +77,16 @@ export function deepFreeze<T>(value: T): T {
     Object.freeze(value)
   }
   return value
+}
+
+/** What is wrong with a listener.trustedProxies entry, or undefined: `10.0.0.0/8`, `fd00::/8`,
+ *  `10.1.2.3`. */
+export function cidrProblem(cidr: string): string | undefined {
+  const [address, bits, extra] = cidr.split('/')
+  const family = isIP(address ?? '')
+  if (family === 0 || extra !== undefined) return 'must be an address or a CIDR, e.g. 10.0.0.0/8 or fd00::/8'
+  if (bits === undefined) return undefined
+  const max = family === 4 ? 32 : 128
+  if (!/^\d{1,3}$/.test(bits) || Number(bits) > max) return `the prefix length must be 0-${max}`
+  return undefined
 }

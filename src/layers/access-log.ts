@@ -20,6 +20,9 @@ export function createAccessLogLayer(opts: AccessLogOptions, deps: { logger: Log
     write({
       requestId: ctx.id,
       client: ctx.clientAddress,
+      // who the per-client policies counted, when not the peer address (a certificate's
+      // identity, the client a trusted proxy named)
+      clientKey: ctx.clientKey === ctx.clientAddress ? undefined : ctx.clientKey,
       method: req.method,
       path: req.path,
       status: outcome.status,

@@ -1,14 +1,15 @@
-// Local rate limiting, per route: a token bucket per key (the route as a whole, the client's
-// address, or a header's value). A bucket holds up to `burst` tokens and gains
-// `requestsPerSecond` a second; a request takes one, and finds none: 429 rate_limited, with
-// Retry-After the whole seconds until the next token. Local means per proxy: N replicas allow N
-// times the rate.
+// Local rate limiting, per route: a token bucket per key (the route as a whole, the client, or a
+// header's value). "The client" is who the listener trusts it to be (ctx.clientKey: a verified
+// certificate's identity, the client a trusted proxy named, else the peer's address). A bucket
+// holds up to `burst` tokens and gains `requestsPerSecond` a second; a request takes one, and
+// finds none: 429 rate_limited, with Retry-After the whole seconds until the next token. Local
+// means per proxy: N replicas allow N times the rate.
 //
 // Keys are remembered in a table of at most `maxKeys` (least recently used forgotten first), so
 // that a client inventing header values or addresses costs bounded memory; a forgotten key
 // comes back with a full bucket. A request without the keyed header is keyed by its client
-// address (`client:<address>`), so leaving the header out gives no bucket of one's own to share
-// with no one. Time is the injected Clock's.
+// (`client:<key>`), so leaving the header out gives no bucket of one's own to share with no
+// one. Time is the injected Clock's.
 import type { Clock } from '../clock.js'
 import { SidecarError } from '../errors.js'
 import type { Metrics } from '../metrics.js'
@@ -98,11 +99,11 @@ export function createRateLimitLayer(opts: RateLimitOptions, deps: { metrics: Me
 
 function keyFunction(key: string): (req: ProxyRequest, ctx: RequestContext) => string {
   if (key === 'route') return () => ''
-  if (key === 'client') return (_req, ctx) => ctx.clientAddress
+  if (key === 'client') return (_req, ctx) => ctx.clientKey
   const header = key.slice('header:'.length)
   return (req, ctx) => {
     const value = req.headers[header]
-    if (value === undefined) return `client:${ctx.clientAddress}`
+    if (value === undefined) return `client:${ctx.clientKey}`
     return `header:${Array.isArray(value) ? value.join(',') : value}`
   }
 }

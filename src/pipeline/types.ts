@@ -56,7 +56,11 @@ export interface RequestOutcome {
 
 export interface RequestContext {
   readonly id: string
+  /** The peer's address (the client's, or the last proxy's). */
   readonly clientAddress: string
+  /** Who the client is for the per-client policies (server/client-identity.ts): a verified
+   *  certificate's identity, the client a trusted proxy named, else the peer's address. */
+  readonly clientKey: string
   readonly protocol: 'http' | 'https'
   /** process.hrtime.bigint() when the request arrived. */
   readonly startedAt: bigint

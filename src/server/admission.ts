@@ -1,74 +1,103 @@
 // Who gets in at the front door, decided before any per-request state is built: connections
-// within limits.maxConnections (at the limit, the oldest idle one makes room) and, per client
-// address, limits.maxConnectionsPerClient; requests
-// within limits.maxRequestsPerClient in flight per address (so one address cannot take every
-// slot), and none while the proxy sheds load (shedding.ts). Behind a load balancer that does not
-// keep client addresses, "a client" is that balancer: raise the per-client limits there.
+// within limits.maxConnections (at the limit, the connection that has done least for longest
+// makes room: connections.ts), and none while the proxy sheds load (shedding.ts).
+// Per client, only when configured: limits.maxConnectionsPerClient by peer address (a trusted
+// proxy's connections carry many clients and are not counted) and limits.maxRequestsPerClient in
+// flight by the client's identity (client-identity.ts). Off by default: behind an ingress or a
+// NAT one address is a crowd, and a cap on it would refuse a busy service's own traffic.
 import type { ErrorCode } from '../errors.js'
 import type { LoadShedder } from './shedding.js'
 
 export interface AdmissionLimits {
   maxConnections: number
-  maxConnectionsPerClient: number
-  maxRequestsPerClient: number
+  maxConnectionsPerClient?: number | undefined
+  maxRequestsPerClient?: number | undefined
+}
+
+interface Client {
+  connections: number
+  requests: number
 }
 
 export class Admission {
   private connections = 0
-  private readonly clients = new Map<string, { connections: number; requests: number }>()
+  /** Per client key, while it holds a connection or a request; only with a per-client limit. */
+  private readonly clients = new Map<string, Client>()
 
   constructor(
     private readonly limits: AdmissionLimits,
     private readonly shedder: LoadShedder,
   ) {}
 
+  /** Whether requests are counted per client (requestDone must follow each admitted one). */
+  get perClientRequests(): boolean {
+    return this.limits.maxRequestsPerClient !== undefined
+  }
+
   /**
-   * A new connection from `address`: null when admitted (then counted until connectionClosed).
-   * At limits.maxConnections, `makeRoom` may close an idle connection for it.
+   * A new connection from `peer` (`counted` false for a trusted proxy's): null when admitted
+   * (then counted until connectionClosed). At limits.maxConnections, `makeRoom` may close a
+   * connection for it.
    */
-  connection(address: string, makeRoom: () => boolean = () => false): ErrorCode | null {
-    const client = this.client(address)
-    if (client.connections >= this.limits.maxConnectionsPerClient || (this.connections >= this.limits.maxConnections && !makeRoom())) {
-      this.forget(address, client)
+  connection(peer: string, counted: boolean, makeRoom: () => boolean = () => false): ErrorCode | null {
+    const cap = counted ? this.limits.maxConnectionsPerClient : undefined
+    const client = cap === undefined ? undefined : this.client(peer)
+    if ((client !== undefined && client.connections >= cap!) || (this.connections >= this.limits.maxConnections && !makeRoom())) {
+      if (client) this.forget(peer, client)
       return 'too_many_connections'
     }
     this.connections++
-    client.connections++
+    if (client) client.connections++
     return null
   }
 
-  connectionClosed(address: string): void {
-    const client = this.clients.get(address)
-    if (!client) return
+  /** A connection admitted by `connection` closed. */
+  connectionClosed(peer: string): void {
     this.connections--
+    const client = this.clients.get(peer)
+    if (!client || client.connections === 0) return
     client.connections--
-    this.forget(address, client)
+    this.forget(peer, client)
   }
 
-  /** A new request from `address`: null when admitted (then counted until requestDone). */
-  request(address: string): 'proxy_overloaded' | 'client_over_limit' | null {
+  /** A new request from client `key`: null when admitted (then, with per-client requests
+   *  counted, until requestDone). */
+  request(key: string): 'proxy_overloaded' | 'client_over_limit' | null {
     if (this.shedder.shedding) return 'proxy_overloaded'
-    const client = this.client(address)
-    if (client.requests >= this.limits.maxRequestsPerClient) return 'client_over_limit'
+    const cap = this.limits.maxRequestsPerClient
+    if (cap === undefined) return null
+    const client = this.client(key)
+    if (client.requests >= cap) {
+      this.forget(key, client)
+      return 'client_over_limit'
+    }
     client.requests++
     return null
   }
 
-  requestDone(address: string): void {
-    const client = this.clients.get(address)
+  requestDone(key: string): void {
+    const client = this.clients.get(key)
     if (!client) return
     client.requests--
-    this.forget(address, client)
+    this.forget(key, client)
   }
 
-  private client(address: string) {
-    let client = this.clients.get(address)
-    if (!client) this.clients.set(address, (client = { connections: 0, requests: 0 }))
+  /** The clients holding most requests in flight (then connections), at most `n` (GET /status). */
+  busiest(n: number): Array<{ client: string } & Client> {
+    return [...this.clients]
+      .sort(([, a], [, b]) => b.requests - a.requests || b.connections - a.connections)
+      .slice(0, n)
+      .map(([client, c]) => ({ client, ...c }))
+  }
+
+  private client(key: string): Client {
+    let client = this.clients.get(key)
+    if (!client) this.clients.set(key, (client = { connections: 0, requests: 0 }))
     return client
   }
 
-  /** An address with nothing open is not kept: the table holds only who is connected. */
-  private forget(address: string, client: { connections: number; requests: number }): void {
-    if (client.connections === 0 && client.requests === 0) this.clients.delete(address)
+  /** A client with nothing open is not kept: the table holds only who is connected. */
+  private forget(key: string, client: Client): void {
+    if (client.connections === 0 && client.requests === 0) this.clients.delete(key)
   }
 }

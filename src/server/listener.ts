@@ -22,6 +22,7 @@ import type { Handler, ProxyRequest, ProxyResponse, Reply, RequestContext, Reque
 import { Connections, type Http1Conn } from './connections.js'
 import { AbuseReport } from './abuse.js'
 import { Admission, type AdmissionLimits } from './admission.js'
+import { ClientIdentity } from './client-identity.js'
 import { guardSession, spendOnRefusal } from './h2-guard.js'
 import { listenOn } from './listen.js'
 import { LoadShedder } from './shedding.js'
@@ -36,12 +37,26 @@ export interface ListenerOptions extends ServerLimits, AdmissionLimits {
   host: string
   port: number
   trustForwardedHeaders: boolean
+  /** Peers whose forwarding headers are believed, and where they name the client
+   *  (client-identity.ts). */
+  trustedProxies: readonly string[]
+  clientHeader: string
   headersWithUnderscores: 'drop' | 'allow'
   maxTunnels: number
   tunnelIdleTimeoutMs: number
   sendIdleTimeoutMs: number
   maxStreamResetsPer10s: number
   maxEventLoopDelayMs: number
+}
+
+export interface ClientsStatus {
+  /** How a request's client is named, in order of preference. */
+  keyedBy: string[]
+  /** null: off. */
+  maxRequestsPerClient: number | null
+  maxConnectionsPerClient: number | null
+  /** With a per-client limit on: the clients holding most requests, then connections. */
+  busiest: Array<{ client: string; requests: number; connections: number }>
 }
 
 export interface ListenerDeps {
@@ -58,6 +73,7 @@ export class Listener {
   private readonly connections: Connections
   private readonly shedder: LoadShedder
   private readonly admission: Admission
+  private readonly identity: ClientIdentity
   private readonly abuse: AbuseReport
   /** HTTP/1 connections whose last request was refused before the pipeline: answered, closing. */
   private readonly refusedOn = new WeakSet<Socket>()
@@ -72,6 +88,7 @@ export class Listener {
     this.connections = new Connections({ ...deps, connectionClosed: (client) => this.admission.connectionClosed(client) })
     this.shedder = new LoadShedder(opts.maxEventLoopDelayMs, deps.clock, deps.loopDelay)
     this.admission = new Admission(opts, this.shedder)
+    this.identity = new ClientIdentity({ ...opts, verifiesClients: opts.tls !== false && opts.tls.clientCa !== undefined })
     this.abuse = new AbuseReport(deps)
     const servers = createServers(opts, (req: Request, res: Response) => this.onArrival(req, res))
     this.server = servers.front
@@ -125,6 +142,17 @@ export class Listener {
     return this.connections.tunnelCount
   }
 
+  /** Who the per-client limits count, by what key, and the clients holding most (GET /status). */
+  clients(): ClientsStatus {
+    const { maxRequestsPerClient, maxConnectionsPerClient } = this.opts
+    return {
+      keyedBy: this.identity.keyedBy,
+      maxRequestsPerClient: maxRequestsPerClient ?? null,
+      maxConnectionsPerClient: maxConnectionsPerClient ?? null,
+      busiest: this.admission.busiest(10),
+    }
+  }
+
   /** New handshakes get `material`; established connections keep what they have. */
   setCertificate(served: Served): void {
     ;(this.server as https.Server).setSecureContext(secureContext(this.opts.tls as ListenerTlsOptions, served))
@@ -149,7 +177,7 @@ export class Listener {
    *  oldest idle one), else closed at once. */
   private onConnection(socket: Socket): void {
     const client = clientAddressOf(socket)
-    const refused = this.admission.connection(client, () => {
+    const refused = this.admission.connection(client, !this.identity.trusts(client), () => {
       const evicted = this.connections.evictIdle()
       if (evicted) this.abuse.note('too_many_connections', OVER_CONNECTION_LIMITS)
       return evicted
@@ -193,19 +221,20 @@ export class Listener {
     // HTTP/1 parser is an HTTP/1 request (and refused below).
     const h2 = req instanceof http2.Http2ServerRequest
     const socket = req.socket as Socket
-    const client = clientAddressOf(socket)
+    const peer = clientAddressOf(socket)
+    const client = this.identity.keyed ? this.identity.keyOf(peer, socket, h2 ? (req as http2.Http2ServerRequest).stream.session! : socket, req.headers) : peer
     const refused = this.admission.request(client)
     if (refused) return this.shed(req, res, refused, h2, client)
     const target = h2 ? checkHttp2Request(req as http2.Http2ServerRequest) : checkHttp1Request(req as http.IncomingMessage)
     if (target !== null && typeof target !== 'string') {
-      this.admission.requestDone(client)
+      if (this.admission.perClientRequests) this.admission.requestDone(client)
       return this.refuse(req, res, target, h2)
     }
 
-    const ctx = this.context(req, startedAt)
+    const ctx = this.context(req, startedAt, peer, client)
     const conn = this.connections.begin(h2 ? undefined : { req: req as http.IncomingMessage, res: res as http.ServerResponse })
     const proxyReq = this.proxyRequest(req, h2, target, ctx)
-    const answer = new Answer(this, req, res, proxyReq, ctx, h2 ? undefined : socket, conn, client)
+    const answer = new Answer(this, req, res, proxyReq, ctx, h2 ? undefined : socket, conn)
     // `on`, not `once`: a response closes once, and `once` wraps its listener per call
     res.on('close', answer.closed)
     if (expectsContinue && proxyReq.body !== null) req.once('resume', () => res.writeContinue())
@@ -213,8 +242,8 @@ export class Listener {
   }
 
   /** A request's response closed (Answer): sent whole, or cut short. */
-  closed({ req, res, proxyReq, ctx, http1, conn, client }: Answer): void {
-    this.admission.requestDone(client)
+  closed({ req, res, proxyReq, ctx, http1, conn }: Answer): void {
+    if (this.admission.perClientRequests) this.admission.requestDone(ctx.clientKey)
     const complete = completed(req, res, http1 === undefined)
     if (!complete) {
       ctx.error ??= 'client_closed'
@@ -274,7 +303,8 @@ export class Listener {
               : null))
     if (refusal) return this.refuseRaw(socket, refusal, requestIdFrom(req.headers['x-request-id']))
 
-    const ctx = this.context(req, startedAt)
+    const peer = clientAddressOf(socket)
+    const ctx = this.context(req, startedAt, peer, this.identity.keyed ? this.identity.keyOf(peer, socket, socket, req.headers) : peer)
     const leave = () => ctx.signal.abort(new SidecarError('client_closed'))
     socket.once('close', leave)
     socket.on('error', noop) // a reset before the answer: 'close' follows and says it
@@ -339,11 +369,12 @@ export class Listener {
   }
 
   /** A new request's context: its id, client, cancellation; filled in by the layers. */
-  private context(req: Request, startedAt: bigint): RequestContext {
+  private context(req: Request, startedAt: bigint, peer: string, clientKey: string): RequestContext {
     const cancel = new Cancel()
     return {
       id: requestIdFrom(req.headers['x-request-id']),
-      clientAddress: clientAddressOf(req.socket as Socket),
+      clientAddress: peer,
+      clientKey,
       protocol: this.protocol,
       startedAt,
       signal: cancel,
@@ -364,7 +395,7 @@ export class Listener {
     const forwarding: ForwardingInfo = {
       clientAddress: ctx.clientAddress,
       protocol: this.protocol,
-      trustForwardedHeaders: this.opts.trustForwardedHeaders,
+      trustForwardedHeaders: this.opts.trustForwardedHeaders || this.identity.trusts(ctx.clientAddress),
       headersWithUnderscores: this.opts.headersWithUnderscores,
       ...(tls && tls.clientSubjectHeader && { clientSubjectHeader: tls.clientSubjectHeader, clientSubject: verifiedSubject(req.socket as TLSSocket) }),
     }
@@ -450,7 +481,6 @@ class Answer implements Reply {
     /** The HTTP/1 connection; undefined on HTTP/2. */
     readonly http1: Socket | undefined,
     readonly conn: Http1Conn | undefined,
-    readonly client: string,
   ) {}
 
   ok(response: ProxyResponse): void {

@@ -15,19 +15,28 @@ const LIMITS = { maxConnections: 3, maxConnectionsPerClient: 2, maxRequestsPerCl
 
 t.test('admission: connections within the total and per client; a closed one frees its slot', async (t) => {
   const admission = new Admission(LIMITS, new LoadShedder(0, fakeClock()))
-  t.equal(admission.connection('10.0.0.1'), null)
-  t.equal(admission.connection('10.0.0.1'), null)
-  t.equal(admission.connection('10.0.0.1'), 'too_many_connections', 'a third from one client')
-  t.equal(admission.connection('10.0.0.2'), null, 'another client is admitted')
-  t.equal(admission.connection('10.0.0.3'), 'too_many_connections', 'past the total')
+  t.equal(admission.connection('10.0.0.1', true), null)
+  t.equal(admission.connection('10.0.0.1', true), null)
+  t.equal(admission.connection('10.0.0.1', true), 'too_many_connections', 'a third from one client')
+  t.equal(admission.connection('10.0.0.2', true), null, 'another client is admitted')
+  t.equal(admission.connection('10.0.0.3', true), 'too_many_connections', 'past the total')
   admission.connectionClosed('10.0.0.1')
-  t.equal(admission.connection('10.0.0.3'), null, 'a slot freed')
-  t.equal(admission.connection('10.0.0.1'), 'too_many_connections', 'the total holds again')
-  admission.connectionClosed('10.0.0.9') // never admitted: nothing to free
-  t.equal(admission.connection('10.0.0.4'), 'too_many_connections')
-  t.equal(admission.connection('10.0.0.4', () => true), null, 'at the total, admitted when an idle one makes room')
-  t.equal(admission.connection('10.0.0.4', () => true), null)
-  t.equal(admission.connection('10.0.0.4', () => true), 'too_many_connections', 'never past its own client\'s limit')
+  t.equal(admission.connection('10.0.0.3', true), null, 'a slot freed')
+  t.equal(admission.connection('10.0.0.1', true), 'too_many_connections', 'the total holds again')
+  t.equal(admission.connection('10.0.0.4', true), 'too_many_connections')
+  t.equal(admission.connection('10.0.0.4', true, () => true), null, 'at the total, admitted when another makes room')
+  t.equal(admission.connection('10.0.0.4', true, () => true), null)
+  t.equal(admission.connection('10.0.0.4', true, () => true), 'too_many_connections', "never past its own client's limit")
+  t.equal(admission.connection('10.0.0.4', false, () => true), null, "a trusted proxy's connections are not counted per client")
+})
+
+t.test('admission: with no per-client limit (the default), one address may hold every connection and request', async (t) => {
+  const admission = new Admission({ maxConnections: 3 }, new LoadShedder(0, fakeClock()))
+  t.same([1, 2, 3].map(() => admission.connection('10.0.0.1', true)), [null, null, null])
+  t.equal(admission.connection('10.0.0.1', true), 'too_many_connections', 'only the total holds')
+  t.notOk(admission.perClientRequests)
+  t.same(Array.from({ length: 1000 }, () => admission.request('10.0.0.1')).filter((r) => r !== null), [], '1,000 requests of one client admitted')
+  t.same(admission.busiest(10), [], 'and no table of clients is kept')
 })
 
 t.test('admission: requests in flight per client; refused ones take no slot', async (t) => {
