@@ -7,8 +7,9 @@ import http2 from 'node:http2'
 import net from 'node:net'
 import t from 'tap'
 import { metric, request, until, within } from '../fixtures/client.js'
-import { get, rawSession, rst } from '../fixtures/h2-frames.js'
-import { proxied } from '../fixtures/proxy.js'
+import { fakeClock } from '../fixtures/clock.js'
+import { frame, get, rawSession, rst } from '../fixtures/h2-frames.js'
+import { proxied, startProxy } from '../fixtures/proxy.js'
 import { fakeUpstream } from '../fixtures/upstream.js'
 
 /** A socket that sent `text` and reads nothing back; `closed` when the proxy closes it. */
@@ -86,10 +87,12 @@ t.test('every app connection held: a request that waits past its deadline is 503
   t.equal(await breakerOf(proxy.adminUrl), 0, 'breaker closed')
   release()
   t.equal((await holding).status, 200)
-  await new Promise((resolve) => setTimeout(resolve, 100))
+  // The one connection takes its queue in order: once a request sent after it is answered, the
+  // request given up on has had its turn.
+  t.equal((await request(`${proxy.url}/next`)).status, 200)
   t.same(
     up.seen.map((s) => s.url),
-    ['/hold'],
+    ['/hold', '/next'],
     'the request given up on is never sent once a connection frees',
   )
 })
@@ -128,16 +131,21 @@ t.test('a client that reads nothing of a streamed answer is cut after sendIdleTi
 })
 
 t.test('a client that goes mid-answer is client_closed, never taken for a slow reader later', async (t) => {
-  const { proxy } = await proxied(
-    t,
-    // a trickle: the answer flows, never backed up, when the client goes
-    fakeUpstream().route('/trickle', (_req, res) => {
+  // the proxy's timers on a clock the test moves: sendIdleTimeoutMs passes when the test says
+  const clock = fakeClock()
+  // a trickle: the answer flows, never backed up, when the client goes
+  const up = await fakeUpstream()
+    .route('/trickle', (_req, res) => {
       res.writeHead(200)
       const timer = setInterval(() => res.write('tick\n'), 20)
       res.on('close', () => clearInterval(timer))
-    }),
-    { limits: { sendIdleTimeoutMs: 200 } },
-  )
+    })
+    .listen()
+  const proxy = await startProxy(up.url, { limits: { sendIdleTimeoutMs: 200 } }, { clock })
+  t.teardown(async () => {
+    await proxy.close()
+    await up.close()
+  })
   await new Promise<void>((resolve) => {
     const req = http.get(`${proxy.url}/trickle`, { agent: false, headers: { 'x-request-id': 'gone' } }, (res) => {
       res.once('data', () => {
@@ -148,7 +156,7 @@ t.test('a client that goes mid-answer is client_closed, never taken for a slow r
     req.on('error', () => {})
   })
   t.match(await proxy.accessLine('gone'), { error: 'client_closed' })
-  await new Promise((resolve) => setTimeout(resolve, 400)) // past sendIdleTimeoutMs
+  clock.advance(1000) // well past sendIdleTimeoutMs: a send-idle timer left set by the client's going fires now
   t.equal(await metric(proxy.adminUrl, 'sidecar_rejected_requests_total{reason="client_slow"}'), 0, 'no slow reader counted')
   t.notOk(proxy.logs.some((l) => l.kind === 'client_slow'), 'nor warned of')
 })
@@ -156,10 +164,37 @@ t.test('a client that goes mid-answer is client_closed, never taken for a slow r
 t.test('responses are read ahead of a slow client within responseBufferBytes, under one ceiling for all', async (t) => {
   const SIZE = 16 * 1024 * 1024
   const finished: string[] = []
+  /** Per answer: what the app has written, and whether it waits for its connection to take more. */
+  const writing = new Map<string, { sent: number; waiting: boolean }>()
   const builder = fakeUpstream().route('/answer', (req, res) => {
-    res.on('finish', () => finished.push(req.headers['x-request-id'] as string))
-    res.end(Buffer.alloc(SIZE, 'a'))
+    const id = req.headers['x-request-id'] as string
+    res.on('finish', () => finished.push(id))
+    res.writeHead(200, { 'content-length': SIZE })
+    const chunk = Buffer.alloc(64 * 1024, 'a')
+    const w = { sent: 0, waiting: false }
+    writing.set(id, w)
+    const more = () => {
+      w.waiting = false
+      while (w.sent < SIZE) {
+        w.sent += chunk.length
+        if (!res.write(chunk)) return void ((w.waiting = true), res.once('drain', more))
+      }
+      res.end()
+    }
+    more()
   })
+  /** Until the app is done with answer `id`, or has waited on its connection, nothing more taken,
+   *  for 200 ms running: the proxy has stopped reading (only a client's read starts it again). */
+  const held = async (id: string) => {
+    let last = -1
+    let since = Date.now()
+    while (!finished.includes(id)) {
+      const w = writing.get(id)
+      if (!w?.waiting || w.sent !== last) [last, since] = [w?.sent ?? -1, Date.now()]
+      else if (Date.now() - since >= 200) return
+      await new Promise((resolve) => setTimeout(resolve, 10))
+    }
+  }
   const cases: Array<[string, Record<string, number>, boolean]> = [
     ['read ahead whole: the app is done while its client reads nothing', { responseBufferBytes: 32 << 20, bufferMemoryBytes: 64 << 20 }, true],
     ['past the ceiling for all buffers: the app waits for its client', { responseBufferBytes: 32 << 20, bufferMemoryBytes: 1 << 20 }, false],
@@ -174,7 +209,7 @@ t.test('responses are read ahead of a slow client within responseBufferBytes, un
       await within(until(() => finished.includes(id)), 3000, what)
       t.ok(await metric(proxy.adminUrl, 'sidecar_buffered_bytes') > 8 << 20, `${what}: the bytes are held by the proxy`)
     } else {
-      await new Promise((resolve) => setTimeout(resolve, 500))
+      await within(held(id), 5000, `${what}: the app held up or done`)
       t.notOk(finished.includes(id), what)
       t.ok(await metric(proxy.adminUrl, 'sidecar_buffered_bytes') <= (limits.bufferMemoryBytes ?? 32 << 20), `${what}: buffers within the ceiling`)
     }
@@ -326,7 +361,9 @@ t.test('HTTP/2 streams past a maximum the client has acknowledged: nghttp2 ends 
   const { proxy } = await proxied(t, fakeUpstream().route('/hang', () => {}), { limits: { maxConcurrentStreams: 10 } })
   const client = rawSession(proxy.port)
   await until(() => client.frames.some((f) => f.type === 4 && !(f.flags & 1)))
-  await new Promise((resolve) => setTimeout(resolve, 50)) // our acknowledgement has arrived
+  // our acknowledgement has arrived: a PING written after it is answered only once it was read
+  client.socket.write(frame(6, 0, 0, Buffer.alloc(8)))
+  await until(() => client.frames.some((f) => f.type === 6 && f.flags & 1))
   const burst: Buffer[] = []
   for (let stream = 1; stream <= 2 * 20 - 1; stream += 2) burst.push(get(stream, '/hang'))
   client.socket.write(Buffer.concat(burst))
