@@ -67,12 +67,13 @@ async function upstream(t: Test, builder = fakeUpstream()): Promise<RunningUpstr
 
 const check = { intervalMs: 60_000, timeoutMs: 1000 }
 
-/** The proxy in front of `app`, mirroring to `shadowUrl` (weight 0: copies only). */
-async function mirrored(t: Test, app: RunningUpstream, shadowUrl: string, extra: Record<string, unknown> = {}) {
+/** The proxy in front of `app`, mirroring to `shadowUrl` (weight 0: copies only); `shadow`: more
+ *  of the shadow backend's settings. */
+async function mirrored(t: Test, app: RunningUpstream, shadowUrl: string, extra: Record<string, unknown> = {}, shadow: Record<string, unknown> = {}) {
   const proxy = await startProxy(app.url, {
     backends: [
       { name: 'app', url: app.url, healthCheck: check },
-      { name: 'shadow', url: shadowUrl, weight: 0, healthCheck: check },
+      { name: 'shadow', url: shadowUrl, weight: 0, healthCheck: check, ...shadow },
     ],
     routing: { header: false },
     ...extra,
@@ -81,6 +82,10 @@ async function mirrored(t: Test, app: RunningUpstream, shadowUrl: string, extra:
   t.teardown(() => proxy.close())
   return proxy
 }
+
+/** The shadow's pool as one connection: copies reach the shadow one at a time, in the order they
+ *  were made, so a copy arriving means every copy made before it has arrived. */
+const inOrder = { maxConnections: 1 }
 
 const mirrorCount = (proxy: { adminUrl: string }, result: string) => metric(proxy.adminUrl, `sidecar_mirror_requests_total{backend="shadow",result="${result}"}`)
 
@@ -169,16 +174,21 @@ t.test('copies answered 503 are not retried and count against no real backend', 
 t.test('percent: the share of requests copied holds within 4 standard deviations', async (t) => {
   const app = await upstream(t)
   const shadow = await shadowBackend(t)
-  const proxy = await mirrored(t, app, shadow.url, { mirror: { percent: 25 } })
+  // /fence: copied always, after the rest; maxInFlight: no copy dropped while they queue for the one connection
+  const fence = { name: 'fence', match: { pathPrefix: '/fence' }, mirror: { backend: 'shadow', percent: 100 } }
+  const proxy = await mirrored(t, app, shadow.url, { mirror: { percent: 25, maxInFlight: 1000 }, routes: [fence] }, inOrder)
   const agent = new http.Agent({ keepAlive: true, maxSockets: 16 })
   t.teardown(() => agent.destroy())
   const n = 600
   await Promise.all(Array.from({ length: n }, (_, i) => request(`${proxy.url}/s${i}`, { agent })))
   const sd = Math.sqrt(n * 0.25 * 0.75)
-  await new Promise((r) => setTimeout(r, 200))
-  const copied = shadow.arrived()
+  // every copy of the n is made before its request goes on: once the fence's copy is in, so are they
+  t.equal((await request(`${proxy.url}/fence`)).status, 200)
+  await until(() => shadow.copies.some((c) => c.url === '/fence'))
+  t.equal(await mirrorCount(proxy, 'dropped'), 0, 'no copy dropped')
+  const copied = shadow.arrived() - 1
   t.ok(Math.abs(copied - n * 0.25) <= 4 * sd, `${copied} of ${n} copied, expected ${n * 0.25} +- ${Math.ceil(4 * sd)}`)
-  t.equal(app.seen.length, n)
+  t.equal(app.seen.length, n + 1)
 })
 
 t.test('maxInFlight: a shadow that never answers, 2 at once, 10 requests: 8 dropped', async (t) => {
@@ -232,17 +242,23 @@ t.test('a body over retry.maxReplayBytes is not mirrored; the real request succe
 t.test("a route's mirror replaces the top level's; false turns it off", async (t) => {
   const app = await upstream(t)
   const shadow = await shadowBackend(t)
-  const proxy = await mirrored(t, app, shadow.url, {
-    routes: [
-      { name: 'private', match: { pathPrefix: '/private/' }, mirror: false },
-      { name: 'sampled', match: { pathPrefix: '/sampled/' }, mirror: { backend: 'shadow', percent: 0 } },
-    ],
-  })
+  const proxy = await mirrored(
+    t,
+    app,
+    shadow.url,
+    {
+      routes: [
+        { name: 'private', match: { pathPrefix: '/private/' }, mirror: false },
+        { name: 'sampled', match: { pathPrefix: '/sampled/' }, mirror: { backend: 'shadow', percent: 0 } },
+      ],
+    },
+    inOrder,
+  )
   await request(`${proxy.url}/private/a`)
   await request(`${proxy.url}/sampled/a`)
   await request(`${proxy.url}/public`)
-  await until(() => shadow.copies.length === 1)
-  await new Promise((r) => setTimeout(r, 100))
+  // a copy of either earlier request would have come before this one
+  await until(() => shadow.copies.some((c) => c.url === '/public'))
   t.same(shadow.copies.map((c) => c.url), ['/public'])
   const status = JSON.parse((await request(`${proxy.adminUrl}/status`)).body.toString()) as { routes: Array<{ name: string; mirror: unknown }> }
   t.same(Object.fromEntries(status.routes.map((r) => [r.name, r.mirror])), {
