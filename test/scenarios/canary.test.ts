@@ -228,7 +228,10 @@ t.test('removing a backend closes its pool and stops its checks; its in-flight r
   await Promise.race([Promise.all(canary.seen.map((s) => s.closed)), new Promise((_, reject) => setTimeout(() => reject(new Error('canary connections still open')), 2000))])
   t.pass("every connection to the removed backend's pool was closed")
   const checks = canary.healthChecks()
-  await new Promise((resolve) => setTimeout(resolve, 500))
+  // the remaining backend, checked at the same interval, checked three more times: two whole
+  // intervals in which the removed one's checks, were they still running, would have come too
+  const appChecks = app.healthChecks()
+  await until(() => app.healthChecks() >= appChecks + 3)
   t.equal(canary.healthChecks(), checks, 'no more health checks of the removed backend')
   t.notMatch((await request(`${proxy.adminUrl}/metrics`)).body.toString(), /sidecar_(backend_healthy|circuit_state)\{backend="canary"\}/, 'its health and breaker gauges are gone')
 })
