@@ -78,6 +78,8 @@ export class Listener {
   /** HTTP/1 connections whose last request was refused before the pipeline: answered, closing. */
   private readonly refusedOn = new WeakSet<Socket>()
   private stopTicketRotation: (() => void) | undefined
+  /** The socket of the HTTP/2 session being made (see the constructor). */
+  private h2Socket: Socket | undefined
 
   constructor(
     private readonly opts: ListenerOptions,
@@ -112,6 +114,11 @@ export class Listener {
         else this.refuseRaw(socket as Socket, CONNECT_REFUSED, requestIdFrom(req.headers['x-request-id']))
       })
     }
+    // An HTTP/2 session's socket is out of reach once the session has it (session.socket is a
+    // proxy that refuses to close it): taken here, just before Node makes the session on it.
+    servers.http2?.prependListener(opts.tls ? 'secureConnection' : 'connection', (socket: Socket & { alpnProtocol?: string | false }) => {
+      if (!opts.tls || socket.alpnProtocol === 'h2') this.h2Socket = socket
+    })
     servers.http2?.on('session', (session: http2.ServerHttp2Session) => this.onSession(session))
     if (opts.tls) {
       // A handshake timeout only emits this event: the socket stays open until someone
@@ -190,12 +197,15 @@ export class Listener {
   }
 
   private onSession(session: http2.ServerHttp2Session): void {
-    const client = clientAddressOf(session.socket as Socket) // the socket is gone once the session is
+    const socket = this.h2Socket!
+    this.h2Socket = undefined
+    const client = clientAddressOf(socket)
     this.connections.addSession(session)
     session.on('error', (err) => this.deps.logger.debug({ err: { message: err.message } }, 'HTTP/2 session error'))
     // An idle HTTP/2 connection is closed like an idle HTTP/1 keep-alive connection; one that
-    // resets streams faster than a client honestly would is closed for it (h2-guard.ts).
-    guardSession(session, {
+    // resets streams faster than a client honestly would is closed for it; every session that
+    // ends takes its socket with it (h2-guard.ts).
+    guardSession(session, socket, {
       maxStreamResetsPer10s: this.opts.maxStreamResetsPer10s,
       keepAliveTimeoutMs: this.opts.keepAliveTimeoutMs,
       clock: this.deps.clock,
