@@ -76,7 +76,7 @@ export async function startApp(initial: Config, deps: AppDeps): Promise<App> {
   const tls = await prepareListenerTls(initial.listener, { clock, logger, metrics })
   const latches = new BackendLatches(readiness, (name) => backends.snapshot(name)?.health)
   // request bodies and responses held for slow peers, all under one ceiling
-  const buffers = new BufferBudget(initial.limits.bufferMemoryBytes)
+  const buffers = new BufferBudget(initial.limits.bufferMemoryBytes, () => clock.now())
   metrics.watchBuffers(() => buffers.used)
   const backends: Backends = new Backends(
     initial,
@@ -126,7 +126,9 @@ export async function startApp(initial: Config, deps: AppDeps): Promise<App> {
       recent,
       tunnels: listener.tunnelCount,
       connections: listener.connectionCount,
+      connectionStates: listener.connectionStates(),
       clients: listener.clients(),
+      evictions: metrics.evictionTotals(),
       certificate: tls?.certificate.material,
       tracing: tracing?.status(),
       totals: metrics.faultAndMirrorTotals(),

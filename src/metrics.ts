@@ -116,6 +116,14 @@ export function createMetrics(opts: { observer?: MetricsObserver } = {}) {
       rejectionTally.drain((labels, n) => this.inc({ reason: labels[0]! }, n))
     },
   })
+  // Evictions: a handful of label sets (three resources, six reasons), kept as totals for /status.
+  const evictionTotals: Record<string, Record<string, number>> = Object.create(null)
+  const evictions = new Counter({
+    name: 'sidecar_evictions_total',
+    help: 'Connections and exchanges closed to make room at a ceiling, by resource (connections: limits.maxConnections; requests: a backend\'s limits.maxConcurrentRequests; buffers: limits.bufferMemoryBytes) and reason (handshake, silent, idle, stalled: a connection; slow_reader, slow_body: an exchange whose client stalled).',
+    labelNames: ['resource', 'reason'] as const,
+    registers,
+  })
   const droppedHeaders = new Counter({
     name: 'sidecar_request_headers_dropped_total',
     help: 'Request headers not forwarded to the app, by reason (underscore: a name holding "_", see listener.headersWithUnderscores).',
@@ -200,6 +208,16 @@ export function createMetrics(opts: { observer?: MetricsObserver } = {}) {
     countBudgetExhausted(): void {
       budgetExhausted.inc()
       observer?.recordBudgetExhausted()
+    },
+    /** Counts one connection or exchange evicted to make room at `resource`: evictions_total. */
+    countEviction(resource: string, reason: string): void {
+      evictions.inc({ resource, reason })
+      const byReason = (evictionTotals[resource] ??= Object.create(null) as Record<string, number>)
+      byReason[reason] = (byReason[reason] ?? 0) + 1
+    },
+    /** Evictions since start, by resource and reason (GET /status). */
+    evictionTotals(): Record<string, Record<string, number>> {
+      return structuredClone(evictionTotals)
     },
     /** Counts one request refused before reaching a backend: rejected_requests_total. */
     countRejection(reason: ErrorCode): void {

@@ -16,10 +16,13 @@ export interface StatusSources extends InForce {
   recent: RecentRequests
   /** Upgraded connections (WebSocket) open now. */
   tunnels: number
-  /** Client connections open on the listener. */
+  /** Client connections open on the listener, and by state. */
   connections: number
+  connectionStates?: Record<string, number> | undefined
   /** The per-client limits and who they count (server/client-identity.ts). */
   clients?: ClientsStatus | undefined
+  /** Since start: connections and exchanges evicted to make room, per resource and reason. */
+  evictions?: Record<string, Record<string, number>> | undefined
   certificate: { subject: string; notAfter: Date } | undefined
   /** Tracing's export, when tracing is on. */
   tracing?: TracingStatus | undefined
@@ -79,10 +82,16 @@ export function statusOf(s: StatusSources) {
     /** Retries made in the last minute, per backend of the failed try and reason (retryOn
      *  condition), and retries not made because the retry budget was spent. */
     retries: { windowSeconds: 60, total: sum(Object.values(retries.byBackend).flatMap((byReason) => Object.values(byReason))), ...retries },
-    connections: { open: s.connections },
+    /** Client connections open, and by state: handshake (pending; on the plain port, before
+     *  their first bytes), silent (no request yet), idle (between requests), busy, stalled
+     *  (every exchange stalled on its client), tunnel. */
+    connections: { open: s.connections, ...(s.connectionStates && { byState: s.connectionStates }) },
     /** How clients are told apart (a verified certificate, the client a trusted proxy names, the
      *  peer address), the per-client limits (null: off) and, with one on, the busiest clients. */
     clients: s.clients ?? null,
+    /** Since start, per resource at its ceiling (connections, requests, buffers) and reason: who
+     *  was evicted to make room (pipeline/pressure.ts). */
+    evictions: s.evictions ?? {},
     tunnels: { open: s.tunnels },
     /** Requests refused before reaching a backend in the last minute, per reason (error code). */
     rejections: { windowSeconds: 60, total: sum(Object.values(rejections)), byReason: rejections },

@@ -37,7 +37,8 @@ class Respond implements Reply {
     if (this.answered) return
     this.answered = true
     const error = toSidecarError(err)
-    this.ctx.error = error.code
+    // a client the listener cut for its slowness stays so: what fails below is the cut's echo
+    if (this.ctx.error !== 'client_slow') this.ctx.error = error.code
     this.up.ok(localReply(error, { requestId: this.ctx.id, grpc: isGrpc(this.req.headers['content-type']) }))
   }
 }

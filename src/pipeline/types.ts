@@ -84,6 +84,21 @@ export interface RequestContext {
   readonly httpVersion: string
   /** The request's trace when tracing is on (set by layers/tracing.ts), else undefined. */
   trace: RequestTrace | undefined
+  /** How its client keeps up, for the ceilings that make room by evicting (pipeline/pressure.ts). */
+  readonly progress: ClientProgress
+}
+
+/** What the front door's ceilings evict to make room (pipeline/pressure.ts). */
+export type Resource = 'connections' | 'requests' | 'buffers'
+
+/** How a request's client keeps up with its exchange (the listener's): a ceiling that has no
+ *  room left evicts whoever has held things up longest. */
+export interface ClientProgress {
+  /** Milliseconds the client has been holding the exchange up: not reading its answer, or
+   *  sending its body slower than a minimum rate; 0 while it keeps up, or while the app works. */
+  stalledFor(now: number): number
+  /** Cuts the exchange for its client's slowness (client_slow), to make room at `resource`. */
+  evict(resource: Resource): void
 }
 
 /** Run once when the exchange is over, with the request as the listener built it and its

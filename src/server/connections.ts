@@ -2,14 +2,25 @@
 // the tunnels (upgraded connections), and the graceful stop. A drain first asks clients to go (HTTP/1.1 answers say
 // `Connection: close`, HTTP/2 sessions get GOAWAY); a close then ends idle connections at once,
 // lets what is in flight finish, and cuts whatever outlives the deadline.
+// At limits.maxConnections, a newcomer takes the place of the connection that has held one
+// longest for the least progress (makeRoom): a handshake pending longest, a client that said
+// nothing, one idle longest between requests, one whose every exchange is stalled on it.
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import type http2 from 'node:http2'
 import type { Socket } from 'node:net'
 import type { Clock } from '../clock.js'
 import type { Metrics } from '../metrics.js'
+import { MIN_STALL_MS } from '../pipeline/pressure.js'
+import type { ClientProgress } from '../pipeline/types.js'
 
 /** How long a stop waits for connections that were accepted but have sent nothing yet. */
 const FRESH_GRACE_MS = 1000
+
+/** A request in flight, as the connections see it: its exchange, and how its client keeps up. */
+export interface InFlight extends ClientProgress {
+  readonly req: unknown
+  readonly res: unknown
+}
 
 /** One HTTP/1 connection: requests in flight (pipelining) and the byte counters at the last
  *  request's end, so each request's access line gets its own bytes. */
@@ -18,16 +29,40 @@ export interface Http1Conn {
   read: number
   written: number
   /** The latest request still in flight, and its response. */
-  latest: { req: IncomingMessage; res: ServerResponse } | undefined
+  latest: (InFlight & { req: IncomingMessage; res: ServerResponse }) | undefined
   /** The parser refused what followed the requests in flight: they are answered, then it closes. */
   poisoned: boolean
+  readonly tcp: Conn
 }
 
+/** One client connection, by its TCP socket. */
+interface Conn {
+  readonly client: string
+  /** When it was accepted; then when its handshake was done; then when it last went idle. */
+  since: number
+  /** The socket HTTP is spoken on (the TLS socket, or the TCP socket itself), once the handshake
+   *  (or the plain port's sniffing) is done. */
+  top: Socket | undefined
+  /** It has carried a request: idle, it is between requests, not a client that says nothing. */
+  used: boolean
+}
+
+interface Session {
+  readonly tcp: Conn
+  /** Requests in flight. */
+  readonly requests: Set<InFlight>
+}
+
+/** Why a connection was closed to make room (sidecar_evictions_total's reason). */
+export type EvictionReason = 'handshake' | 'silent' | 'idle' | 'stalled'
+
 export class Connections {
-  /** Every TCP connection, for the final cut, with its client's address. */
-  private readonly sockets = new Map<Socket, string>()
-  /** HTTP/2 sessions, closed with GOAWAY on drain and stop, with their streams open. */
-  private readonly sessions = new Map<http2.ServerHttp2Session, { open: number }>()
+  /** Every TCP connection, for the final cut and to make room. */
+  private readonly sockets = new Map<Socket, Conn>()
+  /** HTTP/2 sessions, closed with GOAWAY on drain and stop, with their requests in flight. */
+  private readonly sessions = new Map<http2.ServerHttp2Session, Session>()
+  /** The session spoken on each HTTP/2 connection's socket. */
+  private readonly sessionOn = new Map<Socket, Session>()
   /** HTTP/1 connections accepted that have not sent a request yet. */
   private readonly fresh = new Set<Socket>()
   private readonly http1 = new Map<Socket, Http1Conn>()
@@ -44,15 +79,23 @@ export class Connections {
   private readonly tcpClosed: (this: Socket) => void
   private readonly http1Closed: (this: Socket) => void
 
-  /** `connectionClosed`: told a TCP connection's client when it closes (admission.ts). */
-  constructor(private readonly deps: { metrics: Metrics; clock: Clock; connectionClosed: (client: string) => void }) {
+  /** `connectionClosed`: told a TCP connection's client when it closes (admission.ts);
+   *  `evicted`: told each connection closed to make room, and why. */
+  constructor(
+    private readonly deps: {
+      metrics: Metrics
+      clock: Clock
+      connectionClosed: (client: string) => void
+      evicted: (reason: EvictionReason, client: string) => void
+    },
+  ) {
     const self = this
     this.tcpClosed = function () {
-      const client = self.sockets.get(this)
-      if (client === undefined) return
+      const conn = self.sockets.get(this)
+      if (conn === undefined) return
       self.sockets.delete(this)
       deps.metrics.connectionClosed()
-      deps.connectionClosed(client)
+      deps.connectionClosed(conn.client)
     }
     this.http1Closed = function () {
       self.http1.delete(this)
@@ -77,7 +120,7 @@ export class Connections {
   /** A TCP connection accepted from `client`. */
   add(socket: Socket, client: string): void {
     this.deps.metrics.connectionOpened()
-    this.sockets.set(socket, client)
+    this.sockets.set(socket, { client, since: this.deps.clock.now(), top: undefined, used: false })
     socket.on('close', this.tcpClosed)
   }
 
@@ -86,67 +129,134 @@ export class Connections {
   addHttp1(socket: Socket): void {
     this.fresh.add(socket)
     socket.on('close', this.http1Closed)
+    const tcp = this.tcpOf(socket)
+    if (tcp) {
+      tcp.top = socket
+      tcp.since = this.deps.clock.now()
+    }
   }
 
-  addSession(session: http2.ServerHttp2Session): void {
-    const streams = { open: 0 }
-    this.sessions.set(session, streams)
-    session.on('stream', (stream: http2.ServerHttp2Stream) => {
-      streams.open++
-      stream.once('close', () => streams.open--)
+  /** An HTTP/2 session on `socket` (the TLS socket, or the TCP socket on the plain port). */
+  addSession(session: http2.ServerHttp2Session, socket: Socket): void {
+    const tcp = this.tcpOf(socket) ?? { client: '', since: 0, top: undefined, used: false }
+    tcp.top = socket
+    tcp.since = this.deps.clock.now()
+    const state: Session = { tcp, requests: new Set() }
+    this.sessions.set(session, state)
+    this.sessionOn.set(socket, state)
+    session.once('close', () => {
+      this.sessions.delete(session)
+      this.sessionOn.delete(socket)
     })
-    session.once('close', () => this.sessions.delete(session))
     if (this.closingNow) session.close()
   }
 
   /**
-   * Closes the oldest idle connection (accepted but silent, an HTTP/1 keep-alive connection
-   * between requests, an HTTP/2 session with no stream open) to make room for a new one at
-   * limits.maxConnections: an idle connection is worth less than one about to send a request
-   * (Envoy's overload manager shortens idle timeouts for the same reason). False if none is idle.
+   * Closes, to make room for a new connection at limits.maxConnections, the one that has held its
+   * place longest for the least progress: the longest of a handshake still pending, a client
+   * that has sent no request, a connection idle between requests, one whose every exchange has
+   * been stalled on its client (pipeline/pressure.ts). All but the idle ones count only from
+   * MIN_STALL_MS: a client merely slow to start is not taken for one that stalls. An idle
+   * connection is worth least (Envoy's overload manager shortens idle timeouts for the same
+   * reason). False if none may go: the newcomer is then refused.
    */
-  evictIdle(): boolean {
-    for (const socket of this.fresh) {
-      if (socket.destroyed) continue
-      socket.destroy()
-      return true
+  makeRoom(): boolean {
+    const now = this.deps.clock.now()
+    let victim: [Socket, Conn, EvictionReason] | undefined
+    let longest = -1
+    for (const [socket, conn] of this.sockets) {
+      const [ms, reason] = this.stallOf(conn, now)
+      if (ms > longest && ms >= (reason === 'idle' ? 0 : MIN_STALL_MS) && !socket.destroyed) [victim, longest] = [[socket, conn, reason], ms]
     }
-    for (const [socket, conn] of this.http1) {
-      if (conn.busy > 0 || socket.destroyed || this.tunnels.has(socket)) continue
-      socket.destroy()
-      return true
-    }
-    for (const [session, streams] of this.sessions) {
-      if (streams.open > 0 || session.destroyed) continue
-      session.destroy()
-      return true
-    }
-    return false
+    if (!victim) return false
+    const [socket, conn, reason] = victim
+    this.deps.evicted(reason, conn.client)
+    if (reason === 'stalled') for (const request of this.requestsOn(conn)) request.evict('connections')
+    socket.destroy()
+    return true
   }
 
-  /** A request begins; on HTTP/1 (`exchange` given) its connection's state comes back. */
-  begin(exchange: { req: IncomingMessage; res: ServerResponse } | undefined): Http1Conn | undefined {
+  /** Connections open by state (GET /status): in their handshake (or, on the plain port, not
+   *  yet past their first bytes), silent (no request yet), idle between requests, busy, tunnels. */
+  states(): Record<EvictionReason | 'busy' | 'tunnel', number> {
+    const counts = { handshake: 0, silent: 0, idle: 0, busy: 0, stalled: 0, tunnel: 0 }
+    const now = this.deps.clock.now()
+    for (const conn of this.sockets.values()) {
+      if (conn.top !== undefined && this.tunnels.has(conn.top)) counts.tunnel++
+      else {
+        const [ms, state] = this.stallOf(conn, now)
+        counts[state === 'stalled' && ms < MIN_STALL_MS ? 'busy' : state]++
+      }
+    }
+    return counts
+  }
+
+  /** How long `conn` has held its place with no progress, and in what state. */
+  private stallOf(conn: Conn, now: number): [number, EvictionReason] {
+    const top = conn.top
+    if (top === undefined) return [now - conn.since, 'handshake']
+    const idle: [number, EvictionReason] = [now - conn.since, conn.used ? 'idle' : 'silent']
+    if (this.tunnels.has(top)) return [-1, 'stalled']
+    const requests = this.requestsOn(conn)
+    if (requests.length === 0) return idle
+    // stalled only if each of its exchanges is: a multiplexed connection serving anyone stays
+    let least = Infinity
+    for (const request of requests) least = Math.min(least, request.stalledFor(now))
+    return [least, 'stalled']
+  }
+
+  private requestsOn(conn: Conn): InFlight[] {
+    const session = this.sessionOn.get(conn.top!)
+    if (session) return [...session.requests]
+    const http1 = this.http1.get(conn.top!)
+    return http1?.latest && http1.busy > 0 ? [http1.latest] : []
+  }
+
+  /** The TCP connection under `socket` (a TLS socket's is its parent). */
+  private tcpOf(socket: Socket): Conn | undefined {
+    return this.sockets.get((socket as { _parent?: Socket | null })._parent ?? socket)
+  }
+
+  /** A request begins: on HTTP/1 (`session` undefined) its connection's state comes back. */
+  begin(request: InFlight, session: http2.Http2Session | undefined): Http1Conn | undefined {
     this.inFlightNow++
-    if (exchange === undefined) return undefined
+    if (session !== undefined) {
+      const state = this.sessions.get(session as http2.ServerHttp2Session)
+      if (state) {
+        state.requests.add(request)
+        state.tcp.used = true
+      }
+      return undefined
+    }
+    const exchange = request as InFlight & { req: IncomingMessage; res: ServerResponse }
     const socket = exchange.req.socket
     if (this.fresh.delete(socket)) this.notify()
     let conn = this.http1.get(socket)
     if (!conn) {
-      conn = { busy: 0, read: 0, written: 0, latest: undefined, poisoned: false }
+      const tcp = this.tcpOf(socket) ?? { client: '', since: 0, top: socket, used: false }
+      conn = { busy: 0, read: 0, written: 0, latest: undefined, poisoned: false, tcp }
       this.http1.set(socket, conn)
     }
+    conn.tcp.used = true
     conn.busy++
     conn.latest = exchange
     return conn
   }
 
   /** A request's response is done (or cut): its bytes on an HTTP/1 connection, headers included. */
-  end(socket: Socket | undefined, conn: Http1Conn | undefined): { bytesIn: number; bytesOut: number } | undefined {
+  end(request: InFlight, socket: Socket | undefined, conn: Http1Conn | undefined, session: http2.Http2Session | undefined): { bytesIn: number; bytesOut: number } | undefined {
     this.inFlightNow--
+    if (session !== undefined) {
+      const state = this.sessions.get(session as http2.ServerHttp2Session)
+      if (state && state.requests.delete(request) && state.requests.size === 0) state.tcp.since = this.deps.clock.now()
+    }
     let bytes: { bytesIn: number; bytesOut: number } | undefined
     if (socket && conn) {
       conn.busy--
-      if (conn.busy === 0) conn.latest = undefined
+      if (conn.busy === 0) {
+        conn.latest = undefined
+        conn.tcp.since = this.deps.clock.now()
+      }
       bytes = { bytesIn: socket.bytesRead - conn.read, bytesOut: socket.bytesWritten - conn.written }
       conn.read = socket.bytesRead
       conn.written = socket.bytesWritten

@@ -18,7 +18,8 @@ import type { Metrics } from '../metrics.js'
 import { release } from '../pipeline/compose.js'
 import { Cancel } from '../pipeline/cancel.js'
 import { isGrpc, localReply } from '../pipeline/local-reply.js'
-import type { Handler, ProxyRequest, ProxyResponse, Reply, RequestContext, RequestOutcome } from '../pipeline/types.js'
+import { BODY_MIN_RATE } from '../pipeline/pressure.js'
+import type { ClientProgress, Handler, ProxyRequest, ProxyResponse, Reply, RequestContext, RequestOutcome, Resource } from '../pipeline/types.js'
 import { Connections, type Http1Conn } from './connections.js'
 import { AbuseReport } from './abuse.js'
 import { Admission, type AdmissionLimits } from './admission.js'
@@ -87,7 +88,11 @@ export class Listener {
     private readonly deps: ListenerDeps,
   ) {
     this.protocol = opts.tls ? 'https' : 'http'
-    this.connections = new Connections({ ...deps, connectionClosed: (client) => this.admission.connectionClosed(client) })
+    this.connections = new Connections({
+      ...deps,
+      connectionClosed: (client) => this.admission.connectionClosed(client),
+      evicted: (reason, client) => this.abuse.evicted('connections', reason, { client }),
+    })
     this.shedder = new LoadShedder(opts.maxEventLoopDelayMs, deps.clock, deps.loopDelay)
     this.admission = new Admission(opts, this.shedder)
     this.identity = new ClientIdentity({ ...opts, verifiesClients: opts.tls !== false && opts.tls.clientCa !== undefined })
@@ -145,6 +150,12 @@ export class Listener {
     return this.connections.count
   }
 
+  /** Client connections by state: handshake, silent, idle, busy, stalled (busy, every exchange
+   *  stalled on its client for MIN_STALL_MS), tunnel. */
+  connectionStates(): Record<string, number> {
+    return this.connections.states()
+  }
+
   get tunnelCount(): number {
     return this.connections.tunnelCount
   }
@@ -181,14 +192,10 @@ export class Listener {
   }
 
   /** A TCP connection: admitted within the connection limits (at the total, in place of the
-   *  oldest idle one), else closed at once. */
+   *  one that has done least for longest: connections.ts makeRoom), else closed at once. */
   private onConnection(socket: Socket): void {
     const client = clientAddressOf(socket)
-    const refused = this.admission.connection(client, !this.identity.trusts(client), () => {
-      const evicted = this.connections.evictIdle()
-      if (evicted) this.abuse.note('too_many_connections', OVER_CONNECTION_LIMITS)
-      return evicted
-    })
+    const refused = this.admission.connection(client, !this.identity.trusts(client), () => this.connections.makeRoom())
     if (refused) {
       socket.destroy()
       return this.abuse.note(refused, OVER_CONNECTION_LIMITS, { client })
@@ -200,7 +207,7 @@ export class Listener {
     const socket = this.h2Socket!
     this.h2Socket = undefined
     const client = clientAddressOf(socket)
-    this.connections.addSession(session)
+    this.connections.addSession(session, socket)
     session.on('error', (err) => this.deps.logger.debug({ err: { message: err.message } }, 'HTTP/2 session error'))
     // An idle HTTP/2 connection is closed like an idle HTTP/1 keep-alive connection; one that
     // resets streams faster than a client honestly would is closed for it; every session that
@@ -241,10 +248,10 @@ export class Listener {
       return this.refuse(req, res, target, h2)
     }
 
-    const ctx = this.context(req, startedAt, peer, client)
-    const conn = this.connections.begin(h2 ? undefined : { req: req as http.IncomingMessage, res: res as http.ServerResponse })
-    const proxyReq = this.proxyRequest(req, h2, target, ctx)
-    const answer = new Answer(this, req, res, proxyReq, ctx, h2 ? undefined : socket, conn)
+    const answer = new Answer(this, req, res, h2 ? undefined : socket, this.deps.clock.now())
+    const ctx = (answer.ctx = this.context(req, startedAt, peer, client, answer))
+    answer.conn = this.connections.begin(answer, h2 ? (req as http2.Http2ServerRequest).stream.session! : undefined)
+    const proxyReq = (answer.proxyReq = this.proxyRequest(req, h2, target, ctx))
     // `on`, not `once`: a response closes once, and `once` wraps its listener per call
     res.on('close', answer.closed)
     if (expectsContinue && proxyReq.body !== null) req.once('resume', () => res.writeContinue())
@@ -252,14 +259,17 @@ export class Listener {
   }
 
   /** A request's response closed (Answer): sent whole, or cut short. */
-  closed({ req, res, proxyReq, ctx, http1, conn }: Answer): void {
+  closed(answer: Answer): void {
+    const { req, res, proxyReq, ctx, http1, conn } = answer
+    answer.pausedAt = 0
     if (this.admission.perClientRequests) this.admission.requestDone(ctx.clientKey)
     const complete = completed(req, res, http1 === undefined)
     if (!complete) {
       ctx.error ??= 'client_closed'
       ctx.signal.abort(new SidecarError('client_closed'))
     }
-    const bytes = this.connections.end(http1, conn) ?? declaredBytes(req, res)
+    const session = http1 === undefined ? (req as http2.Http2ServerRequest).stream.session ?? undefined : undefined
+    const bytes = this.connections.end(answer, http1, conn, session) ?? declaredBytes(req, res)
     this.finish(ctx, proxyReq, {
       status: res.headersSent ? res.statusCode : ERRORS.client_closed.status,
       complete,
@@ -269,7 +279,8 @@ export class Listener {
   }
 
   /** The pipeline's answer to a request (Answer), written to its client. */
-  answer({ req, res, ctx, http1 }: Answer, response: ProxyResponse): void {
+  answer(answer: Answer, response: ProxyResponse): void {
+    const { req, res, ctx, http1 } = answer
     const h2 = http1 === undefined
     response.headers['x-request-id'] = ctx.id
     // After a request the catalogue says to close on (its framing or size), what is left on
@@ -281,7 +292,7 @@ export class Listener {
       close,
       trailers: h2 || acceptsTrailers(req.headers.te),
       // only a streamed body can stall
-      sendIdle: body === null || Buffer.isBuffer(body) ? undefined : { ms: this.opts.sendIdleTimeoutMs, clock: this.deps.clock, onCut: () => this.cutSlowReader(ctx) },
+      sendIdle: body === null || Buffer.isBuffer(body) ? undefined : { ms: this.opts.sendIdleTimeoutMs, clock: this.deps.clock, onCut: () => this.cutSlowReader(ctx), stall: answer },
     })
   }
 
@@ -314,7 +325,7 @@ export class Listener {
     if (refusal) return this.refuseRaw(socket, refusal, requestIdFrom(req.headers['x-request-id']))
 
     const peer = clientAddressOf(socket)
-    const ctx = this.context(req, startedAt, peer, this.identity.keyed ? this.identity.keyOf(peer, socket, socket, req.headers) : peer)
+    const ctx = this.context(req, startedAt, peer, this.identity.keyed ? this.identity.keyOf(peer, socket, socket, req.headers) : peer, KEEPS_UP)
     const leave = () => ctx.signal.abort(new SidecarError('client_closed'))
     socket.once('close', leave)
     socket.on('error', noop) // a reset before the answer: 'close' follows and says it
@@ -359,6 +370,11 @@ export class Listener {
     })
   }
 
+  /** An exchange evicted to make room at `resource` (Answer.evict): counted, warned of. */
+  evicted(resource: Resource, reason: 'slow_reader' | 'slow_body', ctx: RequestContext): void {
+    this.abuse.evicted(resource, reason, { requestId: ctx.id, client: ctx.clientAddress })
+  }
+
   /** A client that stopped reading its answer was cut: its line says so, and it is counted. */
   private cutSlowReader(ctx: RequestContext): void {
     ctx.error = 'client_slow'
@@ -379,7 +395,7 @@ export class Listener {
   }
 
   /** A new request's context: its id, client, cancellation; filled in by the layers. */
-  private context(req: Request, startedAt: bigint, peer: string, clientKey: string): RequestContext {
+  private context(req: Request, startedAt: bigint, peer: string, clientKey: string, progress: ClientProgress): RequestContext {
     const cancel = new Cancel()
     return {
       id: requestIdFrom(req.headers['x-request-id']),
@@ -396,6 +412,7 @@ export class Listener {
       onEnd: [],
       httpVersion: req.httpVersion,
       trace: undefined,
+      progress,
     }
   }
 
@@ -477,20 +494,28 @@ export class Listener {
   }
 }
 
-/** A request in flight on the listener: its way back from the pipeline (the answer, written to
- *  the client) and the end of its response (`closed`, the response's close listener). */
-class Answer implements Reply {
+/**
+ * A request in flight on the listener: its way back from the pipeline (the answer, written to
+ * its client), the end of its response (`closed`, the response's close listener), and how its
+ * client keeps up (`stalledFor`: the ceilings of pipeline/pressure.ts evict the most stalled).
+ */
+class Answer implements Reply, ClientProgress {
   readonly closed = () => this.listener.closed(this)
+  ctx!: RequestContext
+  proxyReq!: ProxyRequest
+  /** The HTTP/1 connection's state; undefined on HTTP/2. */
+  conn: Http1Conn | undefined = undefined
+  /** When its client stopped taking its streamed answer (0: it takes it). */
+  pausedAt = 0
 
   constructor(
     private readonly listener: Listener,
     readonly req: Request,
     readonly res: Response,
-    readonly proxyReq: ProxyRequest,
-    readonly ctx: RequestContext,
     /** The HTTP/1 connection; undefined on HTTP/2. */
     readonly http1: Socket | undefined,
-    readonly conn: Http1Conn | undefined,
+    /** The clock's time at its arrival. */
+    private readonly arrivedAt: number,
   ) {}
 
   ok(response: ProxyResponse): void {
@@ -504,7 +529,28 @@ class Answer implements Reply {
   fail(err: unknown): void {
     this.listener.broken(err, this.ctx, this.res)
   }
+
+  /** Not reading its answer: since it stopped. Sending its body (HTTP/1) while the proxy waits
+   *  for it: how far it is behind BODY_MIN_RATE since it arrived. */
+  stalledFor(now: number): number {
+    if (this.pausedAt > 0) return now - this.pausedAt
+    const socket = this.http1
+    const req = this.req as http.IncomingMessage
+    if (socket === undefined || req.complete || req.readableLength > 0) return 0
+    const bytes = socket.bytesRead - this.conn!.read
+    return Math.max(0, now - this.arrivedAt - (bytes * 1000) / BODY_MIN_RATE)
+  }
+
+  evict(resource: Resource): void {
+    if (this.ctx.error === undefined || this.ctx.error === 'client_closed') this.ctx.error = 'client_slow'
+    this.listener.evicted(resource, this.pausedAt > 0 ? 'slow_reader' : 'slow_body', this.ctx)
+    if (this.http1) this.http1.destroy()
+    else (this.res as http2.Http2ServerResponse).stream.close(http2.constants.NGHTTP2_CANCEL)
+  }
 }
+
+/** An upgrade's handshake: never evicted (its tunnel has limits of its own). */
+const KEEPS_UP: ClientProgress = { stalledFor: () => 0, evict: noop }
 
 const OVER_CONNECTION_LIMITS = 'connections past limits.maxConnections (the oldest idle one closed to make room) or limits.maxConnectionsPerClient (refused)'
 

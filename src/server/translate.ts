@@ -46,8 +46,9 @@ export interface WriteOptions {
   close: boolean
   /** The client takes trailers (HTTP/2, or HTTP/1.1 with TE: trailers). */
   trailers: boolean
-  /** A client that reads nothing of a streamed body for `ms` is cut, and `onCut` told. */
-  sendIdle?: { ms: number; clock: Clock; onCut: () => void }
+  /** A client that reads nothing of a streamed body for `ms` is cut, and `onCut` told;
+   *  `stall.pausedAt` says since when it has read nothing (0: it reads). */
+  sendIdle?: { ms: number; clock: Clock; onCut: () => void; stall: { pausedAt: number } }
 }
 
 /** Writes the response and streams its body. */
@@ -103,15 +104,20 @@ function cutWhenStalled(res: Response, body: Readable, o: NonNullable<WriteOptio
   let stop = noop
   res.once('close', () => {
     closed = true
+    o.stall.pausedAt = 0
     stop()
   })
   body.on('pause', () => {
     if (closed) return
+    o.stall.pausedAt = o.clock.now()
     stop = o.clock.timeout(o.ms, () => {
       o.onCut()
       res.destroy()
     })
-    body.once('resume', () => stop())
+    body.once('resume', () => {
+      o.stall.pausedAt = 0
+      stop()
+    })
   })
 }
 

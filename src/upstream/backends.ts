@@ -8,7 +8,7 @@ import { SidecarError } from '../errors.js'
 import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
 import type { BufferBudget } from '../pipeline/buffers.js'
-import type { Handler } from '../pipeline/types.js'
+import type { ClientProgress, Handler } from '../pipeline/types.js'
 import { Breaker, type BreakerState } from './breaker.js'
 import { Upstream, type PoolOptions } from './client.js'
 import { HealthCheck, type BackendHealth } from './health.js'
@@ -28,10 +28,12 @@ export interface BackendsDeps {
   onHealth?: (backend: string, health: BackendHealth, changed: boolean) => void
 }
 
-/** The overload layer's count for one backend: attempts holding a slot, and those queued for one.
- *  It outlives a reload, so requests still running on the old config count against the new one. */
+/** The overload layer's count for one backend: attempts holding a slot (and their clients, the
+ *  ceiling evicts the most stalled of: layers/overload.ts), and those queued for one. It
+ *  outlives a reload, so requests still running on the old config count against the new one. */
 export class Gate {
   active = 0
+  readonly holders = new Set<{ readonly progress: ClientProgress }>()
   readonly waiting: Array<() => void> = []
 }
 

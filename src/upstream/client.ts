@@ -7,7 +7,7 @@ import type { Metrics } from '../metrics.js'
 import { Readable } from 'node:stream'
 import type { BufferBudget } from '../pipeline/buffers.js'
 import { Cancel } from '../pipeline/cancel.js'
-import type { ProxyRequest, ProxyResponse, Reply, RequestContext } from '../pipeline/types.js'
+import type { ClientProgress, ProxyRequest, ProxyResponse, Reply, RequestContext } from '../pipeline/types.js'
 import { Exchange, type ExchangeOptions } from './exchange.js'
 import { connectOptions, tlsFailure, type HandshakeLog, type UpstreamTls } from './tls.js'
 
@@ -93,7 +93,7 @@ export class Upstream {
    * known to be down, not as a one-off 502.
    */
   request(req: ProxyRequest, ctx: RequestContext, backend: Checked, reply: Reply): void {
-    this.dispatch(req, ctx.attemptSignal, new Attempt(this, ctx, backend, reply), this.forwarding)
+    this.dispatch(req, ctx.attemptSignal, new Attempt(this, ctx, backend, reply), this.forwarding, this.pool, ctx.progress)
   }
 
   /** An attempt's answer (Attempt): counted, and its failures named. */
@@ -178,8 +178,9 @@ export class Upstream {
     reply: Reply,
     options: ExchangeOptions,
     pool = this.pool,
+    progress?: ClientProgress,
   ): void {
-    const handler = new Exchange(req.method, signal, reply, options)
+    const handler = new Exchange(req.method, signal, reply, options, progress)
     const { method, path, headers, body, upgrade } = req
     const servername = this.servername
     // `servername` is read by undici's Request, though its types leave it out

@@ -5,9 +5,9 @@ import type { Duplex } from 'node:stream'
 import { Readable } from 'node:stream'
 import { SidecarError } from '../errors.js'
 import { endToEndRaw, type HeaderName } from '../headers.js'
-import type { BufferBudget } from '../pipeline/buffers.js'
+import type { BufferBudget, BufferHolder } from '../pipeline/buffers.js'
 import type { Cancel, CancelListener } from '../pipeline/cancel.js'
-import type { HeaderMap, ProxyResponse, Reply } from '../pipeline/types.js'
+import type { ClientProgress, HeaderMap, ProxyResponse, Reply } from '../pipeline/types.js'
 
 /** What every exchange of a pool shares. */
 export interface ExchangeOptions {
@@ -31,7 +31,7 @@ export interface ExchangeOptions {
  * what a forwarded request costs beyond the bare minimum). A longer one goes on as a Readable
  * that streams the rest with backpressure (undici pauses while the body's buffer is full).
  */
-export class Exchange implements CancelListener {
+export class Exchange implements CancelListener, BufferHolder {
   private body: Readable | null = null
   /** Made when trailers come, or for a streamed body (they come after the hand-over). */
   private trailers: Record<string, string | string[]> | undefined = undefined
@@ -43,13 +43,20 @@ export class Exchange implements CancelListener {
   /** Between the headers and the hand-over: the answer so far. */
   private head: { status: number; headers: HeaderMap; resume: () => void; chunk: Buffer | null; more: Buffer[] | null; ended: boolean; error?: Error } | null = null
 
+  /** `progress`: the client's, for whom the answer is read ahead (none: no read-ahead). */
   constructor(
     private readonly method: string,
     private readonly signal: Cancel,
     private readonly reply: Reply,
     private readonly opts: ExchangeOptions,
+    readonly progress: ClientProgress = NO_CLIENT,
   ) {
     signal.add(this)
+  }
+
+  /** Bytes read ahead of the client, taken from the budget (BufferHolder). */
+  get held(): number {
+    return this.ahead
   }
 
   /** The signal aborted before the answer's headers. Still waiting for a pooled connection: it
@@ -138,13 +145,16 @@ export class Exchange implements CancelListener {
       this.watchingEnd = true
       body.once('end', () => this.giveBack()) // the rest may be read without another read()
     }
+    if (this.ahead === 0) budget.hold(this)
     this.ahead += chunk.length
     return true
   }
 
   private giveBack(): void {
     if (this.ahead === 0) return
-    this.opts.readAhead.budget?.give(this.ahead)
+    const budget = this.opts.readAhead.budget!
+    budget.give(this.ahead)
+    budget.released(this)
     this.ahead = 0
   }
 
@@ -179,3 +189,6 @@ function hasNoBody(method: string, status: number): boolean {
 function noop(): void {}
 
 const EMPTY = Buffer.alloc(0)
+
+/** Mirrored copies and health checks have no client to keep up. */
+const NO_CLIENT: ClientProgress = { stalledFor: () => 0, evict: noop }

@@ -6,6 +6,7 @@ import { Gate } from '../../src/upstream/backends.js'
 import type { ProxyResponse } from '../../src/pipeline/types.js'
 import { context, deps, drive, metricValue, proxyRequest, type AsyncHandler } from '../fixtures/pipeline.js'
 import { Cancel } from '../../src/pipeline/cancel.js'
+import { fakeClock } from '../fixtures/clock.js'
 
 /** A next whose calls wait until the test answers them. */
 function held() {
@@ -36,7 +37,7 @@ t.test('past in-flight and waiting limits: 503 overloaded at once; the rest are 
   const d = deps()
   const g = gates()
   const { next, pending } = held()
-  const handler = drive(createOverloadLayer({ maxConcurrentRequests: 2, maxPendingRequests: 1 }, { ...d, gateOf: g.gateOf }))(next)
+  const handler = drive(createOverloadLayer({ maxConcurrentRequests: 2, maxPendingRequests: 1 }, { ...d, clock: fakeClock(), gateOf: g.gateOf }))(next)
   const results = Array.from({ length: 5 }, () => handler(proxyRequest(), context({ backend: 'app' })).then((r) => r.status, (e: { code: string }) => e.code))
   await tick()
   t.equal(pending.length, 2, 'two in flight')
@@ -56,7 +57,7 @@ t.test('a streamed response holds its slot until the body is done', async (t) =>
   const d = deps()
   const g = gates()
   const { next, pending } = held()
-  const handler = drive(createOverloadLayer({ maxConcurrentRequests: 1, maxPendingRequests: 0 }, { ...d, gateOf: g.gateOf }))(next)
+  const handler = drive(createOverloadLayer({ maxConcurrentRequests: 1, maxPendingRequests: 0 }, { ...d, clock: fakeClock(), gateOf: g.gateOf }))(next)
   const first = handler(proxyRequest(), context({ backend: 'app' }))
   await tick()
   const body = new Readable({ read() {} })
@@ -80,7 +81,7 @@ t.test('a streamed response holds its slot until the body is done', async (t) =>
 
 t.test('a failed attempt frees its slot', async (t) => {
   const { next, failing, pending } = held()
-  const handler = drive(createOverloadLayer({ maxConcurrentRequests: 1, maxPendingRequests: 0 }, { ...deps(), gateOf: gates().gateOf }))(next)
+  const handler = drive(createOverloadLayer({ maxConcurrentRequests: 1, maxPendingRequests: 0 }, { ...deps(), clock: fakeClock(), gateOf: gates().gateOf }))(next)
   const first = handler(proxyRequest(), context({ backend: 'app' }))
   await tick()
   failing[0]!(new Error('boom'))
@@ -94,7 +95,7 @@ t.test('a failed attempt frees its slot', async (t) => {
 
 t.test('a layer below that answers and then throws (a bug) frees its slot once', async (t) => {
   const g = gates()
-  const layer = createOverloadLayer({ maxConcurrentRequests: 2, maxPendingRequests: 0 }, { ...deps(), gateOf: g.gateOf })
+  const layer = createOverloadLayer({ maxConcurrentRequests: 2, maxPendingRequests: 0 }, { ...deps(), clock: fakeClock(), gateOf: g.gateOf })
   const outcomes: string[] = []
   const reply = { ok: (res: ProxyResponse) => outcomes.push(String(res.status)), fail: (err: unknown) => outcomes.push((err as Error).message) }
   layer(() => {
@@ -110,7 +111,7 @@ t.test('a layer below that answers and then throws (a bug) frees its slot once',
 
 t.test('a waiting attempt leaves the queue when its client leaves or its deadline passes', async (t) => {
   const { next, pending } = held()
-  const handler = drive(createOverloadLayer({ maxConcurrentRequests: 1, maxPendingRequests: 5 }, { ...deps(), gateOf: gates().gateOf }))(next)
+  const handler = drive(createOverloadLayer({ maxConcurrentRequests: 1, maxPendingRequests: 5 }, { ...deps(), clock: fakeClock(), gateOf: gates().gateOf }))(next)
   const busy = handler(proxyRequest(), context({ backend: 'app' }))
   const ac = new Cancel()
   const leaving = handler(proxyRequest(), context({ backend: 'app', signal: ac }))
