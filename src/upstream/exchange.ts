@@ -39,6 +39,8 @@ export class Exchange implements CancelListener, BufferHolder {
   private settled = false
   /** Bytes read ahead of the client, past the body's own buffer, taken from the budget. */
   private ahead = 0
+  /** Bytes of the answer still to come from the app, when its length was declared. */
+  private left = Infinity
   private watchingEnd = false
   /** Between the headers and the hand-over: the answer so far. */
   private head: { status: number; headers: HeaderMap; resume: () => void; chunk: Buffer | null; more: Buffer[] | null; ended: boolean; error?: Error } | null = null
@@ -105,6 +107,9 @@ export class Exchange implements CancelListener, BufferHolder {
       return this.settle({ status, headers, body, trailers: this.trailers })
     }
     const resume = head.resume
+    // the chunks that came with the headers are counted off as onData passes them on below
+    const declared = Number(headers['content-length'])
+    if (Number.isSafeInteger(declared)) this.left = declared
     this.body = new Readable({
       read: () => {
         this.giveBack() // below its own buffer again: what was read ahead has gone to the client
@@ -127,6 +132,9 @@ export class Exchange implements CancelListener, BufferHolder {
    * writes), the app is still read from while this response's read-ahead stays within its
    * limit and the budget for all buffers allows: a typical answer is then read whole, and the
    * app's connection freed, however slow the client. Beyond that, the app waits (backpressure).
+   * An answer whose declared rest cannot fit is not read ahead at all: the app's connection
+   * would stay held all the same, and the bytes would be memory spent on a slow client for
+   * nothing (a thousand slow readers of a 1 MiB answer held 32 MiB of read-ahead so).
    */
   onData(chunk: Buffer): boolean {
     const head = this.head
@@ -138,9 +146,10 @@ export class Exchange implements CancelListener, BufferHolder {
     }
     const body = this.body
     if (!body) return true
+    this.left -= chunk.length
     if (body.push(chunk)) return true
     const { bytes, budget } = this.opts.readAhead
-    if (this.ahead + chunk.length > bytes || !budget?.take(chunk.length)) return false
+    if (this.ahead + chunk.length + (this.left === Infinity ? 0 : this.left) > bytes || !budget?.take(chunk.length)) return false
     if (!this.watchingEnd) {
       this.watchingEnd = true
       body.once('end', () => this.giveBack()) // the rest may be read without another read()
