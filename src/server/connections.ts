@@ -22,14 +22,22 @@ export interface InFlight extends ClientProgress {
   readonly res: unknown
 }
 
-/** One HTTP/1 connection: requests in flight (pipelining) and the byte counters at the last
- *  request's end, so each request's access line gets its own bytes. */
+/** An HTTP/1 request in flight. */
+export interface Http1InFlight extends InFlight {
+  readonly req: IncomingMessage
+  readonly res: ServerResponse
+  /** Its connection closed before its response was given one: Node never tells such a
+   *  response (a pipelined request waiting behind the one answered), the listener is told. */
+  connectionLost(): void
+}
+
+/** One HTTP/1 connection: requests in flight and the byte counters at the last request's end,
+ *  so each request's access line gets its own bytes. */
 export interface Http1Conn {
-  busy: number
+  /** Oldest first: more than one when the client pipelines; the first is being answered. */
+  readonly requests: Http1InFlight[]
   read: number
   written: number
-  /** The latest request still in flight, and its response. */
-  latest: (InFlight & { req: IncomingMessage; res: ServerResponse }) | undefined
   /** The parser refused what followed the requests in flight: they are answered, then it closes. */
   poisoned: boolean
   readonly tcp: Conn
@@ -98,8 +106,11 @@ export class Connections {
       deps.connectionClosed(conn.client)
     }
     this.http1Closed = function () {
+      const conn = self.http1.get(this)
       self.http1.delete(this)
       if (self.fresh.delete(this)) self.notify()
+      // pipelined requests still queued behind the one answered: their responses never close
+      if (conn) for (const request of [...conn.requests]) if (request.res.socket === null) request.connectionLost()
     }
   }
 
@@ -208,8 +219,9 @@ export class Connections {
   private requestsOn(conn: Conn): InFlight[] {
     const session = this.sessionOn.get(conn.top!)
     if (session) return [...session.requests]
-    const http1 = this.http1.get(conn.top!)
-    return http1?.latest && http1.busy > 0 ? [http1.latest] : []
+    // pipelined requests wait behind the first: it is the one that may stall on its client
+    const first = this.http1.get(conn.top!)?.requests[0]
+    return first ? [first] : []
   }
 
   /** The TCP connection under `socket` (a TLS socket's is its parent). */
@@ -228,18 +240,17 @@ export class Connections {
       }
       return undefined
     }
-    const exchange = request as InFlight & { req: IncomingMessage; res: ServerResponse }
+    const exchange = request as Http1InFlight
     const socket = exchange.req.socket
     if (this.fresh.delete(socket)) this.notify()
     let conn = this.http1.get(socket)
     if (!conn) {
       const tcp = this.tcpOf(socket) ?? { client: '', since: 0, top: socket, used: false }
-      conn = { busy: 0, read: 0, written: 0, latest: undefined, poisoned: false, tcp }
+      conn = { requests: [], read: 0, written: 0, poisoned: false, tcp }
       this.http1.set(socket, conn)
     }
     conn.tcp.used = true
-    conn.busy++
-    conn.latest = exchange
+    conn.requests.push(exchange)
     return conn
   }
 
@@ -252,16 +263,15 @@ export class Connections {
     }
     let bytes: { bytesIn: number; bytesOut: number } | undefined
     if (socket && conn) {
-      conn.busy--
-      if (conn.busy === 0) {
-        conn.latest = undefined
-        conn.tcp.since = this.deps.clock.now()
-      }
+      const requests = conn.requests
+      const i = requests.indexOf(request as Http1InFlight)
+      if (i >= 0) requests.splice(i, 1)
+      if (requests.length === 0) conn.tcp.since = this.deps.clock.now()
       bytes = { bytesIn: socket.bytesRead - conn.read, bytesOut: socket.bytesWritten - conn.written }
       conn.read = socket.bytesRead
       conn.written = socket.bytesWritten
       // end, not destroy: the response may still sit in the socket's buffer
-      if ((this.closingNow || conn.poisoned) && conn.busy === 0) socket.end()
+      if ((this.closingNow || conn.poisoned) && requests.length === 0) socket.end()
     }
     this.notify()
     return bytes
@@ -316,7 +326,7 @@ export class Connections {
     const { clock } = this.deps
     this.closingNow = true
     for (const session of this.sessions.keys()) session.close()
-    for (const [socket, conn] of this.http1) if (conn.busy === 0 && !this.tunnels.has(socket)) socket.end()
+    for (const [socket, conn] of this.http1) if (conn.requests.length === 0 && !this.tunnels.has(socket)) socket.end()
     const deadline = clock.now() + timeoutMs
     // A connection accepted just before the listener closed may not have sent its request yet:
     // give such connections up to FRESH_GRACE_MS to do so, then finish what is in flight.

@@ -18,6 +18,7 @@ import type { Metrics } from '../metrics.js'
 import { release } from '../pipeline/compose.js'
 import { Cancel } from '../pipeline/cancel.js'
 import { isGrpc, localReply } from '../pipeline/local-reply.js'
+import type { BufferBudget, BufferHolder } from '../pipeline/buffers.js'
 import { BODY_MIN_RATE } from '../pipeline/pressure.js'
 import type { ClientProgress, Handler, ProxyRequest, ProxyResponse, Reply, RequestContext, RequestOutcome, Resource } from '../pipeline/types.js'
 import { Connections, type Http1Conn } from './connections.js'
@@ -30,7 +31,7 @@ import { LoadShedder } from './shedding.js'
 import { joinTunnel, type TunnelEnd } from './tunnel.js'
 import { createServers, secureContext, type ServerLimits } from './servers.js'
 import { rotateTicketKeys, type ListenerTlsOptions, type Served } from './tls.js'
-import { clientAddressOf, completed, declaredBytes, toProxyRequest, verifiedSubject, writeRaw, writeResponse, type Request, type Response } from './translate.js'
+import { clientAddressOf, completed, declaredBytes, toProxyRequest, verifiedSubject, writeRaw, writeResponse, type Request, type Response, type Stall } from './translate.js'
 import { CONNECT_REFUSED, checkHttp1Request, checkHttp2Request, checkUpgradeRequest, parserErrorCode, type Refusal } from './validate.js'
 
 /** Node's server objects' limits (servers.ts), and what the listener itself enforces. */
@@ -66,6 +67,8 @@ export interface ListenerDeps {
   clock: Clock
   /** The event loop's delay (ms) to shed load by; the real loop's unless a test gives one. */
   loopDelay?: () => number
+  /** The ceiling for bytes held for slow peers, which a stalled answer's are charged to. */
+  buffers?: BufferBudget
 }
 
 export class Listener {
@@ -255,13 +258,19 @@ export class Listener {
     // `on`, not `once`: a response closes once, and `once` wraps its listener per call
     res.on('close', answer.closed)
     if (expectsContinue && proxyReq.body !== null) req.once('resume', () => res.writeContinue())
-    this.handler(proxyReq, ctx, answer)
+    // HTTP/1: one exchange at a time on a connection. A pipelined request waits until the one
+    // before it is answered (nginx reads them so), instead of holding a slot and a connection to
+    // the app while its answer queues behind the other's.
+    if (answer.conn !== undefined && answer.conn.requests.length > 1) answer.waiting = () => this.handler(proxyReq, ctx, answer)
+    else this.handler(proxyReq, ctx, answer)
   }
 
   /** A request's response closed (Answer): sent whole, or cut short. */
   closed(answer: Answer): void {
+    if (answer.ended) return
+    answer.ended = true
     const { req, res, proxyReq, ctx, http1, conn } = answer
-    answer.pausedAt = 0
+    answer.goesOn()
     if (this.admission.perClientRequests) this.admission.requestDone(ctx.clientKey)
     const complete = completed(req, res, http1 === undefined)
     if (!complete) {
@@ -270,6 +279,12 @@ export class Listener {
     }
     const session = http1 === undefined ? (req as http2.Http2ServerRequest).stream.session ?? undefined : undefined
     const bytes = this.connections.end(answer, http1, conn, session) ?? declaredBytes(req, res)
+    const next = conn?.requests[0] as Answer | undefined
+    if (next?.waiting && !next.ended) {
+      const go = next.waiting
+      next.waiting = undefined
+      go()
+    }
     this.finish(ctx, proxyReq, {
       status: res.headersSent ? res.statusCode : ERRORS.client_closed.status,
       complete,
@@ -294,6 +309,11 @@ export class Listener {
       // only a streamed body can stall
       sendIdle: body === null || Buffer.isBuffer(body) ? undefined : { ms: this.opts.sendIdleTimeoutMs, clock: this.deps.clock, onCut: () => this.cutSlowReader(ctx), stall: answer },
     })
+  }
+
+  /** The budget a stalled answer's bytes are charged to. */
+  get buffers(): BufferBudget | undefined {
+    return this.deps.buffers
   }
 
   /** The respond layer turns every error into a response, and answers once: reaching here
@@ -465,7 +485,7 @@ export class Listener {
     // what follows a request refused already (its head was answered, the connection closes after)
     if (this.refusedOn.has(socket)) return
     const conn = this.connections.http1Of(socket)
-    const latest = conn?.latest
+    const latest = conn?.requests.at(-1)
     const refusal = { code: parserErrorCode(err), detail: `${err.code}` }
     if (latest && !latest.req.complete) {
       // A client gone mid-body (EOF where the body should go on) is no bad request: the
@@ -499,7 +519,7 @@ export class Listener {
  * its client), the end of its response (`closed`, the response's close listener), and how its
  * client keeps up (`stalledFor`: the ceilings of pipeline/pressure.ts evict the most stalled).
  */
-class Answer implements Reply, ClientProgress {
+class Answer implements Reply, ClientProgress, Stall, BufferHolder {
   readonly closed = () => this.listener.closed(this)
   ctx!: RequestContext
   proxyReq!: ProxyRequest
@@ -507,6 +527,14 @@ class Answer implements Reply, ClientProgress {
   conn: Http1Conn | undefined = undefined
   /** When its client stopped taking its streamed answer (0: it takes it). */
   pausedAt = 0
+  /** While it has stopped: the bytes its body and connection hold, charged to the buffers. */
+  held = 0
+  /** Its response has closed (or its connection, before the response had it). */
+  ended = false
+  /** Cut to make room at a ceiling. */
+  evicted = false
+  /** HTTP/1, pipelined: begins once the requests before it on its connection are answered. */
+  waiting: (() => void) | undefined = undefined
 
   constructor(
     private readonly listener: Listener,
@@ -541,7 +569,40 @@ class Answer implements Reply, ClientProgress {
     return Math.max(0, now - this.arrivedAt - (bytes * 1000) / BODY_MIN_RATE)
   }
 
+  /** As a BufferHolder: it is its own client's progress. */
+  get progress(): ClientProgress {
+    return this
+  }
+
+  /** Its client stopped taking its streamed answer (Stall): what the answer holds on its way is
+   *  charged to the ceiling for bytes held for slow peers (pipeline/buffers.ts). */
+  stopped(at: number, held: number): void {
+    const buffers = this.listener.buffers
+    buffers?.discharge(this)
+    this.pausedAt = at
+    this.held = held
+    buffers?.charge(this)
+  }
+
+  goesOn(): void {
+    this.pausedAt = 0
+    this.listener.buffers?.discharge(this)
+  }
+
+  /** Its connection closed while it waited behind a pipelined request: its response never got
+   *  the connection and Node never closes it. It is closed here, so that what waits on its
+   *  close (its slot, its app request, its access line) does not wait for ever. */
+  connectionLost(): void {
+    if (this.ended) return
+    ;(this.res as http.ServerResponse).destroy()
+    this.res.emit('close')
+  }
+
   evict(resource: Resource): void {
+    // once: its read-ahead and its own charge may both be picked at the buffers' ceiling
+    if (this.evicted) return
+    this.evicted = true
+    this.listener.buffers?.discharge(this)
     if (this.ctx.error === undefined || this.ctx.error === 'client_closed') this.ctx.error = 'client_slow'
     this.listener.evicted(resource, this.pausedAt > 0 ? 'slow_reader' : 'slow_body', this.ctx)
     if (this.http1) this.http1.destroy()

@@ -160,6 +160,60 @@ t.test('a backend failing its health checks is not blamed for its clients: abort
   t.equal((await request(`${proxy.url}/after`)).status, 200, 'and the backend is still tried: the breaker let the next request through')
 })
 
+t.test('a client that pipelines requests: one at a time reaches the app; when it leaves, every one ends and its slot is freed', async (t) => {
+  // Node answers pipelined requests in order, but hands them over at once: each held a backend
+  // slot and a connection to the app while its answer queued behind the first's; and a
+  // response still queued when its connection died was never closed (a thousand slow readers
+  // pipelining three requests each filled every slot in seconds, for good).
+  const { up, proxy } = await proxied(t, fakeUpstream().route('/hang', () => {}), { limits: { maxConcurrentRequests: 3 } })
+  const client = net.connect(proxy.port, '127.0.0.1')
+  client.on('error', () => {})
+  await new Promise<void>((resolve) => client.once('connect', () => resolve()))
+  client.write([1, 2, 3].map((i) => `GET /hang HTTP/1.1\r\nHost: app\r\nx-request-id: piped-${i}\r\n\r\n`).join(''))
+  await until(() => up.seen.length === 1)
+  // a request on another connection is answered: the proxy has read the three by now
+  t.equal((await request(`${proxy.url}/`)).status, 200)
+  const piped = () => up.seen.filter((s) => String(s.headers['x-request-id']).startsWith('piped-'))
+  t.same(
+    piped().map((s) => s.headers['x-request-id']),
+    ['piped-1'],
+    'the first reaches the app; the two behind it wait their turn',
+  )
+  t.same(proxy.app.status().backends[0]!.inFlight, { active: 1, waiting: 0 }, 'holding one slot')
+  client.destroy()
+  t.match(await proxy.accessLine('piped-1'), { status: 499, error: 'client_closed' }, 'it ended as its client left')
+  await piped()[0]!.closed
+  t.pass("the app's request cancelled")
+  await until(() => proxy.app.status().backends[0]!.inFlight.active === 0)
+  t.equal(piped().length, 1, 'the two behind it never reached the app')
+  t.equal((await request(`${proxy.url}/`)).status, 200, 'and the next client is served')
+})
+
+t.test('pipelined requests are answered in order, each forwarded once the one before it is answered', async (t) => {
+  let now = 0
+  let most = 0
+  const slowEcho = (req: http.IncomingMessage, res: http.ServerResponse) => {
+    most = Math.max(most, ++now)
+    req.resume()
+    setTimeout(() => {
+      now--
+      res.end(JSON.stringify({ url: req.url }))
+    }, 20)
+  }
+  const { up, proxy } = await proxied(t, fakeUpstream().route('/p1', slowEcho).route('/p2', slowEcho).route('/p3', slowEcho))
+  const answers = await raw(proxy.port, [1, 2, 3].map((i) => `GET /p${i} HTTP/1.1\r\nHost: app\r\n${i === 3 ? 'Connection: close\r\n' : ''}\r\n`).join(''))
+  t.same(
+    [...answers.matchAll(/"url":"(\/p\d)"/g)].map((m) => m[1]),
+    ['/p1', '/p2', '/p3'],
+    'three answers, in order',
+  )
+  t.same(
+    up.seen.map((s) => s.url),
+    ['/p1', '/p2', '/p3'],
+  )
+  t.equal(most, 1, 'one after the other: never two at the app at once')
+})
+
 t.test('out of file descriptors (ulimit -n 128): refusals, no crash, and recovery', async (t) => {
   const up = await fakeUpstream()
     .route('/slow', (_req, res) => setTimeout(() => res.end('ok'), 1000))
