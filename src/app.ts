@@ -115,7 +115,7 @@ export async function startApp(initial: Config, deps: AppDeps): Promise<App> {
   const listener = new Listener(
     { ...parseAddress(initial.listener.address)!, ...initial.listener, ...initial.limits, tls: tls?.options ?? false },
     (req, ctx, reply) => handler(req, ctx, reply),
-    { logger, metrics, clock },
+    { logger, metrics, clock, buffers },
   )
   const backendHealth = () => Object.fromEntries(live.current.config.backends.map((b) => [b.name, backends.snapshot(b.name)?.health]))
   const status = () =>

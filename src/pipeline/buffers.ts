@@ -1,9 +1,13 @@
 // One ceiling for the bytes the proxy holds in memory on behalf of slow peers: request bodies
-// received before a connection to the app is taken, and responses read ahead of slow clients.
-// Each buffer takes its bytes before it grows and gives them back when done; past the ceiling,
-// bodies stream instead (a slow client then holds an app connection, as without buffers), and
-// room is made for the next ones: the holder whose client has stalled, holding most, is evicted
-// (pipeline/pressure.ts; Envoy's overload manager resets the streams holding most buffer memory).
+// received before a connection to the app is taken, responses read ahead of slow clients, and
+// what an answer whose client has stopped taking it holds on its way (its body's buffer, the
+// client connection's). A buffer takes its bytes before it grows and gives them back when done;
+// past the ceiling, bodies stream instead (a slow client then holds an app connection, as
+// without buffers). A stalled answer's bytes are held already: they are charged, and past the
+// ceiling room is made. Room is made by evicting the holder whose client has stalled, holding
+// most (pipeline/pressure.ts; Envoy's overload manager resets the streams holding most buffer
+// memory): so many clients reading nothing cost this ceiling, not their number times an answer's
+// buffers.
 import { mostStalled } from './pressure.js'
 import type { ClientProgress } from './types.js'
 
@@ -17,6 +21,8 @@ export interface BufferHolder {
 export class BufferBudget {
   private usedNow = 0
   private readonly holders = new Set<BufferHolder>()
+  /** The charged holders, and what each was charged. */
+  private readonly charged = new Map<BufferHolder, number>()
 
   constructor(
     readonly ceiling: number,
@@ -34,12 +40,36 @@ export class BufferBudget {
       this.usedNow += bytes
       return true
     }
-    const victim = mostStalled(this.holders, this.now(), (h) => h.held)
-    if (victim) {
-      this.holders.delete(victim)
-      victim.progress.evict('buffers')
-    }
+    this.evictOne()
     return false
+  }
+
+  /** Counts `holder.held`, bytes it holds already, until `discharge`; past the ceiling, evicts
+   *  stalled holders, holding most first, until back under it (or none is stalled). */
+  charge(holder: BufferHolder): void {
+    const bytes = holder.held
+    this.charged.set(holder, bytes)
+    this.usedNow += bytes
+    this.holders.add(holder)
+    while (this.usedNow > this.ceiling && this.evictOne());
+  }
+
+  /** A charged holder's bytes, given back. */
+  discharge(holder: BufferHolder): void {
+    const bytes = this.charged.get(holder)
+    if (bytes === undefined) return
+    this.charged.delete(holder)
+    this.holders.delete(holder)
+    this.usedNow -= bytes
+  }
+
+  private evictOne(): boolean {
+    const victim = mostStalled(this.holders, this.now(), (h) => h.held)
+    if (!victim) return false
+    this.discharge(victim) // a charged one's bytes go with it; a taker gives its own back
+    this.holders.delete(victim)
+    victim.progress.evict('buffers')
+    return true
   }
 
   give(bytes: number): void {

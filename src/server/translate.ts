@@ -46,9 +46,10 @@ export interface WriteOptions {
   close: boolean
   /** The client takes trailers (HTTP/2, or HTTP/1.1 with TE: trailers). */
   trailers: boolean
-  /** A client that reads nothing of a streamed body for `ms` is cut, and `onCut` told;
-   *  `stall.pausedAt` says since when it has read nothing (0: it reads). */
-  sendIdle?: { ms: number; clock: Clock; onCut: () => void; stall: { pausedAt: number } }
+  /** A client that reads nothing of a streamed body for `ms` is cut, and `onCut` told; `stall`
+   *  is told when it stops taking the body (and what the body and its connection hold then) and
+   *  when it takes it again, or its response closes. */
+  sendIdle?: { ms: number; clock: Clock; onCut: () => void; stall: Stall }
 }
 
 /** Writes the response and streams its body. */
@@ -97,6 +98,12 @@ export function writeResponse(res: Response, response: ProxyResponse, o: WriteOp
  * pipe() pauses the body while the client's connection does not take more (its buffers are
  * full: the client reads nothing); if that lasts `ms`, the client is cut (nginx's send_timeout).
  */
+/** Told when a client stops taking its answer's streamed body, and when it takes it again. */
+export interface Stall {
+  stopped(at: number, held: number): void
+  goesOn(): void
+}
+
 function cutWhenStalled(res: Response, body: Readable, o: NonNullable<WriteOptions['sendIdle']>): void {
   // Registered before pipe() registers its own: when the client goes, pipe's unpiping pauses
   // the body, and that pause must not be taken for a stall.
@@ -104,18 +111,18 @@ function cutWhenStalled(res: Response, body: Readable, o: NonNullable<WriteOptio
   let stop = noop
   res.once('close', () => {
     closed = true
-    o.stall.pausedAt = 0
+    o.stall.goesOn()
     stop()
   })
   body.on('pause', () => {
     if (closed) return
-    o.stall.pausedAt = o.clock.now()
+    o.stall.stopped(o.clock.now(), body.readableLength + res.writableLength)
     stop = o.clock.timeout(o.ms, () => {
       o.onCut()
       res.destroy()
     })
     body.once('resume', () => {
-      o.stall.pausedAt = 0
+      o.stall.goesOn()
       stop()
     })
   })

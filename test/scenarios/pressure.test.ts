@@ -12,11 +12,13 @@ import { fakeUpstream } from '../fixtures/upstream.js'
 
 const CHUNK = Buffer.alloc(64 * 1024, 'x')
 
-/** An app: /big streams 64 MiB (more than a socket's buffers hold), /hang never answers. */
+/** An app: /big streams 64 MiB (more than a socket's buffers hold; chunked, so that it is read
+ *  ahead of a slow client: its length unknown, it may end within the read-ahead), /hang never
+ *  answers. */
 async function app(t: Test) {
   const up = await fakeUpstream()
     .route('/big', (_req, res) => {
-      res.writeHead(200, { 'content-length': String(1024 * CHUNK.length) })
+      res.writeHead(200)
       let sent = 0
       const more = () => {
         while (sent < 1024) {
@@ -211,15 +213,33 @@ t.test('requests: slots held by requests the app works on are not taken: the new
   t.equal(await evictions(p, 'requests', 'slow_reader'), 0)
 })
 
-t.test('buffers: at bufferMemoryBytes the stalled reader holding most is evicted, so the next answers are read ahead again', async (t) => {
+t.test('buffers: an answer its client stops taking is charged what it holds on its way, and given it back when it goes', async (t) => {
+  const up = await app(t)
+  const { proxy: p } = await proxy(t, up.url, { limits: { responseBufferBytes: 0 } }) // no read-ahead: the charge alone
+  const reader = await client(p.port, get('/big'))
+  const charged = async () => metric(p.adminUrl, 'sidecar_buffered_bytes')
+  for (let i = 0; i < 200 && (await charged()) === 0; i++) await new Promise((r) => setTimeout(r, 10))
+  const bytes = await charged()
+  t.ok(bytes >= 16 * 1024 && bytes <= 1024 * 1024, `held for the stalled client: ${bytes} bytes (its body's buffer and its connection's)`)
+  reader.socket.destroy()
+  for (let i = 0; i < 200 && (await charged()) > 0; i++) await new Promise((r) => setTimeout(r, 10))
+  t.equal(await charged(), 0, 'given back when it goes')
+})
+
+t.test('buffers: past bufferMemoryBytes stalled readers holding most are evicted until the bytes held are back under it; the newcomer is kept', async (t) => {
   const up = await app(t)
   const { proxy: p, clock } = await proxy(t, up.url, { limits: { bufferMemoryBytes: 512 * 1024 } })
-  const readers = [await client(p.port, get('/big')), await client(p.port, get('/big'))]
-  await readAheadFull(p, 2) // the ceiling: 2 x 256 KiB
+  const request = (id: string) => `GET /big HTTP/1.1\r\nHost: app\r\nx-request-id: ${id}\r\n\r\n`
+  const readers = [await client(p.port, request('old-1')), await client(p.port, request('old-2'))]
+  await readAheadFull(p, 2) // the ceiling: 2 x 256 KiB read ahead, and what each holds beside
   clock.advance(2000)
-  const third = await client(p.port, get('/big')) // wants read-ahead: none left
-  t.match(await lineOf(p, '/big'), { error: 'client_slow' }, 'a stalled reader evicted')
-  t.equal(await evictions(p, 'buffers', 'slow_reader'), 1)
-  t.equal(p.logs.filter((l) => l.msg === 'request' && l.path === '/big').length, 1, 'one only: the newcomer is not the one evicted')
-  for (const r of [...readers, third]) r.socket.destroy()
+  const newcomer = await client(p.port, request('newcomer')) // wants read-ahead: none left
+  const cut = async () => p.logs.filter((l) => l.msg === 'request' && l.error === 'client_slow').map((l) => l.requestId)
+  for (let i = 0; i < 300 && (await cut()).length < 1; i++) await new Promise((r) => setTimeout(r, 10))
+  const gone = await cut()
+  t.ok(gone.length >= 1 && gone.every((id) => id === 'old-1' || id === 'old-2'), `stalled readers evicted, as many as needed: ${gone.join(', ')}`)
+  t.equal(await evictions(p, 'buffers', 'slow_reader'), gone.length, 'each counted once')
+  t.notOk(newcomer.socket.destroyed, 'the newcomer is kept')
+  t.ok((await metric(p.adminUrl, 'sidecar_buffered_bytes')) <= 512 * 1024, 'within the ceiling')
+  for (const r of [...readers, newcomer]) r.socket.destroy()
 })
