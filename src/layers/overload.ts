@@ -1,7 +1,9 @@
 // Overload: per backend, at most maxConcurrentRequests attempts in flight (until the response
 // body is done) and at most maxPendingRequests waiting for a slot. Past both, the attempt fails
 // at once with 503 overloaded: never an unbounded queue. A waiting attempt gives up when its
-// signal aborts: the client left or the attempt's deadline passed. With every slot taken, the
+// signal aborts: the client left or the attempt's deadline passed. Waiting attempts are served
+// by client connection in turn, and a full queue makes room for a newcomer by turning away the
+// newest waiter of the connection waiting most. With every slot taken, the
 // slot held longest by a client that reads nothing of its answer (or sends its body slower than
 // the minimum rate) is freed for the newcomer: its exchange is evicted (pipeline/pressure.ts),
 // so slow readers cannot hold the app's every slot while honest requests wait.
@@ -12,7 +14,7 @@ import type { Cancel } from '../pipeline/cancel.js'
 import { pass } from '../pipeline/compose.js'
 import { mostStalled } from '../pipeline/pressure.js'
 import type { ClientProgress, Layer, ProxyResponse, Reply, RequestContext } from '../pipeline/types.js'
-import type { Gate } from '../upstream/backends.js'
+import type { Gate, Waiter } from '../upstream/backends.js'
 
 export interface OverloadOptions {
   maxConcurrentRequests: number
@@ -29,20 +31,30 @@ export function createOverloadLayer(opts: OverloadOptions, deps: { metrics: Metr
       gate.active++
       return pass(next, req, ctx, new Slot(gate, ctx, reply))
     }
-    // the freed slot passes to the first in line (Slot.release)
+    // the freed slot passes to the next in line (Slot.release)
     const stalled = mostStalled(gate.holders, deps.clock.now())
     if (stalled) {
       gate.holders.delete(stalled)
       stalled.progress.evict('requests')
     }
-    if (gate.waiting.length < opts.maxPendingRequests) {
-      return void waitForSlot(gate, ctx.attemptSignal).then(
-        () => pass(next, req, ctx, new Slot(gate, ctx, reply)),
-        (err: unknown) => reply.fail(err),
-      )
+    const overloaded = () => {
+      deps.metrics.countRejection('overloaded')
+      return new SidecarError('overloaded', { detail: `${gate.active} in flight and ${gate.waiting} waiting for backend ${backend}`, retryAfterSeconds: 1 })
     }
-    deps.metrics.countRejection('overloaded')
-    reply.fail(new SidecarError('overloaded', { detail: `${gate.active} in flight and ${gate.waiting.length} waiting for backend ${backend}`, retryAfterSeconds: 1 }))
+    if (gate.waiting >= opts.maxPendingRequests) {
+      // The queue is full: the connection waiting most gives up its newest place to a newcomer
+      // from a connection waiting less; else the newcomer is turned away.
+      const busiest = gate.busiest()
+      if (!busiest || busiest[1].length <= gate.waitingOn(ctx.connection) + 1) return reply.fail(overloaded())
+      const [connection, queue] = busiest
+      const turnedAway = queue[queue.length - 1]!
+      gate.leave(connection, turnedAway)
+      turnedAway.refuse(overloaded())
+    }
+    waitForSlot(gate, ctx.connection, ctx.attemptSignal).then(
+      () => pass(next, req, ctx, new Slot(gate, ctx, reply)),
+      (err: unknown) => reply.fail(err),
+    )
   }
 }
 
@@ -76,24 +88,31 @@ class Slot implements Reply {
     if (!this.held) return
     this.held = false
     this.gate.holders.delete(this)
-    const waiter = this.gate.waiting.shift()
-    if (waiter) waiter() // the slot passes straight to the next in line
+    const waiter = this.gate.next()
+    if (waiter) waiter.take() // the slot passes straight to the next in line
     else this.gate.active--
   }
 }
 
-/** Queues for a slot; gives up when the attempt's signal aborts (client gone, or deadline). */
-function waitForSlot(gate: Gate, signal: Cancel): Promise<void> {
+/** Queues for a slot, in its connection's line; gives up when the attempt's signal aborts
+ *  (client gone, or deadline), or when turned away for a newcomer (the queue full). */
+function waitForSlot(gate: Gate, connection: object, signal: Cancel): Promise<void> {
   return new Promise((resolve, reject) => {
     if (signal.aborted) return reject(signal.reason)
-    const take = () => {
-      unregister()
-      resolve()
+    const waiter: Waiter = {
+      take: () => {
+        unregister()
+        resolve()
+      },
+      refuse: (err) => {
+        unregister()
+        reject(err)
+      },
     }
     const unregister = signal.onAbort((reason) => {
-      gate.waiting.splice(gate.waiting.indexOf(take), 1)
+      gate.leave(connection, waiter)
       reject(reason)
     })
-    gate.waiting.push(take)
+    gate.wait(connection, waiter)
   })
 }

@@ -86,6 +86,9 @@ export interface RequestContext {
   trace: RequestTrace | undefined
   /** How its client keeps up, for the ceilings that make room by evicting (pipeline/pressure.ts). */
   readonly progress: ClientProgress
+  /** The client connection it came on (an HTTP/1 socket, an HTTP/2 session): the unit a
+   *  backend's waiting requests are served by, in turn (layers/overload.ts). */
+  readonly connection: object
 }
 
 /** What the front door's ceilings evict to make room (pipeline/pressure.ts). */

@@ -176,7 +176,7 @@ export class Connections {
     let victim: [Socket, Conn, EvictionReason] | undefined
     let longest = -1
     for (const [socket, conn] of this.sockets) {
-      const [ms, reason] = this.stallOf(conn, now)
+      const [ms, reason] = this.stallOf(socket, conn, now)
       if (ms > longest && ms >= (reason === 'idle' ? 0 : MIN_STALL_MS) && !socket.destroyed) [victim, longest] = [[socket, conn, reason], ms]
     }
     if (!victim) return false
@@ -192,36 +192,44 @@ export class Connections {
   states(): Record<EvictionReason | 'busy' | 'tunnel', number> {
     const counts = { handshake: 0, silent: 0, idle: 0, busy: 0, stalled: 0, tunnel: 0 }
     const now = this.deps.clock.now()
-    for (const conn of this.sockets.values()) {
+    for (const [socket, conn] of this.sockets) {
       if (conn.top !== undefined && this.tunnels.has(conn.top)) counts.tunnel++
       else {
-        const [ms, state] = this.stallOf(conn, now)
+        const [ms, state] = this.stallOf(socket, conn, now)
         counts[state === 'stalled' && ms < MIN_STALL_MS ? 'busy' : state]++
       }
     }
     return counts
   }
 
-  /** How long `conn` has held its place with no progress, and in what state. */
-  private stallOf(conn: Conn, now: number): [number, EvictionReason] {
+  /**
+   * How long `conn` (on TCP socket `socket`) has held its place with no progress, and in what
+   * state. A handshake counts only while the client has sent nothing: one that waits on the
+   * proxy's own CPU (a flood of handshakes) is no client's stall (Node's handshakeTimeout ends
+   * the ones that stop halfway).
+   */
+  private stallOf(socket: Socket, conn: Conn, now: number): [number, EvictionReason] {
     const top = conn.top
-    if (top === undefined) return [now - conn.since, 'handshake']
-    const idle: [number, EvictionReason] = [now - conn.since, conn.used ? 'idle' : 'silent']
+    if (top === undefined) return [socket.bytesRead === 0 ? now - conn.since : -1, 'handshake']
     if (this.tunnels.has(top)) return [-1, 'stalled']
-    const requests = this.requestsOn(conn)
-    if (requests.length === 0) return idle
-    // stalled only if each of its exchanges is: a multiplexed connection serving anyone stays
-    let least = Infinity
-    for (const request of requests) least = Math.min(least, request.stalledFor(now))
-    return [least, 'stalled']
+    const session = this.sessionOn.get(top)
+    if (session) {
+      if (session.requests.size === 0) return [now - conn.since, conn.used ? 'idle' : 'silent']
+      // stalled only if each of its exchanges is: a multiplexed connection serving anyone stays
+      let least = Infinity
+      for (const request of session.requests) least = Math.min(least, request.stalledFor(now))
+      return [least, 'stalled']
+    }
+    // pipelined requests wait behind the first: it is the one that may stall on its client
+    const first = this.http1.get(top)?.requests[0]
+    return first ? [first.stalledFor(now), 'stalled'] : [now - conn.since, conn.used ? 'idle' : 'silent']
   }
 
-  private requestsOn(conn: Conn): InFlight[] {
+  /** The exchanges in flight on `conn` (to evict them with it). */
+  private requestsOn(conn: Conn): Iterable<InFlight> {
     const session = this.sessionOn.get(conn.top!)
     if (session) return [...session.requests]
-    // pipelined requests wait behind the first: it is the one that may stall on its client
-    const first = this.http1.get(conn.top!)?.requests[0]
-    return first ? [first] : []
+    return this.http1.get(conn.top!)?.requests.slice(0, 1) ?? []
   }
 
   /** The TCP connection under `socket` (a TLS socket's is its parent). */

@@ -416,11 +416,13 @@ export class Listener {
 
   /** A new request's context: its id, client, cancellation; filled in by the layers. */
   private context(req: Request, startedAt: bigint, peer: string, clientKey: string, progress: ClientProgress): RequestContext {
+    const connection: object = req instanceof http2.Http2ServerRequest ? req.stream.session! : req.socket
     const cancel = new Cancel()
     return {
       id: requestIdFrom(req.headers['x-request-id']),
       clientAddress: peer,
       clientKey,
+      connection,
       protocol: this.protocol,
       startedAt,
       signal: cancel,
@@ -613,6 +615,6 @@ class Answer implements Reply, ClientProgress, Stall, BufferHolder {
 /** An upgrade's handshake: never evicted (its tunnel has limits of its own). */
 const KEEPS_UP: ClientProgress = { stalledFor: () => 0, evict: noop }
 
-const OVER_CONNECTION_LIMITS = 'connections past limits.maxConnections (the oldest idle one closed to make room) or limits.maxConnectionsPerClient (refused)'
+const OVER_CONNECTION_LIMITS = 'connections refused: limits.maxConnections reached with none that may go in their place (none idle, silent or stalled on its client), or over limits.maxConnectionsPerClient'
 
 function noop(): void {}

@@ -28,13 +28,69 @@ export interface BackendsDeps {
   onHealth?: (backend: string, health: BackendHealth, changed: boolean) => void
 }
 
+/** An attempt waiting for a slot: given one, or turned away. */
+export interface Waiter {
+  take(): void
+  refuse(err: Error): void
+}
+
 /** The overload layer's count for one backend: attempts holding a slot (and their clients, the
  *  ceiling evicts the most stalled of: layers/overload.ts), and those queued for one. It
  *  outlives a reload, so requests still running on the old config count against the new one. */
 export class Gate {
   active = 0
   readonly holders = new Set<{ readonly progress: ClientProgress }>()
-  readonly waiting: Array<() => void> = []
+  /** Waiting attempts per client connection, the connections in turn (a Map keeps order: the
+   *  one served goes to the back): one connection's hundred waiting requests do not keep
+   *  another's one waiting behind them all. */
+  private readonly queues = new Map<object, Waiter[]>()
+  private count = 0
+
+  get waiting(): number {
+    return this.count
+  }
+
+  wait(connection: object, waiter: Waiter): void {
+    let queue = this.queues.get(connection)
+    if (!queue) this.queues.set(connection, (queue = []))
+    queue.push(waiter)
+    this.count++
+  }
+
+  /** `waiter` gives up (or is turned away); false if it was not waiting. */
+  leave(connection: object, waiter: Waiter): boolean {
+    const queue = this.queues.get(connection)
+    const i = queue ? queue.indexOf(waiter) : -1
+    if (i < 0) return false
+    queue!.splice(i, 1)
+    this.count--
+    if (queue!.length === 0) this.queues.delete(connection)
+    return true
+  }
+
+  /** The next waiter: the first of the connection whose turn it is. */
+  next(): Waiter | undefined {
+    for (const [connection, queue] of this.queues) {
+      const waiter = queue.shift()!
+      this.count--
+      this.queues.delete(connection)
+      if (queue.length > 0) this.queues.set(connection, queue) // to the back of the turn
+      return waiter
+    }
+    return undefined
+  }
+
+  /** The connection with the most waiting, and how many. */
+  busiest(): [object, Waiter[]] | undefined {
+    let most: [object, Waiter[]] | undefined
+    for (const entry of this.queues) if (!most || entry[1].length > most[1].length) most = entry
+    return most
+  }
+
+  /** How many `connection` has waiting. */
+  waitingOn(connection: object): number {
+    return this.queues.get(connection)?.length ?? 0
+  }
 }
 
 /** One backend's parts, and the settings each was built from: a part is rebuilt only when its own
@@ -98,7 +154,7 @@ export class Backends {
 
   snapshot(name: string): BackendSnapshot | undefined {
     const b = this.byName.get(name)
-    return b && { health: b.health.health(), breaker: b.breaker.state, inFlight: { active: b.gate.active, waiting: b.gate.waiting.length }, connections: b.upstream.openConnections }
+    return b && { health: b.health.health(), breaker: b.breaker.state, inFlight: { active: b.gate.active, waiting: b.gate.waiting }, connections: b.upstream.openConnections }
   }
 
   /**

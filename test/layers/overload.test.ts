@@ -30,7 +30,7 @@ function gates() {
     if (!gate) byName.set(backend, (gate = new Gate()))
     return gate
   }
-  return { gateOf, inFlight: (backend: string) => ({ active: gateOf(backend).active, waiting: gateOf(backend).waiting.length }) }
+  return { gateOf, inFlight: (backend: string) => ({ active: gateOf(backend).active, waiting: gateOf(backend).waiting }) }
 }
 
 t.test('past in-flight and waiting limits: 503 overloaded at once; the rest are served in turn', async (t) => {
@@ -131,4 +131,33 @@ t.test('a waiting attempt leaves the queue when its client leaves or its deadlin
   t.equal(pending.length, 2, 'the slot went to the one still waiting, not to those that left')
   pending[1]!({ status: 200, headers: {}, body: null })
   t.equal((await later).status, 200)
+})
+
+t.test('waiting requests are served by client connection in turn; a full queue turns away the newest of the connection waiting most', async (t) => {
+  const d = deps()
+  const g = gates()
+  const { next, pending } = held()
+  const handler = drive(createOverloadLayer({ maxConcurrentRequests: 1, maxPendingRequests: 3 }, { ...d, clock: fakeClock(), gateOf: g.gateOf }))(next)
+  const [a, b] = [{ name: 'a' }, { name: 'b' }]
+  const order: string[] = []
+  const send = (connection: { name: string }, id: string) =>
+    handler(proxyRequest({ path: `/${id}` }), context({ backend: 'app', connection })).then(
+      (r) => (order.push(id), r.status),
+      (e: { code: string }) => e.code,
+    )
+  const first = send(a, 'a0')
+  await tick()
+  const aWaiting = ['a1', 'a2', 'a3'].map((id) => send(a, id)) // the queue full, all of connection a
+  await tick()
+  const bOne = send(b, 'b1') // connection b: one
+  await tick()
+  t.equal(await aWaiting[2], 'overloaded', "a's newest turned away for b's first")
+  t.same(g.inFlight('app'), { active: 1, waiting: 3 })
+  for (let i = 0; i < 4; i++) {
+    pending[i]!({ status: 200, headers: {}, body: null })
+    await tick()
+  }
+  t.same(await Promise.all([first, aWaiting[0], aWaiting[1], bOne]), [200, 200, 200, 200])
+  t.same(order, ['a0', 'a1', 'b1', 'a2'], 'b waited behind one of a, not behind all of them')
+  t.equal(await metricValue(d, 'sidecar_rejected_requests_total', { reason: 'overloaded' }), 1)
 })

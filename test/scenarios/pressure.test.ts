@@ -111,6 +111,21 @@ t.test('connections: at maxConnections the one silent longest goes for a newcome
   for (const s of silent) s.socket.destroy()
 })
 
+t.test('connections: a connection that has sent not a byte goes (its handshake pending on its client); one that has, stays', async (t) => {
+  const up = await app(t)
+  const { proxy: p, clock } = await proxy(t, up.url, { limits: { maxConnections: 2 } })
+  const mute = await client(p.port, '')
+  await states(p, { handshake: 1 })
+  clock.advance(2000)
+  const talking = await client(p.port, 'GET / HT')
+  await states(p, { handshake: 1, silent: 1 })
+  t.equal((await within(request(`${p.url}/`), 2000, 'the newcomer')).status, 200, 'the newcomer is served')
+  t.equal(await evictions(p, 'connections', 'handshake'), 1, 'the mute one closed')
+  t.notOk(talking.socket.destroyed, 'the one that spoke stays')
+  talking.socket.destroy()
+  mute.socket.destroy()
+})
+
 t.test('connections: clients only just connected are no stallers: the newcomer is refused, nothing evicted', async (t) => {
   const up = await app(t)
   const { proxy: p, clock } = await proxy(t, up.url, { limits: { maxConnections: 2 } })
