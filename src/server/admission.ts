@@ -1,6 +1,8 @@
 // Who gets in at the front door, decided before any per-request state is built: connections
 // within limits.maxConnections (at the limit, the connection that has done least for longest
-// makes room: connections.ts), and none while the proxy sheds load (shedding.ts).
+// makes room: connections.ts), and, while the proxy sheds load (shedding.ts), no request from a
+// connection that has others in flight already: the heavy multiplexed users make the load, and a
+// client asking one thing at a time is still let in.
 // Per client, only when configured: limits.maxConnectionsPerClient by peer address (a trusted
 // proxy's connections carry many clients and are not counted) and limits.maxRequestsPerClient in
 // flight by the client's identity (client-identity.ts). Off by default: behind an ingress or a
@@ -60,10 +62,10 @@ export class Admission {
     this.forget(peer, client)
   }
 
-  /** A new request from client `key`: null when admitted (then, with per-client requests
-   *  counted, until requestDone). */
-  request(key: string): 'proxy_overloaded' | 'client_over_limit' | null {
-    if (this.shedder.shedding) return 'proxy_overloaded'
+  /** A new request from client `key`, on a connection with `others` requests in flight: null
+   *  when admitted (then, with per-client requests counted, until requestDone). */
+  request(key: string, others: number): 'proxy_overloaded' | 'client_over_limit' | null {
+    if (others > 0 && this.shedder.shedding) return 'proxy_overloaded'
     const cap = this.limits.maxRequestsPerClient
     if (cap === undefined) return null
     const client = this.client(key)

@@ -232,6 +232,12 @@ export class Connections {
     return this.http1.get(conn.top!)?.requests.slice(0, 1) ?? []
   }
 
+  /** Requests in flight on the connection of an HTTP/2 `session`, or of HTTP/1 `socket`. */
+  inFlightOn(session: http2.Http2Session | undefined, socket: Socket): number {
+    if (session !== undefined) return this.sessions.get(session as http2.ServerHttp2Session)?.requests.size ?? 0
+    return this.http1.get(socket)?.requests.length ?? 0
+  }
+
   /** The TCP connection under `socket` (a TLS socket's is its parent). */
   private tcpOf(socket: Socket): Conn | undefined {
     return this.sockets.get((socket as { _parent?: Socket | null })._parent ?? socket)

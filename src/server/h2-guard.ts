@@ -2,12 +2,12 @@
 // SETTINGS_MAX_CONCURRENT_STREAMS with REFUSED_STREAM, and floods of CONTINUATION frames end the
 // session. Left to the proxy:
 // - rapid reset (CVE-2023-44487): streams opened and reset at once cost the server a request each
-//   and the client nothing; and a client past its limit (limits.maxRequestsPerClient) that keeps
-//   opening streams only to be refused costs the same. Past limits.maxStreamResetsPer10s such
-//   streams on one connection, it gets GOAWAY (ENHANCE_YOUR_CALM) and is closed at once.
-//   (nghttp2's own limit answers GOAWAY later, and then leaves the connection open, in
-//   CLOSE-WAIT once the client goes.) Streams the proxy refuses while it sheds load are not the
-//   client's doing and do not count.
+//   and the client nothing; and a client that keeps opening streams only to be refused (past
+//   its limit, limits.maxRequestsPerClient, or, while the proxy sheds load, with others in
+//   flight on the connection) costs the same. Past limits.maxStreamResetsPer10s such streams on
+//   one connection, it gets GOAWAY (ENHANCE_YOUR_CALM) and is closed at once. (nghttp2's own
+//   limit answers GOAWAY later, and then leaves the connection open, in CLOSE-WAIT once the
+//   client goes.)
 // - every GOAWAY the proxy or nghttp2 sends (idle, drain, abuse, a protocol error) is followed
 //   by the socket's close within a grace period, whatever the client does (endWithSocket); a
 //   session nghttp2 ended without telling Node is found by a PING it does not answer

@@ -243,7 +243,8 @@ export class Listener {
     const socket = req.socket as Socket
     const peer = clientAddressOf(socket)
     const client = this.identity.keyed ? this.identity.keyOf(peer, socket, h2 ? (req as http2.Http2ServerRequest).stream.session! : socket, req.headers) : peer
-    const refused = this.admission.request(client)
+    const session = h2 ? (req as http2.Http2ServerRequest).stream.session! : undefined
+    const refused = this.admission.request(client, this.connections.inFlightOn(session, socket))
     if (refused) return this.shed(req, res, refused, h2, client)
     const target = h2 ? checkHttp2Request(req as http2.Http2ServerRequest) : checkHttp1Request(req as http.IncomingMessage)
     if (target !== null && typeof target !== 'string') {
@@ -407,9 +408,11 @@ export class Listener {
    * clients retry on another connection).
    */
   private shed(req: Request, res: Response, code: 'proxy_overloaded' | 'client_over_limit', h2: boolean, client: string): void {
-    this.abuse.note(code, code === 'proxy_overloaded' ? 'requests shed: the event loop runs late' : 'requests refused: over limits.maxRequestsPerClient', { client })
-    if (h2 && code === 'proxy_overloaded') return void (res as http2.Http2ServerResponse).stream.close(http2.constants.NGHTTP2_REFUSED_STREAM)
+    this.abuse.note(code, code === 'proxy_overloaded' ? 'requests shed: the event loop runs late (from connections with others in flight)' : 'requests refused: over limits.maxRequestsPerClient', { client })
+    // either way the connection's own doing: its refusals spend its budget (h2-guard.ts), and
+    // one that keeps opening streams to be refused is closed
     if (h2) spendOnRefusal((res as http2.Http2ServerResponse).stream.session!)
+    if (h2 && code === 'proxy_overloaded') return void (res as http2.Http2ServerResponse).stream.close(http2.constants.NGHTTP2_REFUSED_STREAM)
     const reply = localReply(new SidecarError(code), { requestId: requestIdFrom(req.headers['x-request-id']), grpc: isGrpc(req.headers['content-type']) })
     writeResponse(res, reply, { h2, close: ERRORS[code].close, trailers: false })
   }
