@@ -12,9 +12,9 @@
 //       and whether it lives on (one more stream 2 s later: answered, refused or reset)
 // Prints one JSON line of counts at the end.
 import tls from 'node:tls'
+import { PREFACE, frame } from './frames.mjs'
 
 const [mode, port, connections = '1', seconds = '0'] = process.argv.slice(2)
-const PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n')
 const HEADERS = 1
 const RST_STREAM = 3
 const SETTINGS = 4
@@ -23,14 +23,6 @@ const CONTINUATION = 9
 const MAX_CONCURRENT_STREAMS = 3 // a SETTINGS parameter
 const REFUSED_STREAM = 7 // an error code
 
-function frame(type, flags, stream, payload = Buffer.alloc(0)) {
-  const head = Buffer.alloc(9)
-  head.writeUIntBE(payload.length, 0, 3)
-  head[3] = type
-  head[4] = flags
-  head.writeUInt32BE(stream, 5)
-  return Buffer.concat([head, payload])
-}
 const AUTHORITY = Buffer.from('localhost')
 /** :method GET, :scheme https, :path /, :authority localhost (HPACK, no dynamic table). */
 const BLOCK = Buffer.concat([Buffer.from([0x82, 0x87, 0x84, 0x01, AUTHORITY.length]), AUTHORITY])
