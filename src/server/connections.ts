@@ -45,6 +45,7 @@ export interface Http1Conn {
 
 /** One client connection, by its TCP socket. */
 interface Conn {
+  readonly tcp: Socket
   readonly client: string
   /** When it was accepted; then when its handshake was done; then when it last went idle. */
   since: number
@@ -67,6 +68,9 @@ export type EvictionReason = 'handshake' | 'silent' | 'idle' | 'stalled'
 export class Connections {
   /** Every TCP connection, for the final cut and to make room. */
   private readonly sockets = new Map<Socket, Conn>()
+  /** The connections with no request in flight (in their handshake, silent, idle), the one
+   *  resting longest first: each goes to the back when it comes to rest again. */
+  private readonly resting = new Map<Socket, Conn>()
   /** HTTP/2 sessions, closed with GOAWAY on drain and stop, with their requests in flight. */
   private readonly sessions = new Map<http2.ServerHttp2Session, Session>()
   /** The session spoken on each HTTP/2 connection's socket. */
@@ -102,6 +106,7 @@ export class Connections {
       const conn = self.sockets.get(this)
       if (conn === undefined) return
       self.sockets.delete(this)
+      self.resting.delete(this)
       deps.metrics.connectionClosed()
       deps.connectionClosed(conn.client)
     }
@@ -131,7 +136,9 @@ export class Connections {
   /** A TCP connection accepted from `client`. */
   add(socket: Socket, client: string): void {
     this.deps.metrics.connectionOpened()
-    this.sockets.set(socket, { client, since: this.deps.clock.now(), top: undefined, used: false })
+    const conn: Conn = { tcp: socket, client, since: this.deps.clock.now(), top: undefined, used: false }
+    this.sockets.set(socket, conn)
+    this.resting.set(socket, conn)
     socket.on('close', this.tcpClosed)
   }
 
@@ -143,15 +150,15 @@ export class Connections {
     const tcp = this.tcpOf(socket)
     if (tcp) {
       tcp.top = socket
-      tcp.since = this.deps.clock.now()
+      this.rest(tcp)
     }
   }
 
   /** An HTTP/2 session on `socket` (the TLS socket, or the TCP socket on the plain port). */
   addSession(session: http2.ServerHttp2Session, socket: Socket): void {
-    const tcp = this.tcpOf(socket) ?? { client: '', since: 0, top: undefined, used: false }
+    const tcp = this.tcpOf(socket) ?? { tcp: socket, client: '', since: 0, top: undefined, used: false }
     tcp.top = socket
-    tcp.since = this.deps.clock.now()
+    this.rest(tcp)
     const state: Session = { tcp, requests: new Set() }
     this.sessions.set(session, state)
     this.sessionOn.set(socket, state)
@@ -164,27 +171,48 @@ export class Connections {
 
   /**
    * Closes, to make room for a new connection at limits.maxConnections, the one that has held its
-   * place longest for the least progress: the longest of a handshake still pending, a client
-   * that has sent no request, a connection idle between requests, one whose every exchange has
-   * been stalled on its client (pipeline/pressure.ts). All but the idle ones count only from
-   * MIN_STALL_MS: a client merely slow to start is not taken for one that stalls. An idle
-   * connection is worth least (Envoy's overload manager shortens idle timeouts for the same
-   * reason). False if none may go: the newcomer is then refused.
+   * place longest for the least progress: the one resting longest (a handshake its client has
+   * sent nothing of, a client that has sent no request, a connection idle between requests),
+   * or, if longer, one whose every exchange has stalled on its client for MIN_STALL_MS at least
+   * (pipeline/pressure.ts): a client merely between two reads is not taken for one that stalls.
+   * A resting connection is worth least (Envoy's overload manager shortens idle timeouts for
+   * the same reason), and the newcomer, the youngest, never goes first. False if none may go:
+   * the newcomer is then refused.
    */
   makeRoom(): boolean {
     const now = this.deps.clock.now()
-    let victim: [Socket, Conn, EvictionReason] | undefined
+    let victim: Conn | undefined
     let longest = -1
-    for (const [socket, conn] of this.sockets) {
-      const [ms, reason] = this.stallOf(socket, conn, now)
-      if (ms > longest && ms >= (reason === 'idle' ? 0 : MIN_STALL_MS) && !socket.destroyed) [victim, longest] = [[socket, conn, reason], ms]
+    let reason: EvictionReason = 'idle'
+    for (const conn of this.resting.values()) {
+      // a handshake whose client has sent its part waits on the proxy's CPU, no client's stall
+      // (Node's handshakeTimeout ends the ones that stop halfway)
+      if (conn.tcp.destroyed || (conn.top === undefined && conn.tcp.bytesRead > 0)) continue
+      ;[victim, longest, reason] = [conn, now - conn.since, restingAs(conn)]
+      break
+    }
+    for (const conn of this.busy()) {
+      const ms = this.stallOf(conn, now)
+      if (ms >= MIN_STALL_MS && ms > longest) [victim, longest, reason] = [conn, ms, 'stalled']
     }
     if (!victim) return false
-    const [socket, conn, reason] = victim
-    this.deps.evicted(reason, conn.client)
-    if (reason === 'stalled') for (const request of this.requestsOn(conn)) request.evict('connections')
-    socket.destroy()
+    this.deps.evicted(reason, victim.client)
+    if (reason === 'stalled') for (const request of this.requestsOn(victim)) request.evict('connections')
+    victim.tcp.destroy()
     return true
+  }
+
+  /** The connections with requests in flight (tunnels aside). */
+  private *busy(): Iterable<Conn> {
+    for (const session of this.sessions.values()) if (session.requests.size > 0) yield session.tcp
+    for (const [socket, http1] of this.http1) if (http1.requests.length > 0 && !this.tunnels.has(socket)) yield http1.tcp
+  }
+
+  /** `conn` comes to rest (accepted, its handshake done, its last request ended): to the back. */
+  private rest(conn: Conn): void {
+    conn.since = this.deps.clock.now()
+    this.resting.delete(conn.tcp)
+    if (!conn.tcp.destroyed) this.resting.set(conn.tcp, conn)
   }
 
   /** Connections open by state (GET /status): in their handshake (or, on the plain port, not
@@ -192,37 +220,23 @@ export class Connections {
   states(): Record<EvictionReason | 'busy' | 'tunnel', number> {
     const counts = { handshake: 0, silent: 0, idle: 0, busy: 0, stalled: 0, tunnel: 0 }
     const now = this.deps.clock.now()
-    for (const [socket, conn] of this.sockets) {
-      if (conn.top !== undefined && this.tunnels.has(conn.top)) counts.tunnel++
-      else {
-        const [ms, state] = this.stallOf(socket, conn, now)
-        counts[state === 'stalled' && ms < MIN_STALL_MS ? 'busy' : state]++
-      }
-    }
+    for (const conn of this.resting.values()) counts[restingAs(conn)]++
+    for (const conn of this.busy()) counts[this.stallOf(conn, now) < MIN_STALL_MS ? 'busy' : 'stalled']++
+    counts.tunnel = this.tunnels.size
     return counts
   }
 
-  /**
-   * How long `conn` (on TCP socket `socket`) has held its place with no progress, and in what
-   * state. A handshake counts only while the client has sent nothing: one that waits on the
-   * proxy's own CPU (a flood of handshakes) is no client's stall (Node's handshakeTimeout ends
-   * the ones that stop halfway).
-   */
-  private stallOf(socket: Socket, conn: Conn, now: number): [number, EvictionReason] {
-    const top = conn.top
-    if (top === undefined) return [socket.bytesRead === 0 ? now - conn.since : -1, 'handshake']
-    if (this.tunnels.has(top)) return [-1, 'stalled']
-    const session = this.sessionOn.get(top)
+  /** How long a busy `conn` has been stalled on its client: the least of its exchanges' stalls
+   *  (a multiplexed connection serving anyone is not stalled). */
+  private stallOf(conn: Conn, now: number): number {
+    const session = this.sessionOn.get(conn.top!)
     if (session) {
-      if (session.requests.size === 0) return [now - conn.since, conn.used ? 'idle' : 'silent']
-      // stalled only if each of its exchanges is: a multiplexed connection serving anyone stays
       let least = Infinity
       for (const request of session.requests) least = Math.min(least, request.stalledFor(now))
-      return [least, 'stalled']
+      return least
     }
     // pipelined requests wait behind the first: it is the one that may stall on its client
-    const first = this.http1.get(top)?.requests[0]
-    return first ? [first.stalledFor(now), 'stalled'] : [now - conn.since, conn.used ? 'idle' : 'silent']
+    return this.http1.get(conn.top!)?.requests[0]?.stalledFor(now) ?? 0
   }
 
   /** The exchanges in flight on `conn` (to evict them with it). */
@@ -251,6 +265,7 @@ export class Connections {
       if (state) {
         state.requests.add(request)
         state.tcp.used = true
+        this.resting.delete(state.tcp.tcp)
       }
       return undefined
     }
@@ -259,12 +274,13 @@ export class Connections {
     if (this.fresh.delete(socket)) this.notify()
     let conn = this.http1.get(socket)
     if (!conn) {
-      const tcp = this.tcpOf(socket) ?? { client: '', since: 0, top: socket, used: false }
+      const tcp = this.tcpOf(socket) ?? { tcp: socket, client: '', since: 0, top: socket, used: false }
       conn = { requests: [], read: 0, written: 0, poisoned: false, tcp }
       this.http1.set(socket, conn)
     }
     conn.tcp.used = true
     conn.requests.push(exchange)
+    this.resting.delete(conn.tcp.tcp)
     return conn
   }
 
@@ -273,14 +289,14 @@ export class Connections {
     this.inFlightNow--
     if (session !== undefined) {
       const state = this.sessions.get(session as http2.ServerHttp2Session)
-      if (state && state.requests.delete(request) && state.requests.size === 0) state.tcp.since = this.deps.clock.now()
+      if (state && state.requests.delete(request) && state.requests.size === 0) this.rest(state.tcp)
     }
     let bytes: { bytesIn: number; bytesOut: number } | undefined
     if (socket && conn) {
       const requests = conn.requests
       const i = requests.indexOf(request as Http1InFlight)
       if (i >= 0) requests.splice(i, 1)
-      if (requests.length === 0) conn.tcp.since = this.deps.clock.now()
+      if (requests.length === 0 && !this.tunnels.has(socket)) this.rest(conn.tcp)
       bytes = { bytesIn: socket.bytesRead - conn.read, bytesOut: socket.bytesWritten - conn.written }
       conn.read = socket.bytesRead
       conn.written = socket.bytesWritten
@@ -299,6 +315,8 @@ export class Connections {
   beginTunnel(socket: Socket): void {
     this.inFlightNow++
     this.tunnels.add(socket)
+    const tcp = this.tcpOf(socket)
+    if (tcp) this.resting.delete(tcp.tcp)
     this.deps.metrics.tunnelOpened()
     if (this.fresh.delete(socket)) this.notify()
   }
@@ -382,4 +400,9 @@ export class Connections {
   private notify(): void {
     this.changed?.()
   }
+}
+
+/** What a resting connection is waiting for. */
+function restingAs(conn: Conn): EvictionReason {
+  return conn.top === undefined ? 'handshake' : conn.used ? 'idle' : 'silent'
 }
