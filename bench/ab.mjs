@@ -32,7 +32,7 @@ const upstream = `http://127.0.0.1:${upstreamPort}`
 async function sidecar(name, dir, extra = {}) {
   const [port, admin] = [await freePort(), await freePort()]
   const file = join(tmp, `${name}.json`)
-  const config = { listener: { address: `127.0.0.1:${port}`, tls: false }, admin: { address: `127.0.0.1:${admin}` }, backends: [{ name: 'app', url: upstream }], limits: { maxRequestsPerClient: 100_000 } }
+  const config = { listener: { address: `127.0.0.1:${port}`, tls: false }, admin: { address: `127.0.0.1:${admin}` }, backends: [{ name: 'app', url: upstream }] }
   writeFileSync(file, JSON.stringify({ ...config, ...extra }))
   const pid = await start(name, [join(dir, 'dist/main.js'), '--config', file], port)
   await waitReady(admin)

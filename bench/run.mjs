@@ -159,10 +159,7 @@ async function main() {
     const port = await freePort()
     const admin = await freePort()
     const file = join(tmp, `${name}.yaml`)
-    // One load generator is one client: the per-client request limit (an abuse defence) is
-    // raised, or the 1,000-connection phase would be answered 429.
-    const limits = { maxRequestsPerClient: 100_000, ...config.limits }
-    writeFileSync(file, JSON.stringify({ ...config, limits, listener: { address: `127.0.0.1:${port}`, ...config.listener }, admin: { address: `127.0.0.1:${admin}` } }))
+    writeFileSync(file, JSON.stringify({ ...config, listener: { address: `127.0.0.1:${port}`, ...config.listener }, admin: { address: `127.0.0.1:${admin}` } }))
     // stdout (the JSON access log) goes to a file, as in production it goes to the node's log pipe
     const pid = await start(name, process.execPath, [join(root, 'dist/main.js'), '--config', file], port)
     await waitReady(admin)

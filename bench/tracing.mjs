@@ -33,7 +33,7 @@ for (const [name, tracing] of [
 ]) {
   const [port, admin] = [await freePort(), await freePort()]
   const file = join(tmp, `${targets.length}.json`)
-  writeFileSync(file, JSON.stringify({ listener: { address: `127.0.0.1:${port}`, tls: false }, admin: { address: `127.0.0.1:${admin}` }, backends: [{ name: 'app', url: upstream }], limits: { maxRequestsPerClient: 100_000 }, ...(tracing && { tracing }) }))
+  writeFileSync(file, JSON.stringify({ listener: { address: `127.0.0.1:${port}`, tls: false }, admin: { address: `127.0.0.1:${admin}` }, backends: [{ name: 'app', url: upstream }], ...(tracing && { tracing }) }))
   const pid = await start(name.replace(/\W+/g, '-'), [join(root, 'dist/main.js'), '--config', file], port)
   await waitReady(admin)
   targets.push({ name, pid, url: `http://127.0.0.1:${port}/`, cpu: [] })

@@ -490,13 +490,15 @@ export const configSchema = z
          *  evicted at a ceiling, a newcomer never refused while there is room). */
         maxConnectionsPerClient: z.number().int().min(1).max(1_000_000).optional(),
         maxRequestsPerClient: z.number().int().min(1).max(1_000_000).optional(),
-        /** HTTP/2: streams a client may reset, or have refused as over maxRequestsPerClient, per
-         *  connection in 10 s before the connection is closed (GOAWAY ENHANCE_YOUR_CALM): the
-         *  rapid-reset attack, and floods of streams past the client's limit. */
+        /** HTTP/2: streams a client may reset, or have refused (over maxRequestsPerClient, or
+         *  shed while the proxy runs late), per connection in 10 s before the connection is
+         *  closed (GOAWAY ENHANCE_YOUR_CALM): the rapid-reset attack, and floods of streams
+         *  opened only to be refused. */
         maxStreamResetsPer10s: z.number().int().min(1).max(1_000_000).default(200),
-        /** Shed new requests (503 proxy_overloaded, HTTP/2: REFUSED_STREAM) while the event loop
-         *  runs this late (its 99th percentile over the last second): the proxy keeps its core for
-         *  what it has accepted. 0: never. */
+        /** While the event loop runs this late (its 99th percentile over the last second), shed
+         *  the new requests of connections that have others in flight (503 proxy_overloaded,
+         *  HTTP/2: REFUSED_STREAM): the proxy keeps its core for what it has accepted, and a
+         *  client asking one thing at a time is still let in. 0: never. */
         maxEventLoopDelayMs: z.number().int().min(0).max(60_000).default(500),
         /** Upgraded connections (WebSocket) open at once; past it, 503 too_many_tunnels. */
         maxTunnels: z.number().int().min(0).max(1_000_000).default(1024),
