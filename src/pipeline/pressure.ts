@@ -12,6 +12,10 @@ export const MIN_STALL_MS = 1000
 /** A request body arriving slower than this is behind (Apache's mod_reqtimeout MinRate). */
 export const BODY_MIN_RATE = 1024
 
+/** A client never stalled, never evicted: what has none to keep up (a mirrored copy, a health
+ *  check, an upgrade's handshake). */
+export const KEEPS_UP: ClientProgress = { stalledFor: () => 0, evict: () => {} }
+
 /**
  * Of `holders`, the one whose client has been stalled longest (at least MIN_STALL_MS), or with
  * `held`, the one holding most among those stalled; undefined if none is stalled.

@@ -19,7 +19,7 @@ import { release } from '../pipeline/compose.js'
 import { Cancel } from '../pipeline/cancel.js'
 import { isGrpc, localReply } from '../pipeline/local-reply.js'
 import type { BufferBudget, BufferHolder } from '../pipeline/buffers.js'
-import { BODY_MIN_RATE } from '../pipeline/pressure.js'
+import { BODY_MIN_RATE, KEEPS_UP } from '../pipeline/pressure.js'
 import type { ClientProgress, Handler, ProxyRequest, ProxyResponse, Reply, RequestContext, RequestOutcome, Resource } from '../pipeline/types.js'
 import { Connections, type Http1Conn } from './connections.js'
 import { AbuseReport } from './abuse.js'
@@ -242,8 +242,8 @@ export class Listener {
     const h2 = req instanceof http2.Http2ServerRequest
     const socket = req.socket as Socket
     const peer = clientAddressOf(socket)
-    const client = this.identity.keyed ? this.identity.keyOf(peer, socket, h2 ? (req as http2.Http2ServerRequest).stream.session! : socket, req.headers) : peer
     const session = h2 ? (req as http2.Http2ServerRequest).stream.session! : undefined
+    const client = this.identity.keyed ? this.identity.keyOf(peer, socket, session ?? socket, req.headers) : peer
     const refused = this.admission.request(client, this.connections.inFlightOn(session, socket))
     if (refused) return this.shed(req, res, refused, h2, client)
     const target = h2 ? checkHttp2Request(req as http2.Http2ServerRequest) : checkHttp1Request(req as http.IncomingMessage)
@@ -253,8 +253,8 @@ export class Listener {
     }
 
     const answer = new Answer(this, req, res, h2 ? undefined : socket, this.deps.clock.now())
-    const ctx = (answer.ctx = this.context(req, startedAt, peer, client, answer))
-    answer.conn = this.connections.begin(answer, h2 ? (req as http2.Http2ServerRequest).stream.session! : undefined)
+    const ctx = (answer.ctx = this.context(req, startedAt, peer, client, answer, session ?? socket))
+    answer.conn = this.connections.begin(answer, session)
     const proxyReq = (answer.proxyReq = this.proxyRequest(req, h2, target, ctx))
     // `on`, not `once`: a response closes once, and `once` wraps its listener per call
     res.on('close', answer.closed)
@@ -346,7 +346,7 @@ export class Listener {
     if (refusal) return this.refuseRaw(socket, refusal, requestIdFrom(req.headers['x-request-id']))
 
     const peer = clientAddressOf(socket)
-    const ctx = this.context(req, startedAt, peer, this.identity.keyed ? this.identity.keyOf(peer, socket, socket, req.headers) : peer, KEEPS_UP)
+    const ctx = this.context(req, startedAt, peer, this.identity.keyed ? this.identity.keyOf(peer, socket, socket, req.headers) : peer, KEEPS_UP, socket)
     const leave = () => ctx.signal.abort(new SidecarError('client_closed'))
     socket.once('close', leave)
     socket.on('error', noop) // a reset before the answer: 'close' follows and says it
@@ -418,8 +418,8 @@ export class Listener {
   }
 
   /** A new request's context: its id, client, cancellation; filled in by the layers. */
-  private context(req: Request, startedAt: bigint, peer: string, clientKey: string, progress: ClientProgress): RequestContext {
-    const connection: object = req instanceof http2.Http2ServerRequest ? req.stream.session! : req.socket
+  /** `connection`: the HTTP/1 socket or the HTTP/2 session it came on. */
+  private context(req: Request, startedAt: bigint, peer: string, clientKey: string, progress: ClientProgress, connection: object): RequestContext {
     const cancel = new Cancel()
     return {
       id: requestIdFrom(req.headers['x-request-id']),
@@ -614,9 +614,6 @@ class Answer implements Reply, ClientProgress, Stall, BufferHolder {
     else (this.res as http2.Http2ServerResponse).stream.close(http2.constants.NGHTTP2_CANCEL)
   }
 }
-
-/** An upgrade's handshake: never evicted (its tunnel has limits of its own). */
-const KEEPS_UP: ClientProgress = { stalledFor: () => 0, evict: noop }
 
 const OVER_CONNECTION_LIMITS = 'connections refused: limits.maxConnections reached with none that may go in their place (none idle, silent or stalled on its client), or over limits.maxConnectionsPerClient'
 

@@ -6,6 +6,7 @@ import { Readable } from 'node:stream'
 import { SidecarError } from '../errors.js'
 import { endToEndRaw, type HeaderName } from '../headers.js'
 import type { BufferBudget, BufferHolder } from '../pipeline/buffers.js'
+import { KEEPS_UP } from '../pipeline/pressure.js'
 import type { Cancel, CancelListener } from '../pipeline/cancel.js'
 import type { ClientProgress, HeaderMap, ProxyResponse, Reply } from '../pipeline/types.js'
 
@@ -51,7 +52,7 @@ export class Exchange implements CancelListener, BufferHolder {
     private readonly signal: Cancel,
     private readonly reply: Reply,
     private readonly opts: ExchangeOptions,
-    readonly progress: ClientProgress = NO_CLIENT,
+    readonly progress: ClientProgress = KEEPS_UP,
   ) {
     signal.add(this)
   }
@@ -198,6 +199,3 @@ function hasNoBody(method: string, status: number): boolean {
 function noop(): void {}
 
 const EMPTY = Buffer.alloc(0)
-
-/** Mirrored copies and health checks have no client to keep up. */
-const NO_CLIENT: ClientProgress = { stalledFor: () => 0, evict: noop }

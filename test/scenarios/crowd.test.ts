@@ -9,7 +9,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
-import { json, metric, request } from '../fixtures/client.js'
+import { json, metric, request, until } from '../fixtures/client.js'
 import { opensslCa, opensslIssue } from '../fixtures/openssl.js'
 import { proxied } from '../fixtures/proxy.js'
 import { fakeUpstream } from '../fixtures/upstream.js'
@@ -51,7 +51,7 @@ t.test('400 requests in flight from one address (a busy ingress): every one serv
   const agent = new http.Agent({ keepAlive: true, maxSockets: 400 })
   t.teardown(() => agent.destroy())
   const replies = Array.from({ length: 400 }, () => request(`${proxy.url}/hold`, { agent }))
-  await waitFor(() => app.held.length === 400, 10_000)
+  await until(() => app.held.length === 400, 10_000)
   app.release()
   const statuses = (await Promise.all(replies)).map((r) => r.status)
   t.equal(statuses.filter((s) => s === 200).length, 400, 'all 400 answered 200')
@@ -68,12 +68,12 @@ t.test('maxRequestsPerClient from an untrusted peer: a spoofed X-Forwarded-For n
   const { proxy } = await proxied(t, app.builder, { listener: { trustedProxies: ['10.0.0.0/8'] }, limits: { maxRequestsPerClient: 2 } })
   t.teardown(() => app.release())
   const held = [from(`${proxy.url}/hold`, '127.0.0.2', { 'x-forwarded-for': '203.0.113.1' }), from(`${proxy.url}/hold`, '127.0.0.2', { 'x-forwarded-for': '203.0.113.2' })]
-  await waitFor(() => app.held.length === 2)
+  await until(() => app.held.length === 2, 5000)
   const third = await from(`${proxy.url}/hold`, '127.0.0.2', { 'x-forwarded-for': '203.0.113.3' })
   t.equal(third.status, 429, 'a third address in the header does not make a third client')
   t.equal(third.error, 'client_over_limit')
   const other = from(`${proxy.url}/hold`, '127.0.0.3')
-  await waitFor(() => app.held.length === 3)
+  await until(() => app.held.length === 3, 5000)
   t.pass('another peer address is another client')
   const status = (await json<{ clients: { busiest: Array<{ client: string; requests: number }> } }>(`${proxy.adminUrl}/status`)).body
   t.same(status.clients.busiest[0], { client: '127.0.0.2', requests: 2, connections: 0 }, '/status names the busiest client by its key')
@@ -89,7 +89,7 @@ t.test('maxRequestsPerClient behind a trusted proxy: the client it names is the 
   const ingress = (client: string) => from(`${proxy.url}/hold`, '127.0.0.4', { 'x-forwarded-for': `198.51.100.7, ${client}` })
   const alice = [ingress('203.0.113.1'), ingress('203.0.113.1')]
   const bob = [ingress('203.0.113.2'), ingress('203.0.113.2')]
-  await waitFor(() => app.held.length === 4)
+  await until(() => app.held.length === 4, 5000)
   const aliceAgain = await ingress('203.0.113.1')
   t.equal(aliceAgain.status, 429, 'the third of one client is refused...')
   t.equal(app.held.length, 4, '...while its neighbour behind the same proxy has its two')
@@ -156,20 +156,14 @@ t.test('mTLS: a verified client certificate is the client, by its SPIFFE ID', as
   const agent = new https.Agent({ keepAlive: true, ca: ca.cert, cert: frontend.cert, key: frontend.key })
   t.teardown(() => agent.destroy())
   const held = request(url, { agent })
-  await waitFor(() => app.held.length === 1)
+  await until(() => app.held.length === 1, 5000)
   const second = await request(url, { agent })
   t.equal(second.status, 429, 'the second request of one identity over its limit of 1')
   const anonymous = request(url, { tls: { ca: ca.cert } })
-  await waitFor(() => app.held.length === 2)
+  await until(() => app.held.length === 2, 5000)
   t.pass('a client without a certificate is another client (its address)')
   app.release()
   const [first, other] = await Promise.all([held, anonymous])
   t.equal((await proxy.accessLine(String(first.headers['x-request-id']))).clientKey, 'cert:spiffe://cluster.local/ns/shop/sa/frontend')
   t.equal((await proxy.accessLine(String(other.headers['x-request-id']))).clientKey, undefined)
 })
-
-/** Polls `cond` every 10 ms for up to `ms`; throws if it never holds. */
-async function waitFor(cond: () => boolean, ms = 5000): Promise<void> {
-  for (let i = 0; i < ms / 10 && !cond(); i++) await new Promise((resolve) => setTimeout(resolve, 10))
-  if (!cond()) throw new Error(`condition not reached within ${ms} ms`)
-}
