@@ -9,6 +9,7 @@ import http2 from 'node:http2'
 import https from 'node:https'
 import type net from 'node:net'
 import type { AddressInfo, Socket } from 'node:net'
+import type { Readable } from 'node:stream'
 import type { TLSSocket } from 'node:tls'
 import type { Clock } from '../clock.js'
 import { ERRORS, SidecarError } from '../errors.js'
@@ -31,7 +32,7 @@ import { LoadShedder } from './shedding.js'
 import { joinTunnel, type TunnelEnd } from './tunnel.js'
 import { createServers, secureContext, type ServerLimits } from './servers.js'
 import { rotateTicketKeys, type ListenerTlsOptions, type Served } from './tls.js'
-import { clientAddressOf, completed, declaredBytes, toProxyRequest, verifiedSubject, writeRaw, writeResponse, type Request, type Response, type Stall } from './translate.js'
+import { Http2Request, clientAddressOf, completed, declaredBytes, sentStatus, toProxyRequest, verifiedSubject, writeRaw, writeResponse, type Request, type Response, type Stall } from './translate.js'
 import { CONNECT_REFUSED, checkHttp1Request, checkHttp2Request, checkUpgradeRequest, parserErrorCode, type Refusal } from './validate.js'
 
 /** Node's server objects' limits (servers.ts), and what the listener itself enforces. */
@@ -81,9 +82,13 @@ export class Listener {
   private readonly abuse: AbuseReport
   /** HTTP/1 connections whose last request was refused before the pipeline: answered, closing. */
   private readonly refusedOn = new WeakSet<Socket>()
+  /** Each HTTP/2 session's own socket. */
+  private readonly sockets = new WeakMap<http2.ServerHttp2Session, Socket>()
   private stopTicketRotation: (() => void) | undefined
   /** The socket of the HTTP/2 session being made (see the constructor). */
   private h2Socket: Socket | undefined
+  /** The HTTP/2 request of each stream being answered. */
+  private readonly onStream = (stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, _flags: number, raw: string[]) => this.onArrival(stream, headers, raw)
 
   constructor(
     private readonly opts: ListenerOptions,
@@ -100,33 +105,24 @@ export class Listener {
     this.admission = new Admission(opts, this.shedder)
     this.identity = new ClientIdentity({ ...opts, verifiesClients: opts.tls !== false && opts.tls.clientCa !== undefined })
     this.abuse = new AbuseReport(deps)
-    const servers = createServers(opts, (req: Request, res: Response) => this.onArrival(req, res))
+    const servers = createServers(opts)
     this.server = servers.front
     this.server.on('connection', (socket: Socket) => this.onConnection(socket))
     const http1 = servers.http1
-    http1.on(opts.tls ? 'secureConnection' : 'connection', (socket: Socket & { alpnProtocol?: string | false }) => {
-      if (socket.alpnProtocol !== 'h2') this.connections.addHttp1(socket) // HTTP/2 sessions are tracked apart
-    })
+    http1.on('request', (req: http.IncomingMessage, res: http.ServerResponse) => this.onRequest(req, res))
+    http1.on('connection', (socket: Socket) => this.connections.addHttp1(socket))
     // HTTP/1.1 Upgrade (WebSocket): Node hands the connection over as a raw socket
     http1.on('upgrade', (req: http.IncomingMessage, socket: Socket, head: Buffer) => this.onUpgrade(req, socket, head))
     http1.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => this.onParserError(err, socket))
-    for (const server of new Set([http1, servers.http2])) {
-      if (!server) continue
-      // Expect: 100-continue is answered when the body is first wanted (see toProxyRequest), not
-      // by Node at once: a request refused from its headers alone (too large, overloaded, no
-      // backend) is refused without inviting the client to upload a body nobody will read.
-      server.on('checkContinue', (req: Request, res: Response) => this.onRequest(req, res, true))
-      // CONNECT: a raw socket on HTTP/1, a stream's request and response on HTTP/2
-      server.on('connect', (req: Request, socket: Socket | http2.Http2ServerResponse) => {
-        if (req instanceof http2.Http2ServerRequest) this.refuse(req, socket as http2.Http2ServerResponse, CONNECT_REFUSED, true)
-        else this.refuseRaw(socket as Socket, CONNECT_REFUSED, requestIdFrom(req.headers['x-request-id']))
-      })
-    }
+    // Expect: 100-continue is answered when the body is first wanted (see toProxyRequest), not
+    // by Node at once: a request refused from its headers alone (too large, overloaded, no
+    // backend) is refused without inviting the client to upload a body nobody will read.
+    http1.on('checkContinue', (req: http.IncomingMessage, res: http.ServerResponse) => this.onRequest(req, res, true))
+    // CONNECT on HTTP/1 comes as a raw socket (on HTTP/2, validate.ts refuses it)
+    http1.on('connect', (req: http.IncomingMessage, socket: Socket) => this.refuseRaw(socket, CONNECT_REFUSED, requestIdFrom(req.headers['x-request-id'])))
     // An HTTP/2 session's socket is out of reach once the session has it (session.socket is a
     // proxy that refuses to close it): taken here, just before Node makes the session on it.
-    servers.http2?.prependListener(opts.tls ? 'secureConnection' : 'connection', (socket: Socket & { alpnProtocol?: string | false }) => {
-      if (!opts.tls || socket.alpnProtocol === 'h2') this.h2Socket = socket
-    })
+    servers.http2?.prependListener('connection', (socket: Socket) => (this.h2Socket = socket))
     servers.http2?.on('session', (session: http2.ServerHttp2Session) => this.onSession(session))
     if (opts.tls) {
       // A handshake timeout only emits this event: the socket stays open until someone
@@ -211,6 +207,8 @@ export class Listener {
     this.h2Socket = undefined
     const client = clientAddressOf(socket)
     this.connections.addSession(session, socket)
+    this.sockets.set(session, socket)
+    session.on('stream', this.onStream)
     session.on('error', (err) => this.deps.logger.debug({ err: { message: err.message } }, 'HTTP/2 session error'))
     // An idle HTTP/2 connection is closed like an idle HTTP/1 keep-alive connection; one that
     // resets streams faster than a client honestly would is closed for it; every session that
@@ -228,25 +226,29 @@ export class Listener {
    * what arrived with it, and a stream the client already reset (rapid reset: thousands per read)
    * costs nothing more than Node's own objects for it, instead of a pipeline run each.
    */
-  private onArrival(req: Request, res: Response): void {
-    if (!(res instanceof http2.Http2ServerResponse)) return this.onRequest(req, res)
+  private onArrival(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, raw: string[]): void {
+    // a reset by the client is no error of ours: 'close' (with its code) says it
+    stream.on('error', noop)
     const startedAt = process.hrtime.bigint()
     setImmediate(() => {
-      if (!res.stream.destroyed) this.onRequest(req, res, false, startedAt)
+      if (stream.destroyed) return
+      const session = stream.session as http2.ServerHttp2Session
+      const req = new Http2Request(stream, headers, raw, this.sockets.get(session)!, session)
+      this.onRequest(req, stream, headers.expect === '100-continue', startedAt)
     })
   }
 
   private onRequest(req: Request, res: Response, expectsContinue = false, startedAt = process.hrtime.bigint()): void {
     // The request object's kind, never the version the client wrote: `GET / HTTP/2.0` on the
     // HTTP/1 parser is an HTTP/1 request (and refused below).
-    const h2 = req instanceof http2.Http2ServerRequest
+    const h2 = req instanceof Http2Request
     const socket = req.socket as Socket
     const peer = clientAddressOf(socket)
-    const session = h2 ? (req as http2.Http2ServerRequest).stream.session! : undefined
+    const session = h2 ? req.session : undefined
     const client = this.identity.keyed ? this.identity.keyOf(peer, socket, session ?? socket, req.headers) : peer
     const refused = this.admission.request(client, this.connections.inFlightOn(session, socket))
     if (refused) return this.shed(req, res, refused, h2, client)
-    const target = h2 ? checkHttp2Request(req as http2.Http2ServerRequest) : checkHttp1Request(req as http.IncomingMessage)
+    const target = h2 ? checkHttp2Request(req) : checkHttp1Request(req)
     if (target !== null && typeof target !== 'string') {
       if (this.admission.perClientRequests) this.admission.requestDone(client)
       return this.refuse(req, res, target, h2)
@@ -258,7 +260,7 @@ export class Listener {
     const proxyReq = (answer.proxyReq = this.proxyRequest(req, h2, target, ctx))
     // `on`, not `once`: a response closes once, and `once` wraps its listener per call
     res.on('close', answer.closed)
-    if (expectsContinue && proxyReq.body !== null) req.once('resume', () => res.writeContinue())
+    if (expectsContinue && proxyReq.body !== null) (proxyReq.body as Readable).once('resume', () => writeContinue(res, h2))
     // HTTP/1: one exchange at a time on a connection. A pipelined request waits until the one
     // before it is answered (nginx reads them so), instead of holding a slot and a connection to
     // the app while its answer queues behind the other's.
@@ -273,13 +275,14 @@ export class Listener {
     const { req, res, proxyReq, ctx, http1, conn } = answer
     answer.goesOn()
     if (this.admission.perClientRequests) this.admission.requestDone(ctx.clientKey)
-    const complete = completed(req, res, http1 === undefined)
+    const h2 = http1 === undefined
+    const complete = completed(res, h2)
     if (!complete) {
       ctx.error ??= 'client_closed'
       ctx.signal.abort(new SidecarError('client_closed'))
     }
-    const session = http1 === undefined ? (req as http2.Http2ServerRequest).stream.session ?? undefined : undefined
-    const bytes = this.connections.end(answer, http1, conn, session) ?? declaredBytes(req, res)
+    const session = h2 ? (req as Http2Request).session : undefined
+    const bytes = this.connections.end(answer, http1, conn, session) ?? declaredBytes(req as Http2Request, res as http2.ServerHttp2Stream)
     const next = conn?.requests[0] as Answer | undefined
     if (next?.waiting && !next.ended) {
       const go = next.waiting
@@ -287,7 +290,7 @@ export class Listener {
       go()
     }
     this.finish(ctx, proxyReq, {
-      status: res.headersSent ? res.statusCode : ERRORS.client_closed.status,
+      status: sentStatus(res, h2) ?? ERRORS.client_closed.status,
       complete,
       ...bytes,
       durationSeconds: Number(process.hrtime.bigint() - ctx.startedAt) / 1e9,
@@ -411,8 +414,8 @@ export class Listener {
     this.abuse.note(code, code === 'proxy_overloaded' ? 'requests shed: the event loop runs late (from connections with others in flight)' : 'requests refused: over limits.maxRequestsPerClient', { client })
     // either way the connection's own doing: its refusals spend its budget (h2-guard.ts), and
     // one that keeps opening streams to be refused is closed
-    if (h2) spendOnRefusal((res as http2.Http2ServerResponse).stream.session!)
-    if (h2 && code === 'proxy_overloaded') return void (res as http2.Http2ServerResponse).stream.close(http2.constants.NGHTTP2_REFUSED_STREAM)
+    if (h2) spendOnRefusal((req as Http2Request).session)
+    if (h2 && code === 'proxy_overloaded') return void (res as http2.ServerHttp2Stream).close(http2.constants.NGHTTP2_REFUSED_STREAM)
     const reply = localReply(new SidecarError(code), { requestId: requestIdFrom(req.headers['x-request-id']), grpc: isGrpc(req.headers['content-type']) })
     writeResponse(res, reply, { h2, close: ERRORS[code].close, trailers: false })
   }
@@ -611,10 +614,16 @@ class Answer implements Reply, ClientProgress, Stall, BufferHolder {
     if (this.ctx.error === undefined || this.ctx.error === 'client_closed') this.ctx.error = 'client_slow'
     this.listener.evicted(resource, this.pausedAt > 0 ? 'slow_reader' : 'slow_body', this.ctx)
     if (this.http1) this.http1.destroy()
-    else (this.res as http2.Http2ServerResponse).stream.close(http2.constants.NGHTTP2_CANCEL)
+    else (this.res as http2.ServerHttp2Stream).close(http2.constants.NGHTTP2_CANCEL)
   }
 }
 
 const OVER_CONNECTION_LIMITS = 'connections refused: limits.maxConnections reached with none that may go in their place (none idle, silent or stalled on its client), or over limits.maxConnectionsPerClient'
+
+/** Expect: 100-continue, answered. */
+function writeContinue(res: Response, h2: boolean): void {
+  if (h2) (res as http2.ServerHttp2Stream).additionalHeaders({ ':status': 100 })
+  else (res as http.ServerResponse).writeContinue()
+}
 
 function noop(): void {}

@@ -1,14 +1,17 @@
-// Node's server objects for the listener, with its timeouts and size limits:
-// - TLS: one server, HTTP/2 and HTTP/1.1 chosen by ALPN (or HTTP/1.1 only with http2: false);
+// Node's server objects for the listener, with its timeouts and size limits. What listens on the
+// port hands each connection to the server of its protocol; neither of those listens itself:
+// - TLS: a TLS server; by ALPN, HTTP/2 connections go to the HTTP/2 server, the rest (HTTP/1.1,
+//   or a client that names no protocol) to the HTTP/1.1 server;
 // - plain: a TCP server that looks at each connection's first bytes: the HTTP/2 connection
-//   preface (h2c with prior knowledge, what gRPC clients send in the clear) goes to an HTTP/2
-//   server, anything else to an HTTP/1.1 server. Neither listens itself; both are fed connections.
+//   preface (h2c with prior knowledge, what gRPC clients send in the clear) goes to the HTTP/2
+//   server, anything else to the HTTP/1.1 server.
+// HTTP/2 is served on Node's core stream API ('stream' events, stream.respond): the compat
+// request/response objects cost some 20% of a request over TLS (docs/performance.md).
 import http from 'node:http'
 import http2 from 'node:http2'
-import https from 'node:https'
 import net, { type Socket } from 'node:net'
+import tls, { type TLSSocket } from 'node:tls'
 import { policy, type ListenerTlsOptions, type Served } from './tls.js'
-import type { Request, Response } from './translate.js'
 
 export interface ServerLimits {
   headersTimeoutMs: number
@@ -21,18 +24,18 @@ export interface ServerLimits {
 }
 
 export interface Servers {
-  /** What listens on the port. */
-  front: net.Server
+  /** What listens on the port: a TCP server, or a TLS server. */
+  front: net.Server | tls.Server
   /** Where HTTP/1.1 requests arrive ('request', 'upgrade', 'clientError', 'connect'...). */
-  http1: http.Server | https.Server | http2.Http2SecureServer
-  /** Where HTTP/2 sessions start ('session'): the TLS server itself, or the h2c server. */
-  http2: http2.Http2Server | http2.Http2SecureServer | undefined
+  http1: http.Server
+  /** Where HTTP/2 sessions start ('session', 'stream'); none on a TLS port without http2. */
+  http2: http2.Http2Server | undefined
 }
 
 const PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n')
 
-export function createServers(opts: ServerLimits, onRequest: (req: Request, res: Response) => void): Servers {
-  const http1 = {
+export function createServers(opts: ServerLimits): Servers {
+  const http1Limits = {
     headersTimeout: opts.headersTimeoutMs,
     requestTimeout: opts.receiveTimeoutMs,
     keepAliveTimeout: opts.keepAliveTimeoutMs,
@@ -47,32 +50,32 @@ export function createServers(opts: ServerLimits, onRequest: (req: Request, res:
     // Explicit, so that NODE_OPTIONS=--insecure-http-parser cannot reopen request smuggling.
     insecureHTTPParser: false,
   }
-  const h2 = {
-    maxSessionMemory: 10, // MiB of buffered frames per connection before new streams are refused (Node's default)
-    maxHeaderListPairs: opts.maxHeaderCount + 8, // pseudo-headers count too; the limits layer counts exactly
-    settings: { maxConcurrentStreams: opts.maxConcurrentStreams, maxHeaderListSize: opts.maxHeaderBytes, enablePush: false },
+  const http1 = Object.assign(http.createServer(http1Limits), http1Limits)
+  const tlsOpts = opts.tls
+  const h2 =
+    tlsOpts && !tlsOpts.http2
+      ? undefined
+      : http2.createServer({
+          maxSessionMemory: 10, // MiB of buffered frames per connection before new streams are refused (Node's default)
+          maxHeaderListPairs: opts.maxHeaderCount + 8, // pseudo-headers count too; the limits layer counts exactly
+          settings: { maxConcurrentStreams: opts.maxConcurrentStreams, maxHeaderListSize: opts.maxHeaderBytes, enablePush: false },
+        })
+  let front: net.Server | tls.Server
+  if (!tlsOpts) {
+    // noDelay: as a TLS server has it (Nagle would hold an answer written in two parts for the
+    // client's delayed ACK, up to 40 ms)
+    front = net.createServer({ allowHalfOpen: true, noDelay: true }, (socket) => byPreface(socket, http1, h2!, opts.headersTimeoutMs))
+  } else {
+    const secure = { ...secureContext(tlsOpts, { material: tlsOpts.material, clientCa: tlsOpts.clientCa }), handshakeTimeout: tlsOpts.handshakeTimeoutMs, noDelay: true, ...clientAuth(tlsOpts) }
+    front = tls.createServer(secure, (socket: TLSSocket) => {
+      if (h2 !== undefined && socket.alpnProtocol === 'h2') h2.emit('connection', socket)
+      else http1.emit('connection', socket)
+    })
   }
-  const tls = opts.tls
-  if (!tls) {
-    const plain = Object.assign(http.createServer(http1, onRequest), http1)
-    const h2c = http2.createServer(h2, onRequest)
-    // noDelay: as http.createServer and the TLS server have it (Nagle would hold an answer
-    // written in two parts for the client's delayed ACK, up to 40 ms)
-    const front = net.createServer({ allowHalfOpen: true, noDelay: true }, (socket) => byPreface(socket, plain, h2c, opts.headersTimeoutMs))
-    // the HTTP/1.1 server never listens: start its timeout checks when the port is bound
-    front.once('listening', () => plain.emit('listening'))
-    front.once('close', () => plain.close())
-    return { front, http1: plain, http2: h2c }
-  }
-  const secure = { ...secureContext(tls, { material: tls.material, clientCa: tls.clientCa }), handshakeTimeout: tls.handshakeTimeoutMs, noDelay: true, ...clientAuth(tls) }
-  if (!tls.http2) {
-    const server = Object.assign(https.createServer({ ...http1, ...secure }, onRequest), http1)
-    return { front: server, http1: server, http2: undefined }
-  }
-  // HTTP/2 with HTTP/1.1 fallback. The HTTP/1 side of this server reads its limits from the
-  // same properties http.Server uses, so they are set on it after creation.
-  const server = Object.assign(http2.createSecureServer({ ...secure, ...h2, allowHTTP1: true }, onRequest), http1)
-  return { front: server, http1: server, http2: server }
+  // the HTTP/1.1 server never listens: start its timeout checks when the port is bound
+  front.once('listening', () => http1.emit('listening'))
+  front.once('close', () => http1.close())
+  return { front, http1, http2: h2 }
 }
 
 /**

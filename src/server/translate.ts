@@ -1,7 +1,7 @@
-// Between Node's request/response objects (HTTP/1 and HTTP/2's compatibility API) and the
+// Between Node's request/response objects (HTTP/1's, and HTTP/2's core stream API) and the
 // pipeline's ProxyRequest/ProxyResponse: the request the app will get, and the response written
 // back with its body streamed.
-import { STATUS_CODES, type IncomingMessage, type ServerResponse } from 'node:http'
+import { STATUS_CODES, type IncomingMessage, type OutgoingHttpHeaders, type ServerResponse } from 'node:http'
 import http2 from 'node:http2'
 import type { Socket } from 'node:net'
 import type { Readable } from 'node:stream'
@@ -12,14 +12,40 @@ import { release } from '../pipeline/compose.js'
 import type { ProxyRequest, ProxyResponse } from '../pipeline/types.js'
 import { countRegularHeaders } from './validate.js'
 
-export type Request = IncomingMessage | http2.Http2ServerRequest
-export type Response = ServerResponse | http2.Http2ServerResponse
+/**
+ * An HTTP/2 request, read off its stream: what of a request the listener needs, in the shape of
+ * HTTP/1's IncomingMessage. (Node's compat objects would make a Readable and a response object
+ * per stream, and always send trailers.)
+ */
+export class Http2Request {
+  readonly httpVersion = '2.0'
+  constructor(
+    readonly stream: http2.ServerHttp2Stream,
+    readonly headers: http2.IncomingHttpHeaders,
+    readonly rawHeaders: string[],
+    /** The connection's own socket (the session's `socket` is a proxy of it). */
+    readonly socket: Socket,
+    readonly session: http2.ServerHttp2Session,
+  ) {}
+
+  get method(): string {
+    return this.headers[':method'] ?? ''
+  }
+
+  get url(): string {
+    return this.headers[':path'] ?? ''
+  }
+}
+
+export type Request = IncomingMessage | Http2Request
+/** HTTP/1's response, or the HTTP/2 request's stream. */
+export type Response = ServerResponse | http2.ServerHttp2Stream
 
 /** The pipeline's request: `target` replaces the URL when the listener rewrote it (absolute-form). */
 export function toProxyRequest(req: Request, h2: boolean, target: string | null, requestId: string, forwarding: ForwardingInfo): ProxyRequest {
   const cl = req.headers['content-length']
   const te = req.headers['transfer-encoding']
-  const hasBody = h2 ? !(req as http2.Http2ServerRequest).stream.endAfterHeaders : te !== undefined || (cl !== undefined && cl !== '0')
+  const hasBody = h2 ? !(req as Http2Request).stream.endAfterHeaders : te !== undefined || (cl !== undefined && cl !== '0')
   // dropped from the app's headers (headers.ts), kept here for the fault layer
   const faultDelay = req.headers[FAULT_DELAY_HEADER]
   const faultAbort = req.headers[FAULT_ABORT_HEADER]
@@ -27,7 +53,7 @@ export function toProxyRequest(req: Request, h2: boolean, target: string | null,
     method: req.method ?? 'GET',
     path: target ?? req.url ?? '/',
     headers: upstreamRequestHeaders(req.headers, requestId, forwarding),
-    body: hasBody ? req : null,
+    body: hasBody ? (h2 ? (req as Http2Request).stream : (req as IncomingMessage)) : null,
     contentLength: cl !== undefined && te === undefined ? Number(cl) : null,
     headerCount: h2 ? countRegularHeaders(req.rawHeaders) : req.rawHeaders.length / 2,
     transferEncoding: te ?? null,
@@ -54,44 +80,72 @@ export interface WriteOptions {
 
 /** Writes the response and streams its body. */
 export function writeResponse(res: Response, response: ProxyResponse, o: WriteOptions): void {
-  const { h2, close, trailers } = o
+  if (o.h2) return writeHttp2(res as http2.ServerHttp2Stream, response, o)
+  const http1 = res as ServerResponse
   const body = response.body
-  if (h2 ? (res as http2.Http2ServerResponse).stream.destroyed : (res as ServerResponse).destroyed) {
-    // the client left while the pipeline worked
-    return release(response)
+  if (http1.destroyed) return release(response) // the client left while the pipeline worked
+  if (o.close) response.headers.connection = 'close'
+  const sent = o.trailers ? response.trailers : undefined
+  http1.writeHead(response.status, response.headers)
+  if (body === null || Buffer.isBuffer(body)) {
+    if (sent !== undefined) addTrailers(http1, sent)
+    if (body === null) http1.end()
+    else http1.end(body)
+  } else {
+    // before pipe's own 'end' listener ends `res`: the trailers go out with the end
+    if (sent !== undefined) body.once('end', () => addTrailers(http1, sent))
+    streamBody(http1, body, o)
   }
-  if (!h2 && close) response.headers.connection = 'close'
-  const sent = trailers ? response.trailers : undefined
-  const whole = body === null || Buffer.isBuffer(body)
-  if (h2 && whole && (body === null || body.length === 0) && (sent === undefined || Object.keys(sent).length === 0)) {
-    // Headers set one by one, then end: HTTP/2 sends them in one HEADERS frame that ends the
-    // stream. writeHead would send them apart from an empty end, and a gRPC status in the
-    // headers is read by gRPC clients only as such a "trailers-only" answer.
-    res.statusCode = response.status
-    for (const [name, value] of Object.entries(response.headers)) res.setHeader(name, value)
-    res.end()
+}
+
+/** RFC 9110 6.4.1: no content, whatever the app sent. */
+const BODILESS = new Set([204, 205, 304])
+
+/**
+ * HTTP/2: the headers with the end of the stream when there is nothing else to send (a gRPC
+ * status in the headers is read by gRPC clients only as such a "trailers-only" answer); a whole
+ * body with them; a streamed body piped; trailers after the body when the app sent any (for a
+ * streamed body they are known only at its end, so the stream waits for them).
+ */
+function writeHttp2(stream: http2.ServerHttp2Stream, response: ProxyResponse, o: WriteOptions): void {
+  if (stream.destroyed) return release(response)
+  const headers: OutgoingHttpHeaders = response.headers
+  headers[':status'] = response.status
+  let body = response.body
+  if ((stream as { headRequest?: boolean }).headRequest === true || BODILESS.has(response.status)) {
+    // Node ends such a stream with its headers
+    release(response)
+    body = null
+  }
+  const trailers = o.trailers ? response.trailers : undefined
+  if (body === null || Buffer.isBuffer(body)) {
+    const end = trailers === undefined ? undefined : endToEnd(trailers)
+    const withTrailers = end !== undefined && Object.keys(end).length > 0
+    const empty = body === null || body.length === 0
+    stream.respond(headers, { endStream: empty && !withTrailers, waitForTrailers: withTrailers })
+    if (withTrailers) stream.once('wantTrailers', () => stream.sendTrailers(end))
+    if (!empty) stream.end(body)
+    else if (withTrailers) stream.end()
     return
   }
-  res.writeHead(response.status, response.headers)
-  if (whole) {
-    if (sent !== undefined) addTrailers(res, sent)
-    if (body === null) res.end()
-    else res.end(body)
-  } else {
-    // Not stream.pipeline: it makes and aborts an AbortController per call, a measurable
-    // share of the per-request cost. An upstream failure mid-body destroys `res` and with it
-    // the connection (HTTP/1) or the stream (HTTP/2, RST_STREAM), so the client sees a
-    // truncated response, never a short "complete" one. A client gone mid-body releases the
-    // upstream body.
-    body.once('error', (err) => res.destroy(err))
-    res.once('close', () => {
-      if (!body.readableEnded) body.on('error', noop).destroy()
-    })
-    // before pipe's own 'end' listener ends `res`: the trailers go out with the end
-    if (sent !== undefined) body.once('end', () => addTrailers(res, sent))
-    if (o.sendIdle) cutWhenStalled(res, body, o.sendIdle)
-    body.pipe(res as NodeJS.WritableStream)
-  }
+  stream.respond(headers, { waitForTrailers: trailers !== undefined })
+  if (trailers !== undefined) stream.once('wantTrailers', () => stream.sendTrailers(endToEnd(trailers)))
+  streamBody(stream, body, o)
+}
+
+/**
+ * Not stream.pipeline: it makes and aborts an AbortController per call, a measurable share of
+ * the per-request cost. An upstream failure mid-body destroys `res` and with it the connection
+ * (HTTP/1) or the stream (HTTP/2, RST_STREAM), so the client sees a truncated response, never a
+ * short "complete" one. A client gone mid-body releases the upstream body.
+ */
+function streamBody(res: Response, body: Readable, o: WriteOptions): void {
+  body.once('error', (err) => res.destroy(err))
+  res.once('close', () => {
+    if (!body.readableEnded) body.on('error', noop).destroy()
+  })
+  if (o.sendIdle) cutWhenStalled(res, body, o.sendIdle)
+  body.pipe(res as NodeJS.WritableStream)
 }
 
 /**
@@ -155,25 +209,33 @@ export function writeRaw(socket: Socket, response: ProxyResponse, upgrade?: stri
   body.pipe(socket)
 }
 
-/** The app's trailers, end-to-end ones only, for a client that takes them (HTTP/2, or HTTP/1.1
- *  with `TE: trailers` on a chunked answer). */
-function addTrailers(res: Response, trailers: Readonly<Record<string, string | string[] | undefined>>): void {
+/** The app's trailers, end-to-end ones only, for an HTTP/1.1 client that takes them (`TE:
+ *  trailers`, on a chunked answer). */
+function addTrailers(res: ServerResponse, trailers: Readonly<Record<string, string | string[] | undefined>>): void {
   const end = endToEnd(trailers)
   if (Object.keys(end).length > 0) res.addTrailers(end)
 }
 
-/** Whether the whole response went out. HTTP/2's compatibility response reports writableFinished
- *  even for a stream the client reset: there, complete means "we ended it and the stream closed
- *  without an error code". */
-export function completed(req: Request, res: Response, h2: boolean): boolean {
-  return h2 ? res.writableEnded && (req as http2.Http2ServerRequest).stream.rstCode === http2.constants.NGHTTP2_NO_ERROR : res.writableFinished
+/** Whether the whole response went out. An HTTP/2 stream is complete when we ended it and it
+ *  closed without an error code. */
+export function completed(res: Response, h2: boolean): boolean {
+  if (!h2) return (res as ServerResponse).writableFinished
+  const stream = res as http2.ServerHttp2Stream
+  return stream.writableEnded && stream.rstCode === http2.constants.NGHTTP2_NO_ERROR
+}
+
+/** The status the client was sent, if its headers went. */
+export function sentStatus(res: Response, h2: boolean): number | undefined {
+  if (!res.headersSent) return undefined
+  return h2 ? Number((res as http2.ServerHttp2Stream).sentHeaders[':status']) : (res as ServerResponse).statusCode
 }
 
 /** HTTP/2 multiplexes one connection: a request's bytes are its declared body lengths. */
-export function declaredBytes(req: Request, res: Response): { bytesIn: number; bytesOut: number } {
+export function declaredBytes(req: Http2Request, stream: http2.ServerHttp2Stream): { bytesIn: number; bytesOut: number } {
   const te = req.headers['transfer-encoding']
   const cl = req.headers['content-length']
-  return { bytesIn: cl !== undefined && te === undefined ? Number(cl) : 0, bytesOut: Number(res.getHeader('content-length') ?? 0) }
+  const sent = stream.headersSent ? stream.sentHeaders['content-length'] : undefined
+  return { bytesIn: cl !== undefined && te === undefined ? Number(cl) : 0, bytesOut: Number(sent ?? 0) }
 }
 
 /** The client certificate's subject when the handshake verified it, e.g. `CN=billing,O=Acme`. */

@@ -63,6 +63,7 @@ const HTTP1_METHODS: ReadonlySet<string> = new Set(METHODS)
  * send (a `get` would reach the app, whose HTTP/1 parser refuses it).
  */
 export function checkHttp2Request(req: { method: string; headers: Readonly<Record<string, string | string[] | undefined>> }): Refusal | null {
+  if (req.method === 'CONNECT') return CONNECT_REFUSED
   if (!HTTP1_METHODS.has(req.method)) return { code: 'bad_request', detail: `method ${JSON.stringify(req.method.slice(0, 20))}` }
   const authority = single(req.headers[':authority'])
   const host = single(req.headers.host)
