@@ -1,6 +1,8 @@
 // The cost of the sidecar for WebSocket messages and gRPC unary calls, against the same echo
-// servers reached directly, measured in one run: messages or calls per second with 32 clients
-// each waiting for its answer before the next, and the sidecar's CPU time per message or call.
+// servers reached directly and through each protocol's Node floor (bench/servers/ws-floor.mjs,
+// grpc-floor.mjs: the same traffic forwarded the most minimal way), measured in one run:
+// messages or calls per second with 32 clients each waiting for its answer before the next, and
+// the CPU time per message or call of the sidecar and of the floor.
 // The clients (`ws`, `@grpc/grpc-js`) run in the bench process; the servers and the sidecar in
 // their own. Run by bench/run.mjs, or alone: `node bench/protocols.mjs [--seconds N]`.
 import { spawn } from 'node:child_process'
@@ -11,6 +13,7 @@ import { parseArgs } from 'node:util'
 import * as grpc from '@grpc/grpc-js'
 import WebSocket from 'ws'
 import { cpuSeconds, freePort, waitReady } from './lib.mjs'
+import { renderProtocols } from './report.mjs'
 
 const root = new URL('..', import.meta.url).pathname
 const CLIENTS = 32
@@ -102,50 +105,39 @@ export async function measureProtocols({ seconds = 5 } = {}) {
       protocol: 'h2c',
       healthCheck: { grpc: { service: '' } },
     })
-    await wsLoad(`ws://127.0.0.1:${wsSidecar.port}/`, 1) // warm-up
-    await grpcLoad(`127.0.0.1:${grpcSidecar.port}`, 1)
+    const [wsFloorPort, grpcFloorPort] = [await freePort(), await freePort()]
+    const wsFloor = await startNode(children, join(root, 'bench/servers/ws-floor.mjs'), [String(wsFloorPort), `http://127.0.0.1:${wsPort}`])
+    const grpcFloor = await startNode(children, join(root, 'bench/servers/grpc-floor.mjs'), [String(grpcFloorPort), `http://127.0.0.1:${grpcPort}`])
+    for (const port of [wsSidecar.port, wsFloorPort]) await wsLoad(`ws://127.0.0.1:${port}/`, 1) // warm-up
+    for (const port of [grpcSidecar.port, grpcFloorPort]) await grpcLoad(`127.0.0.1:${port}`, 1)
 
-    const wsDirect = await wsLoad(`ws://127.0.0.1:${wsPort}/`, seconds)
-    let cpu = cpuSeconds(wsSidecar.pid)
-    const wsProxied = await wsLoad(`ws://127.0.0.1:${wsSidecar.port}/`, seconds)
-    const wsCpu = cpuSeconds(wsSidecar.pid) - cpu
-    const grpcDirect = await grpcLoad(`127.0.0.1:${grpcPort}`, seconds)
-    cpu = cpuSeconds(grpcSidecar.pid)
-    const grpcProxied = await grpcLoad(`127.0.0.1:${grpcSidecar.port}`, seconds)
-    const grpcCpu = cpuSeconds(grpcSidecar.pid) - cpu
-    return {
-      clients: CLIENTS,
-      seconds,
-      websocket: {
-        direct: wsDirect,
-        sidecar: wsProxied,
-        ratio: wsProxied / wsDirect,
-        cpuUsPerMessage: (wsCpu / (wsProxied * seconds)) * 1e6,
-      },
-      grpcUnary: {
-        direct: grpcDirect.perSecond,
-        sidecar: grpcProxied.perSecond,
-        ratio: grpcProxied.perSecond / grpcDirect.perSecond,
-        cpuUsPerCall: (grpcCpu / (grpcProxied.perSecond * seconds)) * 1e6,
-        errors: grpcDirect.errors + grpcProxied.errors,
-      },
+    /** Per second through `port`, and the CPU per message or call of `pid`. */
+    const through = async (load, address, pid) => {
+      const cpu = cpuSeconds(pid)
+      const r = await load(address, seconds)
+      const perSecond = typeof r === 'number' ? r : r.perSecond
+      return { perSecond, errors: r.errors ?? 0, cpuUs: ((cpuSeconds(pid) - cpu) / (perSecond * seconds)) * 1e6 }
     }
+    const wsDirect = await wsLoad(`ws://127.0.0.1:${wsPort}/`, seconds)
+    const wsProxied = await through(wsLoad, `ws://127.0.0.1:${wsSidecar.port}/`, wsSidecar.pid)
+    const wsFloored = await through(wsLoad, `ws://127.0.0.1:${wsFloorPort}/`, wsFloor.pid)
+    const grpcDirect = await grpcLoad(`127.0.0.1:${grpcPort}`, seconds)
+    const grpcProxied = await through(grpcLoad, `127.0.0.1:${grpcSidecar.port}`, grpcSidecar.pid)
+    const grpcFloored = await through(grpcLoad, `127.0.0.1:${grpcFloorPort}`, grpcFloor.pid)
+    const row = (direct, proxied, floor) => ({
+      direct,
+      sidecar: proxied.perSecond,
+      floor: floor.perSecond,
+      ratio: proxied.perSecond / direct,
+      cpuUs: proxied.cpuUs,
+      floorCpuUs: floor.cpuUs,
+      cpuRatio: proxied.cpuUs / floor.cpuUs,
+      errors: proxied.errors + floor.errors,
+    })
+    return { clients: CLIENTS, seconds, websocket: row(wsDirect, wsProxied, wsFloored), grpcUnary: row(grpcDirect.perSecond, grpcProxied, grpcFloored) }
   } finally {
     for (const c of children) c.kill('SIGKILL')
   }
-}
-
-export function renderProtocols(p) {
-  const f = (x, d = 0) => x.toFixed(d)
-  return [
-    `WebSocket echo and gRPC unary, ${p.clients} clients each waiting for its answer, ${p.seconds} s each (64-byte messages):`,
-    '',
-    '| traffic | direct /s | through the sidecar /s | sidecar / direct | sidecar CPU us per message or call |',
-    '| --- | ---: | ---: | ---: | ---: |',
-    `| WebSocket messages (ws, plain) | ${f(p.websocket.direct)} | ${f(p.websocket.sidecar)} | ${f(p.websocket.ratio, 2)} | ${f(p.websocket.cpuUsPerMessage)} |`,
-    `| gRPC unary calls (grpc-js, h2c both sides) | ${f(p.grpcUnary.direct)} | ${f(p.grpcUnary.sidecar)} | ${f(p.grpcUnary.ratio, 2)} | ${f(p.grpcUnary.cpuUsPerCall)} |`,
-    '',
-  ].join('\n')
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) {

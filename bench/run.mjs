@@ -19,8 +19,10 @@
 //                      bare-undici.mjs): the floor of any Node proxy
 //   http-proxy         node http-proxy 1.18.1 with a keep-alive agent
 //   nginx, nginx-tls   when nginx is installed (one worker, like Node's one thread)
-// and, apart (bench/protocols.mjs), WebSocket messages and gRPC unary calls through the sidecar
-// against the same echo servers reached directly.
+// and, apart: WebSocket messages and gRPC unary calls through the sidecar against the same echo
+// servers reached directly and through their Node floors (bench/protocols.mjs); the TLS rows
+// at a fixed rate against the Node TLS floor, Caddy, nginx and HAProxy (bench/tls.mjs, with
+// h2load), which the results lead with.
 // For each:
 // - requests/s at saturation (64 connections) and its latency, by wrk when it is installed (a
 //   native generator: autocannon, JavaScript, takes a core of its own on a small machine and
@@ -40,7 +42,8 @@ import { parseArgs } from 'node:util'
 import autocannon from 'autocannon'
 import { IMAGE_ENV, cpuSeconds, freePort, listening, median, memoryMiB, nginxWorker, waitReady, which } from './lib.mjs'
 import { measureProtocols } from './protocols.mjs'
-import { addedP99, generatorJitterMs, ratios, renderMarkdown, renderSvg } from './report.mjs'
+import { addedP99, generatorJitterMs, ratios, renderMarkdown, renderSvg, tlsRatios } from './report.mjs'
+import { measureTls } from './tls.mjs'
 
 const root = new URL('..', import.meta.url).pathname
 const { values: flags } = parseArgs({
@@ -277,7 +280,10 @@ async function main() {
   const soak = flags.soak ? await runSoak(plainSidecar) : undefined
 
   // WebSocket messages and gRPC unary calls: the sidecar against the same echo servers direct
+  // and against their Node floors
   const protocols = await measureProtocols({ seconds: flags.quick ? 2 : PLAN.saturateS })
+  // the path users run: TLS, HTTP/2 and HTTP/1.1, new and resumed handshakes, at a fixed rate
+  const tls = H2LOAD ? await measureTls({ quick: flags.quick, rounds: PLAN.rounds }) : undefined
 
   const direct = targets.find((t) => t.name === 'direct')
   const m = (t, key) => median(t.runs.map((r) => r[key]))
@@ -312,8 +318,9 @@ async function main() {
     manyConnections,
     soak,
     protocols,
+    tls,
   }
-  results.ratios = ratios(results.targets, manyConnections, soak)
+  results.ratios = [...tlsRatios(tls, protocols), ...ratios(results.targets, manyConnections, soak)]
   stopping = true
   const stamp = results.date.slice(0, 16).replace(/[-:]/g, '').replace('T', '-')
   const dir = join(root, 'bench/results')
