@@ -98,9 +98,6 @@ export function writeResponse(res: Response, response: ProxyResponse, o: WriteOp
   }
 }
 
-/** RFC 9110 6.4.1: no content, whatever the app sent. */
-const BODILESS = new Set([204, 205, 304])
-
 /**
  * HTTP/2: the headers with the end of the stream when there is nothing else to send (a gRPC
  * status in the headers is read by gRPC clients only as such a "trailers-only" answer); a whole
@@ -111,12 +108,8 @@ function writeHttp2(stream: http2.ServerHttp2Stream, response: ProxyResponse, o:
   if (stream.destroyed) return release(response)
   const headers: OutgoingHttpHeaders = response.headers
   headers[':status'] = response.status
-  let body = response.body
-  if ((stream as { headRequest?: boolean }).headRequest === true || BODILESS.has(response.status)) {
-    // Node ends such a stream with its headers
-    release(response)
-    body = null
-  }
+  // (a HEAD, 204 or 304 stream Node ends with its headers; their bodies are empty)
+  const body = response.body
   const trailers = o.trailers ? response.trailers : undefined
   if (body === null || Buffer.isBuffer(body)) {
     const end = trailers === undefined ? undefined : endToEnd(trailers)

@@ -110,6 +110,46 @@ t.test('graceful stop: HTTP/2 gets GOAWAY, open streams finish, new connections 
 })
 
 
+t.test('HTTP/2: HEAD, 204 and 304 end their stream with the headers, as RFC 9110 wants, whatever the app wrote', async (t) => {
+  const dir = t.testdir({ 'tls.crt': server.cert, 'tls.key': server.key })
+  const { proxy } = await proxied(
+    t,
+    fakeUpstream()
+      .route('/page', (_req, res) => res.writeHead(200, { 'content-type': 'text/plain', 'content-length': 11 }).end('hello world'))
+      .route('/none', (_req, res) => res.writeHead(204, { 'x-app': 'yes' }).end())
+      .route('/same', (_req, res) => res.writeHead(304, { etag: '"v1"' }).end()),
+    { listener: { tls: { certFile: `${dir}/tls.crt`, keyFile: `${dir}/tls.key` } } },
+  )
+  const session = http2.connect(`https://127.0.0.1:${proxy.port}`, { ca: ca.cert, servername: 'localhost' })
+  t.teardown(() => session.destroy())
+  const head = await exchange(session, { ':method': 'HEAD', ':path': '/page' })
+  t.match(head, { status: 200, body: '', rstCode: http2.constants.NGHTTP2_NO_ERROR }, 'HEAD: no body, the stream ended cleanly')
+  t.equal(head.headers?.['content-length'], '11', "HEAD: the length of what GET would send, as the app said")
+  t.match(await exchange(session, { ':path': '/none' }), { status: 204, body: '', rstCode: http2.constants.NGHTTP2_NO_ERROR, headers: { 'x-app': 'yes' } })
+  t.match(await exchange(session, { ':path': '/same' }), { status: 304, body: '', rstCode: http2.constants.NGHTTP2_NO_ERROR, headers: { etag: '"v1"' } })
+  t.equal((await exchange(session, { ':path': '/page' })).body, 'hello world', 'GET: the body')
+})
+
+t.test('HTTP/2 Expect: 100-continue: a 100 when the body is wanted, then the body forwarded whole', async (t) => {
+  const { session } = await h2Proxy(t)
+  const body = Buffer.alloc(100_000, 'b')
+  const result = await new Promise<{ continued: boolean; status?: number; text: string }>((resolve) => {
+    const stream = session.request({ ':method': 'POST', ':path': '/upload', expect: '100-continue', 'content-length': body.length })
+    const out = { continued: false, status: undefined as number | undefined, text: '' }
+    // the body only once the proxy asks for it, as curl and Node's clients do
+    stream.on('continue', () => {
+      out.continued = true
+      stream.end(body)
+    })
+    stream.on('response', (h) => (out.status = h[':status']))
+    stream.on('data', (c: Buffer) => (out.text += c.toString()))
+    stream.on('close', () => resolve(out))
+  })
+  t.ok(result.continued, 'the client was told to go on')
+  t.equal(result.status, 200)
+  t.equal(JSON.parse(result.text).bodyBytes, body.length, 'the app got the whole body')
+})
+
 t.test('HTTP/2 CONNECT is refused with 405 on its stream; the session lives on', async (t) => {
   const { up, session } = await h2Proxy(t)
   const stream = session.request({ ':method': 'CONNECT', ':authority': 'evil.example:443' })
