@@ -13,27 +13,28 @@ import type { Readable } from 'node:stream'
 import type { TLSSocket } from 'node:tls'
 import type { Clock } from '../clock.js'
 import { ERRORS, SidecarError } from '../errors.js'
-import { acceptsTrailers, newRequestId, requestIdFrom, type ForwardingInfo } from '../headers.js'
+import { acceptsTrailers, requestIdFrom, type ForwardingInfo } from '../headers.js'
 import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
 import { release } from '../pipeline/compose.js'
 import { Cancel } from '../pipeline/cancel.js'
-import { isGrpc, localReply } from '../pipeline/local-reply.js'
-import type { BufferBudget, BufferHolder } from '../pipeline/buffers.js'
-import { BODY_MIN_RATE, KEEPS_UP } from '../pipeline/pressure.js'
-import type { ClientProgress, Handler, ProxyRequest, ProxyResponse, Reply, RequestContext, RequestOutcome, Resource } from '../pipeline/types.js'
-import { Connections, type Http1Conn } from './connections.js'
+import type { BufferBudget } from '../pipeline/buffers.js'
+import { KEEPS_UP } from '../pipeline/pressure.js'
+import type { ClientProgress, Handler, ProxyRequest, ProxyResponse, RequestContext, RequestOutcome, Resource } from '../pipeline/types.js'
+import { Answer, type AnswerOwner } from './answer.js'
+import { Connections } from './connections.js'
 import { AbuseReport } from './abuse.js'
 import { Admission, type AdmissionLimits } from './admission.js'
 import { ClientIdentity } from './client-identity.js'
-import { guardSession, spendOnRefusal } from './h2-guard.js'
+import { guardSession } from './h2-guard.js'
 import { listenOn } from './listen.js'
+import { Refusals } from './refusals.js'
 import { LoadShedder } from './shedding.js'
 import { joinTunnel, type TunnelEnd } from './tunnel.js'
 import { createServers, secureContext, type ServerLimits } from './servers.js'
 import { rotateTicketKeys, type ListenerTlsOptions, type Served } from './tls.js'
-import { Http2Request, clientAddressOf, completed, declaredBytes, sentStatus, toProxyRequest, verifiedSubject, writeRaw, writeResponse, type Request, type Response, type Stall } from './translate.js'
-import { CONNECT_REFUSED, checkHttp1Request, checkHttp2Request, checkUpgradeRequest, parserErrorCode, type Refusal } from './validate.js'
+import { Http2Request, clientAddressOf, completed, declaredBytes, sentStatus, toProxyRequest, verifiedSubject, writeRaw, writeResponse, type Request, type Response } from './translate.js'
+import { CONNECT_REFUSED, checkHttp1Request, checkHttp2Request, checkUpgradeRequest } from './validate.js'
 
 /** Node's server objects' limits (servers.ts), and what the listener itself enforces. */
 export interface ListenerOptions extends ServerLimits, AdmissionLimits {
@@ -72,7 +73,7 @@ export interface ListenerDeps {
   buffers?: BufferBudget
 }
 
-export class Listener {
+export class Listener implements AnswerOwner {
   readonly server: net.Server
   readonly protocol: 'http' | 'https'
   private readonly connections: Connections
@@ -80,8 +81,7 @@ export class Listener {
   private readonly admission: Admission
   private readonly identity: ClientIdentity
   private readonly abuse: AbuseReport
-  /** HTTP/1 connections whose last request was refused before the pipeline: answered, closing. */
-  private readonly refusedOn = new WeakSet<Socket>()
+  private readonly refusals: Refusals
   /** Each HTTP/2 session's own socket. */
   private readonly sockets = new WeakMap<http2.ServerHttp2Session, Socket>()
   private stopTicketRotation: (() => void) | undefined
@@ -105,6 +105,7 @@ export class Listener {
     this.admission = new Admission(opts, this.shedder)
     this.identity = new ClientIdentity({ ...opts, verifiesClients: opts.tls !== false && opts.tls.clientCa !== undefined })
     this.abuse = new AbuseReport(deps)
+    this.refusals = new Refusals(deps.logger, this.abuse, this.connections)
     const servers = createServers(opts)
     this.server = servers.front
     this.server.on('connection', (socket: Socket) => this.onConnection(socket))
@@ -113,13 +114,13 @@ export class Listener {
     http1.on('connection', (socket: Socket) => this.connections.addHttp1(socket))
     // HTTP/1.1 Upgrade (WebSocket): Node hands the connection over as a raw socket
     http1.on('upgrade', (req: http.IncomingMessage, socket: Socket, head: Buffer) => this.onUpgrade(req, socket, head))
-    http1.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => this.onParserError(err, socket))
+    http1.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => this.refusals.parserError(err, socket))
     // Expect: 100-continue is answered when the body is first wanted (see toProxyRequest), not
     // by Node at once: a request refused from its headers alone (too large, overloaded, no
     // backend) is refused without inviting the client to upload a body nobody will read.
     http1.on('checkContinue', (req: http.IncomingMessage, res: http.ServerResponse) => this.onRequest(req, res, true))
     // CONNECT on HTTP/1 comes as a raw socket (on HTTP/2, validate.ts refuses it)
-    http1.on('connect', (req: http.IncomingMessage, socket: Socket) => this.refuseRaw(socket, CONNECT_REFUSED, requestIdFrom(req.headers['x-request-id'])))
+    http1.on('connect', (req: http.IncomingMessage, socket: Socket) => this.refusals.raw(socket, CONNECT_REFUSED, requestIdFrom(req.headers['x-request-id'])))
     // An HTTP/2 session's socket is out of reach once the session has it (session.socket is a
     // proxy that refuses to close it): taken here, just before Node makes the session on it.
     servers.http2?.prependListener('connection', (socket: Socket) => (this.h2Socket = socket))
@@ -247,11 +248,11 @@ export class Listener {
     const session = h2 ? req.session : undefined
     const client = this.identity.keyed ? this.identity.keyOf(peer, socket, session ?? socket, req.headers) : peer
     const refused = this.admission.request(client, this.connections.inFlightOn(session, socket))
-    if (refused) return this.shed(req, res, refused, h2, client)
+    if (refused) return this.refusals.shed(req, res, refused, h2, client)
     const target = h2 ? checkHttp2Request(req) : checkHttp1Request(req)
     if (target !== null && typeof target !== 'string') {
       if (this.admission.perClientRequests) this.admission.requestDone(client)
-      return this.refuse(req, res, target, h2)
+      return this.refusals.refuse(req, res, target, h2)
     }
 
     const answer = new Answer(this, req, res, h2 ? undefined : socket, this.deps.clock.now())
@@ -346,7 +347,7 @@ export class Listener {
             : this.shedder.shedding
               ? { code: 'proxy_overloaded' as const, detail: 'the event loop runs late' }
               : null))
-    if (refusal) return this.refuseRaw(socket, refusal, requestIdFrom(req.headers['x-request-id']))
+    if (refusal) return this.refusals.raw(socket, refusal, requestIdFrom(req.headers['x-request-id']))
 
     const peer = clientAddressOf(socket)
     const ctx = this.context(req, startedAt, peer, this.identity.keyed ? this.identity.keyOf(peer, socket, socket, req.headers) : peer, KEEPS_UP, socket)
@@ -405,21 +406,6 @@ export class Listener {
     this.abuse.note('client_slow', 'clients cut for reading nothing of their answers for limits.sendIdleTimeoutMs', { requestId: ctx.id, client: ctx.clientAddress })
   }
 
-  /**
-   * A request refused before anything is built for it: over its client's limit (429), or while
-   * the proxy sheds load (503; on HTTP/2 the stream is refused with REFUSED_STREAM, which
-   * clients retry on another connection).
-   */
-  private shed(req: Request, res: Response, code: 'proxy_overloaded' | 'client_over_limit', h2: boolean, client: string): void {
-    this.abuse.note(code, code === 'proxy_overloaded' ? 'requests shed: the event loop runs late (from connections with others in flight)' : 'requests refused: over limits.maxRequestsPerClient', { client })
-    // either way the connection's own doing: its refusals spend its budget (h2-guard.ts), and
-    // one that keeps opening streams to be refused is closed
-    if (h2) spendOnRefusal((req as Http2Request).session)
-    if (h2 && code === 'proxy_overloaded') return void (res as http2.ServerHttp2Stream).close(http2.constants.NGHTTP2_REFUSED_STREAM)
-    const reply = localReply(new SidecarError(code), { requestId: requestIdFrom(req.headers['x-request-id']), grpc: isGrpc(req.headers['content-type']) })
-    writeResponse(res, reply, { h2, close: ERRORS[code].close, trailers: false })
-  }
-
   /** A new request's context: its id, client, cancellation; filled in by the layers. */
   /** `connection`: the HTTP/1 socket or the HTTP/2 session it came on. */
   private context(req: Request, startedAt: bigint, peer: string, clientKey: string, progress: ClientProgress, connection: object): RequestContext {
@@ -472,150 +458,6 @@ export class Listener {
     }
   }
 
-  /** A request refused before the pipeline (validate.ts): the catalogue answer, then close. */
-  private refuse(req: Request, res: Response, refusal: Refusal, h2: boolean): void {
-    const requestId = requestIdFrom(req.headers['x-request-id'])
-    this.record(refusal, req.socket as Socket, requestId)
-    const reply = localReply(new SidecarError(refusal.code, { detail: refusal.detail }), { requestId, grpc: isGrpc(req.headers['content-type']) })
-    writeResponse(res, reply, { h2, close: ERRORS[refusal.code].close, trailers: false })
-    if (!h2) this.refusedOn.add(req.socket as Socket)
-  }
-
-  /**
-   * What Node's HTTP/1 parser refused. Inside the body of the request in flight (a bad chunk),
-   * that request is refused (if its answer has not begun): its body is cut, so the app never
-   * gets it whole. After complete requests still being answered (pipelined garbage), those are
-   * answered first, told the connection closes, and then it does: the app executed them. With
-   * nothing in flight, the catalogue answer, then close.
-   */
-  private onParserError(err: NodeJS.ErrnoException, socket: Socket): void {
-    if (err.code === 'ECONNRESET' || !socket.writable) return void socket.destroy()
-    // what follows a request refused already (its head was answered, the connection closes after)
-    if (this.refusedOn.has(socket)) return
-    const conn = this.connections.http1Of(socket)
-    const latest = conn?.requests.at(-1)
-    const refusal = { code: parserErrorCode(err), detail: `${err.code}` }
-    if (latest && !latest.req.complete) {
-      // A client gone mid-body (EOF where the body should go on) is no bad request: the
-      // request's own access line says client_closed. Nor may an answer under way be corrupted.
-      if (err.code === 'HPE_INVALID_EOF_STATE' || latest.res.headersSent) return void socket.destroy()
-    } else if (latest && conn) {
-      if (conn.poisoned) return
-      conn.poisoned = true
-      return this.record(refusal, socket, newRequestId(), 'request refused by the parser; answering the requests before it, then closing')
-    }
-    this.refuseRaw(socket, refusal, newRequestId(), 'request refused by the parser')
-  }
-
-  /** A catalogue answer written on a raw HTTP/1 socket, which then closes. */
-  private refuseRaw(socket: Socket, refusal: Refusal, requestId: string, msg = 'request refused'): void {
-    this.record(refusal, socket, requestId, msg)
-    writeRaw(socket, localReply(new SidecarError(refusal.code, { detail: refusal.detail }), { requestId, grpc: false }))
-  }
-
-  /** Logs a refusal (an info line, as an access line would be: a flood of them is no flood of
-   *  warnings) and reports it: counted, and warned of at most once per 10 s per code. */
-  private record(refusal: Refusal, socket: Socket, requestId: string, msg = 'request refused'): void {
-    const fields = { error: refusal.code, reason: refusal.detail, client: clientAddressOf(socket), requestId }
-    this.deps.logger.info(fields, msg)
-    this.abuse.note(refusal.code, 'requests refused', fields)
-  }
-}
-
-/**
- * A request in flight on the listener: its way back from the pipeline (the answer, written to
- * its client), the end of its response (`closed`, the response's close listener), and how its
- * client keeps up (`stalledFor`: the ceilings of pipeline/pressure.ts evict the most stalled).
- */
-class Answer implements Reply, ClientProgress, Stall, BufferHolder {
-  readonly closed = () => this.listener.closed(this)
-  ctx!: RequestContext
-  proxyReq!: ProxyRequest
-  /** The HTTP/1 connection's state; undefined on HTTP/2. */
-  conn: Http1Conn | undefined = undefined
-  /** When its client stopped taking its streamed answer (0: it takes it). */
-  pausedAt = 0
-  /** While it has stopped: the bytes its body and connection hold, charged to the buffers. */
-  held = 0
-  /** Its response has closed (or its connection, before the response had it). */
-  ended = false
-  /** Cut to make room at a ceiling. */
-  evicted = false
-  /** HTTP/1, pipelined: begins once the requests before it on its connection are answered. */
-  waiting: (() => void) | undefined = undefined
-
-  constructor(
-    private readonly listener: Listener,
-    readonly req: Request,
-    readonly res: Response,
-    /** The HTTP/1 connection; undefined on HTTP/2. */
-    readonly http1: Socket | undefined,
-    /** The clock's time at its arrival. */
-    private readonly arrivedAt: number,
-  ) {}
-
-  ok(response: ProxyResponse): void {
-    try {
-      this.listener.answer(this, response)
-    } catch (err) {
-      this.fail(err)
-    }
-  }
-
-  fail(err: unknown): void {
-    this.listener.broken(err, this.ctx, this.res)
-  }
-
-  /** Not reading its answer: since it stopped. Sending its body (HTTP/1) while the proxy waits
-   *  for it: how far it is behind BODY_MIN_RATE since it arrived. */
-  stalledFor(now: number): number {
-    if (this.pausedAt > 0) return now - this.pausedAt
-    const socket = this.http1
-    const req = this.req as http.IncomingMessage
-    if (socket === undefined || req.complete || req.readableLength > 0) return 0
-    const bytes = socket.bytesRead - this.conn!.read
-    return Math.max(0, now - this.arrivedAt - (bytes * 1000) / BODY_MIN_RATE)
-  }
-
-  /** As a BufferHolder: it is its own client's progress. */
-  get progress(): ClientProgress {
-    return this
-  }
-
-  /** Its client stopped taking its streamed answer (Stall): what the answer holds on its way is
-   *  charged to the ceiling for bytes held for slow peers (pipeline/buffers.ts). */
-  stopped(at: number, held: number): void {
-    const buffers = this.listener.buffers
-    buffers?.discharge(this)
-    this.pausedAt = at
-    this.held = held
-    buffers?.charge(this)
-  }
-
-  goesOn(): void {
-    this.pausedAt = 0
-    this.listener.buffers?.discharge(this)
-  }
-
-  /** Its connection closed while it waited behind a pipelined request: its response never got
-   *  the connection and Node never closes it. It is closed here, so that what waits on its
-   *  close (its slot, its app request, its access line) does not wait for ever. */
-  connectionLost(): void {
-    if (this.ended) return
-    ;(this.res as http.ServerResponse).destroy()
-    this.res.emit('close')
-  }
-
-  evict(resource: Resource): void {
-    // once: its read-ahead and its own charge may both be picked at the buffers' ceiling
-    if (this.evicted) return
-    this.evicted = true
-    this.listener.buffers?.discharge(this)
-    if (this.ctx.error === undefined || this.ctx.error === 'client_closed') this.ctx.error = 'client_slow'
-    this.listener.evicted(resource, this.pausedAt > 0 ? 'slow_reader' : 'slow_body', this.ctx)
-    if (this.http1) this.http1.destroy()
-    else (this.res as http2.ServerHttp2Stream).close(http2.constants.NGHTTP2_CANCEL)
-  }
 }
 
 const OVER_CONNECTION_LIMITS = 'connections refused: limits.maxConnections reached with none that may go in their place (none idle, silent or stalled on its client), or over limits.maxConnectionsPerClient'
