@@ -12,6 +12,7 @@ import { SidecarError } from '../errors.js'
 import type { Metrics } from '../metrics.js'
 import type { Cancel } from '../pipeline/cancel.js'
 import { pass } from '../pipeline/compose.js'
+import type { Place } from '../pipeline/holders.js'
 import { mostStalled } from '../pipeline/pressure.js'
 import type { ClientProgress, Layer, ProxyResponse, Reply, RequestContext } from '../pipeline/types.js'
 import type { Gate, Waiter } from '../upstream/backends.js'
@@ -34,8 +35,8 @@ export function createOverloadLayer(opts: OverloadOptions, deps: { metrics: Metr
     // the freed slot passes to the next in line (Slot.release)
     const stalled = mostStalled(gate.holders, deps.clock.now())
     if (stalled) {
-      gate.holders.delete(stalled)
-      stalled.progress.evict('requests')
+      gate.holders.remove(stalled)
+      stalled.holder.progress.evict('requests')
     }
     const overloaded = () => {
       deps.metrics.countRejection('overloaded')
@@ -62,6 +63,7 @@ export function createOverloadLayer(opts: OverloadOptions, deps: { metrics: Metr
 class Slot implements Reply {
   private held = true
   readonly progress: ClientProgress
+  private readonly place: Place<{ readonly progress: ClientProgress }>
 
   constructor(
     private readonly gate: Gate,
@@ -69,7 +71,7 @@ class Slot implements Reply {
     private readonly up: Reply,
   ) {
     this.progress = ctx.progress
-    gate.holders.add(this)
+    this.place = gate.holders.add(this)
   }
 
   ok(response: ProxyResponse): void {
@@ -87,7 +89,7 @@ class Slot implements Reply {
   private release(): void {
     if (!this.held) return
     this.held = false
-    this.gate.holders.delete(this)
+    this.gate.holders.remove(this.place)
     const waiter = this.gate.next()
     if (waiter) waiter.take() // the slot passes straight to the next in line
     else this.gate.active--

@@ -31,18 +31,17 @@ export function createReceiveLayer(opts: ReceiveOptions, deps: { clock: Clock; b
     ctx.onEnd.push(() => deps.buffers.give(room))
     // while the body comes, its client may be evicted for the room it holds (a body behind the
     // minimum rate, at the buffer ceiling: pipeline/pressure.ts)
-    const holder = { progress: ctx.progress, held: room }
-    deps.buffers.hold(holder)
+    const held = deps.buffers.hold({ progress: ctx.progress, held: room })
     readUpTo(body, opts.requestBufferBytes, opts.bodyIdleTimeoutMs, deps.clock, idle).then(
       ({ chunks, complete }) => {
-        deps.buffers.released(holder)
+        deps.buffers.released(held)
         if (complete) return pass(next, { ...req, body: chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks) }, ctx, reply)
         // a chunked body past the buffer: what was read, then the rest as it comes
         pass(next, { ...req, body: guarded(body, new IdleGuard(opts.bodyIdleTimeoutMs, deps.clock, idle, chunks), ctx) }, ctx, reply)
       },
       // the client went away mid-body, or the limits layer cut it (body_too_large)
       (err: unknown) => {
-        deps.buffers.released(holder)
+        deps.buffers.released(held)
         reply.fail(isErrorCode((err as { code?: unknown }).code) ? err : new SidecarError('client_closed', { cause: err }))
       },
     )

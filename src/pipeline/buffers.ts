@@ -8,6 +8,7 @@
 // most (pipeline/pressure.ts; Envoy's overload manager resets the streams holding most buffer
 // memory): so many clients reading nothing cost this ceiling, not their number times an answer's
 // buffers.
+import { Holders, type Place } from './holders.js'
 import { mostStalled } from './pressure.js'
 import type { ClientProgress } from './types.js'
 
@@ -16,13 +17,14 @@ export interface BufferHolder {
   readonly progress: ClientProgress
   /** Bytes it holds now. */
   readonly held: number
+  /** Set by the budget while it is charged (charge, discharge): what, and its place. */
+  charged?: { bytes: number; place: Place<BufferHolder> } | undefined
 }
 
 export class BufferBudget {
   private usedNow = 0
-  private readonly holders = new Set<BufferHolder>()
-  /** The charged holders, and what each was charged. */
-  private readonly charged = new Map<BufferHolder, number>()
+  /** Those that may be evicted for the bytes they hold: takers (hold) and the charged. */
+  private readonly holders = new Holders<BufferHolder>()
 
   constructor(
     readonly ceiling: number,
@@ -48,27 +50,26 @@ export class BufferBudget {
    *  stalled holders, holding most first, until back under it (or none is stalled). */
   charge(holder: BufferHolder): void {
     const bytes = holder.held
-    this.charged.set(holder, bytes)
+    holder.charged = { bytes, place: this.holders.add(holder) }
     this.usedNow += bytes
-    this.holders.add(holder)
     while (this.usedNow > this.ceiling && this.evictOne());
   }
 
   /** A charged holder's bytes, given back. */
   discharge(holder: BufferHolder): void {
-    const bytes = this.charged.get(holder)
-    if (bytes === undefined) return
-    this.charged.delete(holder)
-    this.holders.delete(holder)
-    this.usedNow -= bytes
+    const charged = holder.charged
+    if (charged === undefined) return
+    holder.charged = undefined
+    this.holders.remove(charged.place)
+    this.usedNow -= charged.bytes
   }
 
   private evictOne(): boolean {
     const victim = mostStalled(this.holders, this.now(), (h) => h.held)
     if (!victim) return false
-    this.discharge(victim) // a charged one's bytes go with it; a taker gives its own back
-    this.holders.delete(victim)
-    victim.progress.evict('buffers')
+    this.holders.remove(victim)
+    this.discharge(victim.holder) // a charged one's bytes go with it; a taker gives its own back
+    victim.holder.progress.evict('buffers')
     return true
   }
 
@@ -76,12 +77,13 @@ export class BufferBudget {
     this.usedNow -= bytes
   }
 
-  /** `holder` holds bytes of the budget, and may be evicted for them, until `released`. */
-  hold(holder: BufferHolder): void {
-    this.holders.add(holder)
+  /** `holder` holds bytes of the budget, and may be evicted for them, until its place is
+   *  `released`. */
+  hold(holder: BufferHolder): Place<BufferHolder> {
+    return this.holders.add(holder)
   }
 
-  released(holder: BufferHolder): void {
-    this.holders.delete(holder)
+  released(place: Place<BufferHolder>): void {
+    this.holders.remove(place)
   }
 }

@@ -5,6 +5,7 @@
 // refusing the newcomer while such a holder exists: at a pod's front door the newcomer and the
 // abuser often share an address, and only behaviour tells them apart. A holder must have been
 // stalled for MIN_STALL_MS at least: a client that is merely between two reads is not evicted.
+import type { Holders, Place } from './holders.js'
 import type { ClientProgress } from './types.js'
 
 /** How long a holder must have been stalled before it may be evicted. */
@@ -17,17 +18,18 @@ export const BODY_MIN_RATE = 1024
 export const KEEPS_UP: ClientProgress = { stalledFor: () => 0, evict: () => {} }
 
 /**
- * Of `holders`, the one whose client has been stalled longest (at least MIN_STALL_MS), or with
- * `held`, the one holding most among those stalled; undefined if none is stalled.
+ * Of `holders`, the place of the one whose client has been stalled longest (at least
+ * MIN_STALL_MS), or with `held`, of the one holding most among those stalled; undefined if none
+ * is stalled.
  */
-export function mostStalled<T extends { readonly progress: ClientProgress }>(holders: Iterable<T>, now: number, held?: (h: T) => number): T | undefined {
-  let best: T | undefined
+export function mostStalled<T extends { readonly progress: ClientProgress }>(holders: Holders<T>, now: number, held?: (h: T) => number): Place<T> | undefined {
+  let best: Place<T> | undefined
   let bestScore = 0
-  for (const h of holders) {
-    const stalled = h.progress.stalledFor(now)
+  for (const place of holders) {
+    const stalled = place.holder.progress.stalledFor(now)
     if (stalled < MIN_STALL_MS) continue
-    const score = held ? held(h) : stalled
-    if (best === undefined || score > bestScore) [best, bestScore] = [h, score]
+    const score = held ? held(place.holder) : stalled
+    if (best === undefined || score > bestScore) [best, bestScore] = [place, score]
   }
   return best
 }

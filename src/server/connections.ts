@@ -10,6 +10,7 @@ import type http2 from 'node:http2'
 import type { Socket } from 'node:net'
 import type { Clock } from '../clock.js'
 import type { Metrics } from '../metrics.js'
+import { Holders, type Place } from '../pipeline/holders.js'
 import { MIN_STALL_MS } from '../pipeline/pressure.js'
 import type { ClientProgress } from '../pipeline/types.js'
 
@@ -54,12 +55,15 @@ interface Conn {
   top: Socket | undefined
   /** It has carried a request: idle, it is between requests, not a client that says nothing. */
   used: boolean
+  /** Its place among the connections at rest, while it rests. */
+  resting: Place<Conn> | null
 }
 
 interface Session {
   readonly tcp: Conn
-  /** Requests in flight. */
-  readonly requests: Set<InFlight>
+  /** Requests in flight (an array: a Set gaining and losing one per request costs the young
+   *  collections dearly, pipeline/holders.ts). */
+  readonly requests: InFlight[]
 }
 
 /** Why a connection was closed to make room (sidecar_evictions_total's reason). */
@@ -70,7 +74,7 @@ export class Connections {
   private readonly sockets = new Map<Socket, Conn>()
   /** The connections with no request in flight (in their handshake, silent, idle), the one
    *  resting longest first: each goes to the back when it comes to rest again. */
-  private readonly resting = new Map<Socket, Conn>()
+  private readonly resting = new Holders<Conn>()
   /** HTTP/2 sessions, closed with GOAWAY on drain and stop, with their requests in flight. */
   private readonly sessions = new Map<http2.ServerHttp2Session, Session>()
   /** The session spoken on each HTTP/2 connection's socket. */
@@ -106,7 +110,7 @@ export class Connections {
       const conn = self.sockets.get(this)
       if (conn === undefined) return
       self.sockets.delete(this)
-      self.resting.delete(this)
+      self.unrest(conn)
       deps.metrics.connectionClosed()
       deps.connectionClosed(conn.client)
     }
@@ -136,9 +140,9 @@ export class Connections {
   /** A TCP connection accepted from `client`. */
   add(socket: Socket, client: string): void {
     this.deps.metrics.connectionOpened()
-    const conn: Conn = { tcp: socket, client, since: this.deps.clock.now(), top: undefined, used: false }
+    const conn: Conn = { tcp: socket, client, since: this.deps.clock.now(), top: undefined, used: false, resting: null }
     this.sockets.set(socket, conn)
-    this.resting.set(socket, conn)
+    conn.resting = this.resting.add(conn)
     socket.on('close', this.tcpClosed)
   }
 
@@ -156,10 +160,10 @@ export class Connections {
 
   /** An HTTP/2 session on `socket` (the TLS socket, or the TCP socket on the plain port). */
   addSession(session: http2.ServerHttp2Session, socket: Socket): void {
-    const tcp = this.tcpOf(socket) ?? { tcp: socket, client: '', since: 0, top: undefined, used: false }
+    const tcp = this.tcpOf(socket) ?? { tcp: socket, client: '', since: 0, top: undefined, used: false, resting: null }
     tcp.top = socket
     this.rest(tcp)
-    const state: Session = { tcp, requests: new Set() }
+    const state: Session = { tcp, requests: [] }
     this.sessions.set(session, state)
     this.sessionOn.set(socket, state)
     session.once('close', () => {
@@ -184,7 +188,7 @@ export class Connections {
     let victim: Conn | undefined
     let longest = -1
     let reason: EvictionReason = 'idle'
-    for (const conn of this.resting.values()) {
+    for (const { holder: conn } of this.resting) {
       // a handshake whose client has sent its part waits on the proxy's CPU, no client's stall
       // (Node's handshakeTimeout ends the ones that stop halfway)
       if (conn.tcp.destroyed || (conn.top === undefined && conn.tcp.bytesRead > 0)) continue
@@ -204,15 +208,22 @@ export class Connections {
 
   /** The connections with requests in flight (tunnels aside). */
   private *busy(): Iterable<Conn> {
-    for (const session of this.sessions.values()) if (session.requests.size > 0) yield session.tcp
+    for (const session of this.sessions.values()) if (session.requests.length > 0) yield session.tcp
     for (const [socket, http1] of this.http1) if (http1.requests.length > 0 && !this.tunnels.has(socket)) yield http1.tcp
   }
 
   /** `conn` comes to rest (accepted, its handshake done, its last request ended): to the back. */
   private rest(conn: Conn): void {
     conn.since = this.deps.clock.now()
-    this.resting.delete(conn.tcp)
-    if (!conn.tcp.destroyed) this.resting.set(conn.tcp, conn)
+    this.unrest(conn)
+    if (!conn.tcp.destroyed) conn.resting = this.resting.add(conn)
+  }
+
+  /** `conn` is busy, or gone. */
+  private unrest(conn: Conn): void {
+    if (conn.resting === null) return
+    this.resting.remove(conn.resting)
+    conn.resting = null
   }
 
   /** Connections open by state (GET /status): in their handshake (or, on the plain port, not
@@ -220,7 +231,7 @@ export class Connections {
   states(): Record<EvictionReason | 'busy' | 'tunnel', number> {
     const counts = { handshake: 0, silent: 0, idle: 0, busy: 0, stalled: 0, tunnel: 0 }
     const now = this.deps.clock.now()
-    for (const conn of this.resting.values()) counts[restingAs(conn)]++
+    for (const { holder: conn } of this.resting) counts[restingAs(conn)]++
     for (const conn of this.busy()) counts[this.stallOf(conn, now) < MIN_STALL_MS ? 'busy' : 'stalled']++
     counts.tunnel = this.tunnels.size
     return counts
@@ -248,7 +259,7 @@ export class Connections {
 
   /** Requests in flight on the connection of an HTTP/2 `session`, or of HTTP/1 `socket`. */
   inFlightOn(session: http2.Http2Session | undefined, socket: Socket): number {
-    if (session !== undefined) return this.sessions.get(session as http2.ServerHttp2Session)?.requests.size ?? 0
+    if (session !== undefined) return this.sessions.get(session as http2.ServerHttp2Session)?.requests.length ?? 0
     return this.http1.get(socket)?.requests.length ?? 0
   }
 
@@ -263,9 +274,9 @@ export class Connections {
     if (session !== undefined) {
       const state = this.sessions.get(session as http2.ServerHttp2Session)
       if (state) {
-        state.requests.add(request)
+        state.requests.push(request)
         state.tcp.used = true
-        this.resting.delete(state.tcp.tcp)
+        this.unrest(state.tcp)
       }
       return undefined
     }
@@ -274,13 +285,13 @@ export class Connections {
     if (this.fresh.delete(socket)) this.notify()
     let conn = this.http1.get(socket)
     if (!conn) {
-      const tcp = this.tcpOf(socket) ?? { tcp: socket, client: '', since: 0, top: socket, used: false }
+      const tcp = this.tcpOf(socket) ?? { tcp: socket, client: '', since: 0, top: socket, used: false, resting: null }
       conn = { requests: [], read: 0, written: 0, poisoned: false, tcp }
       this.http1.set(socket, conn)
     }
     conn.tcp.used = true
     conn.requests.push(exchange)
-    this.resting.delete(conn.tcp.tcp)
+    this.unrest(conn.tcp)
     return conn
   }
 
@@ -289,7 +300,11 @@ export class Connections {
     this.inFlightNow--
     if (session !== undefined) {
       const state = this.sessions.get(session as http2.ServerHttp2Session)
-      if (state && state.requests.delete(request) && state.requests.size === 0) this.rest(state.tcp)
+      const i = state ? state.requests.indexOf(request) : -1
+      if (i >= 0) {
+        state!.requests.splice(i, 1)
+        if (state!.requests.length === 0) this.rest(state!.tcp)
+      }
     }
     let bytes: { bytesIn: number; bytesOut: number } | undefined
     if (socket && conn) {
@@ -316,7 +331,7 @@ export class Connections {
     this.inFlightNow++
     this.tunnels.add(socket)
     const tcp = this.tcpOf(socket)
-    if (tcp) this.resting.delete(tcp.tcp)
+    if (tcp) this.unrest(tcp)
     this.deps.metrics.tunnelOpened()
     if (this.fresh.delete(socket)) this.notify()
   }

@@ -8,6 +8,7 @@ import { SidecarError } from '../errors.js'
 import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
 import type { BufferBudget } from '../pipeline/buffers.js'
+import { Holders } from '../pipeline/holders.js'
 import type { ClientProgress, Handler } from '../pipeline/types.js'
 import { Breaker, type BreakerState } from './breaker.js'
 import { Upstream, type PoolOptions } from './client.js'
@@ -39,7 +40,7 @@ export interface Waiter {
  *  outlives a reload, so requests still running on the old config count against the new one. */
 export class Gate {
   active = 0
-  readonly holders = new Set<{ readonly progress: ClientProgress }>()
+  readonly holders = new Holders<{ readonly progress: ClientProgress }>()
   /** Waiting attempts per client connection, the connections in turn (a Map keeps order: the
    *  one served goes to the back): one connection's hundred waiting requests do not keep
    *  another's one waiting behind them all. */

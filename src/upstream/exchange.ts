@@ -6,6 +6,7 @@ import { Readable } from 'node:stream'
 import { SidecarError } from '../errors.js'
 import { endToEndRaw, type HeaderName } from '../headers.js'
 import type { BufferBudget, BufferHolder } from '../pipeline/buffers.js'
+import type { Place } from '../pipeline/holders.js'
 import { KEEPS_UP } from '../pipeline/pressure.js'
 import type { Cancel, CancelListener } from '../pipeline/cancel.js'
 import type { ClientProgress, HeaderMap, ProxyResponse, Reply } from '../pipeline/types.js'
@@ -40,6 +41,8 @@ export class Exchange implements CancelListener, BufferHolder {
   private settled = false
   /** Bytes read ahead of the client, past the body's own buffer, taken from the budget. */
   private ahead = 0
+  /** Its place among the budget's holders while it reads ahead. */
+  private aheadPlace: Place<BufferHolder> | undefined = undefined
   /** Bytes of the answer still to come from the app, when its length was declared. */
   private left = Infinity
   private watchingEnd = false
@@ -155,7 +158,7 @@ export class Exchange implements CancelListener, BufferHolder {
       this.watchingEnd = true
       body.once('end', () => this.giveBack()) // the rest may be read without another read()
     }
-    if (this.ahead === 0) budget.hold(this)
+    if (this.ahead === 0) this.aheadPlace = budget.hold(this)
     this.ahead += chunk.length
     return true
   }
@@ -164,7 +167,7 @@ export class Exchange implements CancelListener, BufferHolder {
     if (this.ahead === 0) return
     const budget = this.opts.readAhead.budget!
     budget.give(this.ahead)
-    budget.released(this)
+    budget.released(this.aheadPlace!)
     this.ahead = 0
   }
 
