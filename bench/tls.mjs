@@ -221,6 +221,12 @@ export async function measureTls({ quick = false, rounds = quick ? 1 : 3 } = {})
 if (import.meta.url === `file://${process.argv[1]}`) {
   const { values } = parseArgs({ options: { quick: { type: 'boolean' }, rounds: { type: 'string' } } })
   const r = await measureTls({ quick: values.quick, ...(values.rounds && { rounds: Number(values.rounds) }) })
-  console.log('\n' + renderTls(r))
+  const date = new Date().toISOString()
+  const cpu = os.cpus()
+  const text = `Run ${date.slice(0, 16).replace('T', ' ')} UTC on ${cpu.length} x ${cpu[0]?.model}, Node ${process.version}, Linux ${os.release()}.\n\n${renderTls(r)}`
+  const name = values.quick ? 'tls-quick' : `tls-${date.slice(0, 16).replace(/[-:]/g, '').replace('T', '-')}`
+  writeFileSync(join(root, 'bench/results', `${name}.json`), JSON.stringify({ date, machine: { cpu: cpu[0]?.model, cores: cpu.length, node: process.version, kernel: os.release() }, tls: r }, null, 2) + '\n')
+  writeFileSync(join(root, 'bench/results', `${name}.md`), text)
+  console.log(`\n${text}\nwritten: bench/results/${name}.{json,md}`)
   process.exit(0)
 }
