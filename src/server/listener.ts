@@ -82,13 +82,9 @@ export class Listener implements AnswerOwner {
   private readonly identity: ClientIdentity
   private readonly abuse: AbuseReport
   private readonly refusals: Refusals
-  /** Each HTTP/2 session's own socket. */
-  private readonly sockets = new WeakMap<http2.ServerHttp2Session, Socket>()
   private stopTicketRotation: (() => void) | undefined
   /** The socket of the HTTP/2 session being made (see the constructor). */
   private h2Socket: Socket | undefined
-  /** The HTTP/2 request of each stream being answered. */
-  private readonly onStream = (stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, _flags: number, raw: string[]) => this.onArrival(stream, headers, raw)
 
   constructor(
     private readonly opts: ListenerOptions,
@@ -208,8 +204,8 @@ export class Listener implements AnswerOwner {
     this.h2Socket = undefined
     const client = clientAddressOf(socket)
     this.connections.addSession(session, socket)
-    this.sockets.set(session, socket)
-    session.on('stream', this.onStream)
+    // one listener per session, which knows its socket
+    session.on('stream', (stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, _flags: number, raw: string[]) => this.onArrival(stream, headers, raw, session, socket))
     session.on('error', (err) => this.deps.logger.debug({ err: { message: err.message } }, 'HTTP/2 session error'))
     // An idle HTTP/2 connection is closed like an idle HTTP/1 keep-alive connection; one that
     // resets streams faster than a client honestly would is closed for it; every session that
@@ -227,14 +223,13 @@ export class Listener implements AnswerOwner {
    * what arrived with it, and a stream the client already reset (rapid reset: thousands per read)
    * costs nothing more than Node's own objects for it, instead of a pipeline run each.
    */
-  private onArrival(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, raw: string[]): void {
+  private onArrival(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, raw: string[], session: http2.ServerHttp2Session, socket: Socket): void {
     // a reset by the client is no error of ours: 'close' (with its code) says it
     stream.on('error', noop)
     const startedAt = process.hrtime.bigint()
     setImmediate(() => {
       if (stream.destroyed) return
-      const session = stream.session as http2.ServerHttp2Session
-      const req = new Http2Request(stream, headers, raw, this.sockets.get(session)!, session)
+      const req = new Http2Request(stream, headers, raw, socket, session)
       this.onRequest(req, stream, headers.expect === '100-continue', startedAt)
     })
   }
