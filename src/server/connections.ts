@@ -300,10 +300,10 @@ export class Connections {
     this.inFlightNow--
     if (session !== undefined) {
       const state = this.sessions.get(session as http2.ServerHttp2Session)
-      const i = state ? state.requests.indexOf(request) : -1
-      if (i >= 0) {
-        state!.requests.splice(i, 1)
-        if (state!.requests.length === 0) this.rest(state!.tcp)
+      const i = state?.requests.indexOf(request) ?? -1
+      if (state && i >= 0) {
+        state.requests.splice(i, 1)
+        if (state.requests.length === 0) this.rest(state.tcp)
       }
     }
     let bytes: { bytesIn: number; bytesOut: number } | undefined
