@@ -39,6 +39,9 @@ export class Answer implements Reply, ClientProgress, Stall, BufferHolder {
   pausedAt = 0
   /** While it has stopped: the bytes its body and connection hold, charged to the buffers. */
   held = 0
+  /** The budget's record of that charge (pipeline/buffers.ts), declared here so that every
+   *  answer has one shape. */
+  charged: BufferHolder['charged'] = undefined
   /** Its response has closed (or its connection, before the response had it). */
   ended = false
   /** Cut to make room at a ceiling. */
