@@ -8,6 +8,7 @@ import { BackendLatches, Readiness } from './admin/readiness.js'
 import { RecentRequests } from './admin/recent.js'
 import { AdminServer } from './admin/server.js'
 import { statusOf } from './admin/status.js'
+import { version } from './cli/usage.js'
 import { systemClock, type Clock } from './clock.js'
 import { LiveConfig, type ConfigFile, type ReloadResult } from './config/reload.js'
 import type { Config } from './config/schema.js'
@@ -67,7 +68,7 @@ export async function startApp(initial: Config, deps: AppDeps): Promise<App> {
   const { logger } = deps
   const clock = deps.clock ?? systemClock
   const recent = new RecentRequests(() => clock.now())
-  const metrics = createMetrics({ observer: recent })
+  const metrics = createMetrics({ observer: recent, version: version() })
   const readiness = new Readiness(
     (ready, holding) => (ready ? logger.info('ready: every readiness latch released') : logger.info({ holding }, 'not ready')),
     { listener: 'the listener is not bound yet' },
@@ -117,6 +118,8 @@ export async function startApp(initial: Config, deps: AppDeps): Promise<App> {
     (req, ctx, reply) => handler(req, ctx, reply),
     { logger, metrics, clock, buffers },
   )
+  metrics.watchListener(() => listener.figures())
+  metrics.watchReadiness(() => Object.keys(readiness.holding()).length === 0)
   const backendHealth = () => Object.fromEntries(live.current.config.backends.map((b) => [b.name, backends.snapshot(b.name)?.health]))
   const status = () =>
     statusOf({

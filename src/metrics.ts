@@ -1,8 +1,10 @@
 // The one prom-client registry. Every metric is defined here, once, with the names DESIGN.md
 // promises, and written only through the typed recorders below: the only module that imports
 // prom-client.
+import { totalmem } from 'node:os'
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
 import type { ErrorCode } from './errors.js'
+import { Series, Tally, count } from './tally.js'
 
 /** Methods outside this set are counted as "OTHER" so a client cannot explode label cardinality. */
 const KNOWN_METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS', 'CONNECT', 'TRACE'])
@@ -22,10 +24,33 @@ const CIRCUIT_VALUE: Record<CircuitState, number> = { closed: 0, 'half-open': 1,
 
 export type ReloadKind = 'config' | 'tls' | 'upstream_tls'
 
-export function createMetrics(opts: { observer?: MetricsObserver } = {}) {
+/** Why a client's TLS handshake with the listener failed (server/tls.ts names it). */
+export type HandshakeFailure =
+  | 'not_tls'
+  | 'protocol_version'
+  | 'no_shared_cipher'
+  | 'client_rejected_certificate'
+  | 'client_certificate_required'
+  | 'client_certificate_invalid'
+  | 'timeout'
+  | 'closed'
+  | 'other'
+/** What a client connection speaks, once known (after ALPN, or the plain port's first bytes). */
+export type ConnectionProtocol = 'http1' | 'http2'
+/** The TLS version of a client connection ("none" on the plain port). */
+export type ConnectionTls = 'none' | 'TLSv1.2' | 'TLSv1.3'
+/** A health check's result: passed, answered but failed, or no answer (refused, timed out). */
+export type HealthCheckResult = 'success' | 'failure' | 'error'
+
+/** Prometheus' names for gauges prom-client's defaults call "_total" (promtool refuses the
+ *  suffix on a gauge): the same counts by type stay, as nodejs_active_handles{type} etc. */
+const MISNAMED_DEFAULTS = ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total']
+
+export function createMetrics(opts: { observer?: MetricsObserver; version?: string } = {}) {
   const observer = opts.observer
   const registry = new Registry()
   collectDefaultMetrics({ register: registry })
+  for (const name of MISNAMED_DEFAULTS) registry.removeSingleMetric(name)
   const registers = [registry]
 
   // What every request bumps (these two counters and the duration histogram below) is counted
@@ -188,6 +213,123 @@ export function createMetrics(opts: { observer?: MetricsObserver } = {}) {
     registers,
   })
 
+  // What an operator of Envoy or Linkerd looks for besides the requests: the client
+  // connections (by protocol and TLS version), their bytes, the handshakes that failed.
+  const handshakeFailures = new Counter({
+    name: 'sidecar_tls_handshake_failures_total',
+    help: 'Client TLS handshakes with the listener that failed, by reason: not_tls (plain text to the TLS port), protocol_version, no_shared_cipher, client_rejected_certificate (the client does not trust the served certificate), client_certificate_required / client_certificate_invalid (listener.tls.clientCaFile), timeout, closed (the client went away), other.',
+    labelNames: ['reason'] as const,
+    registers,
+  })
+  const openedTally = new Tally(2)
+  const closedTally = new Tally(2)
+  new Counter({
+    name: 'sidecar_connections_opened_total',
+    help: 'Client connections that began speaking HTTP (after the TLS handshake and ALPN, or the plain port\'s first bytes), by protocol (http1, http2) and tls (TLSv1.2, TLSv1.3, none).',
+    labelNames: ['protocol', 'tls'] as const,
+    registers,
+    collect() {
+      openedTally.drain((labels, n) => this.inc({ protocol: labels[0]!, tls: labels[1]! }, n))
+    },
+  })
+  new Counter({
+    name: 'sidecar_connections_closed_total',
+    help: 'Client connections counted in sidecar_connections_opened_total that have closed, by the same labels.',
+    labelNames: ['protocol', 'tls'] as const,
+    registers,
+    collect() {
+      closedTally.drain((labels, n) => this.inc({ protocol: labels[0]!, tls: labels[1]! }, n))
+    },
+  })
+  let readListener = (): ListenerFigures => ({ inFlight: 0, receivedBytes: 0, sentBytes: 0 })
+  new Counter({
+    name: 'sidecar_connection_received_bytes_total',
+    help: 'Bytes received on client connections, as on the wire (TLS records and HTTP/2 frames included).',
+    registers,
+    collect() {
+      this.reset()
+      this.inc(readListener().receivedBytes)
+    },
+  })
+  new Counter({
+    name: 'sidecar_connection_sent_bytes_total',
+    help: 'Bytes sent on client connections, as on the wire.',
+    registers,
+    collect() {
+      this.reset()
+      this.inc(readListener().sentBytes)
+    },
+  })
+  new Gauge({
+    name: 'sidecar_requests_in_flight',
+    help: 'Client requests being served now (received, not yet answered in full); upgraded connections aside.',
+    registers,
+    collect() {
+      this.set(readListener().inFlight)
+    },
+  })
+  const attemptDuration = new CountedHistogram({
+    name: 'sidecar_upstream_attempt_duration_seconds',
+    help: 'Time from a call to a backend to its response headers (or its failure), per attempt: the app\'s latency as the proxy sees it, retries apart.',
+    labelNames: ['backend'] as const,
+    buckets: DURATION_BUCKETS,
+    registers,
+  })
+  const circuitTransitions = new Counter({
+    name: 'sidecar_circuit_transitions_total',
+    help: 'Circuit breaker state changes per backend, from one state to another (closed, half-open, open): an open shorter than a scrape shows here.',
+    labelNames: ['backend', 'from', 'to'] as const,
+    registers,
+  })
+  const healthChecks = new Counter({
+    name: 'sidecar_health_checks_total',
+    help: 'Active health checks per backend, by result: success, failure (answered, not as expected), error (no answer: refused, reset, timed out).',
+    labelNames: ['backend', 'result'] as const,
+    registers,
+  })
+  new Gauge({
+    name: 'sidecar_build_info',
+    help: 'Always 1: the proxy\'s version and the Node.js version it runs on, as labels.',
+    labelNames: ['version', 'node_version'] as const,
+    registers,
+  }).set({ version: opts.version ?? 'unknown', node_version: process.version }, 1)
+  const configInfo = new Gauge({
+    name: 'sidecar_config_info',
+    help: 'Always 1: the version of the config in force (GET /config, GET /status), as a label.',
+    labelNames: ['version'] as const,
+    registers,
+  })
+  const configSuccessful = new Gauge({
+    name: 'sidecar_config_last_reload_successful',
+    help: 'Whether the last read of the config file gave a config that could be used: 1 yes (also at start), 0 no (the last good config stays in force).',
+    registers,
+  })
+  const configLoadedAt = new Gauge({
+    name: 'sidecar_config_last_reload_success_timestamp_seconds',
+    help: 'When the config in force was loaded (at start, or by the last successful reload), as a Unix timestamp.',
+    registers,
+  })
+  let readReady = () => false
+  new Gauge({
+    name: 'sidecar_ready',
+    help: '1 while GET /ready answers 200 (the listener bound and every gating backend healthy, not draining), else 0.',
+    registers,
+    collect() {
+      this.set(readReady() ? 1 : 0)
+    },
+  })
+  // read at each scrape (a pod's resources may be resized in place), there only with a limit
+  if (memoryLimit() !== undefined) {
+    new Gauge({
+      name: 'sidecar_memory_limit_bytes',
+      help: "The container's memory limit (its cgroup's), the ceiling process_resident_memory_bytes must stay under; absent without a limit.",
+      registers,
+      collect() {
+        this.set(memoryLimit() ?? 0)
+      },
+    })
+  }
+
   return {
     /** For reading in tests; the proxy itself writes only through the recorders below. */
     registry,
@@ -195,9 +337,11 @@ export function createMetrics(opts: { observer?: MetricsObserver } = {}) {
     async exposition(): Promise<{ contentType: string; text: string }> {
       return { contentType: registry.contentType, text: await registry.metrics() }
     },
-    /** Counts one call to a backend: upstream_attempts_total, by status class or error code. */
-    countAttempt(backend: string, result: string): void {
+    /** Counts one call to a backend: upstream_attempts_total, by status class or error code,
+     *  and upstream_attempt_duration_seconds. */
+    countAttempt(backend: string, result: string, seconds: number): void {
       attemptTally.add(backend, result)
+      attemptDuration.series(backend).observe(seconds)
     },
     /** Counts one retry after a failed try on `backend`: retries_total. */
     countRetry(backend: string, reason: string): void {
@@ -251,8 +395,16 @@ export function createMetrics(opts: { observer?: MetricsObserver } = {}) {
     setCircuitState(backend: string, state: CircuitState): void {
       circuitState.labels(backend).set(CIRCUIT_VALUE[state])
     },
+    /** A breaker's state change: circuit_state and circuit_transitions_total. */
+    circuitTransition(backend: string, from: CircuitState, to: CircuitState): void {
+      circuitState.labels(backend).set(CIRCUIT_VALUE[to])
+      circuitTransitions.labels(backend, from, to).inc()
+    },
     setBackendHealthy(backend: string, healthy: boolean): void {
       backendHealthy.labels(backend).set(healthy ? 1 : 0)
+    },
+    countHealthCheck(backend: string, result: HealthCheckResult): void {
+      healthChecks.labels(backend, result).inc()
     },
     /** A backend removed by a reload leaves its per-backend gauges. */
     removeBackend(backend: string): void {
@@ -262,6 +414,15 @@ export function createMetrics(opts: { observer?: MetricsObserver } = {}) {
     },
     countConfigReload(kind: ReloadKind, result: 'success' | 'failure'): void {
       configReloads.labels(kind, result).inc()
+      if (kind === 'config' && result === 'failure') configSuccessful.set(0)
+    },
+    /** The config in force (at start, after a reload, or read valid again): config_info and
+     *  the last reload's success and time. */
+    configInForce(version: string, loadedAt: Date): void {
+      configInfo.reset()
+      configInfo.labels(version).set(1)
+      configSuccessful.set(1)
+      configLoadedAt.set(loadedAt.getTime() / 1000)
     },
     /** The notAfter of the certificate the listener serves. */
     setCertExpiry(notAfter: Date): void {
@@ -271,11 +432,32 @@ export function createMetrics(opts: { observer?: MetricsObserver } = {}) {
     setUpstreamCertExpiry(backend: string, notAfter: Date): void {
       upstreamCertExpiry.labels(backend).set(notAfter.getTime() / 1000)
     },
+    /** A TCP connection accepted on the listener, and closed: open_connections. */
     connectionOpened(): void {
       openConnections.inc()
     },
     connectionClosed(): void {
       openConnections.dec()
+    },
+    /** A client connection began speaking HTTP: connections_opened_total. */
+    protocolOpened(protocol: ConnectionProtocol, tls: ConnectionTls): void {
+      openedTally.add(protocol, tls)
+    },
+    /** ... and closed: connections_closed_total. */
+    protocolClosed(protocol: ConnectionProtocol, tls: ConnectionTls): void {
+      closedTally.add(protocol, tls)
+    },
+    /** A client's TLS handshake failed: tls_handshake_failures_total. */
+    countHandshakeFailure(reason: HandshakeFailure): void {
+      handshakeFailures.labels(reason).inc()
+    },
+    /** requests_in_flight and the connections' bytes are read from `read` when scraped. */
+    watchListener(read: () => ListenerFigures): void {
+      readListener = read
+    },
+    /** sidecar_ready is read from `read` when scraped. */
+    watchReadiness(read: () => boolean): void {
+      readReady = read
     },
     tunnelOpened(): void {
       openTunnels.inc()
@@ -303,52 +485,35 @@ export function createMetrics(opts: { observer?: MetricsObserver } = {}) {
 
 const DURATION_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30]
 
-/** One label set's observations: a count per bucket (the last past every bound), sum, count. */
-class Series {
-  readonly counts: number[]
-  sum = 0
-  count = 0
-
-  constructor(private readonly bounds: readonly number[]) {
-    this.counts = new Array<number>(bounds.length + 1).fill(0)
-  }
-
-  observe(value: number): void {
-    const bounds = this.bounds
-    let i = 0
-    while (i < bounds.length && value > bounds[i]!) i++
-    this.counts[i]!++
-    this.sum += value
-    this.count++
-  }
-}
-
 type HistogramValue = { labels: Record<string, string | number>; sharedLabels?: Record<string, string>; value: number; metricName: string }
 
 /**
- * A histogram of two labels observed in plain numbers (Series, one per label pair, kept in
- * nested maps) and handed to prom-client only when scraped, as the values its own histogram
+ * A histogram of one or two labels observed in plain numbers (Series, one per label pair, kept
+ * in nested maps) and handed to prom-client only when scraped, as the values its own histogram
  * hands its registry (test/metrics.test.ts compares the two texts). prom-client's observe()
  * builds, checks and hashes the label set on every call: 0.27 us a request, against 0.01.
  */
-class CountedHistogram extends Histogram<'backend' | 'route'> {
+class CountedHistogram<L extends string> extends Histogram<L> {
   private readonly name: string
   private readonly help: string
   private readonly bounds: readonly number[]
-  private readonly byBackend = new Map<string, Map<string, Series>>()
+  private readonly labelPair: readonly [L] | readonly [L, L]
+  private readonly byFirst = new Map<string, Map<string, Series>>()
 
-  constructor(config: { name: string; help: string; labelNames: readonly ['backend', 'route']; buckets: number[]; registers: Registry[] }) {
+  constructor(config: { name: string; help: string; labelNames: readonly [L] | readonly [L, L]; buckets: number[]; registers: Registry[] }) {
     super(config)
     this.name = config.name
     this.help = config.help
     this.bounds = config.buckets
+    this.labelPair = config.labelNames
   }
 
-  series(backend: string, route: string): Series {
-    let byRoute = this.byBackend.get(backend)
-    if (!byRoute) this.byBackend.set(backend, (byRoute = new Map()))
-    let series = byRoute.get(route)
-    if (!series) byRoute.set(route, (series = new Series(this.bounds)))
+  /** The observations of one label set (`b` only for a histogram of two labels). */
+  series(a: string, b = ''): Series {
+    let bySecond = this.byFirst.get(a)
+    if (!bySecond) this.byFirst.set(a, (bySecond = new Map()))
+    let series = bySecond.get(b)
+    if (!series) bySecond.set(b, (series = new Series(this.bounds)))
     return series
   }
 
@@ -356,9 +521,10 @@ class CountedHistogram extends Histogram<'backend' | 'route'> {
   getForPromString(): Promise<{ name: string; help: string; type: string; aggregator: string; values: HistogramValue[] }> {
     const values: HistogramValue[] = []
     const name = this.name
-    for (const [backend, byRoute] of this.byBackend) {
-      for (const [route, s] of byRoute) {
-        const sharedLabels = { backend, route }
+    const [first, second] = this.labelPair
+    for (const [a, bySecond] of this.byFirst) {
+      for (const [b, s] of bySecond) {
+        const sharedLabels: Record<string, string> = second === undefined ? { [first]: a } : { [first]: a, [second]: b }
         let cumulative = 0
         for (let i = 0; i < this.bounds.length; i++) {
           cumulative += s.counts[i]!
@@ -373,57 +539,25 @@ class CountedHistogram extends Histogram<'backend' | 'route'> {
   }
 
   /** As JSON (`getMetricsAsJSON`): each value's labels and shared labels in one. */
-  override async get(): ReturnType<Histogram<'backend' | 'route'>['get']> {
+  override async get(): ReturnType<Histogram<L>['get']> {
     const metric = await this.getForPromString()
     const values = metric.values.map(({ labels, sharedLabels, value, metricName }) => ({ labels: { ...labels, ...sharedLabels }, value, metricName }))
-    return { ...metric, values } as unknown as Awaited<ReturnType<Histogram<'backend' | 'route'>['get']>>
+    return { ...metric, values } as unknown as Awaited<ReturnType<Histogram<L>['get']>>
   }
 }
 
-/** One more in `totals[a][b]` (prototype-free records: a route may be named "constructor"). */
-function count(totals: Record<string, Record<string, number>>, a: string, b: string): void {
-  const inner = (totals[a] ??= Object.create(null) as Record<string, number>)
-  inner[b] = (inner[b] ?? 0) + 1
+/** What the listener is asked for when scraped: requests in flight, and its connections'
+ *  bytes since start (the closed ones' and the open ones' so far). */
+export interface ListenerFigures {
+  inFlight: number
+  receivedBytes: number
+  sentBytes: number
 }
 
-/**
- * Counts per label combination in nested maps (no key string built per count); `drain` hands
- * each combination's count since the last drain to a callback and starts again from zero.
- */
-class Tally {
-  private readonly root = new Map<string | number, unknown>()
-
-  constructor(private readonly depth: 1 | 2 | 3 | 4) {}
-
-  /** One more for the labels, `depth` of them (no array made per call). */
-  add(a: string, b?: string | number, c?: string | number, d?: string | number): void {
-    const depth = this.depth
-    let map = this.root
-    if (depth > 1) map = this.inner(map, a)
-    if (depth > 2) map = this.inner(map, b!)
-    if (depth > 3) map = this.inner(map, c!)
-    const last = depth === 1 ? a : depth === 2 ? b! : depth === 3 ? c! : d!
-    map.set(last, ((map.get(last) as number | undefined) ?? 0) + 1)
-  }
-
-  private inner(map: Map<string | number, unknown>, key: string | number): Map<string | number, unknown> {
-    let inner = map.get(key) as Map<string | number, unknown> | undefined
-    if (!inner) map.set(key, (inner = new Map()))
-    return inner
-  }
-
-  drain(fn: (labels: string[], n: number) => void): void {
-    const walk = (map: Map<string | number, unknown>, path: string[]) => {
-      for (const [key, value] of map) {
-        if (value instanceof Map) walk(value as Map<string | number, unknown>, [...path, String(key)])
-        else if ((value as number) > 0) {
-          fn([...path, String(key)], value as number)
-          map.set(key, 0)
-        }
-      }
-    }
-    walk(this.root, [])
-  }
+/** The cgroup's memory limit (libuv reads it), or undefined without one: libuv then answers 0 or
+ *  2^64, more than the machine has. */
+export function memoryLimit(limit = process.constrainedMemory?.() ?? 0, machine = totalmem()): number | undefined {
+  return limit > 0 && limit < machine ? limit : undefined
 }
 
 export type Metrics = ReturnType<typeof createMetrics>

@@ -1,7 +1,10 @@
+import { execFileSync } from 'node:child_process'
+import { accessSync, constants, existsSync, mkdtempSync, rmdirSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
 import t from 'tap'
 import { Histogram, Registry } from 'prom-client'
 import { RecentRequests } from '../src/admin/recent.js'
-import { createMetrics } from '../src/metrics.js'
+import { createMetrics, memoryLimit } from '../src/metrics.js'
 
 t.test('recent requests: per backend over the last minute, a 5-minute series of 10 s buckets', async (t) => {
   let now = 1_000_000_000
@@ -108,4 +111,38 @@ t.test('fault and mirror totals for /status: nested by route or backend, whateve
   t.same(totals, { faults: { constructor: { abort: 2 }, pay: { delay: 1 } }, mirror: { shadow: { sent: 1, dropped: 1 } } })
   totals.faults.pay!.delay = 99
   t.equal(m.faultAndMirrorTotals().faults.pay!.delay, 1, 'a copy: /status cannot change the counts')
+})
+
+t.test('the container memory limit: the cgroup\'s, or none when libuv finds none (0, or 2^64)', async (t) => {
+  const GiB = 2 ** 30
+  t.equal(memoryLimit(512 * 2 ** 20, 16 * GiB), 512 * 2 ** 20)
+  t.equal(memoryLimit(0, 16 * GiB), undefined)
+  t.equal(memoryLimit(2 ** 64, 16 * GiB), undefined, 'cgroup v2 "max" and v1 unlimited read as 2^64')
+  const text = await createMetrics().exposition()
+  const here = memoryLimit()
+  if (here === undefined) t.notMatch(text.text, /^sidecar_memory_limit_bytes /m, 'no limit here: no sample, rather than a false one')
+  else t.match(text.text, new RegExp(`^sidecar_memory_limit_bytes ${here}$`, 'm'))
+})
+
+/** A memory cgroup (v1 or v2) this test may make, or why not. */
+const CGROUP_PARENTS = ['/sys/fs/cgroup/memory', '/sys/fs/cgroup']
+const cgroupParent = CGROUP_PARENTS.find((dir) => {
+  try {
+    accessSync(dir, constants.W_OK)
+    return existsSync(join(dir, 'memory.limit_in_bytes')) || existsSync(join(dir, 'cgroup.controllers'))
+  } catch {
+    return false
+  }
+})
+
+t.test('in a container with a memory limit, sidecar_memory_limit_bytes is that limit', { skip: cgroupParent ? false : 'no writable memory cgroup here (needs root)' }, async (t) => {
+  const dir = mkdtempSync(join(cgroupParent!, 'sidecar-test-'))
+  t.teardown(() => rmdirSync(dir))
+  const v1 = existsSync(join(dir, 'memory.limit_in_bytes'))
+  writeFileSync(join(dir, v1 ? 'memory.limit_in_bytes' : 'memory.max'), String(512 * 2 ** 20))
+  const metrics = new URL('../dist/metrics.js', import.meta.url).href
+  const script = `import(${JSON.stringify(metrics)}).then(async (m) => process.stdout.write((await m.createMetrics().exposition()).text))`
+  // the shell joins the cgroup, then becomes node: the process is in it from its first instruction
+  const text = execFileSync('sh', ['-c', `echo $$ > ${join(dir, 'cgroup.procs')} && exec "${process.execPath}" --input-type=module -e '${script}'`], { encoding: 'utf8' })
+  t.match(text, /^sidecar_memory_limit_bytes 536870912$/m)
 })

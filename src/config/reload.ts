@@ -60,6 +60,7 @@ export class LiveConfig {
     private readonly deps: LiveConfigDeps,
   ) {
     this.now = { config: initial, version: configVersion(initial), loadedAt: new Date(), pendingRestart: [] }
+    deps.metrics.configInForce(this.now.version, this.now.loadedAt)
     this.reloading = Promise.resolve({ result: 'unchanged', version: this.now.version })
   }
 
@@ -112,6 +113,7 @@ export class LiveConfig {
       // what waits for a restart is the file's news even when nothing else changed (an edit of
       // listener.address alone), and is news no longer once the file is put back
       this.now = { ...this.now, pendingRestart }
+      if (fixed) metrics.configInForce(version, this.now.loadedAt)
       // a touch of the file is routine; a SIGHUP that changes nothing, or a broken file put
       // back as it was, deserves an answer
       if (fixed) logger.info({ reason, version }, 'config file valid again: the config in force is unchanged')
@@ -126,6 +128,7 @@ export class LiveConfig {
     const previous = this.now.version
     this.now = { config, version, loadedAt: new Date(), pendingRestart }
     metrics.countConfigReload('config', 'success')
+    metrics.configInForce(version, this.now.loadedAt)
     logger.info({ reason, version, previous, backends: config.backends.map((b) => ({ name: b.name, url: b.url, weight: b.weight })) }, 'config reloaded')
     return { result: 'success', version, pendingRestart }
   }

@@ -8,8 +8,9 @@
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import type http2 from 'node:http2'
 import type { Socket } from 'node:net'
+import type { TLSSocket } from 'node:tls'
 import type { Clock } from '../clock.js'
-import type { Metrics } from '../metrics.js'
+import type { ConnectionProtocol, ConnectionTls, Metrics } from '../metrics.js'
 import { Holders, type Place } from '../pipeline/holders.js'
 import { MIN_STALL_MS } from '../pipeline/pressure.js'
 import type { ClientProgress } from '../pipeline/types.js'
@@ -57,6 +58,9 @@ interface Conn {
   used: boolean
   /** Its place among the connections at rest, while it rests. */
   resting: Place<Conn> | null
+  /** What it speaks, once `top` is known (sidecar_connections_opened_total's labels). */
+  protocol: ConnectionProtocol | undefined
+  tls: ConnectionTls
 }
 
 interface Session {
@@ -64,6 +68,11 @@ interface Session {
   /** Requests in flight (an array: a Set gaining and losing one per request costs the young
    *  collections dearly, pipeline/holders.ts). */
   readonly requests: InFlight[]
+}
+
+/** A connection the listener did not accept itself (a test's): nothing to count or evict. */
+function untracked(socket: Socket, protocol: ConnectionProtocol): Conn {
+  return { tcp: socket, client: '', since: 0, top: socket, used: false, resting: null, protocol, tls: 'none' }
 }
 
 /** Why a connection was closed to make room (sidecar_evictions_total's reason). */
@@ -85,6 +94,9 @@ export class Connections {
   /** Connections upgraded to a tunnel: in flight until they close; cut only at the deadline. */
   private readonly tunnels = new Set<Socket>()
   private inFlightNow = 0
+  /** Bytes of the connections closed so far, each way (their wire bytes, read at close). */
+  private closedRead = 0
+  private closedWritten = 0
   private drainingNow = false
   private closingNow = false
   /** Told when a request ends or a fresh connection sends its first request or closes. */
@@ -111,7 +123,10 @@ export class Connections {
       if (conn === undefined) return
       self.sockets.delete(this)
       self.unrest(conn)
+      self.closedRead += this.bytesRead
+      self.closedWritten += this.bytesWritten
       deps.metrics.connectionClosed()
+      if (conn.protocol !== undefined) deps.metrics.protocolClosed(conn.protocol, conn.tls)
       deps.connectionClosed(conn.client)
     }
     this.http1Closed = function () {
@@ -140,7 +155,7 @@ export class Connections {
   /** A TCP connection accepted from `client`. */
   add(socket: Socket, client: string): void {
     this.deps.metrics.connectionOpened()
-    const conn: Conn = { tcp: socket, client, since: this.deps.clock.now(), top: undefined, used: false, resting: null }
+    const conn: Conn = { tcp: socket, client, since: this.deps.clock.now(), top: undefined, used: false, resting: null, protocol: undefined, tls: 'none' }
     this.sockets.set(socket, conn)
     conn.resting = this.resting.add(conn)
     socket.on('close', this.tcpClosed)
@@ -153,15 +168,35 @@ export class Connections {
     socket.on('close', this.http1Closed)
     const tcp = this.tcpOf(socket)
     if (tcp) {
-      tcp.top = socket
+      this.speaks(tcp, socket, 'http1')
       this.rest(tcp)
     }
   }
 
+  /** `conn` speaks `protocol` on `top` from now on: counted, with its TLS version. */
+  private speaks(conn: Conn, top: Socket, protocol: ConnectionProtocol): void {
+    conn.top = top
+    conn.protocol = protocol
+    if (top !== conn.tcp) conn.tls = (top as TLSSocket).getProtocol() === 'TLSv1.3' ? 'TLSv1.3' : 'TLSv1.2'
+    this.deps.metrics.protocolOpened(protocol, conn.tls)
+  }
+
+  /** Bytes received and sent on client connections since start, as on the wire. */
+  wireBytes(): { received: number; sent: number } {
+    let received = this.closedRead
+    let sent = this.closedWritten
+    for (const socket of this.sockets.keys()) {
+      received += socket.bytesRead
+      sent += socket.bytesWritten
+    }
+    return { received, sent }
+  }
+
   /** An HTTP/2 session on `socket` (the TLS socket, or the TCP socket on the plain port). */
   addSession(session: http2.ServerHttp2Session, socket: Socket): void {
-    const tcp = this.tcpOf(socket) ?? { tcp: socket, client: '', since: 0, top: undefined, used: false, resting: null }
-    tcp.top = socket
+    const tracked = this.tcpOf(socket)
+    const tcp = tracked ?? untracked(socket, 'http2')
+    if (tracked) this.speaks(tracked, socket, 'http2')
     this.rest(tcp)
     const state: Session = { tcp, requests: [] }
     this.sessions.set(session, state)
@@ -285,7 +320,7 @@ export class Connections {
     if (this.fresh.delete(socket)) this.notify()
     let conn = this.http1.get(socket)
     if (!conn) {
-      const tcp = this.tcpOf(socket) ?? { tcp: socket, client: '', since: 0, top: socket, used: false, resting: null }
+      const tcp = this.tcpOf(socket) ?? untracked(socket, 'http1')
       conn = { requests: [], read: 0, written: 0, poisoned: false, tcp }
       this.http1.set(socket, conn)
     }

@@ -15,7 +15,7 @@ import type { Clock } from '../clock.js'
 import { ERRORS, SidecarError } from '../errors.js'
 import { acceptsTrailers, requestIdFrom, type ForwardingInfo } from '../headers.js'
 import type { Logger } from '../log.js'
-import type { Metrics } from '../metrics.js'
+import type { ListenerFigures, Metrics } from '../metrics.js'
 import { release } from '../pipeline/compose.js'
 import { Cancel } from '../pipeline/cancel.js'
 import type { BufferBudget } from '../pipeline/buffers.js'
@@ -101,7 +101,7 @@ export class Listener implements AnswerOwner {
     this.admission = new Admission(opts, this.shedder)
     this.identity = new ClientIdentity({ ...opts, verifiesClients: opts.tls !== false && opts.tls.clientCa !== undefined })
     this.abuse = new AbuseReport(deps)
-    this.refusals = new Refusals(deps.logger, this.abuse, this.connections)
+    this.refusals = new Refusals(deps.logger, deps.metrics, this.abuse, this.connections)
     const servers = createServers(opts)
     this.server = servers.front
     this.server.on('connection', (socket: Socket) => this.onConnection(socket))
@@ -121,14 +121,7 @@ export class Listener implements AnswerOwner {
     // proxy that refuses to close it): taken here, just before Node makes the session on it.
     servers.http2?.prependListener('connection', (socket: Socket) => (this.h2Socket = socket))
     servers.http2?.on('session', (session: http2.ServerHttp2Session) => this.onSession(session))
-    if (opts.tls) {
-      // A handshake timeout only emits this event: the socket stays open until someone
-      // destroys it, so without the destroy a stalled ClientHello held its connection forever.
-      this.server.on('tlsClientError', (err: Error & { code?: string }, socket: Socket) => {
-        deps.logger.debug({ reason: err.code ?? err.message }, 'TLS handshake failed')
-        socket.destroy()
-      })
-    }
+    if (opts.tls) this.server.on('tlsClientError', (err: Error & { code?: string }, socket: TLSSocket) => this.refusals.handshakeFailed(err, socket))
   }
 
   async listen(): Promise<AddressInfo> {
@@ -140,6 +133,12 @@ export class Listener implements AnswerOwner {
 
   get inFlightCount(): number {
     return this.connections.inFlight
+  }
+
+  /** What sidecar_requests_in_flight and the connections' byte counters read when scraped. */
+  figures(): ListenerFigures {
+    const { received, sent } = this.connections.wireBytes()
+    return { inFlight: this.connections.inFlight, receivedBytes: received, sentBytes: sent }
   }
 
   get connectionCount(): number {

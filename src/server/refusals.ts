@@ -4,9 +4,11 @@
 // warnings), and reported: counted, and warned of at most once per 10 s per code (abuse.ts).
 import http2 from 'node:http2'
 import type { Socket } from 'node:net'
+import type { TLSSocket } from 'node:tls'
 import { ERRORS, SidecarError } from '../errors.js'
 import { newRequestId, requestIdFrom } from '../headers.js'
 import type { Logger } from '../log.js'
+import type { HandshakeFailure, Metrics } from '../metrics.js'
 import { isGrpc, localReply } from '../pipeline/local-reply.js'
 import type { AbuseReport } from './abuse.js'
 import type { Connections } from './connections.js'
@@ -20,9 +22,20 @@ export class Refusals {
 
   constructor(
     private readonly logger: Logger,
+    private readonly metrics: Metrics,
     private readonly abuse: AbuseReport,
     private readonly connections: Connections,
   ) {}
+
+  /** A client's TLS handshake failed: counted by reason and logged at debug (a scanner makes
+   *  hundreds), and the socket closed: a handshake timeout only emits the error, leaving the
+   *  socket open until someone destroys it (a stalled ClientHello held its place forever). */
+  handshakeFailed(err: Error & { code?: string }, socket: TLSSocket): void {
+    const reason = handshakeFailure(err.code, socket.authorizationError)
+    this.metrics.countHandshakeFailure(reason)
+    this.logger.debug({ reason, code: err.code ?? err.message, client: clientAddressOf(socket) }, 'TLS handshake failed')
+    socket.destroy()
+  }
 
   /**
    * A request refused before anything is built for it: over its client's limit (429), or while
@@ -57,6 +70,12 @@ export class Refusals {
    */
   parserError(err: NodeJS.ErrnoException, socket: Socket): void {
     if (err.code === 'ECONNRESET' || !socket.writable) return void socket.destroy()
+    // OpenSSL's, not the parser's: a TLS record the connection cannot take after its handshake
+    // (a renegotiation refused, a heartbeat, a bad record); nothing HTTP can answer on it
+    if (err.code?.startsWith('ERR_SSL_')) {
+      this.logger.debug({ code: err.code, client: clientAddressOf(socket) }, 'TLS error after the handshake: connection closed')
+      return void socket.destroy()
+    }
     // what follows a request refused already (its head was answered, the connection closes after)
     if (this.refusedOn.has(socket)) return
     const conn = this.connections.http1Of(socket)
@@ -87,4 +106,23 @@ export class Refusals {
     this.logger.info(fields, msg)
     this.abuse.note(refusal.code, 'requests refused', fields)
   }
+}
+
+/** OpenSSL's and Node's error codes for a failed handshake, by what an operator would fix. */
+const HANDSHAKE_FAILURES: Array<[RegExp, HandshakeFailure]> = [
+  [/^ERR_SSL_(HTTPS?_(PROXY_)?REQUEST|WRONG_VERSION_NUMBER|PACKET_LENGTH_TOO_LONG|RECORD_LENGTH_MISMATCH|UNKNOWN_PROTOCOL)$/, 'not_tls'],
+  [/^ERR_SSL_(UNSUPPORTED_PROTOCOL|VERSION_TOO_LOW|TLSV1_ALERT_PROTOCOL_VERSION|NO_PROTOCOLS_AVAILABLE)$/, 'protocol_version'],
+  [/^ERR_SSL_(NO_SHARED_CIPHER|NO_SHARED_GROUPS|NO_SUITABLE_SIGNATURE_ALGORITHM|NO_CIPHERS_AVAILABLE|SSLV3_ALERT_HANDSHAKE_FAILURE)$/, 'no_shared_cipher'],
+  [/^ERR_SSL_(SSLV3|TLSV1)_ALERT_(UNKNOWN_CA|BAD_CERTIFICATE|CERTIFICATE_\w+|UNSUPPORTED_CERTIFICATE)$/, 'client_rejected_certificate'],
+  [/^ERR_SSL_PEER_DID_NOT_RETURN_A_CERTIFICATE$/, 'client_certificate_required'],
+  [/^ERR_TLS_HANDSHAKE_TIMEOUT$/, 'timeout'],
+  [/^(ECONNRESET|EPIPE|ERR_SSL_UNEXPECTED_EOF_WHILE_READING)$/, 'closed'],
+]
+
+/** Why a handshake failed, from the error's code; a client certificate refused after the
+ *  handshake (Node checks it then and hangs up: "socket hang up") shows in `authorizationError`. */
+export function handshakeFailure(code: string | undefined, authorizationError: Error | string | undefined): HandshakeFailure {
+  if (authorizationError) return 'client_certificate_invalid'
+  for (const [pattern, reason] of HANDSHAKE_FAILURES) if (code !== undefined && pattern.test(code)) return reason
+  return 'other'
 }

@@ -176,8 +176,8 @@ export class Breaker {
   }
 
   private transition(state: BreakerState): void {
+    this.deps.metrics.circuitTransition(this.backend, this.current, state)
     this.current = state
-    this.deps.metrics.setCircuitState(this.backend, state)
     const { failures, fires } = this.window
     this.deps.logger[state === 'open' ? 'warn' : 'info']({ backend: this.backend, state, failures, fires }, `circuit breaker ${state}`)
   }

@@ -97,9 +97,9 @@ export class Upstream {
   }
 
   /** An attempt's answer (Attempt): counted, and its failures named. */
-  answered(response: ProxyResponse, ctx: RequestContext): void {
+  answered(response: ProxyResponse, ctx: RequestContext, seconds: number): void {
     this.deps.handshakes?.succeeded()
-    this.deps.metrics.countAttempt(this.backend, STATUS_CLASS[Math.floor(response.status / 100)] ?? 'other')
+    this.deps.metrics.countAttempt(this.backend, STATUS_CLASS[Math.floor(response.status / 100)] ?? 'other', seconds)
     // A failure mid-body surfaces on the stream (the listener then cuts the client
     // connection, so a truncated response never passes for a complete one); name it for the log.
     const body = response.body
@@ -107,9 +107,9 @@ export class Upstream {
   }
 
   /** An attempt's failure (Attempt), counted and named as the catalogue's. */
-  failed(err: unknown, healthy: boolean): SidecarError {
+  failed(err: unknown, healthy: boolean, seconds: number): SidecarError {
     const { code, detail } = describeUpstreamError(err, this.https)
-    this.deps.metrics.countAttempt(this.backend, code)
+    this.deps.metrics.countAttempt(this.backend, code, seconds)
     if (code === 'upstream_tls') this.deps.handshakes?.failed(detail!)
     // A handshake refused says what to fix; "unhealthy" (its health checks fail the same way) would not.
     const down = ERRORS[code].blame === 'upstream' && code !== 'upstream_tls' && !healthy
@@ -209,6 +209,9 @@ interface Checked {
 
 /** One forwarded attempt's way back: counted and named by its Upstream, then passed up. */
 class Attempt implements Reply {
+  /** performance.now() when the call was made. */
+  private readonly start = performance.now()
+
   constructor(
     private readonly upstream: Upstream,
     private readonly ctx: RequestContext,
@@ -217,12 +220,16 @@ class Attempt implements Reply {
   ) {}
 
   ok(response: ProxyResponse): void {
-    this.upstream.answered(response, this.ctx)
+    this.upstream.answered(response, this.ctx, this.seconds())
     this.up.ok(response)
   }
 
   fail(err: unknown): void {
-    this.up.fail(this.upstream.failed(err, this.backend.health.healthy))
+    this.up.fail(this.upstream.failed(err, this.backend.health.healthy, this.seconds()))
+  }
+
+  private seconds(): number {
+    return (performance.now() - this.start) / 1e3
   }
 }
 

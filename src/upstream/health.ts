@@ -101,6 +101,7 @@ export class HealthCheck {
     const passed = result.ok && (opts.grpc ? result.serving === 'SERVING' : statusExpected(result.status, opts.expectedStatuses))
     const reason = result.ok ? `${what} answered ${result.serving ?? result.status}` : `${what} failed: ${result.error}: ${result.detail}`
     this.checks++
+    this.deps.metrics.countHealthCheck(this.backend, passed ? 'success' : result.ok ? 'failure' : 'error')
     this.reason = reason
     if (passed) {
       this.passes++

@@ -51,6 +51,12 @@ t.test('after resetTimeoutMs on the clock, half-open lets one probe through; suc
   t.equal(breaker.state, 'closed')
   t.equal(await metricValue(d, 'sidecar_circuit_state', { backend: 'app' }), 0)
   t.equal(next.calls.length, 5)
+  const transitions = (await d.metrics.registry.getSingleMetric('sidecar_circuit_transitions_total')!.get()).values
+  t.same(
+    transitions.map((v) => [v.labels.from, v.labels.to, v.value]),
+    [['closed', 'open', 1], ['open', 'half-open', 1], ['half-open', 'closed', 1]],
+    'each transition counted: an open shorter than a scrape still shows',
+  )
 })
 
 t.test('half-open: one probe at a time; the others are refused while it is out', async (t) => {

@@ -58,6 +58,10 @@ t.test('flaps honour the thresholds: unhealthy only after unhealthyThreshold fai
   t.equal(checker.healthy, false, 'one pass of the two needed')
   await checker.check()
   t.equal(checker.healthy, true)
+  // ok, ok, refused, 503, ok, refused, 500, refused, ok, ok
+  t.equal(await metricValue(d, 'sidecar_health_checks_total', { backend: 'app', result: 'success' }), 5, 'every check counted: passes')
+  t.equal(await metricValue(d, 'sidecar_health_checks_total', { backend: 'app', result: 'failure' }), 2, 'answers not expected (503, 500)')
+  t.equal(await metricValue(d, 'sidecar_health_checks_total', { backend: 'app', result: 'error' }), 3, 'no answer (refused)')
   let previous = false // a backend starts unhealthy
   const flips = changes.map(([, h]) => h.healthy).filter((h) => {
     const flipped = h !== previous
