@@ -138,7 +138,7 @@ export async function startApp(initial: Config, deps: AppDeps): Promise<App> {
     })
   const admin = new AdminServer(parseAddress(initial.admin.address)!, {
     readiness,
-    metrics: () => metrics.exposition(),
+    metrics: (accept) => metrics.exposition(accept),
     logger,
     backends: backendHealth,
     config: () => ({ ...live.current, config: redacted(live.current.config), loadedAt: live.current.loadedAt.toISOString() }),

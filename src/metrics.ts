@@ -4,6 +4,7 @@
 import { totalmem } from 'node:os'
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
 import type { ErrorCode } from './errors.js'
+import type { RequestTrace } from './pipeline/types.js'
 import { Series, Tally, count } from './tally.js'
 
 /** Methods outside this set are counted as "OTHER" so a client cannot explode label cardinality. */
@@ -318,30 +319,33 @@ export function createMetrics(opts: { observer?: MetricsObserver; version?: stri
       this.set(readReady() ? 1 : 0)
     },
   })
-  // read at each scrape (a pod's resources may be resized in place), there only with a limit
-  if (memoryLimit() !== undefined) {
-    new Gauge({
-      name: 'sidecar_memory_limit_bytes',
-      help: "The container's memory limit (its cgroup's), the ceiling process_resident_memory_bytes must stay under; absent without a limit.",
-      registers,
-      collect() {
-        this.set(memoryLimit() ?? 0)
-      },
-    })
-  }
+  new MemoryLimitGauge({
+    name: 'sidecar_memory_limit_bytes',
+    help: "The container's memory limit (its cgroup's), the ceiling process_resident_memory_bytes must stay under; no sample without a limit.",
+    registers,
+  })
 
   return {
     /** For reading in tests; the proxy itself writes only through the recorders below. */
     registry,
-    /** The scrape: GET /metrics's content type and body. */
-    async exposition(): Promise<{ contentType: string; text: string }> {
-      return { contentType: registry.contentType, text: await registry.metrics() }
+    /** The scrape: GET /metrics's content type and body; OpenMetrics, with the exemplars of the
+     *  latency histograms, when the scraper's Accept header asks for it (Prometheus does when
+     *  its exemplar storage is on). */
+    async exposition(accept = ''): Promise<{ contentType: string; text: string }> {
+      const text = await registry.metrics()
+      if (!accept.includes('application/openmetrics-text')) return { contentType: registry.contentType, text }
+      const exemplars = new Map<string, string>()
+      duration.exemplarsInto(exemplars)
+      attemptDuration.exemplarsInto(exemplars)
+      return { contentType: Registry.OPENMETRICS_CONTENT_TYPE, text: toOpenMetrics(text, exemplars) }
     },
     /** Counts one call to a backend: upstream_attempts_total, by status class or error code,
-     *  and upstream_attempt_duration_seconds. */
-    countAttempt(backend: string, result: string, seconds: number): void {
+     *  and upstream_attempt_duration_seconds (with the trace of a sampled request). */
+    countAttempt(backend: string, result: string, seconds: number, trace?: RequestTrace): void {
       attemptTally.add(backend, result)
-      attemptDuration.series(backend).observe(seconds)
+      const series = attemptDuration.series(backend)
+      const bucket = series.observe(seconds)
+      if (trace?.sampled) series.exemplify(bucket, seconds, trace.traceId, undefined, Date.now())
     },
     /** Counts one retry after a failed try on `backend`: retries_total. */
     countRetry(backend: string, reason: string): void {
@@ -370,9 +374,11 @@ export function createMetrics(opts: { observer?: MetricsObserver; version?: stri
     },
     /** Counts one finished request: requests_total and request_duration_seconds. `route` is a
      *  configured route's name (bounded by the config), never the path. */
-    observeRequest(backend: string, method: string, code: number, seconds: number, route = 'default'): void {
+    observeRequest(backend: string, method: string, code: number, seconds: number, route = 'default', trace?: RequestTrace): void {
       requestTally.add(backend, KNOWN_METHODS.has(method) ? method : 'OTHER', code, route)
-      duration.series(backend, route).observe(seconds)
+      const series = duration.series(backend, route)
+      const bucket = series.observe(seconds)
+      if (trace?.sampled) series.exemplify(bucket, seconds, trace.traceId, trace.spanId, Date.now())
       observer?.record(backend, code, route)
     },
     /** Counts one injected fault: faults_injected_total. */
@@ -538,6 +544,24 @@ class CountedHistogram<L extends string> extends Histogram<L> {
     return Promise.resolve({ name, help: this.help, type: 'histogram', aggregator: 'sum', values })
   }
 
+  /** Each exemplar, by the bucket line it goes with as the registry writes it
+   *  (`name_bucket{le="0.1",backend="app"}`), as OpenMetrics writes one (`{trace_id="..."} 0.07 1700000000.5`). */
+  exemplarsInto(into: Map<string, string>): void {
+    const [first, second] = this.labelPair
+    for (const [a, bySecond] of this.byFirst) {
+      for (const [b, s] of bySecond) {
+        if (s.exemplars === undefined) continue
+        const labels = second === undefined ? `${first}="${escapeLabel(a)}"` : `${first}="${escapeLabel(a)}",${second}="${escapeLabel(b)}"`
+        s.exemplars.forEach((e, i) => {
+          if (e === undefined) return
+          const le = i < this.bounds.length ? this.bounds[i]! : '+Inf'
+          const ids = e.spanId === undefined ? `trace_id="${e.traceId}"` : `trace_id="${e.traceId}",span_id="${e.spanId}"`
+          into.set(`${this.name}_bucket{le="${le}",${labels}}`, `{${ids}} ${e.value} ${e.timestampMs / 1000}`)
+        })
+      }
+    }
+  }
+
   /** As JSON (`getMetricsAsJSON`): each value's labels and shared labels in one. */
   override async get(): ReturnType<Histogram<L>['get']> {
     const metric = await this.getForPromString()
@@ -546,12 +570,52 @@ class CountedHistogram<L extends string> extends Histogram<L> {
   }
 }
 
+/** A label value as the text formats write it. */
+const escapeLabel = (value: string) => value.replace(/\\/g, '\\\\').replace(/\n/g, '\\n').replace(/"/g, '\\"')
+
+/**
+ * The registry's Prometheus text as OpenMetrics 1.0 (prom-client's own OpenMetrics mode renames
+ * the counters it formats, for good: one registry cannot serve both). A counter's family drops
+ * its `_total` (its samples keep it), help texts escape their quotes, families are not separated
+ * by blank lines, `# EOF` ends it; each exemplar joins its bucket line.
+ */
+export function toOpenMetrics(text: string, exemplars: ReadonlyMap<string, string>): string {
+  const out: string[] = []
+  for (const family of text.split('\n\n')) {
+    const lines = family.split('\n').filter((line) => line !== '')
+    const [, name = '', type] = /^# TYPE (\S+) (\S+)$/m.exec(family) ?? []
+    const total = type === 'counter' && name.endsWith('_total')
+    for (const line of lines) {
+      if (line.startsWith('# HELP ')) {
+        const help = line.slice(`# HELP ${name} `.length).replace(/"/g, '\\"')
+        out.push(`# HELP ${total ? name.slice(0, -6) : name} ${help}`)
+      } else if (line.startsWith('# TYPE ')) {
+        out.push(`# TYPE ${total ? name.slice(0, -6) : name} ${type}`)
+      } else {
+        const exemplar = exemplars.get(line.slice(0, line.lastIndexOf(' ')))
+        out.push(exemplar === undefined ? line : `${line} # ${exemplar}`)
+      }
+    }
+  }
+  return `${out.join('\n')}\n# EOF\n`
+}
+
 /** What the listener is asked for when scraped: requests in flight, and its connections'
  *  bytes since start (the closed ones' and the open ones' so far). */
 export interface ListenerFigures {
   inFlight: number
   receivedBytes: number
   sentBytes: number
+}
+
+/** The cgroup's memory limit, read at each scrape (a pod may be resized in place): a gauge with
+ *  no sample at all without a limit, where prom-client's would say 0. */
+class MemoryLimitGauge extends Gauge {
+  override async get(): ReturnType<Gauge['get']> {
+    const metric = await super.get()
+    const limit = memoryLimit()
+    return { ...metric, values: limit === undefined ? [] : [{ value: limit, labels: {} }] }
+  }
 }
 
 /** The cgroup's memory limit (libuv reads it), or undefined without one: libuv then answers 0 or

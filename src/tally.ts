@@ -2,24 +2,43 @@
 // builds, checks and hashes the label set on each inc() and observe(), so these counts are kept
 // here and handed to it when Prometheus scrapes (metrics.ts).
 
-/** One label set's observations: a count per bucket (the last past every bound), sum, count. */
+/** One label set's observations: a count per bucket (the last past every bound), sum, count;
+ *  and per bucket the latest observation of a traced request (an OpenMetrics exemplar). */
 export class Series {
   readonly counts: number[]
   sum = 0
   count = 0
+  /** Made at the first exemplar: without tracing a series never holds one. */
+  exemplars: Array<Exemplar | undefined> | undefined
 
   constructor(private readonly bounds: readonly number[]) {
     this.counts = new Array<number>(bounds.length + 1).fill(0)
   }
 
-  observe(value: number): void {
+  /** Counts `value`; its bucket's index. */
+  observe(value: number): number {
     const bounds = this.bounds
     let i = 0
     while (i < bounds.length && value > bounds[i]!) i++
     this.counts[i]!++
     this.sum += value
     this.count++
+    return i
   }
+
+  /** `value`, observed in bucket `i`, came from the traced request `traceId` (its span `spanId`). */
+  exemplify(i: number, value: number, traceId: string, spanId: string | undefined, timestampMs: number): void {
+    const exemplars = (this.exemplars ??= new Array<Exemplar | undefined>(this.counts.length).fill(undefined))
+    exemplars[i] = { traceId, spanId, value, timestampMs }
+  }
+}
+
+/** An observation of a traced request, shown beside its bucket to an OpenMetrics scraper. */
+export interface Exemplar {
+  traceId: string
+  spanId: string | undefined
+  value: number
+  timestampMs: number
 }
 
 /** One more in `totals[a][b]` (prototype-free records: a route may be named "constructor"). */

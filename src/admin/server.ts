@@ -4,7 +4,7 @@
 //   GET /started  200 once the proxy's own listener is bound (the app starts after the sidecar)
 //   GET /ready    200 when no readiness latch is held (listener bound, every backend with
 //                 weight > 0 healthy, not draining); 503 with a JSON body naming what holds it
-//   GET /metrics  Prometheus text format
+//   GET /metrics  Prometheus text format (OpenMetrics, with exemplars, when asked for)
 //   GET /config   the config in force (defaults filled in) and its version
 //   GET /status   each backend's weight, health, breaker, in-flight and recent share; readiness;
 //                 retries and rejections in the last minute
@@ -26,7 +26,8 @@ import type { Readiness } from './readiness.js'
 export interface AdminDeps {
   readiness: Readiness
   /** The Prometheus scrape. */
-  metrics: () => Promise<{ contentType: string; text: string }>
+  /** The scrape, in the format `accept` (the scraper's Accept header) asks for. */
+  metrics: (accept: string | undefined) => Promise<{ contentType: string; text: string }>
   logger: Logger
   /** Each backend's health, shown by /ready. */
   backends: () => Record<string, BackendHealth | undefined>
@@ -99,7 +100,7 @@ export class AdminServer {
       '/config': () => send(res, 200, this.deps.config()),
       '/status': () => send(res, 200, this.deps.status()),
       '/metrics': async () => {
-        const { contentType, text } = await this.deps.metrics()
+        const { contentType, text } = await this.deps.metrics(req.headers.accept)
         res.writeHead(200, { 'content-type': contentType }).end(text)
       },
     }

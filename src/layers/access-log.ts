@@ -15,7 +15,7 @@ export function createAccessLogLayer(opts: AccessLogOptions, deps: { logger: Log
   // one hook for every request: what it needs comes with the call
   const ended: EndHook = (outcome, req, ctx) => {
     const backend = ctx.backend ?? 'none'
-    metrics.observeRequest(backend, req.method, outcome.status, outcome.durationSeconds, ctx.route)
+    metrics.observeRequest(backend, req.method, outcome.status, outcome.durationSeconds, ctx.route, ctx.trace)
     if (!opts.accessLog) return
     write({
       requestId: ctx.id,

@@ -99,7 +99,7 @@ export class Upstream {
   /** An attempt's answer (Attempt): counted, and its failures named. */
   answered(response: ProxyResponse, ctx: RequestContext, seconds: number): void {
     this.deps.handshakes?.succeeded()
-    this.deps.metrics.countAttempt(this.backend, STATUS_CLASS[Math.floor(response.status / 100)] ?? 'other', seconds)
+    this.deps.metrics.countAttempt(this.backend, STATUS_CLASS[Math.floor(response.status / 100)] ?? 'other', seconds, ctx.trace)
     // A failure mid-body surfaces on the stream (the listener then cuts the client
     // connection, so a truncated response never passes for a complete one); name it for the log.
     const body = response.body
@@ -107,9 +107,9 @@ export class Upstream {
   }
 
   /** An attempt's failure (Attempt), counted and named as the catalogue's. */
-  failed(err: unknown, healthy: boolean, seconds: number): SidecarError {
+  failed(err: unknown, ctx: RequestContext, healthy: boolean, seconds: number): SidecarError {
     const { code, detail } = describeUpstreamError(err, this.https)
-    this.deps.metrics.countAttempt(this.backend, code, seconds)
+    this.deps.metrics.countAttempt(this.backend, code, seconds, ctx.trace)
     if (code === 'upstream_tls') this.deps.handshakes?.failed(detail!)
     // A handshake refused says what to fix; "unhealthy" (its health checks fail the same way) would not.
     const down = ERRORS[code].blame === 'upstream' && code !== 'upstream_tls' && !healthy
@@ -225,7 +225,7 @@ class Attempt implements Reply {
   }
 
   fail(err: unknown): void {
-    this.up.fail(this.upstream.failed(err, this.backend.health.healthy, this.seconds()))
+    this.up.fail(this.upstream.failed(err, this.ctx, this.backend.health.healthy, this.seconds()))
   }
 
   private seconds(): number {

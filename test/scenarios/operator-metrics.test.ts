@@ -1,7 +1,7 @@
 // The metrics an operator of Envoy or Linkerd looks for, each moved by the traffic that should
 // move it, through a real proxy on loopback with real TLS, real clients (Node's https and http2,
 // the openssl command) and the exposition checked by Prometheus' own promtool.
-import { execFile, execFileSync } from 'node:child_process'
+import { execFile, execFileSync, spawn } from 'node:child_process'
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import http2 from 'node:http2'
 import https from 'node:https'
@@ -9,11 +9,12 @@ import net from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t, { type Test } from 'tap'
-import { request, until } from '../fixtures/client.js'
+import { json, request, until } from '../fixtures/client.js'
+import { fakeCollector } from '../fixtures/collector.js'
 import { opensslCa, opensslIssue } from '../fixtures/openssl.js'
 import { proxied, type RunningProxy } from '../fixtures/proxy.js'
 import { devCerts } from '../fixtures/tls.js'
-import { fakeUpstream } from '../fixtures/upstream.js'
+import { fakeUpstream, freePort } from '../fixtures/upstream.js'
 import type { HandshakeFailure } from '../../src/metrics.js'
 
 const { ca, server } = devCerts()
@@ -245,4 +246,79 @@ else t.test('promtool check metrics: the scrape after traffic passes Prometheus\
   t.equal(lint.output.trim(), '', 'nothing to report')
   t.equal(lint.code, 0)
   t.match(text, /^sidecar_tls_handshake_failures_total\{reason="not_tls"\} 1$/m, 'the scrape had the new series in it')
+})
+
+const OPENMETRICS = 'application/openmetrics-text; version=1.0.0; charset=utf-8'
+
+/** A proxy with every request traced (sampled), exporting to a fake collector. */
+async function tracedProxy(t: Test, app = fakeUpstream()) {
+  const collector = await fakeCollector()
+  t.teardown(() => collector.close())
+  return proxied(t, app, { tracing: { sampleRatio: 1, otlp: { endpoint: collector.url } } })
+}
+
+t.test('OpenMetrics when the scraper asks: exemplars with the trace of sampled requests on both latency histograms', async (t) => {
+  const { proxy } = await tracedProxy(t)
+  const id = (await request(`${proxy.url}/traced`)).headers['x-request-id'] as string
+  const line = await proxy.accessLine(id)
+  const om = await request(`${proxy.adminUrl}/metrics`, { headers: { accept: 'application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5' } })
+  t.equal(om.headers['content-type'], OPENMETRICS)
+  const text = om.body.toString()
+  t.ok(text.endsWith('\n# EOF\n'), 'ends with # EOF')
+  t.notMatch(text, /\n\n/, 'no blank lines')
+  t.match(text, /^# TYPE sidecar_requests counter$/m, 'a counter family named without _total')
+  t.match(text, /^sidecar_requests_total\{backend="app",method="GET",code="200",route="default"\} 1$/m, 'its samples with it')
+  t.match(text, /^# HELP sidecar_requests Requests answered, by backend \(\\"none\\" when/m, 'quotes in help texts escaped')
+  const exemplar = (name: string) => new RegExp(`^${name}_bucket\\{le="[^"]+",backend="app"[^}]*\\} 1 # \\{trace_id="${line.trace_id}"([^}]*)\\} ([\\d.e-]+) ([\\d.]+)$`, 'm').exec(text)
+  const request_ = exemplar('sidecar_request_duration_seconds')
+  t.ok(request_, 'the request histogram: the trace of the request, on the bucket it fell in')
+  t.equal(request_?.[1], `,span_id="${line.span_id}"`, 'with its SERVER span')
+  t.ok(Math.abs(Number(request_?.[3]) - Date.now() / 1000) < 60, 'a timestamp in seconds')
+  t.ok(exemplar('sidecar_upstream_attempt_duration_seconds'), 'the attempt histogram: the same trace')
+
+  const plain = (await request(`${proxy.adminUrl}/metrics`)).body.toString()
+  t.match(plain, /^# TYPE sidecar_requests_total counter$/m, 'the Prometheus text after it is unchanged')
+  t.notMatch(plain, /trace_id/, 'and carries no exemplars')
+})
+
+t.test('without tracing, OpenMetrics carries no exemplars', async (t) => {
+  const { proxy } = await proxied(t, fakeUpstream())
+  await request(`${proxy.url}/untraced`)
+  const text = (await request(`${proxy.adminUrl}/metrics`, { headers: { accept: OPENMETRICS } })).body.toString()
+  t.match(text, /^sidecar_request_duration_seconds_count\{backend="app",route="default"\} 1$/m)
+  t.notMatch(text, / # \{/)
+})
+
+const noPrometheus = (() => {
+  try {
+    execFileSync('prometheus', ['--version'], { stdio: 'ignore' })
+    return undefined
+  } catch {
+    return 'prometheus is not installed here (apt-get install prometheus): no real scrape'
+  }
+})()
+
+if (noPrometheus && process.env.CI) t.fail(`${noPrometheus}; CI must scrape with a real Prometheus`)
+else t.test('a real Prometheus scrapes the admin port in OpenMetrics and keeps the exemplars', { skip: noPrometheus ?? false }, async (t) => {
+  const { proxy } = await tracedProxy(t)
+  const dir = tempDir(t)
+  const port = await freePort()
+  writeFileSync(join(dir, 'prometheus.yml'), `global: { scrape_interval: 1s }\nscrape_configs:\n  - job_name: sidecar\n    static_configs: [{ targets: ['${new URL(proxy.adminUrl).host}'] }]\n`)
+  const prometheus = spawn('prometheus', [`--config.file=${join(dir, 'prometheus.yml')}`, `--storage.tsdb.path=${join(dir, 'data')}`, `--web.listen-address=127.0.0.1:${port}`, '--enable-feature=exemplar-storage'], { stdio: 'ignore' })
+  t.teardown(() => new Promise<void>((resolve) => (prometheus.exitCode !== null ? resolve() : (prometheus.once('exit', () => resolve()), prometheus.kill()))))
+  const api = async <T>(path: string): Promise<T> => ((await json<{ data: T }>(`http://127.0.0.1:${port}/api/v1/${path}`)).body.data)
+  const id = (await request(`${proxy.url}/scraped`)).headers['x-request-id'] as string
+  const { trace_id: traceId } = await proxy.accessLine(id)
+  type Exemplars = Array<{ exemplars: Array<{ labels: Record<string, string> }> }>
+  let found: Exemplars = []
+  let health: Array<{ health: string; lastError: string }> = []
+  for (let i = 0; i < 100 && found.length === 0; i++) {
+    await new Promise((r) => setTimeout(r, 100))
+    health = await api<{ activeTargets: Array<{ health: string; lastError: string }> }>('targets').then((d) => d.activeTargets, () => [])
+    found = await api<Exemplars>(`query_exemplars?query=sidecar_request_duration_seconds_bucket&start=0&end=${Date.now() / 1000 + 60}`).catch(() => [])
+  }
+  t.match(health, [{ health: 'up', lastError: '' }], 'the scrape parsed')
+  t.same(found.flatMap((s) => s.exemplars.map((e) => e.labels.trace_id)), [traceId], 'the exemplar stored, with the request\'s trace')
+  const requests = await api<{ result: Array<{ value: [number, string] }> }>('query?query=sidecar_requests_total')
+  t.equal(requests.result[0]?.value[1], '1', 'a counter read back under its own name')
 })
