@@ -6,6 +6,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import http2 from 'node:http2'
 import https from 'node:https'
 import net from 'node:net'
+import tls from 'node:tls'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t, { type Test } from 'tap'
@@ -321,4 +322,20 @@ else t.test('a real Prometheus scrapes the admin port in OpenMetrics and keeps t
   t.same(found.flatMap((s) => s.exemplars.map((e) => e.labels.trace_id)), [traceId], 'the exemplar stored, with the request\'s trace')
   const requests = await api<{ result: Array<{ value: [number, string] }> }>('query?query=sidecar_requests_total')
   t.equal(requests.result[0]?.value[1], '1', 'a counter read back under its own name')
+})
+
+t.test('a TLS record the connection cannot take after its handshake: closed and logged as a TLS error, not a bad request', async (t) => {
+  const { proxy } = await tlsProxy(t)
+  const tcp = net.connect(proxy.port, '127.0.0.1')
+  const secure = tls.connect({ socket: tcp, ca: ca.cert, servername: 'localhost', ALPNProtocols: ['http/1.1'] })
+  secure.on('error', () => {})
+  await new Promise((resolve) => secure.once('secureConnect', resolve))
+  secure.write('GET / HTTP/1.1\r\nHost: shop\r\n\r\n')
+  await new Promise((resolve) => secure.once('data', resolve)) // the server is past its handshake
+  // an application-data record the server cannot decrypt, written under the TLS layer
+  tcp.write(Buffer.concat([Buffer.from([0x17, 0x03, 0x03, 0x00, 0x20]), Buffer.alloc(32, 7)]))
+  await new Promise((resolve) => tcp.once('close', resolve))
+  await until(() => proxy.logs.some((l) => l.msg === 'TLS error after the handshake: connection closed'))
+  t.match(proxy.logs.find((l) => l.msg === 'TLS error after the handshake: connection closed'), { code: /^ERR_SSL_/ })
+  t.same(proxy.logs.filter((l) => l.error === 'bad_request'), [], 'no bad request logged for it')
 })
