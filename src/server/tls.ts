@@ -3,7 +3,15 @@
 //
 // Policy: Mozilla's "intermediate" profile, AEAD only. TLS 1.2 with ECDHE key exchange and
 // AES-GCM or ChaCha20-Poly1305; the three TLS 1.3 suites; curves X25519, P-256, P-384; no
-// renegotiation; a short handshake timeout.
+// renegotiation; a short handshake timeout; session tickets that live TICKET_LIFETIME_S, sealed
+// with a key replaced every TICKET_KEY_ROTATION_MS (TLS 1.2 as well: see below).
+//
+// SNI is read (tlsSocket.servername) but not acknowledged: one certificate is served whatever
+// the name, and RFC 6066 asks for the empty server_name reply only from a server that chose by
+// the name. Node cannot send it anyway: OpenSSL sends it when the servername callback accepts,
+// and Node's callback accepts only when a context was chosen before the ClientHello is read;
+// SNICallback and addContext choose later, in the certificate callback, so they do not make it
+// send one either (Node 20.20, checked with openssl s_client -tlsextdebug).
 //
 // Reload: the Secret's files are watched (certs/material.ts); after a short quiet period both
 // are read again, checked (parses, key matches, loads into a context) and only then handed to
@@ -32,6 +40,15 @@ const TLS_CIPHERS = [
 
 const TLS_CURVES = 'X25519:P-256:P-384'
 
+/**
+ * How long a session ticket lets its client resume, in seconds: the lifetime hint a client is
+ * sent (TLS 1.2 and 1.3), and the age past which the server turns the ticket down (the time is
+ * sealed in the ticket). Given to every context, the first and each reload's (policy()):
+ * without it OpenSSL's default for TLS applies, 7,200 s. Node documents `sessionTimeout` as
+ * defaulting to 300 but passes nothing to OpenSSL unless it is given.
+ */
+export const TICKET_LIFETIME_S = 300
+
 export interface TlsPolicyOptions {
   minVersion: 'TLSv1.2' | 'TLSv1.3'
 }
@@ -45,14 +62,28 @@ export function policy(opts: TlsPolicyOptions): SecureContextOptions {
     ecdhCurve: TLS_CURVES,
     honorCipherOrder: false, // all suites are strong; let clients without AES hardware pick ChaCha20
     secureOptions: constants.SSL_OP_NO_RENEGOTIATION,
+    sessionTimeout: TICKET_LIFETIME_S,
   }
 }
 
 /**
- * TLS session tickets are sealed with a key a thief could use to decrypt every resumed session
- * it sealed; the key is replaced this often (Node's starting key is random per process). Node
- * holds one key at a time, so a ticket issued under the previous key just means a full
- * handshake; tickets live 5 minutes (Node's default sessionTimeout), so few are affected.
+ * Session tickets are sealed with a key a thief could use to open every ticket it sealed: for
+ * TLS 1.2, whose tickets travel in the clear and hold the session's master secret, that means
+ * decrypting the recorded sessions themselves, the full handshakes included. So the key lives
+ * in memory only and is replaced this often. Node holds one key per context: a random one when
+ * the context is made (at start and at each certificate reload, which thus also ends every
+ * ticket out), then one from here each hour; the old key is overwritten, and a ticket sealed
+ * with it means a full handshake. A ticket therefore resumes until the first of: its
+ * TICKET_LIFETIME_S, the next rotation, the next certificate reload. A resumption is not given
+ * a fresh ticket (Node's ticket callback never asks OpenSSL to renew one), so 5 minutes after
+ * a full handshake its client makes a full handshake again.
+ *
+ * TLS 1.2 tickets stay on (Mozilla's intermediate profile turns them off): the key is in memory
+ * only and lives at most an hour; OpenSSL's switch, SSL_OP_NO_TICKET, would also end TLS 1.3
+ * resumption, for which OpenSSL then issues stateful tickets that Node's session cache events
+ * ('newSession'/'resumeSession') never find; and a TLS 1.2 resumption costs a fifth of a full
+ * handshake's CPU (docs/configuration.md, TLS). `minVersion: TLSv1.3` is for those who must
+ * have forward secrecy for every session.
  */
 export const TICKET_KEY_ROTATION_MS = 60 * 60_000
 
@@ -60,7 +91,9 @@ export const TICKET_KEY_ROTATION_MS = 60 * 60_000
 export function rotateTicketKeys(server: Server, clock: Clock): () => void {
   let stop: () => void
   const rotate = () => {
-    server.setTicketKeys(randomBytes(48))
+    const keys = randomBytes(48)
+    server.setTicketKeys(keys) // copied into the server's current context
+    keys.fill(0) // and no copy left behind in the JS heap
     stop = clock.timeout(TICKET_KEY_ROTATION_MS, rotate)
   }
   stop = clock.timeout(TICKET_KEY_ROTATION_MS, rotate)
