@@ -221,15 +221,18 @@ t.test('build, config and readiness facts', async (t) => {
   proxy.app.readiness.release('test')
 })
 
-/** promtool from Debian's prometheus package; CI installs it (.ci/run). */
-const noPromtool = (() => {
+/** Why `command` cannot run here, or undefined if it can. promtool and prometheus come with
+ *  Debian's prometheus package, which CI installs (.ci/run). */
+function missing(command: string, what: string): string | undefined {
   try {
-    execFileSync('promtool', ['--version'], { stdio: 'ignore' })
+    execFileSync(command, ['--version'], { stdio: 'ignore' })
     return undefined
   } catch {
-    return 'promtool is not installed here (apt-get install prometheus): the exposition is not linted'
+    return `${command} is not installed here (apt-get install prometheus): ${what}`
   }
-})()
+}
+
+const noPromtool = missing('promtool', 'the exposition is not linted')
 
 if (noPromtool && process.env.CI) t.fail(`${noPromtool}; CI must lint the exposition`)
 else t.test('promtool check metrics: the scrape after traffic passes Prometheus\' own linter', { skip: noPromtool ?? false }, async (t) => {
@@ -290,14 +293,7 @@ t.test('without tracing, OpenMetrics carries no exemplars', async (t) => {
   t.notMatch(text, / # \{/)
 })
 
-const noPrometheus = (() => {
-  try {
-    execFileSync('prometheus', ['--version'], { stdio: 'ignore' })
-    return undefined
-  } catch {
-    return 'prometheus is not installed here (apt-get install prometheus): no real scrape'
-  }
-})()
+const noPrometheus = missing('prometheus', 'no real scrape')
 
 if (noPrometheus && process.env.CI) t.fail(`${noPrometheus}; CI must scrape with a real Prometheus`)
 else t.test('a real Prometheus scrapes the admin port in OpenMetrics and keeps the exemplars', { skip: noPrometheus ?? false }, async (t) => {

@@ -14,9 +14,7 @@ import tls from 'node:tls'
 import t, { type Test } from 'tap'
 import { issueCertificate, createCa } from '../../src/certs/generate.js'
 import { json, request } from '../fixtures/client.js'
-import { fakeClock } from '../fixtures/clock.js'
-import { proxied, startProxy } from '../fixtures/proxy.js'
-import { TICKET_KEY_ROTATION_MS } from '../../src/server/tls.js'
+import { proxied } from '../fixtures/proxy.js'
 import { fakeUpstream, pseudoRandomChunks, sha256Of, type Echo } from '../fixtures/upstream.js'
 import { SecretDir, devCerts, serialOf, servedSerial, serverCert } from '../fixtures/tls.js'
 
@@ -142,23 +140,6 @@ t.test('protocol and cipher policy, checked with openssl s_client', async (t) =>
   // `R` asks openssl to renegotiate once the handshake is done
   const reneg = await s_client(port, ['-tls1_2', '-cipher', 'ECDHE-RSA-AES128-GCM-SHA256'], 'R\n')
   t.match(reneg.output, /RENEGOTIATING[^]*no renegotiation/, 'a client-initiated renegotiation is refused')
-})
-
-t.test('session tickets: resumed with the key of the hour, a full handshake once the key is rotated', async (t) => {
-  const clock = fakeClock()
-  const dir = t.testdir({ 'tls.crt': server.cert, 'tls.key': server.key })
-  const up = await fakeUpstream().listen()
-  const proxy = await startProxy(up.url, { listener: { tls: { certFile: `${dir}/tls.crt`, keyFile: `${dir}/tls.key` } } }, { clock })
-  t.teardown(async () => {
-    await proxy.close()
-    await up.close()
-  })
-  const session = join(dir, 'session.pem')
-  const first = await s_client(proxy.port, ['-tls1_2', '-sess_out', session])
-  t.match(first.output, /^New, TLSv1\.2/m)
-  t.match((await s_client(proxy.port, ['-tls1_2', '-sess_in', session])).output, /^Reused, TLSv1\.2/m, 'resumed from its ticket')
-  clock.advance(TICKET_KEY_ROTATION_MS)
-  t.match((await s_client(proxy.port, ['-tls1_2', '-sess_in', session])).output, /^New, TLSv1\.2/m, 'after the rotation the old ticket opens nothing')
 })
 
 t.test('TLS 1.2 renegotiation is refused', async (t) => {
