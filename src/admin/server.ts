@@ -25,8 +25,7 @@ import type { Readiness } from './readiness.js'
 
 export interface AdminDeps {
   readiness: Readiness
-  /** The Prometheus scrape. */
-  /** The scrape, in the format `accept` (the scraper's Accept header) asks for. */
+  /** The Prometheus scrape, in the format `accept` (the scraper's Accept header) asks for. */
   metrics: (accept: string | undefined) => Promise<{ contentType: string; text: string }>
   logger: Logger
   /** Each backend's health, shown by /ready. */
