@@ -81,10 +81,10 @@ export async function startApp(initial: Config, deps: AppDeps): Promise<App> {
   metrics.watchBuffers(() => buffers.used)
   const backends: Backends = new Backends(
     initial,
-    { clock, logger, metrics, buffers, onHealth: (name) => latches.follow(name) },
+    { clock, logger, metrics, buffers, random: deps.random, onHealth: (name) => latches.follow(name) },
     await loadBackendTls(initial.backends),
   )
-  metrics.watchUpstreamConnections(() => backends.openConnections())
+  metrics.watchBackends(() => backends.figures())
   latches.set(gatingBackends(initial))
 
   // Tracing only when configured: the OTLP exporter is loaded then, and not otherwise.

@@ -149,6 +149,13 @@ export const ERRORS = {
     'the proxy is out of file descriptors (ulimit -n) or socket memory for a new upstream connection',
   ),
   overloaded: heldBack(503, 'the backend has limits.maxConcurrentRequests in flight and limits.maxPendingRequests waiting'),
+  // The app's capacity, as its concurrency limit finds it (backends[].concurrency): the app
+  // is blamed, but it did not fail, so no breaker counts it; gRPC clients read it as back-off.
+  concurrency_limited: {
+    ...heldBack(503, 'the backend is at its concurrency limit (backends[].concurrency): the request waited concurrency.maxWaitMs, or found limits.maxPendingRequests waiting'),
+    blame: 'upstream',
+    grpcStatus: GRPC.RESOURCE_EXHAUSTED,
+  },
   // The deadline passed while the request waited for one of the backend's pooled connections
   // (all held, e.g. by slow clients): the app never had it, and is not blamed.
   upstream_busy: heldBack(503, 'no connection to the backend came free before the deadline: its backends[].maxConnections are all in use'),

@@ -104,17 +104,27 @@ export function createMetrics(opts: { observer?: MetricsObserver; version?: stri
       this.set(readBuffered())
     },
   })
-  let readUpstreamConnections = (): Array<[string, number]> => []
-  new Gauge({
-    name: 'sidecar_upstream_connections',
-    help: 'Connections open to each backend now, busy or kept alive for reuse, the health checks\' included (Envoy\'s upstream_cx_active).',
-    labelNames: ['backend'] as const,
-    registers,
-    collect() {
-      this.reset() // a backend a reload removed is gone from the exposition
-      for (const [backend, n] of readUpstreamConnections()) this.set({ backend }, n)
-    },
-  })
+  // Per backend, read when scraped; reset first, so a backend a reload removed is gone
+  let readBackends = (): BackendFigures[] => []
+  const perBackend = (name: string, help: string, value: (b: BackendFigures) => number | undefined) =>
+    new Gauge({
+      name,
+      help,
+      labelNames: ['backend'] as const,
+      registers,
+      collect() {
+        this.reset()
+        for (const b of readBackends()) {
+          const v = value(b)
+          if (v !== undefined) this.set({ backend: b.backend }, v)
+        }
+      },
+    })
+  perBackend('sidecar_upstream_connections', 'Connections open to each backend now, busy or kept alive for reuse, the health checks\' included (Envoy\'s upstream_cx_active).', (b) => b.connections)
+  perBackend('sidecar_upstream_requests_in_flight', 'Attempts holding a slot of each backend now (sent, or being sent; until the response body is done).', (b) => b.active)
+  perBackend('sidecar_upstream_requests_queued', 'Attempts waiting for a slot of each backend now (its concurrency limit or limits.maxConcurrentRequests reached).', (b) => b.waiting)
+  perBackend('sidecar_concurrency_limit', 'Each backend\'s concurrency limit now (backends[].concurrency; adaptive ones move with the app\'s latency); none without one.', (b) => b.limit)
+  perBackend('sidecar_concurrency_min_latency_seconds', 'The unloaded latency an adaptive concurrency limit compares the app\'s latency with, once measured.', (b) => (b.minRttMs === undefined ? undefined : b.minRttMs / 1000))
   const drainingGauge = new Gauge({
     name: 'sidecar_draining',
     help: '1 from the start of a drain (SIGTERM, POST /drain) until the process exits, else 0.',
@@ -475,9 +485,10 @@ export function createMetrics(opts: { observer?: MetricsObserver; version?: stri
     watchBuffers(read: () => number): void {
       readBuffered = read
     },
-    /** sidecar_upstream_connections is read from `read` when scraped. */
-    watchUpstreamConnections(read: () => Array<[string, number]>): void {
-      readUpstreamConnections = read
+    /** The per-backend gauges (connections, in flight, queued, concurrency) are read from
+     *  `read` when scraped. */
+    watchBackends(read: () => BackendFigures[]): void {
+      readBackends = read
     },
     /** Spans of sampled requests that were not exported: spans_dropped_total. */
     countSpansDropped(reason: 'queue_full' | 'export_failed', n: number): void {
@@ -598,6 +609,17 @@ export function toOpenMetrics(text: string, exemplars: ReadonlyMap<string, strin
     }
   }
   return `${out.join('\n')}\n# EOF\n`
+}
+
+/** One backend's figures, read when scraped. */
+export interface BackendFigures {
+  backend: string
+  connections: number
+  active: number
+  waiting: number
+  /** Its concurrency limit, when it has one; the unloaded latency an adaptive one found (ms). */
+  limit: number | undefined
+  minRttMs: number | undefined
 }
 
 /** What the listener is asked for when scraped: requests in flight, and its connections'

@@ -38,6 +38,7 @@ t.test('the catalogue: every code has a status and a message, and statuses follo
     no_backend: 503,
     local_resources_exhausted: 503,
     overloaded: 503,
+    concurrency_limited: 503,
     upstream_busy: 503,
     too_many_tunnels: 503,
     too_many_connections: 503,

@@ -54,6 +54,9 @@ export function statusOf(s: StatusSources) {
         health: live?.health ?? null,
         breaker: live?.breaker ?? 'closed',
         inFlight: live?.inFlight ?? { active: 0, waiting: 0 },
+        /** backends[].concurrency: the limit in force, and when adaptive its phase and the
+         *  latencies it follows (ms); null without a limit. */
+        concurrency: live?.concurrency ?? null,
         connections: live?.connections ?? 0,
         lastMinute: { ...recent, percent: percent(recent.requests, answered) },
       }

@@ -72,6 +72,31 @@ const backendSchema = z.strictObject({
     })
     .superRefine(certAndKeyTogether)
     .optional(),
+  /** A limit on the requests in flight to this backend, past which requests wait in line
+   *  (limits.maxPendingRequests of them, for maxWaitMs at most), then get 503
+   *  concurrency_limited. `adaptive`: the limit found from the app's latency (Envoy's gradient
+   *  controller, upstream/concurrency.ts); `fixed`: a number. Off without it. */
+  concurrency: z
+    .strictObject({
+      adaptive: z
+        .strictObject({
+          min: z.number().int().min(1).max(10_000).default(3),
+          max: z.number().int().min(1).max(100_000).default(1000),
+          sampleWindowMs: ms(100),
+          percentile: z.number().gt(0, 'must be above 0 (0.5 is the median)').max(1).default(0.5),
+          tolerance: z.number().min(0).max(10).default(0.25),
+          minRttIntervalMs: ms(60_000),
+          minRttRequests: z.number().int().min(1).max(100_000).default(50),
+          jitter: z.number().min(0).max(0.5).default(0.1),
+        })
+        .refine((a) => a.min <= a.max, { path: ['min'], message: 'must not exceed max' })
+        .optional(),
+      fixed: z.number().int().min(1).max(1_000_000).optional(),
+      /** How long a request may wait for its turn. */
+      maxWaitMs: ms(1_000),
+    })
+    .refine((c) => (c.adaptive === undefined) !== (c.fixed === undefined), { message: 'needs one of adaptive: {...} or fixed: N' })
+    .optional(),
   healthCheck: z
     .strictObject({
       path: z.string().startsWith('/', 'must start with /').default('/'),

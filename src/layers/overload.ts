@@ -15,7 +15,7 @@ import { pass } from '../pipeline/compose.js'
 import type { Place } from '../pipeline/holders.js'
 import { mostStalled } from '../pipeline/pressure.js'
 import type { ClientProgress, Layer, ProxyResponse, Reply, RequestContext } from '../pipeline/types.js'
-import type { Gate, Waiter } from '../upstream/backends.js'
+import type { Gate, Waiter } from '../upstream/gate.js'
 
 export interface OverloadOptions {
   maxConcurrentRequests: number
@@ -28,9 +28,10 @@ export function createOverloadLayer(opts: OverloadOptions, deps: { metrics: Metr
     const backend = ctx.backend ?? 'none'
     const gate = deps.gateOf(backend)
     if (!gate) return next(req, ctx, reply)
-    if (gate.active < opts.maxConcurrentRequests) {
+    const most = opts.maxConcurrentRequests
+    if (gate.active < Math.min(most, gate.limit)) {
       gate.active++
-      return pass(next, req, ctx, new Slot(gate, ctx, reply))
+      return pass(next, req, ctx, new Slot(gate, ctx, reply, most))
     }
     // the freed slot passes to the next in line (Slot.release)
     const stalled = mostStalled(gate.holders, deps.clock.now())
@@ -38,9 +39,12 @@ export function createOverloadLayer(opts: OverloadOptions, deps: { metrics: Metr
       gate.holders.remove(stalled)
       stalled.holder.progress.evict('requests')
     }
+    // held back by the backend's concurrency limit (its capacity), or by limits.maxConcurrentRequests
+    const code = gate.limit < most ? 'concurrency_limited' : 'overloaded'
     const overloaded = () => {
-      deps.metrics.countRejection('overloaded')
-      return new SidecarError('overloaded', { detail: `${gate.active} in flight and ${gate.waiting} waiting for backend ${backend}`, retryAfterSeconds: 1 })
+      deps.metrics.countRejection(code)
+      const limit = code === 'concurrency_limited' ? ` (its concurrency limit is ${gate.limit})` : ''
+      return new SidecarError(code, { detail: `${gate.active} in flight${limit} and ${gate.waiting} waiting for backend ${backend}`, retryAfterSeconds: 1 })
     }
     if (gate.waiting >= opts.maxPendingRequests) {
       // The queue is full: the connection waiting most gives up its newest place to a newcomer
@@ -52,8 +56,8 @@ export function createOverloadLayer(opts: OverloadOptions, deps: { metrics: Metr
       gate.leave(connection, turnedAway)
       turnedAway.refuse(overloaded())
     }
-    waitForSlot(gate, ctx.connection, ctx.attemptSignal).then(
-      () => pass(next, req, ctx, new Slot(gate, ctx, reply)),
+    waitForSlot(gate, ctx.connection, ctx.attemptSignal, deps.clock, overloaded).then(
+      () => pass(next, req, ctx, new Slot(gate, ctx, reply, most)),
       (err: unknown) => reply.fail(err),
     )
   }
@@ -65,16 +69,22 @@ class Slot implements Reply {
   readonly progress: ClientProgress
   private readonly place: Place<{ readonly progress: ClientProgress }>
 
+  /** performance.now() when the slot was taken: the latency the concurrency limit follows. */
+  private readonly start = performance.now()
+
+  /** `most`: limits.maxConcurrentRequests, the ceiling besides the backend's concurrency limit. */
   constructor(
     private readonly gate: Gate,
     ctx: RequestContext,
     private readonly up: Reply,
+    private readonly most: number,
   ) {
     this.progress = ctx.progress
     this.place = gate.holders.add(this)
   }
 
   ok(response: ProxyResponse): void {
+    this.gate.limiter?.sample(performance.now() - this.start, this.gate.active)
     const body = response.body
     if (body === null || Buffer.isBuffer(body)) this.release()
     else body.once('close', () => this.release())
@@ -89,32 +99,42 @@ class Slot implements Reply {
   private release(): void {
     if (!this.held) return
     this.held = false
-    this.gate.holders.remove(this.place)
-    const waiter = this.gate.next()
-    if (waiter) waiter.take() // the slot passes straight to the next in line
-    else this.gate.active--
+    const gate = this.gate
+    gate.holders.remove(this.place)
+    // the slot passes straight to the next in line, unless the limit has come down meanwhile
+    const waiter = gate.active <= Math.min(this.most, gate.limit) ? gate.next() : undefined
+    if (waiter) waiter.take()
+    else gate.active--
   }
 }
 
 /** Queues for a slot, in its connection's line; gives up when the attempt's signal aborts
- *  (client gone, or deadline), or when turned away for a newcomer (the queue full). */
-function waitForSlot(gate: Gate, connection: object, signal: Cancel): Promise<void> {
+ *  (client gone, or deadline), after the backend's concurrency.maxWaitMs (`tooLong`'s error),
+ *  or when turned away for a newcomer (the queue full). */
+function waitForSlot(gate: Gate, connection: object, signal: Cancel, clock: Clock, tooLong: () => Error): Promise<void> {
   return new Promise((resolve, reject) => {
     if (signal.aborted) return reject(signal.reason)
+    const done = () => {
+      unregister()
+      stopTimer?.()
+    }
     const waiter: Waiter = {
       take: () => {
-        unregister()
+        done()
         resolve()
       },
       refuse: (err) => {
-        unregister()
+        done()
         reject(err)
       },
     }
-    const unregister = signal.onAbort((reason) => {
+    const giveUp = (reason: unknown) => {
+      done()
       gate.leave(connection, waiter)
       reject(reason)
-    })
+    }
+    const unregister = signal.onAbort(giveUp)
+    const stopTimer = gate.maxWaitMs > 0 ? clock.timeout(gate.maxWaitMs, () => giveUp(tooLong())) : undefined
     gate.wait(connection, waiter)
   })
 }

@@ -6,12 +6,13 @@ import type { Clock } from '../clock.js'
 import type { Config } from '../config/schema.js'
 import { SidecarError } from '../errors.js'
 import type { Logger } from '../log.js'
-import type { Metrics } from '../metrics.js'
+import type { BackendFigures, Metrics } from '../metrics.js'
 import type { BufferBudget } from '../pipeline/buffers.js'
-import { Holders } from '../pipeline/holders.js'
-import type { ClientProgress, Handler } from '../pipeline/types.js'
+import type { Handler } from '../pipeline/types.js'
 import { Breaker, type BreakerState } from './breaker.js'
 import { Upstream, type PoolOptions } from './client.js'
+import { Gate } from './gate.js'
+import type { ConcurrencyState } from './concurrency.js'
 import { HealthCheck, type BackendHealth } from './health.js'
 import { WatchedMaterial } from '../certs/material.js'
 import { HandshakeLog, loadUpstreamTls, namedTls, sameTls, tlsFiles, type UpstreamTls } from './tls.js'
@@ -27,71 +28,8 @@ export interface BackendsDeps {
   metrics: Metrics
   /** Told every health verdict (readiness follows the gating backends'), and whether it changed. */
   onHealth?: (backend: string, health: BackendHealth, changed: boolean) => void
-}
-
-/** An attempt waiting for a slot: given one, or turned away. */
-export interface Waiter {
-  take(): void
-  refuse(err: Error): void
-}
-
-/** The overload layer's count for one backend: attempts holding a slot (and their clients, the
- *  ceiling evicts the most stalled of: layers/overload.ts), and those queued for one. It
- *  outlives a reload, so requests still running on the old config count against the new one. */
-export class Gate {
-  active = 0
-  readonly holders = new Holders<{ readonly progress: ClientProgress }>()
-  /** Waiting attempts per client connection, the connections in turn (a Map keeps order: the
-   *  one served goes to the back): one connection's hundred waiting requests do not keep
-   *  another's one waiting behind them all. */
-  private readonly queues = new Map<object, Waiter[]>()
-  private count = 0
-
-  get waiting(): number {
-    return this.count
-  }
-
-  wait(connection: object, waiter: Waiter): void {
-    let queue = this.queues.get(connection)
-    if (!queue) this.queues.set(connection, (queue = []))
-    queue.push(waiter)
-    this.count++
-  }
-
-  /** `waiter` gives up (or is turned away); false if it was not waiting. */
-  leave(connection: object, waiter: Waiter): boolean {
-    const queue = this.queues.get(connection)
-    const i = queue ? queue.indexOf(waiter) : -1
-    if (i < 0) return false
-    queue!.splice(i, 1)
-    this.count--
-    if (queue!.length === 0) this.queues.delete(connection)
-    return true
-  }
-
-  /** The next waiter: the first of the connection whose turn it is. */
-  next(): Waiter | undefined {
-    for (const [connection, queue] of this.queues) {
-      const waiter = queue.shift()!
-      this.count--
-      this.queues.delete(connection)
-      if (queue.length > 0) this.queues.set(connection, queue) // to the back of the turn
-      return waiter
-    }
-    return undefined
-  }
-
-  /** The connection with the most waiting, and how many. */
-  busiest(): [object, Waiter[]] | undefined {
-    let most: [object, Waiter[]] | undefined
-    for (const entry of this.queues) if (!most || entry[1].length > most[1].length) most = entry
-    return most
-  }
-
-  /** How many `connection` has waiting. */
-  waitingOn(connection: object): number {
-    return this.queues.get(connection)?.length ?? 0
-  }
+  /** [0, 1): the jitter of adaptive concurrency limits (Math.random unless a test brings its own). */
+  random?: (() => number) | undefined
 }
 
 /** One backend's parts, and the settings each was built from: a part is rebuilt only when its own
@@ -116,6 +54,9 @@ export interface BackendSnapshot {
   health: BackendHealth
   breaker: BreakerState
   inFlight: { active: number; waiting: number }
+  /** Its concurrency limit (backends[].concurrency), when it has one: the limit now and, when
+   *  adaptive, the phase and latencies it follows. */
+  concurrency: ({ limit: number } & Partial<ConcurrencyState>) | undefined
   /** Connections open to it now, busy or kept alive (sidecar_upstream_connections). */
   connections: number
 }
@@ -147,15 +88,30 @@ export class Backends {
   /** The health checks' verdict; a name not checked is not held against anyone. */
   isHealthy = (name: string): boolean => this.byName.get(name)?.health.healthy ?? true
 
-  /** Per backend, the connections open to it now (sidecar_upstream_connections). Pools a reload
-   *  replaced are left out: they close once what they had in flight is done. */
-  openConnections(): Array<[string, number]> {
-    return [...this.byName.values()].map((b) => [b.name, b.upstream.openConnections])
+  /** Per backend, what the per-backend gauges show. Pools a reload replaced are left out: they
+   *  close once what they had in flight is done. */
+  figures(): BackendFigures[] {
+    return [...this.byName.values()].map(({ name, gate, upstream }) => ({
+      backend: name,
+      connections: upstream.openConnections,
+      active: gate.active,
+      waiting: gate.waiting,
+      limit: gate.limit === Infinity ? undefined : gate.limit,
+      minRttMs: gate.limiter?.state().minRttMs,
+    }))
   }
 
   snapshot(name: string): BackendSnapshot | undefined {
     const b = this.byName.get(name)
-    return b && { health: b.health.health(), breaker: b.breaker.state, inFlight: { active: b.gate.active, waiting: b.gate.waiting }, connections: b.upstream.openConnections }
+    if (!b) return undefined
+    const { gate } = b
+    return {
+      health: b.health.health(),
+      breaker: b.breaker.state,
+      inFlight: { active: gate.active, waiting: gate.waiting },
+      concurrency: gate.limit === Infinity ? undefined : { limit: gate.limit, ...gate.limiter?.state() },
+      connections: b.upstream.openConnections,
+    }
   }
 
   /**
@@ -194,6 +150,7 @@ export class Backends {
       }
       const sameApp = backend.config.url === b.url
       backend.config = b
+      this.limitConcurrency(backend)
       if (backend.keys.pool !== keys.pool) this.replacePool(backend, pool)
       if (backend.keys.breaker !== keys.breaker) {
         backend.breaker.shutdown()
@@ -254,10 +211,16 @@ export class Backends {
       handshakes: new HandshakeLog(b.name, this.deps.logger),
     } as Backend
     backend.upstream = this.newUpstream(backend, pool)
+    this.limitConcurrency(backend)
     backend.health = this.healthCheck(backend)
     backend.tlsFiles = this.watchTls(backend)
     this.byName.set(b.name, backend)
     if (this.started) backend.health.start()
+  }
+
+  /** The gate follows backends[].concurrency (an adaptive limit keeps its state). */
+  private limitConcurrency(backend: Backend): void {
+    backend.gate.configure(backend.config.concurrency, { ...this.deps, random: this.deps.random ?? Math.random }, backend.name)
   }
 
   private healthCheck(backend: Backend, previous?: HealthCheck): HealthCheck {
@@ -320,6 +283,7 @@ export class Backends {
     backend.tlsFiles?.close()
     backend.health.stop()
     backend.breaker.shutdown()
+    backend.gate.limiter?.stop()
     this.retire(backend.upstream)
   }
 

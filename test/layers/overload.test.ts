@@ -2,7 +2,7 @@ import { Readable } from 'node:stream'
 import t from 'tap'
 import { SidecarError } from '../../src/errors.js'
 import { createOverloadLayer } from '../../src/layers/overload.js'
-import { Gate } from '../../src/upstream/backends.js'
+import { Gate } from '../../src/upstream/gate.js'
 import type { ProxyResponse } from '../../src/pipeline/types.js'
 import { context, deps, drive, metricValue, proxyRequest, type AsyncHandler } from '../fixtures/pipeline.js'
 import { Cancel } from '../../src/pipeline/cancel.js'
@@ -160,4 +160,92 @@ t.test('waiting requests are served by client connection in turn; a full queue t
   t.same(await Promise.all([first, aWaiting[0], aWaiting[1], bOne]), [200, 200, 200, 200])
   t.same(order, ['a0', 'a1', 'b1', 'a2'], 'b waited behind one of a, not behind all of them')
   t.equal(await metricValue(d, 'sidecar_rejected_requests_total', { reason: 'overloaded' }), 1)
+})
+
+/** A gate with a fixed concurrency limit of `limit` (backends[].concurrency.fixed). */
+function limited(limit: number, maxWaitMs = 1000) {
+  const gate = new Gate()
+  gate.configure({ fixed: limit, maxWaitMs }, { clock: fakeClock(), logger: deps().logger, random: () => 0.5 }, 'app')
+  return gate
+}
+
+t.test('a concurrency limit below maxConcurrentRequests: past it requests wait their turn, then 503 concurrency_limited after maxWaitMs', async (t) => {
+  const d = deps()
+  const clock = fakeClock()
+  const gate = limited(2, 500)
+  const { next, pending } = held()
+  const handler = drive(createOverloadLayer({ maxConcurrentRequests: 100, maxPendingRequests: 10 }, { ...d, clock, gateOf: () => gate }))(next)
+  const results = Array.from({ length: 4 }, () => handler(proxyRequest(), context({ backend: 'app' })).then((r) => r.status, (e: SidecarError) => e))
+  await tick()
+  t.equal(pending.length, 2, 'two at once: the limit')
+  t.equal(gate.waiting, 2)
+  pending[0]!({ status: 200, headers: {}, body: null })
+  await tick()
+  t.equal(pending.length, 3, 'a freed slot goes to the first in line')
+  clock.advance(500)
+  const refused = (await results[3]) as SidecarError
+  t.match(refused, { code: 'concurrency_limited', status: 503, retryAfterSeconds: 1 }, 'the last waited maxWaitMs')
+  t.match(refused.detail, /2 in flight \(its concurrency limit is 2\)/)
+  t.equal(gate.waiting, 0, 'and left the line')
+  t.equal(await metricValue(d, 'sidecar_rejected_requests_total', { reason: 'concurrency_limited' }), 1)
+})
+
+t.test('a full line under a concurrency limit is refused as concurrency_limited, not overloaded', async (t) => {
+  const d = deps()
+  const gate = limited(1)
+  const { next } = held()
+  const handler = drive(createOverloadLayer({ maxConcurrentRequests: 100, maxPendingRequests: 1 }, { ...d, clock: fakeClock(), gateOf: () => gate }))(next)
+  const results = Array.from({ length: 3 }, () => handler(proxyRequest(), context({ backend: 'app' })).then((r) => r.status, (e: SidecarError) => e.code))
+  await tick()
+  t.equal(await results[2], 'concurrency_limited')
+})
+
+t.test('the limit raised: waiters come in at once; lowered: a freed slot is not passed on while over it', async (t) => {
+  const d = deps()
+  const gate = limited(1)
+  const { next, pending } = held()
+  const handler = drive(createOverloadLayer({ maxConcurrentRequests: 100, maxPendingRequests: 10 }, { ...d, clock: fakeClock(), gateOf: () => gate }))(next)
+  const results = Array.from({ length: 4 }, () => handler(proxyRequest(), context({ backend: 'app' })).then((r) => r.status))
+  await tick()
+  t.equal(pending.length, 1)
+  gate.configure({ fixed: 3, maxWaitMs: 1000 }, { clock: fakeClock(), logger: d.logger, random: () => 0.5 }, 'app')
+  await tick()
+  t.equal(pending.length, 3, 'raised to 3: two waiters in')
+  t.same({ active: gate.active, waiting: gate.waiting }, { active: 3, waiting: 1 })
+  gate.configure({ fixed: 1, maxWaitMs: 1000 }, { clock: fakeClock(), logger: d.logger, random: () => 0.5 }, 'app')
+  pending[0]!({ status: 200, headers: {}, body: null })
+  pending[1]!({ status: 200, headers: {}, body: null })
+  await tick()
+  t.equal(pending.length, 3, 'lowered to 1: the freed slots are not passed on')
+  t.same({ active: gate.active, waiting: gate.waiting }, { active: 1, waiting: 1 })
+  pending[2]!({ status: 200, headers: {}, body: null })
+  await tick()
+  t.equal(pending.length, 4, 'back under the limit: the next in line comes in')
+  pending[3]!({ status: 200, headers: {}, body: null })
+  t.same(await Promise.all(results), [200, 200, 200, 200])
+})
+
+t.test('an adaptive limit is fed each answer\'s latency and the requests in flight then', async (t) => {
+  const d = deps()
+  const clock = fakeClock()
+  const gate = new Gate()
+  gate.configure(
+    { adaptive: { min: 2, max: 100, sampleWindowMs: 100, percentile: 0.5, tolerance: 0.25, minRttIntervalMs: 60_000, minRttRequests: 2, jitter: 0 }, maxWaitMs: 1000 },
+    { clock, logger: d.logger, random: () => 0.5 },
+    'app',
+  )
+  t.equal(gate.limit, 2, 'starts at min, measuring')
+  const { next, pending } = held()
+  const handler = drive(createOverloadLayer({ maxConcurrentRequests: 100, maxPendingRequests: 10 }, { ...d, clock, gateOf: () => gate }))(next)
+  const results = Array.from({ length: 2 }, () => handler(proxyRequest(), context({ backend: 'app' })).then((r) => r.status))
+  await tick()
+  await new Promise((resolve) => setTimeout(resolve, 20))
+  for (const answer of pending) answer({ status: 200, headers: {}, body: null })
+  t.same(await Promise.all(results), [200, 200])
+  const state = gate.limiter!.state()
+  t.equal(state.phase, 'adapting', 'two samples: the minimum measured')
+  t.ok(state.minRttMs! >= 15 && state.minRttMs! < 1000, `from the slots' real latency (${state.minRttMs} ms)`)
+  gate.configure(undefined, { clock, logger: d.logger, random: () => 0.5 }, 'app')
+  t.equal(gate.limit, Infinity, 'the limit lifted by a reload that removes it')
+  t.equal(gate.limiter, undefined)
 })
