@@ -152,7 +152,7 @@ export const ERRORS = {
   // The app's capacity, as its concurrency limit finds it (backends[].concurrency): the app
   // is blamed, but it did not fail, so no breaker counts it; gRPC clients read it as back-off.
   concurrency_limited: {
-    ...heldBack(503, 'the backend is at its concurrency limit (backends[].concurrency): the request waited concurrency.maxWaitMs, or found the line full'),
+    ...heldBack(503, 'the backend is at its concurrency limit (backends[].concurrency): the request waited concurrency.maxWaitMs, or found limits.maxPendingRequests waiting'),
     blame: 'upstream',
     grpcStatus: GRPC.RESOURCE_EXHAUSTED,
   },

@@ -73,7 +73,7 @@ const backendSchema = z.strictObject({
     .superRefine(certAndKeyTogether)
     .optional(),
   /** A limit on the requests in flight to this backend, past which requests wait in line
-   *  (as many as the limit, for maxWaitMs at most), then get 503
+   *  (limits.maxPendingRequests of them, for maxWaitMs at most), then get 503
    *  concurrency_limited. `adaptive`: the limit found from the app's latency (Envoy's gradient
    *  controller, upstream/concurrency.ts); `fixed`: a number. Off without it. */
   concurrency: z

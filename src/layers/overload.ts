@@ -46,9 +46,7 @@ export function createOverloadLayer(opts: OverloadOptions, deps: { metrics: Metr
       const limit = code === 'concurrency_limited' ? ` (its concurrency limit is ${gate.limit})` : ''
       return new SidecarError(code, { detail: `${gate.active} in flight${limit} and ${gate.waiting} waiting for backend ${backend}`, retryAfterSeconds: 1 })
     }
-    // under a concurrency limit the line holds as many as the limit: each waits about one
-    // answer's time, so what is answered stays fast and the rest is refused early
-    if (gate.waiting >= Math.min(opts.maxPendingRequests, gate.limit)) {
+    if (gate.waiting >= opts.maxPendingRequests) {
       // The queue is full: the connection waiting most gives up its newest place to a newcomer
       // from a connection waiting less; else the newcomer is turned away.
       const busiest = gate.busiest()
