@@ -29,6 +29,7 @@ export function createOverloadLayer(opts: OverloadOptions, deps: { metrics: Metr
     const gate = deps.gateOf(backend)
     if (!gate) return next(req, ctx, reply)
     const most = opts.maxConcurrentRequests
+    gate.most = most
     if (gate.active < Math.min(most, gate.limit)) {
       gate.active++
       return pass(next, req, ctx, new Slot(gate, ctx, reply, most))

@@ -23,6 +23,9 @@ export class Gate {
    *  may wait for its turn under it (0: as long as its own deadline allows). */
   limit = Infinity
   maxWaitMs = 0
+  /** limits.maxConcurrentRequests as the last request's route had it (the overload layer sets
+   *  it): the ceiling besides `limit` when a raised limit lets waiters in. */
+  most = Infinity
   /** The adaptive limit's state machine, when the limit is adaptive. */
   limiter: AdaptiveLimit | undefined
   readonly holders = new Holders<{ readonly progress: ClientProgress }>()
@@ -80,7 +83,7 @@ export class Gate {
 
   /** Under a raised limit, waiters come in while there is room. */
   admit(): void {
-    while (this.active < this.limit) {
+    while (this.active < Math.min(this.limit, this.most)) {
       const waiter = this.next()
       if (!waiter) return
       this.active++
@@ -106,9 +109,10 @@ export class Gate {
       onChange: (limit) => {
         this.limit = limit
         this.admit()
-        // said when it moved by more than half since last said: a step, not every window's wobble
-        if (Math.abs(limit - logged) > logged / 2) {
-          deps.logger.info({ backend, limit, previous: logged, ...this.limiter?.state() }, 'concurrency limit moved')
+        // said when it moved by more than half since last said: a step, not every window's
+        // wobble, nor the pin to `min` while the minimum latency is measured
+        if (this.limiter?.state().phase === 'adapting' && Math.abs(limit - logged) > logged / 2) {
+          deps.logger.info({ backend, ...this.limiter.state(), previous: logged }, 'concurrency limit moved')
           logged = limit
         }
       },

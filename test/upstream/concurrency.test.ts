@@ -5,6 +5,8 @@
 import t from 'tap'
 import { AdaptiveLimit, percentile, type AdaptiveConcurrencyOptions } from '../../src/upstream/concurrency.js'
 import { fakeClock } from '../fixtures/clock.js'
+import { deps } from '../fixtures/pipeline.js'
+import { Gate } from '../../src/upstream/gate.js'
 
 const OPTS: AdaptiveConcurrencyOptions = { min: 3, max: 200, sampleWindowMs: 100, percentile: 0.5, tolerance: 0.25, minRttIntervalMs: 60_000, minRttRequests: 10, jitter: 0.1 }
 
@@ -118,4 +120,30 @@ t.test('percentile: nearest rank', async (t) => {
   t.equal(percentile([5, 1, 4, 2, 3], 1), 5)
   t.equal(percentile([5, 1, 4, 2, 3], 0.01), 1)
   t.equal(percentile([7], 0.9), 7)
+})
+
+t.test('the gate logs a move of its adaptive limit by more than half, never the pin while the minimum is measured', async (t) => {
+  const d = deps()
+  const clock = fakeClock()
+  const gate = new Gate()
+  gate.configure({ adaptive: { ...OPTS, minRttRequests: 2 }, maxWaitMs: 1000 }, { clock, logger: d.logger, random: () => 0.5 }, 'app')
+  t.teardown(() => gate.limiter?.stop())
+  const feed = (ms: number, windows: number) => {
+    for (let w = 0; w < windows; w++) {
+      for (let i = 0; i < 20; i++) gate.limiter!.sample(ms, gate.limit)
+      clock.advance(OPTS.sampleWindowMs)
+    }
+  }
+  gate.limiter!.sample(10, 3)
+  gate.limiter!.sample(10, 3)
+  feed(10, 3) // 3 -> 6 -> 10 -> 16
+  const moved = () => d.lines.filter((l) => l.msg === 'concurrency limit moved')
+  t.match(moved(), [{ backend: 'app', limit: 6, previous: 3 }, { limit: 10, previous: 6 }, { limit: 16, previous: 10 }], 'each step by more than half')
+  t.equal(gate.limit, 16, 'the gate follows the limit')
+  clock.advance(OPTS.minRttIntervalMs)
+  t.equal(gate.limit, 3, 'pinned to min to measure')
+  gate.limiter!.sample(10, 3)
+  gate.limiter!.sample(10, 3)
+  t.equal(gate.limit, 16, 'given back')
+  t.equal(moved().length, 3, 'neither the pin nor its end logged')
 })
