@@ -70,8 +70,9 @@ class Slot implements Reply {
   readonly progress: ClientProgress
   private readonly place: Place<{ readonly progress: ClientProgress }>
 
-  /** performance.now() when the slot was taken: the latency the concurrency limit follows. */
-  private readonly start = performance.now()
+  /** performance.now() when the slot was taken, for an adaptive concurrency limit (the
+   *  latency it follows); 0 without one. */
+  private readonly start: number
 
   /** `most`: limits.maxConcurrentRequests, the ceiling besides the backend's concurrency limit. */
   constructor(
@@ -82,6 +83,7 @@ class Slot implements Reply {
   ) {
     this.progress = ctx.progress
     this.place = gate.holders.add(this)
+    this.start = gate.limiter === undefined ? 0 : performance.now()
   }
 
   ok(response: ProxyResponse): void {
