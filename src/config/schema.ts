@@ -95,7 +95,7 @@ const backendSchema = z.strictObject({
       /** How long a request may wait for its turn. */
       maxWaitMs: ms(1_000),
     })
-    .refine((c) => (c.adaptive === undefined) !== (c.fixed === undefined), { message: 'needs one of adaptive: {...} or fixed: N' })
+    .refine((c) => (c.adaptive === undefined) !== (c.fixed === undefined), { message: 'takes exactly one of adaptive: {...} or fixed: N' })
     .optional(),
   healthCheck: z
     .strictObject({

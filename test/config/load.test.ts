@@ -148,3 +148,13 @@ t.test('gRPC backends: h2c over http://, the gRPC health check only with h2c, gR
   t.match(problems({ backends: [{ name: 'app', url: 'http://127.0.0.1:1', protocol: 'h3' }] }), [/^backends\[0\]\.protocol: /])
   t.equal(validateConfig({}).backends[0]!.protocol, 'http1', 'HTTP/1.1 unless told')
 })
+
+t.test('backends[].concurrency: exactly one of adaptive or fixed, bounds in order, each problem at its path', async (t) => {
+  const of = (concurrency: unknown) => problems({ backends: [{ name: 'app', url: 'http://127.0.0.1:8080', concurrency }] })
+  t.same(of({}), ['backends[0].concurrency: takes exactly one of adaptive: {...} or fixed: N'])
+  t.same(of({ adaptive: {}, fixed: 3 }), ['backends[0].concurrency: takes exactly one of adaptive: {...} or fixed: N'])
+  t.same(of({ adaptive: { min: 50, max: 10 } }), ['backends[0].concurrency.adaptive.min: must not exceed max'])
+  t.same(of({ fixed: 0 }), ['backends[0].concurrency.fixed: Too small: expected number to be >=1'])
+  const adaptive = validateConfig({ backends: [{ name: 'app', url: 'http://127.0.0.1:8080', concurrency: { adaptive: {} } }] }).backends[0]!.concurrency
+  t.same(adaptive, { adaptive: { min: 3, max: 1000, sampleWindowMs: 100, percentile: 0.5, tolerance: 0.25, minRttIntervalMs: 60_000, minRttRequests: 50, jitter: 0.1 }, maxWaitMs: 1000 }, "Envoy's defaults, a 1 s wait")
+})
