@@ -35,11 +35,16 @@ const STYLE = `
   svg .requests { fill: #9db6ea; }
   svg .errors { fill: #d92d20; }
   svg .axis { stroke: #c8cfdb; }
+  svg .limit { fill: none; stroke: #d97706; stroke-width: 2; }
+  svg .active { fill: none; stroke: #2f5fbf; stroke-width: 2; }
   svg text { font-size: 11px; fill: #5b6579; }
   .legend span { margin-right: 12px; }
   .legend .requests::before, .legend .errors::before { content: ""; display: inline-block; width: 10px; height: 10px; margin-right: 4px; }
   .legend .requests::before { background: #9db6ea; }
   .legend .errors::before { background: #d92d20; }
+  .legend .limit::before, .legend .active::before { content: ""; display: inline-block; width: 10px; height: 2px; margin: 0 4px 3px 0; }
+  .legend .limit::before { background: #d97706; }
+  .legend .active::before { background: #2f5fbf; }
   dl { display: grid; grid-template-columns: max-content 1fr; gap: 4px 16px; margin: 0; }
   dt { color: #5b6579; }
   dd { margin: 0; overflow-wrap: anywhere; }
@@ -113,6 +118,7 @@ function render(s) {
   renderReadiness(s)
   renderBackends(s)
   renderChart(s.series, s.lastMinute)
+  renderConcurrency(s.backends)
   renderRetries(s.retries, s.rejections)
   renderCertificate(s.certificate)
   renderRoutes(s.routes, s.mirror)
@@ -146,7 +152,7 @@ function renderBackends(s) {
       { text: b.weight + ' (' + b.weightPercent + '%)', className: 'num' },
       { node: renderHealth(b.health) },
       { node: el('span', 'badge ' + ({ closed: 'ok', 'half-open': 'warn', open: 'bad' }[b.breaker] ?? 'unknown'), b.breaker) },
-      { text: b.inFlight.active + ' / ' + b.inFlight.waiting, className: 'num' },
+      { text: b.inFlight.active + ' / ' + b.inFlight.waiting + (b.concurrency ? ' (limit ' + b.concurrency.limit + ')' : ''), className: 'num' },
       { text: b.connections, className: 'num' },
       { text: b.lastMinute.requests + ' / ' + b.lastMinute.errors, className: 'num' },
       { node: share },
@@ -176,6 +182,53 @@ function renderHealth(h) {
   return box
 }
 
+/** Each backend's concurrency limit and its attempts in flight, as this page saw them at each
+ *  refresh (the last 5 minutes at most; /status keeps no history of them). */
+const CONCURRENCY_POINTS = 150
+const concurrencyHistory = new Map()
+
+function renderConcurrency(backends) {
+  const limited = backends.filter((b) => b.concurrency)
+  document.getElementById('concurrency-section').hidden = limited.length === 0
+  const charts = limited.map((b) => {
+    const points = concurrencyHistory.get(b.name) ?? []
+    points.push({ at: new Date(), limit: b.concurrency.limit, active: b.inFlight.active, waiting: b.inFlight.waiting })
+    if (points.length > CONCURRENCY_POINTS) points.shift()
+    concurrencyHistory.set(b.name, points)
+    const W = 600, H = 120, top = 10, bottom = 20, left = 40
+    const max = Math.max(1, ...points.map((p) => Math.max(p.limit, p.active)))
+    const x = (i) => left + (i / (CONCURRENCY_POINTS - 1)) * (W - left)
+    const y = (n) => H - bottom - (n / max) * (H - top - bottom)
+    const line = (key) => points.map((p, i) => x(CONCURRENCY_POINTS - points.length + i).toFixed(1) + ',' + y(p[key]).toFixed(1)).join(' ')
+    const svg = svgOf(W, H)
+    svg.el.setAttribute('data-backend', b.name)
+    svg.add('line', { class: 'axis', x1: left, x2: W, y1: H - bottom, y2: H - bottom })
+    svg.add('text', { x: 0, y: top + 8 }, String(max))
+    svg.add('text', { x: 0, y: H - bottom }, '0')
+    svg.add('text', { x: left, y: H - 4 }, b.name + ': limit ' + b.concurrency.limit + ', in flight ' + b.inFlight.active + ', waiting ' + b.inFlight.waiting +
+      (b.concurrency.minRttMs !== undefined ? ', unloaded latency ' + b.concurrency.minRttMs.toFixed(1) + ' ms' : '') + (b.concurrency.phase === 'measuring' ? ' (measuring it)' : ''))
+    svg.add('polyline', { class: 'limit', points: line('limit') })
+    svg.add('polyline', { class: 'active', points: line('active') })
+    return svg.el
+  })
+  document.getElementById('concurrency').replaceChildren(...charts)
+}
+
+/** An empty SVG of W x H and a way to add elements to it. */
+function svgOf(W, H) {
+  const el = document.createElementNS(SVG, 'svg')
+  el.setAttribute('viewBox', '0 0 ' + W + ' ' + H)
+  /** A tag element with attrs (and text), in parent (the svg itself by default). */
+  const add = (tag, attrs, text, parent = el) => {
+    const e = document.createElementNS(SVG, tag)
+    for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, String(v))
+    if (text !== undefined) e.textContent = text
+    parent.append(e)
+    return e
+  }
+  return { el, add }
+}
+
 /** Requests per 10 s bucket as bars, the 5xx among them in red; the oldest bucket on the left.
  *  Above it, the rates over /status's lastMinute: the same minute as the backends' and retries'. */
 function renderChart(series, lastMinute) {
@@ -183,24 +236,17 @@ function renderChart(series, lastMinute) {
   const max = Math.max(1, ...series.map((b) => b.requests))
   const step = (W - left) / series.length
   const y = (n) => H - bottom - (n / max) * (H - top - bottom)
-  const add = (parent, tag, attrs, text) => {
-    const e = document.createElementNS(SVG, tag)
-    for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, String(v))
-    if (text !== undefined) e.textContent = text
-    parent.append(e)
-    return e
-  }
-  const svg = add(document.createDocumentFragment(), 'svg', { viewBox: '0 0 ' + W + ' ' + H })
-  add(svg, 'line', { class: 'axis', x1: left, x2: W, y1: H - bottom, y2: H - bottom })
-  add(svg, 'text', { x: 0, y: top + 8 }, String(max))
-  add(svg, 'text', { x: 0, y: H - bottom }, '0')
-  add(svg, 'text', { x: left, y: H - 4 }, '5 min ago')
-  add(svg, 'text', { x: W - 24, y: H - 4 }, 'now')
+  const { el: svg, add } = svgOf(W, H)
+  add('line', { class: 'axis', x1: left, x2: W, y1: H - bottom, y2: H - bottom })
+  add('text', { x: 0, y: top + 8 }, String(max))
+  add('text', { x: 0, y: H - bottom }, '0')
+  add('text', { x: left, y: H - 4 }, '5 min ago')
+  add('text', { x: W - 24, y: H - 4 }, 'now')
   series.forEach((b, i) => {
     const x = left + i * step + 1
-    const bar = add(svg, 'rect', { class: 'requests', x, width: step - 2, y: y(b.requests), height: H - bottom - y(b.requests) })
-    add(bar, 'title', {}, time(new Date(b.start)) + ': ' + b.requests + ' requests, ' + b.errors + ' 5xx')
-    if (b.errors > 0) add(svg, 'rect', { class: 'errors', x, width: step - 2, y: y(b.errors), height: H - bottom - y(b.errors) })
+    const bar = add('rect', { class: 'requests', x, width: step - 2, y: y(b.requests), height: H - bottom - y(b.requests) })
+    add('title', {}, time(new Date(b.start)) + ': ' + b.requests + ' requests, ' + b.errors + ' 5xx', bar)
+    if (b.errors > 0) add('rect', { class: 'errors', x, width: step - 2, y: y(b.errors), height: H - bottom - y(b.errors) })
   })
   document.getElementById('chart').replaceChildren(svg)
   const minute = Object.values(lastMinute)
@@ -310,6 +356,8 @@ export const PAGE = `<!doctype html>
 <tbody id="backends"></tbody></table></section>
 <section><h2>Requests and 5xx per 10 s</h2><div id="rates" class="small"></div><div id="chart"></div>
 <div class="legend small"><span class="requests">requests</span><span class="errors">5xx</span></div></section>
+<section id="concurrency-section" hidden><h2>Concurrency limit and in flight</h2><div class="small">every 2 s since this page opened</div><div id="concurrency"></div>
+<div class="legend small"><span class="limit">limit</span><span class="active">in flight</span></div></section>
 <section><h2>Retries and rejections</h2><div id="retry-totals" class="small"></div>
 <table><thead><tr><th>What</th><th>Reason</th><th class="num">Last minute</th></tr></thead><tbody id="retries"></tbody></table></section>
 <section><h2>Readiness latches held</h2><table><tbody id="latches"></tbody></table></section>

@@ -53,7 +53,7 @@ else t.test('the status page shows the split, then the canary breaker open, from
   const proxy = await startProxy(app.url, {
     listener: { tls: { certFile: `${dir}/tls.crt`, keyFile: `${dir}/tls.key` } },
     backends: [
-      { name: 'app', url: app.url, weight: 90, healthCheck },
+      { name: 'app', url: app.url, weight: 90, healthCheck, concurrency: { fixed: 50 } },
       // failed checks show for a while before they flip it (after 100 in a row: 20 s)
       { name: 'canary', url: canary.url, weight: 10, gatesReadiness: false, healthCheck: { ...healthCheck, path: '/healthz', unhealthyThreshold: 100 } },
     ],
@@ -120,6 +120,12 @@ else t.test('the status page shows the split, then the canary breaker open, from
   t.match(await page.locator('tr[data-backend="canary"]').textContent(), /^canary.*10 \(10%\)healthy.*closed/, "the canary's")
   t.equal(await page.locator('#ready').textContent(), 'READY')
   t.equal(await page.locator('#chart rect.requests').count(), 30, 'one bar per 10 s bucket over 5 minutes')
+  t.ok(await page.locator('#concurrency-section').isVisible(), 'a backend with a concurrency limit: its chart shows')
+  t.equal(await page.locator('#concurrency svg').count(), 1, "the app's alone (the canary has no limit)")
+  t.equal(await page.locator('#concurrency svg[data-backend="app"] polyline.limit').count(), 1)
+  t.equal(await page.locator('#concurrency svg[data-backend="app"] polyline.active').count(), 1)
+  t.match(await page.locator('#concurrency svg[data-backend="app"]').textContent(), /app: limit 50, in flight \d+, waiting 0/)
+  t.match(await page.locator('tr[data-backend="app"] td:nth-child(5)').textContent(), /^\d+ \/ 0 \(limit 50\)$/, 'and the limit beside in flight')
   t.match(await page.locator('#rates').textContent(), /^Last minute: \d+\.\d requests\/s, 0\.\d% 5xx$/)
   t.match(await page.locator('#retries').textContent(), /rejectedheaders_too_large1/)
   t.match(await page.locator('#cert').textContent(), /CN=localhost.*\d+ hours left/, 'a one-day certificate, in hours')
