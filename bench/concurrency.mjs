@@ -3,9 +3,11 @@
 //
 // 1. Overload: CLIENTS concurrent clients (hey, a native generator) for SECONDS against the app
 //    (bench/servers/capacity-app.mjs: CAPACITY at once, SERVICE_MS each, the rest in its own
-//    queue) through the sidecar without a limit, with an adaptive one and with a fixed one of
-//    CAPACITY: goodput (200s per second), p50/p99 of the answered requests, refusals, the app's
-//    peak connections, the sidecar's peak RSS.
+//    queue) through the sidecar without a limit, with an adaptive one, a fixed one of CAPACITY
+//    and an adaptive one with a short maxWaitMs; each client sending again as soon as it is
+//    answered (closed loop), then at a fixed rate (open loop, twice the app's capacity in all):
+//    goodput (200s per second), p50/p99 of the answered requests, refusals, the peak of the
+//    connections to the app, the sidecar's peak RSS.
 // 2. The app slows down 2x at a third of the run and comes back at two thirds: the adaptive
 //    limit, polled from /status every 250 ms, per phase.
 // 3. A well-behaved app under light load (300 req/s, an app far from its capacity): CPU per
