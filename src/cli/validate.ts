@@ -3,7 +3,7 @@
 // (the one GET /config shows once it is loaded), the split it makes and the route table.
 import { loadConfig } from '../config/load.js'
 import { configVersion } from '../config/reload.js'
-import type { FaultConfig, MirrorConfig, RouteConfig } from '../config/schema.js'
+import type { Config, FaultConfig, MirrorConfig, RouteConfig } from '../config/schema.js'
 import { gatesReadiness } from '../config/settings.js'
 import { loadListenerTlsFiles } from '../server/tls.js'
 import { loadBackendTls } from '../upstream/tls.js'
@@ -22,7 +22,7 @@ export async function validateCommand(argv: readonly string[], io: Io): Promise<
   io.out(`${file}: valid, version ${configVersion(config)}`)
   for (const b of config.backends) {
     const share = `${Math.round((b.weight / total) * 1000) / 10}%`
-    io.out(`  ${b.name}  weight ${b.weight} (${share})  ${b.url}${gatesReadiness(b) ? '  gates readiness' : ''}`)
+    io.out(`  ${b.name}  weight ${b.weight} (${share})  ${b.url}${gatesReadiness(b) ? '  gates readiness' : ''}${concurrencyOf(b.concurrency)}`)
   }
   if (config.tracing) {
     const { otlp, sampleRatio, serviceName } = config.tracing
@@ -72,4 +72,11 @@ function describePolicy(r: RouteConfig, config: { fault?: FaultConfig | undefine
   if (r.fault === false && config.fault) out.push('no fault')
   if (r.mirror === false && config.mirror) out.push('no mirror')
   return out.length === 0 ? '' : `  -> ${out.join(', ')}`
+}
+
+/** A backend's concurrency limit as validate says it, or nothing without one. */
+function concurrencyOf(c: Config['backends'][number]['concurrency']): string {
+  if (c === undefined) return ''
+  const limit = c.adaptive ? `adaptive ${c.adaptive.min}-${c.adaptive.max}` : `${c.fixed}`
+  return `  concurrency ${limit}, wait ${c.maxWaitMs} ms`
 }

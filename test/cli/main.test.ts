@@ -20,14 +20,14 @@ function io() {
 
 t.test('validate: a good file exits 0, a broken one exits 2 naming every bad field', async (t) => {
   const dir = t.testdir({
-    'good.yaml': 'backends:\n  - name: app\n    url: http://127.0.0.1:8080\n    weight: 90\n  - name: canary\n    url: http://10.0.0.2:8080\n    weight: 10\n',
+    'good.yaml': 'backends:\n  - name: app\n    url: http://127.0.0.1:8080\n    weight: 90\n    concurrency: { adaptive: { max: 64 } }\n  - name: canary\n    url: http://10.0.0.2:8080\n    weight: 10\n    concurrency: { fixed: 16, maxWaitMs: 200 }\n',
     'broken.yaml': 'listener:\n  address: everywhere\nbackends:\n  - name: app\n    url: ftp://x\n    weight: -1\nretries: 3\n',
   })
   const good = io()
   t.equal(await main(['validate', '--config', `${dir}/good.yaml`], good.sink), 0)
   t.match(good.text(), /good\.yaml: valid, version [0-9a-f]{12}\n/)
-  t.match(good.text(), /\n {2}app {2}weight 90 \(90%\) {2}http:\/\/127\.0\.0\.1:8080 {2}gates readiness\n/)
-  t.match(good.text(), /\n {2}canary {2}weight 10 \(10%\) {2}http:\/\/10\.0\.0\.2:8080(\n|$)/, 'a remote canary does not gate readiness')
+  t.match(good.text(), /\n {2}app {2}weight 90 \(90%\) {2}http:\/\/127\.0\.0\.1:8080 {2}gates readiness {2}concurrency adaptive 3-64, wait 1000 ms\n/)
+  t.match(good.text(), /\n {2}canary {2}weight 10 \(10%\) {2}http:\/\/10\.0\.0\.2:8080 {2}concurrency 16, wait 200 ms(\n|$)/, 'a remote canary does not gate readiness; each limit said')
   const bad = io()
   t.equal(await main(['validate', '--config', `${dir}/broken.yaml`], bad.sink), 2)
   t.match(bad.text(), /listener\.address: must be host:port/)
